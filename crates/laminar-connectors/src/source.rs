@@ -1,0 +1,50 @@
+//! Source connectors: where batches enter a pipeline.
+//!
+//! - [`datagen`]: `DATAGEN`, a deterministic Nexmark-style event generator
+//!   (bids, persons, auctions) for demos, tests and benchmarks.
+//! - [`files`]: `FILES`, reading CSV, JSON-lines or Parquet files from a file,
+//!   a directory or a glob, once or watching for new files.
+//!
+//! Both implement [`crate::SourceConnector`]; the registry
+//! ([`crate::create_source`]) builds them from `FROM <C> (..)` options.
+
+pub(crate) mod datagen;
+pub(crate) mod files;
+
+use crate::registry::ConfigKey;
+
+/// Options every source accepts and leaves to the runtime (watermarks and
+/// event-time alignment, spec section 5.1), so they may appear in the
+/// connector clause.
+pub(crate) const RUNTIME_KEYS: &[ConfigKey] = &[
+    ConfigKey {
+        key: "watermark.idle_timeout",
+        required: false,
+        default: Some("30s"),
+        description: "runtime: mark the source idle for watermarks after this long without data",
+    },
+    ConfigKey {
+        key: "watermark.max_skew",
+        required: false,
+        default: None,
+        description: "runtime: rows this far ahead of the source's maximum are bad records",
+    },
+    ConfigKey {
+        key: "alignment.group",
+        required: false,
+        default: None,
+        description: "runtime: event-time alignment group",
+    },
+    ConfigKey {
+        key: "alignment.max_drift",
+        required: false,
+        default: Some("10s"),
+        description: "runtime: pause a source this far ahead of the slowest in its group",
+    },
+    ConfigKey {
+        key: "alignment.mode",
+        required: false,
+        default: None,
+        description: "runtime: event-time alignment mode",
+    },
+];

@@ -1,0 +1,180 @@
+//! The messages that travel on every edge of the operator graph, and the single changelog
+//! encoding used by every operator, sink and subscriber.
+//!
+//! Data, time and checkpoints share one ordered channel per edge (time is data): an operator
+//! sees every row that precedes a watermark before the watermark itself.
+//!
+//! ## Changelog encoding
+//! An updating (retracting) stream carries one extra Utf8 column named [`OP_COLUMN`] (`_op`),
+//! found by name, never by position. Its values and weights are those of [`ChangeOp`]. An
+//! append-only stream has no `_op` column; every row of it is an insert.
+
+use arrow::array::{Array, StringArray};
+use arrow::datatypes::Schema;
+use arrow::record_batch::RecordBatch;
+
+/// Name of the changelog operation column.
+pub const OP_COLUMN: &str = "_op";
+
+/// Watermark value meaning "no watermark yet".
+pub const NO_WATERMARK: i64 = i64::MIN;
+
+/// Watermark value meaning "end of time": every window closes, every bound expires.
+pub const END_OF_TIME: i64 = i64::MAX;
+
+/// One message on an edge of the operator graph.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// A batch of rows. Append-only unless the schema has an [`OP_COLUMN`].
+    Batch(RecordBatch),
+    /// Event-time watermark in epoch milliseconds: no later row on this edge is expected to
+    /// have an event time below it. Watermarks on one edge never decrease.
+    Watermark(i64),
+    /// Checkpoint barrier for the given epoch.
+    Barrier(u64),
+    /// The sender has had no data for its idle timeout: downstream operators exclude this
+    /// input from their watermark minimum until the next `Batch` or `Watermark` arrives.
+    Idle,
+    /// The sender will send nothing more.
+    End,
+}
+
+impl Message {
+    /// Number of rows carried (0 for control messages).
+    pub fn num_rows(&self) -> usize {
+        match self {
+            Message::Batch(b) => b.num_rows(),
+            Message::Watermark(_) | Message::Barrier(_) | Message::Idle | Message::End => 0,
+        }
+    }
+}
+
+/// A changelog operation and its weight (SPEC 2.14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeOp {
+    /// `I`, weight +1.
+    Insert,
+    /// `D`, weight -1.
+    Delete,
+    /// `U-`, weight -1: the before-image of an update, immediately followed by its `U+`.
+    UpdateBefore,
+    /// `U+`, weight +1: the after-image of an update.
+    UpdateAfter,
+    /// `r`, weight +1: a snapshot row (initial load).
+    Snapshot,
+}
+
+impl ChangeOp {
+    /// Every operation, in encoding order.
+    pub const ALL: [ChangeOp; 5] = [
+        ChangeOp::Insert,
+        ChangeOp::Delete,
+        ChangeOp::UpdateBefore,
+        ChangeOp::UpdateAfter,
+        ChangeOp::Snapshot,
+    ];
+
+    /// The `_op` column value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeOp::Insert => "I",
+            ChangeOp::Delete => "D",
+            ChangeOp::UpdateBefore => "U-",
+            ChangeOp::UpdateAfter => "U+",
+            ChangeOp::Snapshot => "r",
+        }
+    }
+
+    /// Parses an `_op` value.
+    pub fn parse(s: &str) -> Option<ChangeOp> {
+        ChangeOp::ALL.into_iter().find(|op| op.as_str() == s)
+    }
+
+    /// Z-set weight: +1 for rows that add, -1 for rows that retract.
+    pub fn weight(self) -> i64 {
+        match self {
+            ChangeOp::Insert | ChangeOp::UpdateAfter | ChangeOp::Snapshot => 1,
+            ChangeOp::Delete | ChangeOp::UpdateBefore => -1,
+        }
+    }
+}
+
+/// True when the schema describes a changelog (it has a Utf8 `_op` column).
+pub fn is_changelog(schema: &Schema) -> bool {
+    schema
+        .column_with_name(OP_COLUMN)
+        .is_some_and(|(_, f)| f.data_type() == &arrow::datatypes::DataType::Utf8)
+}
+
+/// Reads the operations of a changelog batch; `None` for an append-only batch.
+///
+/// Returns an error message naming the row when a value is not a valid operation.
+pub fn change_ops(batch: &RecordBatch) -> Option<Result<Vec<ChangeOp>, String>> {
+    let idx = batch.schema().index_of(OP_COLUMN).ok()?;
+    let col = batch.column(idx).as_any().downcast_ref::<StringArray>()?;
+    let mut ops = Vec::with_capacity(col.len());
+    for row in 0..col.len() {
+        if col.is_null(row) {
+            return Some(Err(format!("row {row}: {OP_COLUMN} is NULL")));
+        }
+        match ChangeOp::parse(col.value(row)) {
+            Some(op) => ops.push(op),
+            None => {
+                return Some(Err(format!(
+                    "row {row}: invalid {OP_COLUMN} value '{}' (expected one of I, D, U-, U+, r)",
+                    col.value(row)
+                )));
+            }
+        }
+    }
+    Some(Ok(ops))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, Int64Array};
+    use arrow::datatypes::{DataType, Field};
+    use std::sync::Arc;
+
+    #[test]
+    fn op_round_trip_and_weights() {
+        for op in ChangeOp::ALL {
+            assert_eq!(ChangeOp::parse(op.as_str()), Some(op));
+        }
+        let total: i64 = ChangeOp::ALL.iter().map(|o| o.weight()).sum();
+        assert_eq!(total, 1, "I D U- U+ r sum to +1");
+        assert_eq!(ChangeOp::parse("X"), None);
+    }
+
+    #[test]
+    fn changelog_batches_are_found_by_name() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(OP_COLUMN, DataType::Utf8, false),
+            Field::new("k", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["I", "U-", "U+"])) as ArrayRef,
+                Arc::new(Int64Array::from(vec![1, 1, 1])),
+            ],
+        )
+        .unwrap();
+        assert!(is_changelog(&schema));
+        let ops = change_ops(&batch).unwrap().unwrap();
+        assert_eq!(
+            ops,
+            vec![ChangeOp::Insert, ChangeOp::UpdateBefore, ChangeOp::UpdateAfter]
+        );
+        let bad = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["Z"])) as ArrayRef,
+                Arc::new(Int64Array::from(vec![1])),
+            ],
+        )
+        .unwrap();
+        assert!(change_ops(&bad).unwrap().unwrap_err().contains("'Z'"));
+    }
+}

@@ -1,0 +1,55 @@
+//! Lock-free counters kept per node of the operator graph. Reading them never touches the hot
+//! path; writers use relaxed atomics.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use crate::message::NO_WATERMARK;
+
+/// Counters of one node (source, stream or sink).
+#[derive(Debug)]
+pub struct NodeMetrics {
+    /// Rows received.
+    pub rows_in: AtomicU64,
+    /// Rows emitted.
+    pub rows_out: AtomicU64,
+    /// Batches received.
+    pub batches_in: AtomicU64,
+    /// Rows dropped by an overflow policy (for example `drop_oldest`).
+    pub rows_dropped: AtomicU64,
+    /// Output watermark ([`NO_WATERMARK`] before the first).
+    pub watermark: AtomicI64,
+    /// Processing cycles (scheduler visits that did work).
+    pub cycles: AtomicU64,
+    /// Duration of the last cycle in nanoseconds.
+    pub last_cycle_ns: AtomicU64,
+    /// Bytes written (sinks).
+    pub bytes_out: AtomicU64,
+    /// Errors counted (bad records skipped, failed writes).
+    pub errors: AtomicU64,
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        NodeMetrics {
+            rows_in: AtomicU64::new(0),
+            rows_out: AtomicU64::new(0),
+            batches_in: AtomicU64::new(0),
+            rows_dropped: AtomicU64::new(0),
+            watermark: AtomicI64::new(NO_WATERMARK),
+            cycles: AtomicU64::new(0),
+            last_cycle_ns: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }
+    }
+}
+
+impl NodeMetrics {
+    /// Current output watermark, `None` before the first.
+    pub fn watermark(&self) -> Option<i64> {
+        match self.watermark.load(Ordering::Relaxed) {
+            NO_WATERMARK => None,
+            w => Some(w),
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The operator contract and the operators of the streaming core.
+//!
+//! An operator is a loop over messages: the runtime hands it batches from its inputs, the
+//! merged watermark when it advances, aligned barriers and the end of input, and it appends
+//! what it emits to an output buffer. Operators never block and never do I/O.
+
+mod source;
+mod stateless;
+
+use std::time::Instant;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+
+use crate::error::Result;
+use crate::message::Message;
+
+pub use source::{SourceOperator, SourceSettings};
+pub use stateless::{StatelessOperator, Step};
+
+/// Size of the state an operator holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateSize {
+    /// Rows (or entries) held.
+    pub rows: u64,
+    /// Approximate bytes held.
+    pub bytes: u64,
+}
+
+/// A streaming operator.
+///
+/// Contract:
+/// - `on_batch` is called for every batch of every input, in arrival order per input.
+/// - `on_watermark` is called with the operator's input watermark (the minimum over non-idle
+///   inputs, see [`crate::time::WatermarkMerger`]) each time it advances; the operator
+///   decides what its output watermark is and emits it.
+/// - `on_barrier` is called once per checkpoint epoch after the barrier arrived on every live
+///   input; the operator forwards it after anything that belongs to the epoch.
+/// - `on_end` is called once, after every input ended; the runtime emits `End` after it.
+/// - `on_tick` is called periodically (processing time) for timers such as idle detection.
+///
+/// Every method appends its output to `out`; an `Err` stops the operator and is reported as
+/// the node's failure.
+pub trait Operator: Send {
+    /// Schema of the batches this operator emits.
+    fn output_schema(&self) -> SchemaRef;
+
+    /// Processes a batch from input `input`.
+    fn on_batch(&mut self, input: usize, batch: RecordBatch, out: &mut Vec<Message>)
+    -> Result<()>;
+
+    /// Handles an advance of the input watermark.
+    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Message>) -> Result<()>;
+
+    /// Handles an aligned checkpoint barrier.
+    fn on_barrier(&mut self, epoch: u64, out: &mut Vec<Message>) -> Result<()>;
+
+    /// Handles the end of every input.
+    fn on_end(&mut self, out: &mut Vec<Message>) -> Result<()>;
+
+    /// Processing-time tick.
+    fn on_tick(&mut self, _now: Instant, _out: &mut Vec<Message>) -> Result<()> {
+        Ok(())
+    }
+
+    /// Size of the state held (stateless operators hold none).
+    fn state_size(&self) -> StateSize {
+        StateSize::default()
+    }
+}

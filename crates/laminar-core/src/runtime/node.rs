@@ -1,0 +1,379 @@
+//! A node of the operator graph: one operator, its input queues, its outgoing edges.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use arrow::datatypes::SchemaRef;
+use crossbeam_channel::{Receiver, TryRecvError};
+use parking_lot::Mutex;
+
+use super::RuntimeShared;
+use super::edge::{EdgeReceiver, OutEdge};
+use crate::error::Result;
+use crate::message::Message;
+use crate::metrics::NodeMetrics;
+use crate::operator::Operator;
+use crate::time::WatermarkMerger;
+
+/// Identifier of a node, unique within a runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NodeId(pub u64);
+
+struct Input {
+    rx: Receiver<Message>,
+    ended: bool,
+}
+
+struct NodeState {
+    operator: Box<dyn Operator>,
+    inputs: Vec<Input>,
+    merger: WatermarkMerger,
+    /// Barriers seen per epoch (alignment by count; see `handle`).
+    barriers: HashMap<u64, usize>,
+    ended: bool,
+    out: Vec<Message>,
+}
+
+/// Result of one scheduler visit.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Visit {
+    pub(crate) progress: bool,
+    pub(crate) blocked: bool,
+}
+
+/// See the module docs. Held in an `Arc` by its worker and by the catalog.
+pub struct Node {
+    /// Identifier.
+    pub id: NodeId,
+    /// Name (the source, stream or sink it implements).
+    pub name: String,
+    pub(crate) worker: usize,
+    schema: SchemaRef,
+    state: Mutex<NodeState>,
+    outputs: Mutex<Vec<OutEdge>>,
+    /// Counters.
+    pub metrics: Arc<NodeMetrics>,
+    failed: AtomicBool,
+    finished: AtomicBool,
+    retired: AtomicBool,
+}
+
+impl Node {
+    pub(crate) fn new(
+        id: NodeId,
+        name: &str,
+        worker: usize,
+        operator: Box<dyn Operator>,
+        metrics: Arc<NodeMetrics>,
+    ) -> Node {
+        Node {
+            id,
+            name: name.to_string(),
+            worker,
+            schema: operator.output_schema(),
+            state: Mutex::new(NodeState {
+                operator,
+                inputs: Vec::new(),
+                merger: WatermarkMerger::new(0),
+                barriers: HashMap::new(),
+                ended: false,
+                out: Vec::new(),
+            }),
+            outputs: Mutex::new(Vec::new()),
+            metrics,
+            failed: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    /// Schema of the node's output.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Output watermark, if any was emitted.
+    pub fn output_watermark(&self) -> Option<i64> {
+        self.metrics.watermark()
+    }
+
+    /// True once the node emitted `End` (all inputs ended, or it failed).
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::SeqCst)
+    }
+
+    /// True when the node's operator failed.
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// State size reported by the operator.
+    pub fn state_size(&self) -> crate::operator::StateSize {
+        self.state.lock().operator.state_size()
+    }
+
+    pub(crate) fn add_input(&self, rx: Receiver<Message>, upstream_watermark: Option<i64>) {
+        let mut st = self.state.lock();
+        let index = st.merger.add_input();
+        st.inputs.push(Input { rx, ended: false });
+        if let Some(w) = upstream_watermark {
+            // Seed with the upstream's current watermark so a node added to a running graph
+            // does not wait for the next advance.
+            st.merger.update(index, w);
+        }
+    }
+
+    /// Adds an outgoing edge to another node; returns the receiver for the target.
+    pub(crate) fn connect(
+        &self,
+        shared: &Arc<RuntimeShared>,
+        target: Option<&Arc<Node>>,
+        capacity: usize,
+    ) -> Receiver<Message> {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let mut edge = OutEdge::new(tx, target.map(|t| t.worker), true);
+        let mut outputs = self.outputs.lock();
+        if self.is_finished() {
+            edge.offer(shared, Message::End);
+        }
+        outputs.push(edge);
+        rx
+    }
+
+    /// Adds an outgoing edge to an external consumer.
+    pub(crate) fn connect_external(
+        &self,
+        shared: &Arc<RuntimeShared>,
+        capacity: usize,
+        counted: bool,
+    ) -> EdgeReceiver {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let mut edge = OutEdge::new(tx, None, counted);
+        let mut outputs = self.outputs.lock();
+        if let Some(w) = self.output_watermark() {
+            edge.offer(shared, Message::Watermark(w));
+        }
+        if self.is_finished() {
+            edge.offer(shared, Message::End);
+        }
+        outputs.push(edge);
+        EdgeReceiver::new(rx, shared.clone(), counted)
+    }
+
+    /// Stops the node: queued input and outbox messages are discarded (and uncounted).
+    pub(crate) fn retire(&self, shared: &RuntimeShared) {
+        if self.retired.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let mut outputs = self.outputs.lock();
+        for edge in outputs.iter_mut() {
+            edge.discard(shared);
+        }
+        outputs.clear();
+        let st = self.state.lock();
+        for input in &st.inputs {
+            let mut n = 0i64;
+            while input.rx.try_recv().is_ok() {
+                n += 1;
+            }
+            shared.in_flight.fetch_sub(n, Ordering::SeqCst);
+        }
+    }
+
+    /// One scheduler visit: flush the outbox, then handle up to `budget` input messages.
+    pub(crate) fn visit(&self, shared: &RuntimeShared, budget: usize) -> Visit {
+        let mut visit = Visit::default();
+        if self.retired.load(Ordering::Relaxed) {
+            return visit;
+        }
+        let mut outputs = self.outputs.lock();
+        let had_pending = outputs.iter().any(|e| !e.pending.is_empty());
+        if had_pending {
+            let mut clear = true;
+            for edge in outputs.iter_mut() {
+                clear &= edge.flush(shared);
+            }
+            outputs.retain(|e| !e.closed);
+            if !clear {
+                visit.blocked = true;
+                return visit;
+            }
+            visit.progress = true;
+        }
+        let started = Instant::now();
+        let mut st = self.state.lock();
+        let mut handled = 0usize;
+        'drain: loop {
+            let mut any = false;
+            for index in 0..st.inputs.len() {
+                if st.inputs[index].ended {
+                    continue;
+                }
+                let received = st.inputs[index].rx.try_recv();
+                let (msg, counted) = match received {
+                    Ok(msg) => (msg, true),
+                    Err(TryRecvError::Empty) => continue,
+                    // Upstream dropped without End (it was removed): treat as ended.
+                    Err(TryRecvError::Disconnected) => (Message::End, false),
+                };
+                any = true;
+                handled += 1;
+                self.handle(shared, &mut st, index, msg);
+                let out = std::mem::take(&mut st.out);
+                self.dispatch(shared, &mut outputs, out);
+                if counted {
+                    shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+                }
+                if outputs.iter().any(|e| !e.pending.is_empty()) {
+                    visit.blocked = true;
+                    break 'drain;
+                }
+                if handled >= budget {
+                    break 'drain;
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        outputs.retain(|e| !e.closed);
+        if handled > 0 {
+            visit.progress = true;
+            self.metrics.cycles.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .last_cycle_ns
+                .store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
+        visit
+    }
+
+    /// Processing-time tick.
+    pub(crate) fn tick(&self, shared: &RuntimeShared, now: Instant) {
+        if self.retired.load(Ordering::Relaxed) || self.has_failed() || self.is_finished() {
+            return;
+        }
+        let mut outputs = self.outputs.lock();
+        let mut st = self.state.lock();
+        let mut out = std::mem::take(&mut st.out);
+        let result = st.operator.on_tick(now, &mut out);
+        st.out = out;
+        if let Err(e) = result {
+            self.fail(shared, &mut st, &e);
+        }
+        let out = std::mem::take(&mut st.out);
+        self.dispatch(shared, &mut outputs, out);
+    }
+
+    fn handle(&self, shared: &RuntimeShared, st: &mut NodeState, input: usize, msg: Message) {
+        if self.has_failed() || st.ended {
+            // A failed node drains and discards its input so producers never hang on it.
+            if let Message::Batch(b) = &msg {
+                self.metrics
+                    .rows_dropped
+                    .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+            }
+            return;
+        }
+        let mut out = std::mem::take(&mut st.out);
+        let result = self.handle_inner(st, input, msg, &mut out);
+        st.out = out;
+        if let Err(e) = result {
+            self.fail(shared, st, &e);
+        }
+    }
+
+    fn handle_inner(
+        &self,
+        st: &mut NodeState,
+        input: usize,
+        msg: Message,
+        out: &mut Vec<Message>,
+    ) -> Result<()> {
+        match msg {
+            Message::Batch(batch) => {
+                self.metrics
+                    .rows_in
+                    .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                self.metrics.batches_in.fetch_add(1, Ordering::Relaxed);
+                st.merger.mark_active(input);
+                st.operator.on_batch(input, batch, out)
+            }
+            Message::Watermark(w) => match st.merger.update(input, w) {
+                Some(advanced) => st.operator.on_watermark(advanced, out),
+                None => Ok(()),
+            },
+            Message::Idle => {
+                if let Some(advanced) = st.merger.set_idle(input) {
+                    st.operator.on_watermark(advanced, out)?;
+                }
+                if st.merger.all_idle() {
+                    out.push(Message::Idle);
+                }
+                Ok(())
+            }
+            Message::Barrier(epoch) => {
+                // Alignment by count: the barrier is forwarded once every live input
+                // delivered it. (Blocking inputs that are ahead comes with checkpoints.)
+                let live = st.inputs.iter().filter(|i| !i.ended).count();
+                let seen = st.barriers.entry(epoch).or_insert(0);
+                *seen += 1;
+                if *seen >= live {
+                    st.barriers.remove(&epoch);
+                    st.operator.on_barrier(epoch, out)?;
+                }
+                Ok(())
+            }
+            Message::End => {
+                if let Some(i) = st.inputs.get_mut(input) {
+                    i.ended = true;
+                }
+                // An ended input no longer holds the watermark back.
+                if let Some(advanced) = st.merger.update(input, crate::message::END_OF_TIME)
+                    && st.inputs.iter().any(|i| !i.ended)
+                {
+                    st.operator.on_watermark(advanced, out)?;
+                }
+                if st.inputs.iter().all(|i| i.ended) {
+                    st.operator.on_end(out)?;
+                    out.push(Message::End);
+                    st.ended = true;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn fail(&self, shared: &RuntimeShared, st: &mut NodeState, error: &crate::error::CoreError) {
+        self.failed.store(true, Ordering::SeqCst);
+        self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        shared.record_failure(&self.name, error);
+        st.out.clear();
+        st.out.push(Message::End);
+        st.ended = true;
+    }
+
+    fn dispatch(&self, shared: &RuntimeShared, outputs: &mut [OutEdge], out: Vec<Message>) {
+        for msg in out {
+            match &msg {
+                Message::Batch(b) => {
+                    self.metrics
+                        .rows_out
+                        .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+                }
+                Message::Watermark(w) => {
+                    self.metrics.watermark.fetch_max(*w, Ordering::Relaxed);
+                }
+                Message::End => self.finished.store(true, Ordering::SeqCst),
+                Message::Barrier(_) | Message::Idle => {}
+            }
+            if let Some((last, rest)) = outputs.split_last_mut() {
+                for edge in rest {
+                    edge.offer(shared, msg.clone());
+                }
+                last.offer(shared, msg);
+            }
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Event time and watermarks (SPEC 3).
+//!
+//! - [`EventTimeColumn`] reads the event time of a batch (BIGINT epoch ms or TIMESTAMP of any
+//!   unit), vectorized, as epoch milliseconds.
+//! - [`WatermarkGenerator`] turns observed event times and manual `watermark(ts)` calls into a
+//!   monotonic source watermark with bounded out-of-orderness.
+//! - [`WatermarkMerger`] combines the watermarks of several inputs: the minimum over inputs that
+//!   are not idle.
+
+mod event_time;
+mod merger;
+mod watermark;
+
+pub use event_time::{EventTimeColumn, EventTimeKind};
+pub use merger::WatermarkMerger;
+pub use watermark::WatermarkGenerator;
