@@ -1,1 +1,598 @@
-fn main() {}
+//! `laminar-bench`: end-to-end LaminarDB workloads through the public API.
+//!
+//! ```text
+//! laminar-bench projection --source memory --events 20000000 --workers 1
+//! laminar-bench filter --source parquet --parquet /var/tmp/bids-10m.parquet
+//! laminar-bench gen-parquet --events 10000000 --out /var/tmp/bids-10m.parquet
+//! laminar-bench latency --rate 100000 --batch 100 --seconds 10
+//! laminar-bench rss --events 100000000
+//! ```
+//!
+//! Every run prints one `name: value` line per metric; `--json` adds one JSON line.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use arrow::array::{ArrayRef, AsArray, Int64Array};
+use arrow::datatypes::Int64Type;
+use arrow::record_batch::RecordBatch;
+use clap::{Parser, Subcommand, ValueEnum};
+use laminar_bench::{
+    Consumer, Workload, block_on, declared_bids_schema, generate_bids, open_pipeline, peak_rss_kb,
+    quantile, rss_kb,
+};
+use laminar_db::LaminarDB;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+#[derive(Parser, Debug)]
+#[command(name = "laminar-bench", about = "End-to-end LaminarDB benchmark workloads")]
+struct Cli {
+    /// Also print the results as one JSON line.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// `SELECT auction, bidder, price * 0.908 AS euro, ts FROM bids` into a BLACKHOLE sink.
+    Projection(ThroughputArgs),
+    /// `SELECT auction, price FROM bids WHERE auction % 123 = 0` into a BLACKHOLE sink.
+    Filter(ThroughputArgs),
+    /// Writes Nexmark-like bids to a Parquet file.
+    GenParquet(GenParquetArgs),
+    /// Push-to-subscriber latency of the projection at a fixed offered rate.
+    Latency(LatencyArgs),
+    /// Resident memory over a long projection run (re-pushing the same batches).
+    Rss(RssArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SourceKind {
+    /// Pre-generated Arrow batches pushed with `push_arrow`.
+    Memory,
+    /// A `FROM FILES (format = 'parquet')` source.
+    Parquet,
+}
+
+#[derive(clap::Args, Debug)]
+struct ThroughputArgs {
+    /// Input: pushed from memory or read from a Parquet file.
+    #[arg(long, value_enum, default_value = "memory")]
+    source: SourceKind,
+    /// Events to push (memory source; the Parquet source reads the whole file).
+    #[arg(long, default_value_t = 10_000_000)]
+    events: u64,
+    /// Rows per pushed batch (memory source).
+    #[arg(long, default_value_t = 8192)]
+    batch_size: usize,
+    /// Worker threads of the engine.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Parquet file (for `--source parquet`).
+    #[arg(long, default_value = "/var/tmp/laminar-bids-10m.parquet")]
+    parquet: PathBuf,
+    /// Distinct events generated up front (memory source); more events re-push them.
+    #[arg(long, default_value_t = 10_000_000)]
+    pool_events: u64,
+    /// Generator seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+#[derive(clap::Args, Debug)]
+struct GenParquetArgs {
+    /// Number of bids.
+    #[arg(long, default_value_t = 10_000_000)]
+    events: u64,
+    /// Output file.
+    #[arg(long, default_value = "/var/tmp/laminar-bids-10m.parquet")]
+    out: PathBuf,
+    /// Rows per row group.
+    #[arg(long, default_value_t = 1 << 20)]
+    row_group_rows: usize,
+    /// snappy | zstd | none.
+    #[arg(long, default_value = "snappy")]
+    compression: String,
+    /// Generator seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+#[derive(clap::Args, Debug)]
+struct LatencyArgs {
+    /// Offered events per second.
+    #[arg(long, default_value_t = 100_000)]
+    rate: u64,
+    /// Rows per pushed batch.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Seconds offered before measuring starts (not recorded).
+    #[arg(long, default_value_t = 1)]
+    warmup_seconds: u64,
+    /// Worker threads of the engine.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Generator seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+#[derive(clap::Args, Debug)]
+struct RssArgs {
+    /// Events to push in total.
+    #[arg(long, default_value_t = 100_000_000)]
+    events: u64,
+    /// Rows per pushed batch.
+    #[arg(long, default_value_t = 8192)]
+    batch_size: usize,
+    /// Distinct events generated up front and re-pushed in a loop.
+    #[arg(long, default_value_t = 1 << 20)]
+    pool_events: u64,
+    /// Worker threads of the engine.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Sampling period in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    sample_ms: u64,
+    /// Generator seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+/// Metrics of one run, printed as `name: value unit` lines and optionally one JSON line.
+#[derive(Default)]
+struct Report {
+    fields: Vec<(String, Value, &'static str)>,
+}
+
+enum Value {
+    Int(u64),
+    Float(f64),
+    Text(String),
+    List(Vec<u64>),
+}
+
+impl Report {
+    fn int(&mut self, name: &str, v: u64, unit: &'static str) {
+        self.fields.push((name.into(), Value::Int(v), unit));
+    }
+    fn float(&mut self, name: &str, v: f64, unit: &'static str) {
+        self.fields.push((name.into(), Value::Float(v), unit));
+    }
+    fn text(&mut self, name: &str, v: impl Into<String>) {
+        self.fields.push((name.into(), Value::Text(v.into()), ""));
+    }
+    fn list(&mut self, name: &str, v: Vec<u64>, unit: &'static str) {
+        self.fields.push((name.into(), Value::List(v), unit));
+    }
+
+    fn print(&self, json: bool) {
+        for (name, value, unit) in &self.fields {
+            let v = match value {
+                Value::Int(v) => v.to_string(),
+                Value::Float(v) => format!("{v:.3}"),
+                Value::Text(s) => s.clone(),
+                Value::List(v) => v.iter().map(u64::to_string).collect::<Vec<_>>().join(" "),
+            };
+            if unit.is_empty() {
+                println!("{name}: {v}");
+            } else {
+                println!("{name}: {v} {unit}");
+            }
+        }
+        if json {
+            let mut out = String::from("{");
+            for (i, (name, value, _)) in self.fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "\"{}\":", escape(name));
+                match value {
+                    Value::Int(v) => {
+                        let _ = write!(out, "{v}");
+                    }
+                    Value::Float(v) if v.is_finite() => {
+                        let _ = write!(out, "{v}");
+                    }
+                    Value::Float(_) => out.push_str("null"),
+                    Value::Text(s) => {
+                        let _ = write!(out, "\"{}\"", escape(s));
+                    }
+                    Value::List(v) => {
+                        let _ = write!(out, "[{}]", v.iter().map(u64::to_string).collect::<Vec<_>>().join(","));
+                    }
+                }
+            }
+            out.push('}');
+            println!("{out}");
+        }
+    }
+}
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let report = match cli.command {
+        Command::Projection(args) => throughput(Workload::Projection, &args)?,
+        Command::Filter(args) => throughput(Workload::Filter, &args)?,
+        Command::GenParquet(args) => gen_parquet(&args)?,
+        Command::Latency(args) => latency(&args)?,
+        Command::Rss(args) => rss(&args)?,
+    };
+    report.print(cli.json);
+    Ok(())
+}
+
+fn build_profile() -> &'static str {
+    if cfg!(debug_assertions) { "debug" } else { "release" }
+}
+
+fn fail_on_failures(db: &LaminarDB) -> Result<()> {
+    let failures = db.failures();
+    if !failures.is_empty() {
+        bail!("the pipeline failed: {}", failures.join("; "));
+    }
+    Ok(())
+}
+
+/// Pushes `events` rows, cycling through `pool` (slicing the last batch); returns rows pushed.
+fn push_cycling(
+    source: &laminar_db::SourceHandle,
+    pool: &[RecordBatch],
+    events: u64,
+    mut on_push: impl FnMut(u64),
+) -> Result<u64> {
+    let mut pushed = 0u64;
+    'outer: loop {
+        for batch in pool {
+            if pushed >= events {
+                break 'outer;
+            }
+            let rows = (events - pushed).min(batch.num_rows() as u64) as usize;
+            let batch = if rows == batch.num_rows() { batch.clone() } else { batch.slice(0, rows) };
+            source.push_arrow(batch)?;
+            pushed += rows as u64;
+            on_push(pushed);
+        }
+        if pool.is_empty() {
+            break;
+        }
+    }
+    Ok(pushed)
+}
+
+fn throughput(workload: Workload, args: &ThroughputArgs) -> Result<Report> {
+    let mut r = Report::default();
+    r.text("workload", workload.name());
+    r.text("sql", workload.sql());
+    r.text("build", build_profile());
+    r.int("workers", args.workers as u64, "");
+    let (input_rows, elapsed, push_elapsed) = match args.source {
+        SourceKind::Memory => {
+            r.text("source", "memory");
+            let db = open_pipeline(args.workers, workload, None, Consumer::Blackhole)?;
+            let source = db.source_untyped("bids")?;
+            let pool_events = args.pool_events.min(args.events).max(1);
+            let gen_started = Instant::now();
+            let pool = generate_bids(&source.schema(), pool_events, args.batch_size, args.seed)?;
+            r.float("generate_seconds", gen_started.elapsed().as_secs_f64(), "s (not timed)");
+            r.int("pool_events", pool_events, "");
+            r.int("batch_size", args.batch_size as u64, "rows");
+            r.int("rss_before_run_kb", rss_kb().unwrap_or(0), "kB");
+            let started = Instant::now();
+            let pushed = push_cycling(&source, &pool, args.events, |_| {})?;
+            let push_elapsed = started.elapsed();
+            if !db.wait_idle(Duration::from_secs(3600)) {
+                bail!("the pipeline did not drain within an hour");
+            }
+            let elapsed = started.elapsed();
+            fail_on_failures(&db)?;
+            output_rows(&db, &mut r)?;
+            db.shutdown_sync();
+            (pushed, elapsed, Some(push_elapsed))
+        }
+        SourceKind::Parquet => {
+            r.text("source", "parquet");
+            let path = args.parquet.to_str().context("the Parquet path is not UTF-8")?;
+            if !args.parquet.exists() {
+                bail!(
+                    "{path} does not exist; create it with `laminar-bench gen-parquet --events 10000000 --out {path}`"
+                );
+            }
+            r.text("parquet", path);
+            let db = open_pipeline(args.workers, workload, Some(path), Consumer::Blackhole)?;
+            r.int("rss_before_run_kb", rss_kb().unwrap_or(0), "kB");
+            let started = Instant::now();
+            block_on(db.start())?;
+            while !db.is_finished() {
+                if !db.failures().is_empty() {
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(3600) {
+                    bail!("the pipeline did not finish within an hour");
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            let elapsed = started.elapsed();
+            fail_on_failures(&db)?;
+            let input = db.source_metrics("bids")?.total_events;
+            output_rows(&db, &mut r)?;
+            db.shutdown_sync();
+            (input, elapsed, None)
+        }
+    };
+    r.int("input_rows", input_rows, "rows");
+    r.float("elapsed_seconds", elapsed.as_secs_f64(), "s");
+    if let Some(p) = push_elapsed {
+        r.float("push_seconds", p.as_secs_f64(), "s (caller thread: validate + enqueue)");
+    }
+    r.float("events_per_second", input_rows as f64 / elapsed.as_secs_f64(), "events/s");
+    r.int("peak_rss_kb", peak_rss_kb().unwrap_or(0), "kB");
+    Ok(r)
+}
+
+fn output_rows(db: &LaminarDB, r: &mut Report) -> Result<()> {
+    let stream = db.stream_metrics("q")?;
+    let sink = db.sink_metrics("out")?;
+    r.int("stream_rows_in", stream.rows_in, "rows");
+    r.int("output_rows", stream.total_events, "rows");
+    r.int("sink_rows", sink.rows_in, "rows");
+    Ok(())
+}
+
+fn gen_parquet(args: &GenParquetArgs) -> Result<Report> {
+    let schema = declared_bids_schema()?;
+    let compression = match args.compression.to_ascii_lowercase().as_str() {
+        "snappy" => Compression::SNAPPY,
+        "zstd" => Compression::ZSTD(ZstdLevel::default()),
+        "none" | "uncompressed" => Compression::UNCOMPRESSED,
+        other => bail!("unknown compression '{other}' (snappy, zstd or none)"),
+    };
+    let props = WriterProperties::builder()
+        .set_compression(compression)
+        .set_max_row_group_row_count(Some(args.row_group_rows.max(1)))
+        .build();
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = args.out.with_extension("parquet.tmp");
+    let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props))?;
+    let started = Instant::now();
+    let mut generator = laminar_bench::BidGenerator::new(args.seed);
+    while generator.next_event() < args.events {
+        let rows = (args.events - generator.next_event()).min(65_536) as usize;
+        writer.write(&generator.next_batch(&schema, rows)?)?;
+    }
+    writer.close()?;
+    std::fs::rename(&tmp, &args.out).with_context(|| format!("renaming to {}", args.out.display()))?;
+    let mut r = Report::default();
+    r.text("out", args.out.display().to_string());
+    r.text("schema", format!("{:?}", schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect::<Vec<_>>()));
+    r.int("events", args.events, "rows");
+    r.int("bytes", std::fs::metadata(&args.out)?.len(), "B");
+    r.float("seconds", started.elapsed().as_secs_f64(), "s");
+    Ok(r)
+}
+
+fn latency(args: &LatencyArgs) -> Result<Report> {
+    if args.rate == 0 || args.batch == 0 {
+        bail!("--rate and --batch must be positive");
+    }
+    let db = open_pipeline(args.workers, Workload::Projection, None, Consumer::None)?;
+    let source = db.source_untyped("bids")?;
+    let schema = source.schema();
+    let stamp_column = schema.index_of("bidder")?;
+    // 1000 distinct batches, cycled; `bidder` is replaced by the push time at push.
+    let pool = generate_bids(&schema, args.batch as u64 * 1000, args.batch, args.seed)?;
+    let mut sub = db.subscribe_arrow("q")?;
+    let out_stamp = sub.schema().index_of("bidder")?;
+
+    let interval = Duration::from_secs_f64(args.batch as f64 / args.rate as f64);
+    let warm_batches = (args.rate * args.warmup_seconds).div_ceil(args.batch as u64);
+    let measured_batches = (args.rate * args.seconds).div_ceil(args.batch as u64);
+    let total = warm_batches + measured_batches;
+
+    let base = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let last_pushed = Arc::new(AtomicU64::new(0));
+    // Stamps are nanoseconds since `base` + 1 (0 = none yet). Measurement starts at this stamp.
+    let measure_from = Arc::new(AtomicU64::new(u64::MAX));
+    let subscriber = {
+        let stop = stop.clone();
+        let last_pushed = last_pushed.clone();
+        let measure_from = measure_from.clone();
+        std::thread::Builder::new().name("bench-subscriber".into()).spawn(move || -> Result<(Vec<u64>, u64, u64)> {
+            let mut latencies = Vec::with_capacity(measured_batches as usize + 16);
+            let mut last_seen = 0u64;
+            let mut batches = 0u64;
+            let mut rows = 0u64;
+            loop {
+                let batch = sub.recv_timeout(Duration::from_millis(20))?;
+                let now = base.elapsed().as_nanos() as u64 + 1;
+                if let Some(batch) = batch {
+                    batches += 1;
+                    rows += batch.num_rows() as u64;
+                    let stamps = batch.column(out_stamp).as_primitive::<Int64Type>();
+                    let from = measure_from.load(Ordering::Relaxed);
+                    for &s in stamps.values().iter() {
+                        let s = s as u64;
+                        if s > last_seen {
+                            last_seen = s;
+                            if s >= from {
+                                latencies.push(now - s);
+                            }
+                        }
+                    }
+                }
+                if stop.load(Ordering::SeqCst) && last_seen >= last_pushed.load(Ordering::SeqCst) {
+                    break;
+                }
+            }
+            Ok((latencies, batches, rows))
+        })?
+    };
+
+    let started = Instant::now();
+    let mut measure_started = None;
+    let mut late_pushes = 0u64;
+    for k in 0..total {
+        let deadline = started + interval.mul_f64(k as f64);
+        let now = Instant::now();
+        if now < deadline {
+            std::thread::sleep(deadline - now);
+        } else if now - deadline > interval {
+            late_pushes += 1;
+        }
+        let template = &pool[(k as usize) % pool.len()];
+        let mut columns: Vec<ArrayRef> = template.columns().to_vec();
+        let stamp = base.elapsed().as_nanos() as u64 + 1;
+        columns[stamp_column] = Arc::new(Int64Array::from_value(stamp as i64, template.num_rows()));
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        if k == warm_batches {
+            measure_from.store(stamp, Ordering::SeqCst);
+            measure_started = Some(Instant::now());
+        }
+        source.push_arrow(batch)?;
+        last_pushed.store(stamp, Ordering::SeqCst);
+    }
+    let offered_elapsed = measure_started.map(|s| s.elapsed()).unwrap_or_default();
+    stop.store(true, Ordering::SeqCst);
+    // The subscriber stops once it saw the last stamp; give it at most 10 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !subscriber.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if !subscriber.is_finished() {
+        bail!("the subscriber did not receive the last pushed batch within 10 s");
+    }
+    let (mut latencies, batches, rows) = subscriber.join().map_err(|_| anyhow::anyhow!("subscriber panicked"))??;
+    fail_on_failures(&db)?;
+    db.shutdown_sync();
+    latencies.sort_unstable();
+
+    let mut r = Report::default();
+    r.text("workload", "latency (projection, subscribe_arrow)");
+    r.text("sql", Workload::Projection.sql());
+    r.text("build", build_profile());
+    r.int("workers", args.workers as u64, "");
+    r.int("offered_rate", args.rate, "events/s");
+    r.int("batch_rows", args.batch as u64, "rows");
+    r.int("warmup_seconds", args.warmup_seconds, "s (not recorded)");
+    r.int("measured_batches", measured_batches, "batches pushed");
+    r.float(
+        "achieved_rate",
+        (measured_batches * args.batch as u64) as f64 / offered_elapsed.as_secs_f64().max(1e-9),
+        "events/s",
+    );
+    r.int("late_pushes", late_pushes, "batches pushed more than one interval late");
+    r.int("received_batches", batches, "batches (including warm-up)");
+    r.int("received_rows", rows, "rows (including warm-up)");
+    r.int("samples", latencies.len() as u64, "batches");
+    let us = |q: f64| quantile(&latencies, q).unwrap_or(0) as f64 / 1000.0;
+    r.float("latency_p50_us", us(0.50), "µs");
+    r.float("latency_p90_us", us(0.90), "µs");
+    r.float("latency_p99_us", us(0.99), "µs");
+    r.float("latency_p999_us", us(0.999), "µs");
+    r.float("latency_max_us", latencies.last().copied().unwrap_or(0) as f64 / 1000.0, "µs");
+    r.int("peak_rss_kb", peak_rss_kb().unwrap_or(0), "kB");
+    Ok(r)
+}
+
+fn rss(args: &RssArgs) -> Result<Report> {
+    let db = open_pipeline(args.workers, Workload::Projection, None, Consumer::Blackhole)?;
+    let source = db.source_untyped("bids")?;
+    let pool = generate_bids(&source.schema(), args.pool_events.max(1), args.batch_size, args.seed)?;
+    let rss_after_generate = rss_kb().unwrap_or(0);
+    let pushed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let pushed = pushed.clone();
+        let stop = stop.clone();
+        let db = db.clone();
+        let period = Duration::from_millis(args.sample_ms.max(10));
+        std::thread::Builder::new().name("bench-rss-sampler".into()).spawn(move || {
+            let started = Instant::now();
+            let mut samples = Vec::new();
+            let mut next = started + period;
+            while !stop.load(Ordering::SeqCst) {
+                let now = Instant::now();
+                if now < next {
+                    std::thread::sleep((next - now).min(Duration::from_millis(50)));
+                    continue;
+                }
+                next += period;
+                let rss = rss_kb().unwrap_or(0);
+                let processed = db.sink_metrics("out").map(|m| m.rows_in).unwrap_or(0);
+                eprintln!(
+                    "t={:>6.1}s pushed={:>12} processed={:>12} rss={:>8} kB",
+                    started.elapsed().as_secs_f64(),
+                    pushed.load(Ordering::Relaxed),
+                    processed,
+                    rss
+                );
+                samples.push(rss);
+            }
+            samples
+        })?
+    };
+    let started = Instant::now();
+    let total = push_cycling(&source, &pool, args.events, |n| pushed.store(n, Ordering::Relaxed))?;
+    if !db.wait_idle(Duration::from_secs(3600)) {
+        bail!("the pipeline did not drain within an hour");
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let samples = sampler.join().map_err(|_| anyhow::anyhow!("sampler panicked"))?;
+    fail_on_failures(&db)?;
+    let mut r = Report::default();
+    r.text("workload", "rss (projection, memory, re-pushing the same batches)");
+    r.text("build", build_profile());
+    r.int("workers", args.workers as u64, "");
+    r.int("events", total, "rows");
+    r.int("pool_events", args.pool_events, "rows");
+    r.int("batch_size", args.batch_size as u64, "rows");
+    output_rows(&db, &mut r)?;
+    db.shutdown_sync();
+    r.float("elapsed_seconds", elapsed.as_secs_f64(), "s");
+    r.float("events_per_second", total as f64 / elapsed.as_secs_f64(), "events/s");
+    r.int("rss_after_generate_kb", rss_after_generate, "kB");
+    if !samples.is_empty() {
+        let half = samples.len() / 2;
+        let first_half_max = samples[..half.max(1)].iter().copied().max().unwrap_or(0);
+        let second_half_max = samples[half..].iter().copied().max().unwrap_or(0);
+        r.int("rss_min_kb", samples.iter().copied().min().unwrap_or(0), "kB");
+        r.int("rss_max_first_half_kb", first_half_max, "kB");
+        r.int("rss_max_second_half_kb", second_half_max, "kB");
+        r.int("rss_last_kb", *samples.last().unwrap_or(&0), "kB");
+    }
+    r.int("peak_rss_kb", peak_rss_kb().unwrap_or(0), "kB");
+    r.list("rss_samples_kb", samples, "kB");
+    Ok(r)
+}

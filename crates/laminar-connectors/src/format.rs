@@ -11,6 +11,7 @@ pub(crate) mod conform;
 pub(crate) mod csv;
 pub(crate) mod json;
 pub(crate) mod parquet;
+pub(crate) mod partition;
 
 use std::io::Write;
 use std::path::Path;

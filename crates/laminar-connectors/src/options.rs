@@ -342,7 +342,11 @@ mod tests {
             "invalid value 'maybe' for option 'watch' of connector FILES: expected true or false"
         );
         let o = ConnectorOptions::from_pairs([("delivery.guarantee", "Exactly-Once")]);
-        let g = o.get_choice("FILES", "delivery.guarantee", &["exactly-once", "at-least-once"]);
+        let g = o.get_choice(
+            "FILES",
+            "delivery.guarantee",
+            &["exactly-once", "at-least-once"],
+        );
         assert_eq!(g.unwrap(), Some("exactly-once"));
     }
 
@@ -368,8 +372,14 @@ mod tests {
     #[test]
     fn did_you_mean_uses_distance_and_prefix() {
         let keys = ["rollover.size", "rollover.interval", "path"];
-        assert_eq!(did_you_mean("rollover.sise", keys).as_deref(), Some("rollover.size"));
-        assert_eq!(did_you_mean("rollover.int", keys).as_deref(), Some("rollover.interval"));
+        assert_eq!(
+            did_you_mean("rollover.sise", keys).as_deref(),
+            Some("rollover.size")
+        );
+        assert_eq!(
+            did_you_mean("rollover.int", keys).as_deref(),
+            Some("rollover.interval")
+        );
         assert_eq!(did_you_mean("PATH", ["paths"]).as_deref(), Some("paths"));
         assert_eq!(did_you_mean("zzz", keys), None);
         assert_eq!(levenshtein("kitten", "sitting"), 3);

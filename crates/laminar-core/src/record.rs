@@ -234,7 +234,9 @@ fn read_primitive<P: ArrowPrimitiveType>(
         return Ok(downcast::<PrimitiveArray<P>>(array)?.iter().collect());
     }
     let cast = cast_to(array, &P::DATA_TYPE)?;
-    Ok(downcast::<PrimitiveArray<P>>(cast.as_ref())?.iter().collect())
+    Ok(downcast::<PrimitiveArray<P>>(cast.as_ref())?
+        .iter()
+        .collect())
 }
 
 macro_rules! primitive_value {
@@ -253,7 +255,11 @@ macro_rules! primitive_value {
             }
 
             fn build_array<'a>(values: impl Iterator<Item = Option<&'a Self>>) -> ArrayRef {
-                Arc::new(values.map(|v| v.copied()).collect::<PrimitiveArray<$arrow>>())
+                Arc::new(
+                    values
+                        .map(|v| v.copied())
+                        .collect::<PrimitiveArray<$arrow>>(),
+                )
             }
 
             fn read_array(array: &dyn Array) -> Result<Vec<Option<Self>>, ArrowError> {
@@ -364,7 +370,11 @@ impl RecordValue for String {
     }
 
     fn build_array<'a>(values: impl Iterator<Item = Option<&'a Self>>) -> ArrayRef {
-        Arc::new(values.map(|v| v.map(String::as_str)).collect::<StringArray>())
+        Arc::new(
+            values
+                .map(|v| v.map(String::as_str))
+                .collect::<StringArray>(),
+        )
     }
 
     fn read_array(array: &dyn Array) -> Result<Vec<Option<Self>>, ArrowError> {
@@ -412,7 +422,11 @@ impl RecordValue for Vec<u8> {
     }
 
     fn build_array<'a>(values: impl Iterator<Item = Option<&'a Self>>) -> ArrayRef {
-        Arc::new(values.map(|v| v.map(Vec::as_slice)).collect::<BinaryArray>())
+        Arc::new(
+            values
+                .map(|v| v.map(Vec::as_slice))
+                .collect::<BinaryArray>(),
+        )
     }
 
     fn read_array(array: &dyn Array) -> Result<Vec<Option<Self>>, ArrowError> {
@@ -645,9 +659,8 @@ mod tests {
 
     #[test]
     fn binary_from_fixed_size_binary() {
-        let fixed =
-            FixedSizeBinaryArray::try_from_iter(vec![vec![1u8, 2], vec![3, 4]].into_iter())
-                .unwrap();
+        let fixed = FixedSizeBinaryArray::try_from_iter(vec![vec![1u8, 2], vec![3, 4]].into_iter())
+            .unwrap();
         let b = batch("b", Arc::new(fixed));
         assert_eq!(
             read_column::<Vec<u8>>(&b, "b").unwrap(),

@@ -215,9 +215,17 @@ fn option_fields_carry_nulls() {
 #[test]
 fn column_rename_is_used_for_write_and_read() {
     let batch = Reading::to_record_batch(&readings()).unwrap();
+    assert_eq!(
+        column_names(batch.schema_ref()),
+        ["sensor", "temp", "ts", "note", "zone_id"]
+    );
     assert!(batch.column_by_name("zone").is_none());
     let zone = batch.column_by_name("zone_id").unwrap();
-    assert_eq!(zone.as_primitive::<laminar_db::arrow::datatypes::UInt32Type>().value(1), 9);
+    assert_eq!(
+        zone.as_primitive::<laminar_db::arrow::datatypes::UInt32Type>()
+            .value(1),
+        9
+    );
 
     // A batch with `zone` instead of `zone_id` does not fit.
     let mut columns: Vec<(&str, ArrayRef)> = batch
@@ -330,7 +338,11 @@ fn check_schema_type_mismatch_names_both_types() {
     ));
     let wide = Schema::new(vec![
         Field::new("region", DataType::Utf8View, true),
-        Field::new("total", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+        Field::new(
+            "total",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            true,
+        ),
     ]);
     Total::check_schema(&wide).unwrap();
 }
@@ -342,7 +354,10 @@ fn null_into_non_option_field_is_unexpected_null_with_row() {
             "region",
             Arc::new(StringArray::from(vec![Some("eu"), Some("us"), None])) as ArrayRef,
         ),
-        ("total", Arc::new(Int32Array::from(vec![Some(1), Some(2), Some(3)]))),
+        (
+            "total",
+            Arc::new(Int32Array::from(vec![Some(1), Some(2), Some(3)])),
+        ),
     ])
     .unwrap();
     // The schema itself fits (nullable columns are allowed) ...

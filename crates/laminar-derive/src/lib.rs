@@ -19,8 +19,9 @@
 //! `i8`, `i16`, `i32`, `i64`, `u8`, `u16`, `u32`, `u64`, `f32`, `f64`, `bool`,
 //! `String`, `Vec<u8>`, and `Option<T>` of each (a path prefix such as
 //! `std::string::String` is fine). Any other type is a compile error on that
-//! field. `Option<T>` makes the column nullable; see the Arrow mapping in
-//! `laminar_db::record`.
+//! field. The check is syntactic, so type aliases (`type Ms = i64;`) are
+//! rejected too: write the type itself. `Option<T>` makes the column nullable;
+//! see the Arrow mapping in `laminar_db::record`.
 //!
 //! # Field attributes
 //!
@@ -217,12 +218,17 @@ fn parse_field(ident: Ident, field: &syn::Field) -> syn::Result<FieldSpec> {
     for attr in &field.attrs {
         let path = attr.path();
         if path.is_ident("event_time") || path.is_ident("nullable") {
-            attr.meta.require_path_only()?;
-            let slot = if path.is_ident("event_time") {
-                &mut event_time
+            let (slot, name) = if path.is_ident("event_time") {
+                (&mut event_time, "event_time")
             } else {
-                &mut nullable
+                (&mut nullable, "nullable")
             };
+            if !matches!(attr.meta, syn::Meta::Path(_)) {
+                return Err(syn::Error::new_spanned(
+                    attr,
+                    format!("#[{name}] takes no arguments"),
+                ));
+            }
             if slot.is_some() {
                 return Err(syn::Error::new_spanned(attr, "duplicate attribute"));
             }
@@ -232,10 +238,16 @@ fn parse_field(ident: Ident, field: &syn::Field) -> syn::Result<FieldSpec> {
                 syn::Error::new(e.span(), "expected a column name: #[column(\"name\")]")
             })?;
             if lit.value().is_empty() {
-                return Err(syn::Error::new_spanned(&lit, "column name must not be empty"));
+                return Err(syn::Error::new_spanned(
+                    &lit,
+                    "column name must not be empty",
+                ));
             }
             if column.is_some() {
-                return Err(syn::Error::new_spanned(attr, "duplicate #[column] attribute"));
+                return Err(syn::Error::new_spanned(
+                    attr,
+                    "duplicate #[column] attribute",
+                ));
             }
             column = Some(lit);
         }
@@ -298,7 +310,8 @@ fn classify(ty: &Type) -> Option<TypeInfo> {
 
 fn scalar(ty: &Type) -> Option<TypeInfo> {
     if let Some(inner) = generic_arg(ty, "Vec") {
-        let byte = matches!(last_segment(inner), Some(s) if s.ident == "u8" && s.arguments.is_none());
+        let byte =
+            matches!(last_segment(inner), Some(s) if s.ident == "u8" && s.arguments.is_none());
         return byte.then_some(TypeInfo {
             optional: false,
             integer: false,

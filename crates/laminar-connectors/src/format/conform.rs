@@ -163,19 +163,20 @@ pub(crate) enum Matching {
 
 /// Index of `name` among `fields`: exact match first, then case-insensitive.
 pub(crate) fn find_column(fields: &Fields, name: &str) -> Option<usize> {
-    fields
-        .iter()
-        .position(|f| f.name() == name)
-        .or_else(|| {
-            fields
-                .iter()
-                .position(|f| f.name().eq_ignore_ascii_case(name))
-        })
+    fields.iter().position(|f| f.name() == name).or_else(|| {
+        fields
+            .iter()
+            .position(|f| f.name().eq_ignore_ascii_case(name))
+    })
 }
 
 /// File column indices (ascending, deduplicated) the declared columns need;
 /// readers use it for projection.
-pub(crate) fn needed_columns(declared: &SchemaRef, file_fields: &Fields, m: Matching) -> Vec<usize> {
+pub(crate) fn needed_columns(
+    declared: &SchemaRef,
+    file_fields: &Fields,
+    m: Matching,
+) -> Vec<usize> {
     let mut idx: Vec<usize> = match m {
         Matching::ByName => declared
             .fields()
@@ -193,7 +194,8 @@ impl Conformer {
     /// Builds the mapping for one file. `input_fields` are the columns of the
     /// batches the reader will pass to [`Conformer::conform`] (after projection,
     /// in the order given). `partition_values` are `col=value` pairs from the
-    /// file's path, used for declared columns the file does not have.
+    /// file's path (`None` = the NULL partition), used for declared columns the
+    /// file does not have.
     ///
     /// Fails with [`ConnectorError::SchemaMismatch`] when a NOT NULL column is
     /// missing or a column's type cannot be cast to the declared type.
@@ -204,7 +206,7 @@ impl Conformer {
         kind: InputKind,
         matching: Matching,
         null_string: Option<String>,
-        partition_values: &[(String, String)],
+        partition_values: &[(String, Option<String>)],
     ) -> Result<Self, ConnectorError> {
         let mut sources = Vec::with_capacity(declared.fields().len());
         for (i, field) in declared.fields().iter().enumerate() {
@@ -227,7 +229,7 @@ impl Conformer {
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case(field.name()))
             {
-                let text: ArrayRef = Arc::new(StringArray::from(vec![Some(value.as_str())]));
+                let text: ArrayRef = Arc::new(StringArray::from(vec![value.as_deref()]));
                 ColumnSource::Constant(cast_text(&text, field.data_type())?)
             } else if field.is_nullable() {
                 ColumnSource::Null
@@ -296,14 +298,19 @@ impl Conformer {
                     }
                     out
                 }
-                ColumnSource::Constant(value) => take(value.as_ref(), &UInt32Array::from(vec![0; n]), None)?,
+                ColumnSource::Constant(value) => {
+                    take(value.as_ref(), &UInt32Array::from(vec![0; n]), None)?
+                }
                 ColumnSource::Null => new_null_array(to, n),
             };
             if !field.is_nullable() && out.null_count() > 0 {
                 for row in 0..n {
                     let already = bad_rows.iter().any(|(r, f, _)| *r == row && *f == fi);
                     if out.is_null(row) && !already {
-                        let reason = format!("{}NULL or missing value for NOT NULL column", loc.prefix(row));
+                        let reason = format!(
+                            "{}NULL or missing value for NOT NULL column",
+                            loc.prefix(row)
+                        );
                         bad_rows.push((row, fi, reason));
                     }
                 }
@@ -388,7 +395,10 @@ mod tests {
     use arrow::datatypes::{Field, Schema, TimeUnit};
 
     fn text_batch(cols: &[(&str, Vec<Option<&str>>)]) -> RecordBatch {
-        let fields: Vec<Field> = cols.iter().map(|(n, _)| Field::new(*n, DataType::Utf8, true)).collect();
+        let fields: Vec<Field> = cols
+            .iter()
+            .map(|(n, _)| Field::new(*n, DataType::Utf8, true))
+            .collect();
         let arrays: Vec<ArrayRef> = cols
             .iter()
             .map(|(_, v)| Arc::new(StringArray::from(v.clone())) as ArrayRef)
@@ -408,7 +418,13 @@ mod tests {
     fn casts_by_name_and_fills_missing_nullable() {
         let input = text_batch(&[
             ("extra", vec![Some("x"), Some("y")]),
-            ("TS", vec![Some("2024-01-01 00:00:00.000"), Some("2024-01-01T00:00:01.5")]),
+            (
+                "TS",
+                vec![
+                    Some("2024-01-01 00:00:00.000"),
+                    Some("2024-01-01T00:00:01.5"),
+                ],
+            ),
             ("id", vec![Some("1"), Some("2")]),
         ]);
         let c = Conformer::new(
@@ -426,16 +442,27 @@ mod tests {
         assert_eq!(out.schema(), declared());
         let ids = out.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
         assert_eq!(ids.values(), &[1, 2]);
-        let ts = out.column(1).as_any().downcast_ref::<TimestampMillisecondArray>().unwrap();
+        let ts = out
+            .column(1)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .unwrap();
         assert_eq!(ts.values(), &[1_704_067_200_000, 1_704_067_201_500]);
         assert_eq!(out.column(2).null_count(), 2);
     }
 
     #[test]
     fn integer_text_is_accepted_for_timestamps() {
-        let arr: ArrayRef = Arc::new(StringArray::from(vec![Some("1700000000000"), None, Some("x")]));
+        let arr: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("1700000000000"),
+            None,
+            Some("x"),
+        ]));
         let out = cast_text(&arr, &DataType::Timestamp(TimeUnit::Millisecond, None)).unwrap();
-        let ts = out.as_any().downcast_ref::<TimestampMillisecondArray>().unwrap();
+        let ts = out
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .unwrap();
         assert_eq!(ts.value(0), 1_700_000_000_000);
         assert!(ts.is_null(1) && ts.is_null(2));
     }
@@ -454,13 +481,17 @@ mod tests {
         )
         .unwrap();
         let mut fail = BadRecords::new(ErrorPolicy::Fail);
-        let err = c.conform(&input, Locator::Contiguous(2), &mut fail).unwrap_err();
+        let err = c
+            .conform(&input, Locator::Contiguous(2), &mut fail)
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "bad record in data/x.csv line 3, column id: cannot cast 'abc' to Int64"
         );
         let mut skip = BadRecords::new(ErrorPolicy::Skip);
-        let out = c.conform(&input, Locator::Contiguous(2), &mut skip).unwrap();
+        let out = c
+            .conform(&input, Locator::Contiguous(2), &mut skip)
+            .unwrap();
         assert_eq!(out.num_rows(), 2);
         assert_eq!(skip.skipped(), 2);
     }
@@ -492,11 +523,15 @@ mod tests {
             InputKind::Text,
             Matching::ByName,
             Some("NULL".into()),
-            &[("id".into(), "7".into())],
+            &[("id".into(), Some("7".into()))],
         )
         .unwrap();
         let out = c
-            .conform(&input, Locator::Contiguous(2), &mut BadRecords::new(ErrorPolicy::Fail))
+            .conform(
+                &input,
+                Locator::Contiguous(2),
+                &mut BadRecords::new(ErrorPolicy::Fail),
+            )
             .unwrap();
         let ids = out.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
         assert_eq!(ids.values(), &[7, 7]);

@@ -22,9 +22,7 @@ use arrow::csv::{ReaderBuilder, Writer, WriterBuilder};
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use arrow::error::ArrowError;
 
-use super::conform::{
-    BadRecords, Conformer, InputKind, Locator, Matching, needed_columns,
-};
+use super::conform::{BadRecords, Conformer, InputKind, Locator, Matching, needed_columns};
 use super::{CountingWriter, TIMESTAMP_FORMAT, TIMESTAMP_TZ_FORMAT};
 use crate::error::ConnectorError;
 
@@ -90,7 +88,7 @@ impl CsvFileReader {
         path: &Path,
         declared: SchemaRef,
         opts: &CsvReadOptions,
-        partition_values: &[(String, String)],
+        partition_values: &[(String, Option<String>)],
     ) -> Result<Self, ConnectorError> {
         let fields = file_columns(path, opts)?;
         let matching = if opts.header {
@@ -237,9 +235,18 @@ impl CsvFileReader {
             self.done = true;
         }
         // Continue in fast mode from the new offset with a fresh decoder.
-        self.decoder = build_decoder(&self.text_schema, &self.projection, &self.opts, self.opts.batch_size);
-        let mut decoder =
-            build_decoder(&self.text_schema, &self.projection, &self.opts, lines.len().max(1));
+        self.decoder = build_decoder(
+            &self.text_schema,
+            &self.projection,
+            &self.opts,
+            self.opts.batch_size,
+        );
+        let mut decoder = build_decoder(
+            &self.text_schema,
+            &self.projection,
+            &self.opts,
+            lines.len().max(1),
+        );
         decoder.decode(&good)?;
         decoder.decode(&[])?;
         let batch = match decoder.flush()? {
@@ -372,11 +379,17 @@ mod tests {
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
-        File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+        File::create(&p)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
         p
     }
 
-    fn read_all(r: &mut CsvFileReader, bad: &mut BadRecords) -> Result<Vec<RecordBatch>, ConnectorError> {
+    fn read_all(
+        r: &mut CsvFileReader,
+        bad: &mut BadRecords,
+    ) -> Result<Vec<RecordBatch>, ConnectorError> {
         let mut out = Vec::new();
         while let Some(b) = r.next_batch(bad)? {
             out.push(b);
@@ -392,8 +405,15 @@ mod tests {
         let mut r = CsvFileReader::open(&p, schema(), &opts(), &[]).unwrap();
         let mut bad = BadRecords::new(ErrorPolicy::Fail);
         let batches = read_all(&mut r, &mut bad).unwrap();
-        assert_eq!(batches.iter().map(|b| b.num_rows()).collect::<Vec<_>>(), vec![2, 1]);
-        let names = batches[0].column(1).as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(
+            batches.iter().map(|b| b.num_rows()).collect::<Vec<_>>(),
+            vec![2, 1]
+        );
+        let names = batches[0]
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         assert_eq!(names.value(0), "a,b");
         assert_eq!(r.byte_offset(), text.len() as u64);
         assert_eq!(r.records(), 3);
@@ -452,6 +472,10 @@ mod tests {
         };
         let declared = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
         let mut r = CsvFileReader::open(&p, declared, &o, &[]).unwrap();
-        assert!(r.next_batch(&mut BadRecords::new(ErrorPolicy::Fail)).unwrap().is_none());
+        assert!(
+            r.next_batch(&mut BadRecords::new(ErrorPolicy::Fail))
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -70,7 +70,7 @@ impl JsonFileReader {
         path: &Path,
         declared: SchemaRef,
         batch_size: usize,
-        partition_values: &[(String, String)],
+        partition_values: &[(String, Option<String>)],
     ) -> Result<Self, ConnectorError> {
         let read_fields: Fields = declared
             .fields()
@@ -166,7 +166,9 @@ impl JsonFileReader {
                 return self.decode_line_by_line(&starts, lines, bad).map(Some);
             }
         };
-        let out = self.conformer.conform(&batch, Locator::Lines(&lines), bad)?;
+        let out = self
+            .conformer
+            .conform(&batch, Locator::Lines(&lines), bad)?;
         Ok(Some(out))
     }
 
@@ -196,7 +198,7 @@ impl JsonFileReader {
                         file: self.path.clone(),
                         line: Some(*line),
                         column: None,
-                        reason: format!("malformed JSON line: {e}"),
+                        reason: format!("cannot decode JSON line: {e}"),
                     })?;
                 }
             }
@@ -206,7 +208,8 @@ impl JsonFileReader {
         } else {
             decode_all(&mut self.decoder, &good, good_lines.len())?
         };
-        self.conformer.conform(&batch, Locator::Lines(&good_lines), bad)
+        self.conformer
+            .conform(&batch, Locator::Lines(&good_lines), bad)
     }
 }
 
@@ -288,7 +291,10 @@ mod tests {
 
     fn write(dir: &Path, text: &str) -> PathBuf {
         let p = dir.join("x.json");
-        File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+        File::create(&p)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
         p
     }
 
@@ -306,7 +312,10 @@ mod tests {
             .collect()
     }
 
-    fn read_all(path: &Path, policy: ErrorPolicy) -> (Result<Vec<RecordBatch>, ConnectorError>, u64) {
+    fn read_all(
+        path: &Path,
+        policy: ErrorPolicy,
+    ) -> (Result<Vec<RecordBatch>, ConnectorError>, u64) {
         let mut r = JsonFileReader::open(path, schema(), 2, &[]).unwrap();
         let mut bad = BadRecords::new(policy);
         let mut out = Vec::new();
@@ -329,7 +338,11 @@ mod tests {
         let (batches, _) = read_all(&p, ErrorPolicy::Fail);
         let batches = batches.unwrap();
         assert_eq!(ids(&batches), vec![1, 2, 3]);
-        let tags = batches[0].column(2).as_any().downcast_ref::<ListArray>().unwrap();
+        let tags = batches[0]
+            .column(2)
+            .as_any()
+            .downcast_ref::<ListArray>()
+            .unwrap();
         assert_eq!(tags.value_length(0), 2);
         assert!(batches[0].column(1).is_null(1));
     }

@@ -8,13 +8,13 @@
 use std::fs::File;
 use std::path::Path;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::{Fields, SchemaRef};
 use ::parquet::arrow::ArrowWriter;
 use ::parquet::arrow::ProjectionMask;
 use ::parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use ::parquet::basic::Compression;
 use ::parquet::file::properties::WriterProperties;
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Fields, SchemaRef};
 
 use super::conform::{BadRecords, Conformer, InputKind, Locator, Matching, needed_columns};
 use crate::error::ConnectorError;
@@ -22,7 +22,9 @@ use crate::error::ConnectorError;
 /// The Arrow schema stored in (or derived from) a Parquet file.
 pub(crate) fn file_schema(path: &Path) -> Result<SchemaRef, ConnectorError> {
     let file = File::open(path).map_err(|e| ConnectorError::io(path, e))?;
-    Ok(ParquetRecordBatchReaderBuilder::try_new(file)?.schema().clone())
+    Ok(ParquetRecordBatchReaderBuilder::try_new(file)?
+        .schema()
+        .clone())
 }
 
 /// Reads one Parquet file.
@@ -40,10 +42,13 @@ impl ParquetFileReader {
         path: &Path,
         declared: SchemaRef,
         batch_size: usize,
-        partition_values: &[(String, String)],
+        partition_values: &[(String, Option<String>)],
     ) -> Result<Self, ConnectorError> {
         let file = File::open(path).map_err(|e| ConnectorError::io(path, e))?;
-        let file_len = file.metadata().map_err(|e| ConnectorError::io(path, e))?.len();
+        let file_len = file
+            .metadata()
+            .map_err(|e| ConnectorError::io(path, e))?
+            .len();
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
         let schema = builder.schema().clone();
         let needed = needed_columns(&declared, schema.fields(), Matching::ByName);
@@ -83,7 +88,9 @@ impl ParquetFileReader {
 
     /// (row group, row within it) of the next row to read.
     pub(crate) fn position(&self) -> (usize, u64) {
-        let group = self.row_group_ends.partition_point(|e| *e <= self.rows_read);
+        let group = self
+            .row_group_ends
+            .partition_point(|e| *e <= self.rows_read);
         let start = if group == 0 {
             0
         } else {

@@ -1,0 +1,96 @@
+//! `laminardb run FILE.sql`: run a pipeline file to its end.
+//!
+//! The statements run in order (the first failure stops them: exit 1 for SQL and
+//! configuration errors), then the pipeline starts and runs until every source has ended
+//! (see [`crate::completion`]), a signal arrives (clean stop, exit 0; a second signal exits
+//! at once with 130) or something fails while running (exit 2). The database then shuts
+//! down, which makes sinks write and commit what they hold, and a summary goes to stderr.
+//! If the file's last statement is a `SELECT` over a source or stream, its rows are printed
+//! on stdout while the pipeline runs.
+
+use std::io::{self, IsTerminal};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use laminar_db::ExecuteResult;
+
+use crate::args::{Cli, RunArgs};
+use crate::completion::{Completion, Outcome};
+use crate::database;
+use crate::exit::CliError;
+use crate::output::{self, Format};
+use crate::progress::Progress;
+use crate::signals::{SignalPolicy, Signals};
+use crate::summary::summary;
+use crate::tail::TailThread;
+
+/// Runs a pipeline file.
+pub(crate) fn run(runtime: &tokio::runtime::Runtime, cli: &Cli, args: &RunArgs) -> Result<ExitCode, CliError> {
+    let mut builder = database::builder(cli.workers);
+    if let Some(dir) = &args.storage_dir {
+        builder = builder
+            .storage_dir(dir)
+            .map_err(|e| CliError::user(format!("--storage-dir {}: {e}", dir.display())))?;
+    }
+    if let Some(interval) = &args.checkpoint_interval {
+        return Err(CliError::user(format!(
+            "--checkpoint-interval {interval}: checkpoints need durable storage (--storage-dir), \
+             which is not supported yet; this build runs in memory only"
+        )));
+    }
+    let label = args.file.display().to_string();
+    let text = std::fs::read_to_string(&args.file).map_err(|e| CliError::user(format!("cannot read {label}: {e}")))?;
+    let format = Format::for_stdout(cli.format);
+
+    let db = database::open(runtime, builder)?;
+    let signals = Signals::install(runtime, SignalPolicy::Stop)
+        .map_err(|e| CliError::runtime(format!("cannot handle signals: {e}")))?;
+    let result = match runtime.block_on(db.execute(&text)) {
+        Ok(result) => result,
+        Err(e) => {
+            db.shutdown_sync();
+            return Err(CliError::db(&e, Some(&label)));
+        }
+    };
+    let mut tails = Vec::new();
+    match result {
+        ExecuteResult::Query(handle) => tails.push(TailThread::spawn(handle.subscribe_arrow()?, format)),
+        ExecuteResult::Metadata(batch) => {
+            output::print_result(&mut io::stdout().lock(), format, &batch)
+                .map_err(|e| CliError::runtime(format!("cannot print: {e}")))?;
+        }
+        ExecuteResult::Ddl(_) | ExecuteResult::RowsAffected(_) => {}
+    }
+    if let Err(e) = runtime.block_on(db.start()) {
+        db.shutdown_sync();
+        return Err(CliError::db(&e, Some(&label)));
+    }
+
+    let started = Instant::now();
+    let completion = Completion::new(runtime, &db);
+    // Rows on the same terminal would garble the progress line.
+    let show_progress = io::stderr().is_terminal() && (tails.is_empty() || !io::stdout().is_terminal());
+    let mut progress = Progress::new();
+    let outcome = completion.wait(&db, &signals, || {
+        if show_progress {
+            progress.tick(&db);
+        }
+    });
+    progress.clear();
+    for t in tails {
+        t.finish();
+    }
+    db.shutdown_sync();
+
+    let ended = match &outcome {
+        Outcome::Finished => "finished",
+        Outcome::Interrupted => "stopped",
+        Outcome::Failed(_) => "failed",
+    };
+    eprintln!("{}", summary(&db, ended, started.elapsed()));
+    let failures = db.failures();
+    if !failures.is_empty() {
+        return Err(CliError::pipeline_failed(&failures));
+    }
+    Ok(ExitCode::SUCCESS)
+}

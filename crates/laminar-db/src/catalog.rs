@@ -1,0 +1,149 @@
+//! The catalog: every source, stream, sink and continuous query, with its runtime node and
+//! the dependency edges between them. Guarded by one lock in [`crate::LaminarDB`]; DDL
+//! validates everything before it changes anything, so a failed statement leaves the catalog
+//! unchanged.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use arrow::datatypes::SchemaRef;
+use laminar_core::metrics::NodeMetrics;
+use laminar_core::runtime::{Node, SourceInput};
+use laminar_core::time::EventTimeColumn;
+use laminar_sql::parser::{ConnectorSpec, WatermarkSpec};
+use laminar_sql::plan::{RelationInfo, SchemaCatalog, StreamPlan};
+
+use crate::config::BackpressureStrategy;
+use crate::runners::{SinkRunner, SourceRunner};
+
+/// A declared source.
+pub(crate) struct SourceEntry {
+    pub(crate) name: String,
+    pub(crate) sql: String,
+    pub(crate) schema: SchemaRef,
+    pub(crate) event_time: Option<EventTimeColumn>,
+    pub(crate) watermark: Option<WatermarkSpec>,
+    pub(crate) connector: Option<ConnectorSpec>,
+    pub(crate) format: Option<ConnectorSpec>,
+    pub(crate) backpressure: BackpressureStrategy,
+    pub(crate) node: Arc<Node>,
+    pub(crate) input: SourceInput,
+    pub(crate) metrics: Arc<NodeMetrics>,
+    /// The connector reader, once started (or created and waiting for `start()`).
+    pub(crate) runner: Option<SourceRunner>,
+}
+
+/// A continuous query: a named stream or an anonymous `SELECT`.
+pub(crate) struct StreamEntry {
+    pub(crate) name: String,
+    pub(crate) sql: String,
+    pub(crate) plan: StreamPlan,
+    pub(crate) node: Arc<Node>,
+    pub(crate) metrics: Arc<NodeMetrics>,
+    /// Anonymous query started by `execute("SELECT ...")`.
+    pub(crate) query_id: Option<u64>,
+    pub(crate) active: Arc<AtomicBool>,
+}
+
+/// A sink.
+pub(crate) struct SinkEntry {
+    pub(crate) name: String,
+    pub(crate) sql: String,
+    /// The relation it reads.
+    pub(crate) input: String,
+    /// The filter/projection node in front of the sink (`WHERE`, `FROM (SELECT ..)`).
+    pub(crate) node: Option<Arc<Node>>,
+    pub(crate) connector: Option<ConnectorSpec>,
+    pub(crate) metrics: Arc<NodeMetrics>,
+    pub(crate) runner: SinkRunner,
+}
+
+/// See the module docs.
+#[derive(Default)]
+pub(crate) struct Catalog {
+    pub(crate) sources: BTreeMap<String, SourceEntry>,
+    pub(crate) streams: BTreeMap<String, StreamEntry>,
+    pub(crate) sinks: BTreeMap<String, SinkEntry>,
+    /// Cancelled queries kept for `SHOW QUERIES` (id -> sql).
+    pub(crate) finished_queries: BTreeMap<u64, String>,
+}
+
+impl Catalog {
+    /// Kind of an existing object with that name.
+    pub(crate) fn kind_of(&self, name: &str) -> Option<&'static str> {
+        if self.sources.contains_key(name) {
+            Some("source")
+        } else if self.streams.contains_key(name) {
+            Some("stream")
+        } else if self.sinks.contains_key(name) {
+            Some("sink")
+        } else {
+            None
+        }
+    }
+
+    /// The node producing a relation (source or stream).
+    pub(crate) fn relation_node(&self, name: &str) -> Option<Arc<Node>> {
+        self.sources
+            .get(name)
+            .map(|s| s.node.clone())
+            .or_else(|| self.streams.get(name).map(|s| s.node.clone()))
+    }
+
+    /// Names of objects reading `name`.
+    pub(crate) fn dependents(&self, name: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .streams
+            .values()
+            .filter(|s| s.plan.inputs.iter().any(|i| i == name))
+            .map(|s| match s.query_id {
+                Some(id) => format!("query {id}"),
+                None => format!("stream {}", s.name),
+            })
+            .collect();
+        out.extend(
+            self.sinks
+                .values()
+                .filter(|s| s.input == name)
+                .map(|s| format!("sink {}", s.name)),
+        );
+        out
+    }
+
+    /// Every relation name (for suggestions).
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.sources
+            .keys()
+            .chain(self.streams.iter().filter(|(_, s)| s.query_id.is_none()).map(|(k, _)| k))
+            .chain(self.sinks.keys())
+            .cloned()
+            .collect()
+    }
+}
+
+impl SchemaCatalog for Catalog {
+    fn relation(&self, name: &str) -> Option<RelationInfo> {
+        if let Some(s) = self.sources.get(name) {
+            return Some(RelationInfo {
+                schema: s.schema.clone(),
+                event_time: s.event_time.as_ref().map(|e| e.name.clone()),
+            });
+        }
+        self.streams
+            .get(name)
+            .filter(|s| s.query_id.is_none())
+            .map(|s| RelationInfo {
+                schema: s.plan.output_schema.clone(),
+                event_time: s.plan.event_time.clone(),
+            })
+    }
+
+    fn relation_names(&self) -> Vec<String> {
+        self.sources
+            .keys()
+            .chain(self.streams.iter().filter(|(_, s)| s.query_id.is_none()).map(|(k, _)| k))
+            .cloned()
+            .collect()
+    }
+}

@@ -1,0 +1,378 @@
+//! [`LaminarDB`]: open, execute SQL, push data, subscribe, observe, shut down.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use laminar_core::record::{FromRow, Record};
+use laminar_core::runtime::{Node, Runtime, RuntimeConfig};
+use laminar_sql::{Planner, did_you_mean};
+use parking_lot::{Mutex, RwLock};
+
+use crate::catalog::Catalog;
+use crate::config::{DbConfig, LaminarDbBuilder};
+use crate::error::DbError;
+use crate::ingest::{IngestTarget, SourceHandle, TypedSourceHandle, check_record_schema};
+use crate::runners::Failures;
+use crate::subscription::{
+    ArrowSubscription, CallbackHandle, ChangeEvent, PushSubscription, Subscription, SubscriptionConfig,
+    start_callback, start_push,
+};
+
+/// Lifecycle state (SPEC 1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipelineState {
+    /// Open; DDL and pushes work; connectors not started.
+    Created,
+    /// `start()` in progress.
+    Starting,
+    /// Connectors running.
+    Running,
+    /// `shutdown()` in progress.
+    ShuttingDown,
+    /// Shut down.
+    Stopped,
+}
+
+pub(crate) struct DbInner {
+    pub(crate) config: DbConfig,
+    pub(crate) runtime: Runtime,
+    pub(crate) io: Mutex<Option<tokio::runtime::Runtime>>,
+    pub(crate) io_handle: tokio::runtime::Handle,
+    pub(crate) catalog: RwLock<Catalog>,
+    /// Serializes DDL so validation and application see the same catalog.
+    pub(crate) ddl_lock: tokio::sync::Mutex<()>,
+    pub(crate) planner: Planner,
+    pub(crate) state: Mutex<PipelineState>,
+    pub(crate) started_at: Instant,
+    pub(crate) next_query_id: AtomicU64,
+    pub(crate) failures: Failures,
+}
+
+/// An embedded streaming SQL database. Cheap to clone (shared handle).
+#[derive(Clone)]
+pub struct LaminarDB {
+    pub(crate) inner: Arc<DbInner>,
+}
+
+impl LaminarDB {
+    /// Opens an in-memory database with default settings.
+    pub fn open() -> Result<LaminarDB, DbError> {
+        LaminarDB::with_config(DbConfig::default())
+    }
+
+    /// A builder for non-default settings.
+    pub fn builder() -> LaminarDbBuilder {
+        LaminarDbBuilder::default()
+    }
+
+    pub(crate) fn with_config(config: DbConfig) -> Result<LaminarDB, DbError> {
+        let runtime = Runtime::start(RuntimeConfig {
+            workers: config.workers.max(1),
+            ..RuntimeConfig::default()
+        })
+        .map_err(|e| DbError::Engine(e.to_string()))?;
+        let io = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(256)
+            .thread_name("laminar-io")
+            .enable_all()
+            .build()
+            .map_err(|e| DbError::Engine(format!("cannot start the connector runtime: {e}")))?;
+        let io_handle = io.handle().clone();
+        Ok(LaminarDB {
+            inner: Arc::new(DbInner {
+                config,
+                runtime,
+                io: Mutex::new(Some(io)),
+                io_handle,
+                catalog: RwLock::new(Catalog::default()),
+                ddl_lock: tokio::sync::Mutex::new(()),
+                planner: Planner::new(),
+                state: Mutex::new(PipelineState::Created),
+                started_at: Instant::now(),
+                next_query_id: AtomicU64::new(1),
+                failures: Arc::new(Mutex::new(Vec::new())),
+            }),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &DbConfig {
+        &self.inner.config
+    }
+
+    /// Current lifecycle state.
+    pub fn pipeline_state(&self) -> PipelineState {
+        *self.inner.state.lock()
+    }
+
+    pub(crate) fn ensure_open(&self) -> Result<(), DbError> {
+        match self.pipeline_state() {
+            PipelineState::ShuttingDown | PipelineState::Stopped => Err(DbError::Shutdown),
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts connector sources (idempotent). Pipelines fed only through the push API run
+    /// without it.
+    pub async fn start(&self) -> Result<(), DbError> {
+        {
+            let mut state = self.inner.state.lock();
+            match *state {
+                PipelineState::Running | PipelineState::Starting => return Ok(()),
+                PipelineState::ShuttingDown | PipelineState::Stopped => {
+                    return Err(DbError::InvalidOperation("start() after shutdown".into()));
+                }
+                PipelineState::Created => *state = PipelineState::Starting,
+            }
+        }
+        self.start_source_runners();
+        *self.inner.state.lock() = PipelineState::Running;
+        Ok(())
+    }
+
+    pub(crate) fn start_source_runners(&self) {
+        let mut catalog = self.inner.catalog.write();
+        for source in catalog.sources.values_mut() {
+            let target = IngestTarget {
+                name: source.name.clone(),
+                schema: source.schema.clone(),
+                event_time: source.event_time.clone(),
+                input: source.input.clone(),
+                backpressure: source.backpressure,
+                metrics: source.metrics.clone(),
+            };
+            if let Some(runner) = source.runner.as_mut()
+                && !runner.is_started()
+            {
+                runner.start(&self.inner.io_handle, target, self.inner.failures.clone());
+            }
+        }
+    }
+
+    /// Stops intake, lets queued data drain (up to 10 s), closes sinks (committing their
+    /// files) and stops the workers. Idempotent.
+    pub async fn shutdown(&self) -> Result<(), DbError> {
+        self.shutdown_sync();
+        Ok(())
+    }
+
+    /// [`LaminarDB::shutdown`] from synchronous code.
+    pub fn shutdown_sync(&self) {
+        {
+            let mut state = self.inner.state.lock();
+            if matches!(*state, PipelineState::ShuttingDown | PipelineState::Stopped) {
+                return;
+            }
+            *state = PipelineState::ShuttingDown;
+        }
+        {
+            let catalog = self.inner.catalog.read();
+            for source in catalog.sources.values() {
+                if let Some(runner) = &source.runner {
+                    runner.stop();
+                }
+            }
+        }
+        self.inner.runtime.wait_idle(Duration::from_secs(10));
+        {
+            let catalog = self.inner.catalog.read();
+            for sink in catalog.sinks.values() {
+                sink.runner.stop();
+            }
+            for sink in catalog.sinks.values() {
+                sink.runner.wait(Duration::from_secs(10));
+            }
+        }
+        self.inner.runtime.shutdown();
+        if let Some(io) = self.inner.io.lock().take() {
+            io.shutdown_background();
+        }
+        *self.inner.state.lock() = PipelineState::Stopped;
+    }
+
+    /// Checkpointing needs a storage directory, which this version does not support: always
+    /// `None`.
+    pub fn checkpoint(&self) -> Result<Option<u64>, DbError> {
+        Ok(None)
+    }
+
+    /// Waits until every message pushed so far has reached subscriptions and sinks (or the
+    /// timeout passes). Useful in tests and before reading results.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        self.inner.runtime.wait_idle(timeout)
+    }
+
+    /// True when every source has a connector, all of them reached the end of their input,
+    /// and every sink has written and committed everything.
+    pub fn is_finished(&self) -> bool {
+        let catalog = self.inner.catalog.read();
+        let sources_done = !catalog.sources.is_empty()
+            && catalog
+                .sources
+                .values()
+                .all(|s| s.runner.as_ref().is_some_and(|r| r.is_ended()));
+        sources_done
+            && catalog
+                .sinks
+                .values()
+                .all(|s| !s.runner.has_task() || s.runner.is_done())
+    }
+
+    /// Failures of running sources, operators and sinks so far.
+    pub fn failures(&self) -> Vec<String> {
+        let mut out = self.inner.failures.lock().clone();
+        out.extend(
+            self.inner
+                .runtime
+                .failures()
+                .into_iter()
+                .map(|f| format!("stream '{}': {}", f.node, f.message)),
+        );
+        out
+    }
+
+    /// The untyped (Arrow) push handle of a source.
+    pub fn source_untyped(&self, name: &str) -> Result<SourceHandle, DbError> {
+        self.ensure_open()?;
+        let catalog = self.inner.catalog.read();
+        let source = catalog.sources.get(name).ok_or_else(|| DbError::NotFound {
+            kind: "source",
+            name: name.to_string(),
+            suggestion: did_you_mean(name, catalog.sources.keys().map(String::as_str)),
+        })?;
+        Ok(SourceHandle {
+            target: IngestTarget {
+                name: source.name.clone(),
+                schema: source.schema.clone(),
+                event_time: source.event_time.clone(),
+                input: source.input.clone(),
+                backpressure: source.backpressure,
+                metrics: source.metrics.clone(),
+            },
+        })
+    }
+
+    /// A typed push handle; the record type must match the declared columns by name and type.
+    pub fn source<T: Record>(&self, name: &str) -> Result<TypedSourceHandle<T>, DbError> {
+        let inner = self.source_untyped(name)?;
+        check_record_schema::<T>(name, &inner.target.schema)?;
+        Ok(TypedSourceHandle {
+            inner,
+            _marker: PhantomData,
+        })
+    }
+
+    /// The node whose output a subscription to `name` reads (stream, source, or in-memory
+    /// sink).
+    pub(crate) fn output_node(&self, name: &str) -> Result<Arc<Node>, DbError> {
+        let catalog = self.inner.catalog.read();
+        if let Some(node) = catalog.relation_node(name) {
+            return Ok(node);
+        }
+        if let Some(node) = catalog.sinks.get(name).and_then(|s| s.node.clone()) {
+            return Ok(node);
+        }
+        Err(DbError::NotFound {
+            kind: "stream",
+            name: name.to_string(),
+            suggestion: did_you_mean(name, catalog.names().iter().map(String::as_str)),
+        })
+    }
+
+    /// Polls Arrow batches of a stream (or source, or in-memory sink).
+    pub fn subscribe_arrow(&self, name: &str) -> Result<ArrowSubscription, DbError> {
+        self.ensure_open()?;
+        let node = self.output_node(name)?;
+        let rx = self
+            .inner
+            .runtime
+            .attach(&node, self.inner.config.subscription_buffer, false);
+        Ok(ArrowSubscription {
+            name: name.to_string(),
+            schema: node.schema(),
+            rx,
+            done: false,
+        })
+    }
+
+    /// Polls rows of a stream converted to `T` by column name; the mapping is checked here.
+    pub fn subscribe<T: FromRow>(&self, name: &str) -> Result<Subscription<T>, DbError> {
+        let node = self.output_node(name)?;
+        T::check_schema(&node.schema()).map_err(|e| DbError::SchemaMismatch {
+            object: name.to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok(Subscription {
+            inner: self.subscribe_arrow(name)?,
+            buffered: Default::default(),
+            _marker: PhantomData,
+        })
+    }
+
+    fn compile_filter(
+        &self,
+        schema: &SchemaRef,
+        filter: Option<&str>,
+    ) -> Result<Option<laminar_core::operator::Step>, DbError> {
+        match filter {
+            None => Ok(None),
+            Some(sql) => crate::execute::compile_predicate(&self.inner.planner, schema, sql).map(Some),
+        }
+    }
+
+    /// A push subscription with its own buffer and overflow policy.
+    pub fn subscribe_push(&self, name: &str, config: SubscriptionConfig) -> Result<PushSubscription, DbError> {
+        self.ensure_open()?;
+        if config.send_snapshot {
+            return Err(DbError::InvalidOperation(
+                "send_snapshot applies to materialized views, which are not supported yet".into(),
+            ));
+        }
+        let node = self.output_node(name)?;
+        let filter = self.compile_filter(&node.schema(), config.filter.as_deref())?;
+        let rx = self
+            .inner
+            .runtime
+            .attach(&node, self.inner.config.subscription_buffer, false);
+        Ok(start_push(&self.inner.io_handle, name, rx, &config, filter))
+    }
+
+    /// Calls `f` for every event on a background task.
+    pub fn subscribe_callback(
+        &self,
+        name: &str,
+        config: SubscriptionConfig,
+        f: impl FnMut(ChangeEvent) + Send + 'static,
+    ) -> Result<CallbackHandle, DbError> {
+        let sub = self.subscribe_push(name, config)?;
+        Ok(start_callback(&self.inner.io_handle, sub, f))
+    }
+
+    /// Events as a `futures::Stream`.
+    pub fn subscribe_stream(
+        &self,
+        name: &str,
+        config: SubscriptionConfig,
+    ) -> Result<impl futures::Stream<Item = ChangeEvent> + use<>, DbError> {
+        Ok(self.subscribe_push(name, config)?.into_stream())
+    }
+
+    /// Runs a bounded query (no sources or streams) and returns its rows.
+    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, DbError> {
+        crate::execute::bounded_query(self, sql).await
+    }
+}
+
+impl Drop for DbInner {
+    fn drop(&mut self) {
+        self.runtime.shutdown();
+        if let Some(io) = self.io.lock().take() {
+            io.shutdown_background();
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! `DESCRIBE [EXTENDED]` and `EXPLAIN [ANALYZE]` results.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use arrow::array::{ArrayRef, BooleanArray, StringArray};
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use laminar_sql::SqlError;
+use laminar_sql::explain::explain_stream;
+use laminar_sql::parser::{ConnectorSpec, SinkInput, StreamingStatement};
+use laminar_sql::plan::SchemaCatalog;
+
+use crate::db::LaminarDB;
+use crate::error::DbError;
+use crate::execute::batch;
+
+/// Keys whose values are secrets (SPEC 5.12).
+const SECRET_KEYS: [&str; 10] = [
+    "password",
+    "secret",
+    "token",
+    "account_key",
+    "private_key",
+    "sas_token",
+    "session_token",
+    "client_secret",
+    "service_account_key",
+    "basic.auth.user.info",
+];
+
+/// `NAME (k = 'v', ...)` with secret values masked.
+pub(crate) fn describe_connector(spec: &ConnectorSpec) -> String {
+    let options = spec
+        .options
+        .iter()
+        .map(|(k, v)| {
+            let lower = k.to_lowercase();
+            let value = if SECRET_KEYS.iter().any(|s| lower.contains(s)) {
+                "***".to_string()
+            } else {
+                mask_url_userinfo(v)
+            };
+            format!("{k} = '{value}'")
+        })
+        .collect::<Vec<_>>();
+    if options.is_empty() {
+        spec.name.clone()
+    } else {
+        format!("{} ({})", spec.name, options.join(", "))
+    }
+}
+
+fn mask_url_userinfo(v: &str) -> String {
+    if let Some(scheme_end) = v.find("://") {
+        let rest = &v[scheme_end + 3..];
+        if let Some(at) = rest.find('@')
+            && !rest[..at].contains('/')
+        {
+            return format!("{}://***@{}", &v[..scheme_end], &rest[at + 1..]);
+        }
+    }
+    v.to_string()
+}
+
+fn pairs(rows: Vec<(String, String)>) -> Result<RecordBatch, DbError> {
+    let (keys, values): (Vec<String>, Vec<String>) = rows.into_iter().unzip();
+    batch(
+        &[("plan_key", DataType::Utf8), ("plan_value", DataType::Utf8)],
+        vec![Arc::new(StringArray::from(keys)), Arc::new(StringArray::from(values))],
+    )
+}
+
+fn schema_text(schema: &SchemaRef) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}{}", f.name(), f.data_type(), if f.is_nullable() { "" } else { " NOT NULL" }))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl LaminarDB {
+    pub(crate) fn describe(&self, name: &str, extended: bool) -> Result<RecordBatch, DbError> {
+        let catalog = self.inner.catalog.read();
+        let (schema, watermark, connector, sql) = if let Some(s) = catalog.sources.get(name) {
+            (
+                s.schema.clone(),
+                s.watermark.as_ref().map(|w| format!("{} AS {}", w.column, w.expression)),
+                s.connector.as_ref().map(|c| match &s.format {
+                    Some(f) => format!("{} FORMAT {}", describe_connector(c), f.name.to_uppercase()),
+                    None => describe_connector(c),
+                }),
+                s.sql.clone(),
+            )
+        } else if let Some(s) = catalog.streams.get(name).filter(|s| s.query_id.is_none()) {
+            (
+                s.plan.output_schema.clone(),
+                s.plan.event_time.as_ref().map(|c| format!("{c} (from inputs)")),
+                None,
+                s.sql.clone(),
+            )
+        } else if let Some(s) = catalog.sinks.get(name) {
+            let schema = s
+                .node
+                .as_ref()
+                .map(|n| n.schema())
+                .or_else(|| catalog.relation(&s.input).map(|r| r.schema))
+                .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()));
+            (schema, None, s.connector.as_ref().map(describe_connector), s.sql.clone())
+        } else {
+            return Err(DbError::NotFound {
+                kind: "object",
+                name: name.to_string(),
+                suggestion: laminar_sql::did_you_mean(name, catalog.names().iter().map(String::as_str)),
+            });
+        };
+        let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let types: Vec<String> = schema.fields().iter().map(|f| f.data_type().to_string()).collect();
+        let nullable: Vec<bool> = schema.fields().iter().map(|f| f.is_nullable()).collect();
+        let mut fields = vec![
+            ("column_name", DataType::Utf8),
+            ("data_type", DataType::Utf8),
+            ("nullable", DataType::Boolean),
+        ];
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(names.clone())),
+            Arc::new(StringArray::from(types)),
+            Arc::new(BooleanArray::from(nullable)),
+        ];
+        if extended {
+            let n = names.len();
+            let repeat = |v: Option<String>| Arc::new(StringArray::from(vec![v; n])) as ArrayRef;
+            fields.extend([
+                ("watermark", DataType::Utf8),
+                ("emit", DataType::Utf8),
+                ("connector", DataType::Utf8),
+                ("sql", DataType::Utf8),
+            ]);
+            let _ = sql;
+            columns.extend([
+                repeat(watermark),
+                repeat(Some("append-only".into())),
+                repeat(connector),
+                repeat(Some(mask_statement(&catalog, name))),
+            ]);
+        }
+        batch(&fields, columns)
+    }
+
+    pub(crate) fn explain(&self, statement: StreamingStatement, analyze: bool) -> Result<RecordBatch, DbError> {
+        if analyze {
+            let name = match &statement {
+                StreamingStatement::Query { query, .. } => query.to_string().trim().to_string(),
+                StreamingStatement::Describe { name, .. } => name.clone(),
+                _ => String::new(),
+            };
+            return self.explain_analyze(&name);
+        }
+        let rows = match statement {
+            StreamingStatement::CreateStream(c) => {
+                let plan = self.plan(&c.name, &c.query)?;
+                explain_stream(&c.name, &plan)
+            }
+            StreamingStatement::Query { query, .. } => {
+                let plan = self.plan("query", &query)?;
+                explain_stream("query", &plan)
+            }
+            StreamingStatement::CreateSource(c) => {
+                let schema = self.inner.planner.build_schema(&c.columns)?;
+                vec![
+                    ("source".into(), c.name.clone()),
+                    ("schema".into(), schema_text(&Arc::new(schema))),
+                    (
+                        "watermark".into(),
+                        c.watermark
+                            .as_ref()
+                            .map(|w| format!("{} - {} ms (bounded out-of-orderness)", w.column, w.delay_ms))
+                            .unwrap_or_else(|| "none".into()),
+                    ),
+                    (
+                        "connector".into(),
+                        c.connector.as_ref().map(describe_connector).unwrap_or_else(|| "push API (embedded)".into()),
+                    ),
+                ]
+            }
+            StreamingStatement::CreateSink(c) => {
+                let input = match &c.input {
+                    SinkInput::Object(n) => n.clone(),
+                    SinkInput::Query(q) => format!("({q})"),
+                };
+                vec![
+                    ("sink".into(), c.name.clone()),
+                    ("dag".into(), format!("{input} -> {}", c.name)),
+                    ("filter".into(), c.filter.as_ref().map(|f| f.to_string()).unwrap_or_else(|| "none".into())),
+                    (
+                        "connector".into(),
+                        c.connector.as_ref().map(describe_connector).unwrap_or_else(|| "in-memory endpoint".into()),
+                    ),
+                ]
+            }
+            other => vec![("statement".into(), other.statement_type().to_string())],
+        };
+        pairs(rows)
+    }
+
+    fn explain_analyze(&self, name: &str) -> Result<RecordBatch, DbError> {
+        let catalog = self.inner.catalog.read();
+        let Some(stream) = catalog.streams.get(name) else {
+            return Err(SqlError::Invalid(format!("EXPLAIN ANALYZE takes the name of a running stream; '{name}' is not one")).into());
+        };
+        let mut rows = Vec::new();
+        for input in &stream.plan.inputs {
+            if let Some(node) = catalog.relation_node(input) {
+                rows.push((
+                    format!("input {input}"),
+                    format!(
+                        "rows_out={} watermark={}",
+                        node.metrics.rows_out.load(Ordering::Relaxed),
+                        node.output_watermark().map_or("none".into(), |w| w.to_string())
+                    ),
+                ));
+            }
+        }
+        let size = stream.node.state_size();
+        rows.push((
+            format!("operator {}", stream.name),
+            format!(
+                "StatelessOperator rows_in={} rows_out={} state_rows={} state_bytes={} watermark={}",
+                stream.metrics.rows_in.load(Ordering::Relaxed),
+                stream.metrics.rows_out.load(Ordering::Relaxed),
+                size.rows,
+                size.bytes,
+                stream.node.output_watermark().map_or("none".into(), |w| w.to_string())
+            ),
+        ));
+        for sink in catalog.sinks.values().filter(|s| s.input == name) {
+            rows.push((
+                format!("sink {}", sink.name),
+                format!(
+                    "rows_in={} rows_written={}",
+                    sink.metrics.rows_in.load(Ordering::Relaxed),
+                    sink.runner.connector_metrics().records_written
+                ),
+            ));
+        }
+        pairs(rows)
+    }
+}
+
+/// The object's SQL with secret option values masked.
+fn mask_statement(catalog: &crate::catalog::Catalog, name: &str) -> String {
+    let sql = catalog
+        .sources
+        .get(name)
+        .map(|s| s.sql.clone())
+        .or_else(|| catalog.streams.get(name).map(|s| s.sql.clone()))
+        .or_else(|| catalog.sinks.get(name).map(|s| s.sql.clone()))
+        .unwrap_or_default();
+    let connector = catalog
+        .sources
+        .get(name)
+        .and_then(|s| s.connector.as_ref())
+        .or_else(|| catalog.sinks.get(name).and_then(|s| s.connector.as_ref()));
+    let mut masked = sql;
+    if let Some(spec) = connector {
+        for (k, v) in &spec.options {
+            let lower = k.to_lowercase();
+            if SECRET_KEYS.iter().any(|s| lower.contains(s)) && !v.is_empty() {
+                masked = masked.replace(v.as_str(), "***");
+            }
+        }
+    }
+    masked
+}

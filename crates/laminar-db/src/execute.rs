@@ -1,0 +1,803 @@
+//! Statement execution: `execute()` splits a script, runs statements in order and stops at
+//! the first failure (earlier statements stay applied). Every statement validates completely
+//! before it changes the catalog.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, BooleanArray, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use laminar_connectors::{ConnectorOptions, create_sink, create_source};
+use laminar_core::metrics::NodeMetrics;
+use laminar_core::operator::{SourceOperator, SourceSettings, StatelessOperator, Step};
+use laminar_core::runtime::EdgeReceiver;
+use laminar_core::time::EventTimeColumn;
+use laminar_sql::parser::{
+    CreateSink, CreateSource, CreateStream, ObjectKind, ShowKind, SinkInput, StreamingStatement,
+    parse_script_statement,
+};
+use laminar_sql::plan::SchemaCatalog;
+use laminar_sql::{Planner, SqlError, StreamPlan, did_you_mean, split_statements, substitute_vars};
+use sqlparser::ast::{Expr, Query, SelectItem, SetExpr};
+
+use crate::catalog::{SinkEntry, SourceEntry, StreamEntry};
+use crate::config::BackpressureStrategy;
+use crate::db::LaminarDB;
+use crate::error::DbError;
+use crate::runners::{SinkRunner, SourceRunner};
+use crate::subscription::{ArrowSubscription, Subscription};
+
+/// What a DDL statement did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DdlInfo {
+    /// `CREATE SOURCE`, `DROP STREAM`, ...
+    pub statement_type: String,
+    /// The object.
+    pub object_name: String,
+}
+
+/// Result of [`LaminarDB::execute`] (the last statement's).
+pub enum ExecuteResult {
+    /// DDL done.
+    Ddl(DdlInfo),
+    /// A continuous query started.
+    Query(QueryHandle),
+    /// Rows inserted.
+    RowsAffected(u64),
+    /// Tabular metadata (SHOW, DESCRIBE, EXPLAIN).
+    Metadata(RecordBatch),
+}
+
+impl std::fmt::Debug for ExecuteResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExecuteResult::Ddl(d) => write!(f, "Ddl({d:?})"),
+            ExecuteResult::Query(q) => write!(f, "Query({})", q.id),
+            ExecuteResult::RowsAffected(n) => write!(f, "RowsAffected({n})"),
+            ExecuteResult::Metadata(b) => write!(f, "Metadata({} rows)", b.num_rows()),
+        }
+    }
+}
+
+/// A running continuous query started by `execute("SELECT ...")`.
+pub struct QueryHandle {
+    /// Query id (shown by `SHOW QUERIES`).
+    pub id: u64,
+    /// Output schema.
+    pub schema: SchemaRef,
+    /// The SQL text.
+    pub sql: String,
+    name: String,
+    db: LaminarDB,
+    first: parking_lot::Mutex<Option<EdgeReceiver>>,
+    active: Arc<AtomicBool>,
+}
+
+impl QueryHandle {
+    /// True until cancelled.
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Arrow subscription to the results (the first call receives everything since the query
+    /// started).
+    pub fn subscribe_arrow(&self) -> Result<ArrowSubscription, DbError> {
+        if let Some(rx) = self.first.lock().take() {
+            return Ok(ArrowSubscription {
+                name: self.name.clone(),
+                schema: self.schema.clone(),
+                rx,
+                done: false,
+            });
+        }
+        self.db.subscribe_arrow(&self.name)
+    }
+
+    /// Typed subscription to the results.
+    pub fn subscribe<T: laminar_core::record::FromRow>(&self) -> Result<Subscription<T>, DbError> {
+        T::check_schema(&self.schema).map_err(|e| DbError::SchemaMismatch {
+            object: self.sql.clone(),
+            detail: e.to_string(),
+        })?;
+        Ok(Subscription {
+            inner: self.subscribe_arrow()?,
+            buffered: Default::default(),
+            _marker: std::marker::PhantomData,
+        })
+    }
+
+    /// Stops the query.
+    pub fn cancel(&self) -> Result<(), DbError> {
+        self.db.cancel_query(self.id)
+    }
+}
+
+impl LaminarDB {
+    /// Runs `;`-separated statements in order; the first failure stops the rest (earlier
+    /// statements stay applied) and is returned; otherwise the last result is returned.
+    pub async fn execute(&self, sql: &str) -> Result<ExecuteResult, DbError> {
+        self.ensure_open()?;
+        let sql = substitute_vars(sql, &self.inner.config.config_vars)?;
+        let statements = split_statements(&sql);
+        if statements.is_empty() {
+            return Err(DbError::SqlParse {
+                message: "no statement to execute".into(),
+                line: 1,
+                column: 1,
+            });
+        }
+        let mut last = None;
+        for text in &statements {
+            let statement = parse_script_statement(text)?;
+            last = Some(self.execute_statement(statement, &text.text).await?);
+        }
+        last.ok_or_else(|| DbError::Engine("no statement executed".into()))
+    }
+
+    async fn execute_statement(&self, statement: StreamingStatement, sql: &str) -> Result<ExecuteResult, DbError> {
+        let _ddl = self.inner.ddl_lock.lock().await;
+        let statement_type = statement.statement_type().to_string();
+        let ddl = |name: String| {
+            ExecuteResult::Ddl(DdlInfo {
+                statement_type: statement_type.clone(),
+                object_name: name,
+            })
+        };
+        match statement {
+            StreamingStatement::CreateSource(c) => self.create_source(c, sql).map(ddl),
+            StreamingStatement::CreateStream(c) => self.create_stream(c, sql).map(ddl),
+            StreamingStatement::CreateSink(c) => self.create_sink(c, sql).map(ddl),
+            StreamingStatement::Drop {
+                kind,
+                name,
+                if_exists,
+                cascade,
+            } => self.drop_object(kind, &name, if_exists, cascade).map(ddl),
+            StreamingStatement::Show(kind) => self.show(kind).map(ExecuteResult::Metadata),
+            StreamingStatement::Describe { name, extended } => {
+                self.describe(&name, extended).map(ExecuteResult::Metadata)
+            }
+            StreamingStatement::Explain { analyze, statement } => {
+                self.explain(*statement, analyze).map(ExecuteResult::Metadata)
+            }
+            StreamingStatement::Insert {
+                table,
+                columns,
+                source,
+            } => self.insert(&table, &columns, &source).await.map(ExecuteResult::RowsAffected),
+            StreamingStatement::Query { query, clauses } => {
+                if let Some(emit) = clauses.emit {
+                    return Err(SqlError::not_supported(
+                        format!("EMIT {emit}"),
+                        Some("EMIT applies to aggregating queries; non-aggregating queries are append-only"),
+                    )
+                    .into());
+                }
+                if clauses.allow_lateness.is_some() || clauses.late_data_to.is_some() {
+                    return Err(SqlError::not_supported("ALLOW LATENESS / LATE DATA TO", None).into());
+                }
+                self.start_query(&query, sql).map(ExecuteResult::Query)
+            }
+        }
+    }
+
+    fn not_exists_or(&self, name: &str, kind: &'static str, if_not_exists: bool, or_replace: bool) -> Result<bool, DbError> {
+        let catalog = self.inner.catalog.read();
+        match catalog.kind_of(name) {
+            None => Ok(true),
+            Some(existing) if existing == kind && if_not_exists => Ok(false),
+            Some(existing) if existing == kind && or_replace => {
+                let dependents = catalog.dependents(name);
+                if dependents.is_empty() {
+                    Ok(true)
+                } else {
+                    Err(DbError::HasDependents {
+                        kind,
+                        name: name.to_string(),
+                        dependents,
+                    })
+                }
+            }
+            Some(existing) => Err(DbError::AlreadyExists {
+                kind,
+                name: name.to_string(),
+                existing_kind: existing,
+            }),
+        }
+    }
+
+    fn create_source(&self, c: CreateSource, sql: &str) -> Result<String, DbError> {
+        if !self.not_exists_or(&c.name, "source", c.if_not_exists, c.or_replace)? {
+            return Ok(c.name);
+        }
+        // Source options.
+        let mut buffer_size = self.inner.config.buffer_size;
+        let mut backpressure = self.inner.config.backpressure;
+        let mut idle_timeout = self.inner.config.idle_timeout;
+        const KNOWN: [&str; 5] = ["buffer_size", "backpressure", "wait_strategy", "watermark.idle_timeout", "watermark.max_skew"];
+        for (key, value) in &c.options {
+            let k = key.to_ascii_lowercase().replace('-', "_");
+            let invalid = |reason: &str| DbError::Sql(SqlError::Invalid(format!("source option {key} = '{value}': {reason}")));
+            match k.as_str() {
+                "buffer_size" => {
+                    buffer_size = value.parse().ok().filter(|n: &usize| *n > 0).ok_or_else(|| invalid("expected a positive integer"))?;
+                }
+                "backpressure" => {
+                    backpressure = BackpressureStrategy::parse(value).ok_or_else(|| invalid("expected block, drop_oldest or reject"))?;
+                }
+                "wait_strategy" => {
+                    if !matches!(value.to_ascii_lowercase().as_str(), "spin" | "spin_yield" | "park") {
+                        return Err(invalid("expected spin, spin_yield or park"));
+                    }
+                }
+                "watermark.idle_timeout" => {
+                    idle_timeout = laminar_connectors::parse_duration(value).map_err(|e| invalid(&e))?;
+                }
+                "channel" | "type" => {
+                    return Err(invalid("the channel kind is always derived (SPSC, MPSC when a producer is cloned, broadcast for several subscribers) and cannot be set"));
+                }
+                "watermark.key" | "watermark.max_keys" | "alignment.group" | "alignment.max_drift" | "alignment.mode" | "watermark.max_skew" => {
+                    return Err(SqlError::not_supported(format!("source option '{key}'"), Some("keyed watermarks, alignment groups and skew limits arrive with windows")).into());
+                }
+                _ => {
+                    return Err(DbError::Sql(SqlError::Invalid(format!(
+                        "unknown source option '{key}'{}; valid options: {}",
+                        did_you_mean(&k, KNOWN).map(|s| format!(" (did you mean '{s}'?)")).unwrap_or_default(),
+                        KNOWN.join(", ")
+                    ))));
+                }
+            }
+        }
+        // Schema: declared, or supplied by the connector.
+        let declared = Arc::new(self.inner.planner.build_schema(&c.columns)?);
+        let mut connector = None;
+        let schema: SchemaRef = match &c.connector {
+            Some(spec) => {
+                let options = ConnectorOptions::from_pairs(spec.options.iter().map(|(k, v)| (k.as_str(), v.clone())));
+                let format = c.format.as_ref().map(|f| f.name.as_str());
+                let source = create_source(&spec.name, &options, format, declared.clone()).map_err(|source| DbError::Connector {
+                    object: c.name.clone(),
+                    source,
+                })?;
+                let schema = source.schema();
+                connector = Some(source);
+                schema
+            }
+            None => {
+                if c.columns.is_empty() {
+                    return Err(SqlError::Invalid(format!(
+                        "source '{}' declares no columns and has no connector that could supply them",
+                        c.name
+                    ))
+                    .into());
+                }
+                if c.format.is_some() {
+                    return Err(SqlError::Invalid("FORMAT needs a connector (FROM <connector>)".into()).into());
+                }
+                declared
+            }
+        };
+        let event_time = match &c.watermark {
+            Some(w) => Some(EventTimeColumn::resolve(&schema, &w.column).map_err(|reason| {
+                SqlError::Invalid(format!("WATERMARK FOR {} in source '{}': {reason}", w.column, c.name))
+            })?),
+            None => None,
+        };
+        // Everything validated: replace if asked, then create.
+        if c.or_replace {
+            self.remove_object(&c.name);
+        }
+        let metrics = Arc::new(NodeMetrics::default());
+        let operator = SourceOperator::new(
+            SourceSettings {
+                name: c.name.clone(),
+                schema: schema.clone(),
+                event_time: event_time.clone(),
+                delay_ms: c.watermark.as_ref().map_or(0, |w| w.delay_ms),
+                idle_timeout,
+            },
+            metrics.clone(),
+        );
+        let (node, input) = self
+            .inner
+            .runtime
+            .add_source(&c.name, Box::new(operator), metrics.clone(), buffer_size);
+        let mut entry = SourceEntry {
+            name: c.name.clone(),
+            sql: sql.to_string(),
+            schema,
+            event_time,
+            watermark: c.watermark,
+            connector: c.connector,
+            format: c.format,
+            backpressure,
+            node,
+            input,
+            metrics,
+            runner: connector.map(SourceRunner::new),
+        };
+        let running = matches!(self.pipeline_state(), crate::db::PipelineState::Running);
+        if running && let Some(runner) = entry.runner.as_mut() {
+            let target = crate::ingest::IngestTarget {
+                name: entry.name.clone(),
+                schema: entry.schema.clone(),
+                event_time: entry.event_time.clone(),
+                input: entry.input.clone(),
+                backpressure: entry.backpressure,
+                metrics: entry.metrics.clone(),
+            };
+            runner.start(&self.inner.io_handle, target, self.inner.failures.clone());
+        }
+        self.inner.catalog.write().sources.insert(c.name.clone(), entry);
+        Ok(c.name)
+    }
+
+    pub(crate) fn plan(&self, name: &str, query: &Query) -> Result<StreamPlan, DbError> {
+        let catalog = self.inner.catalog.read();
+        Ok(self.inner.planner.plan_query(name, query, &*catalog)?)
+    }
+
+    fn create_stream(&self, c: CreateStream, sql: &str) -> Result<String, DbError> {
+        if !self.not_exists_or(&c.name, "stream", c.if_not_exists, c.or_replace)? {
+            return Ok(c.name);
+        }
+        if let Some(emit) = &c.clauses.emit {
+            return Err(SqlError::not_supported(
+                format!("EMIT {emit}"),
+                Some("EMIT applies to aggregating queries; non-aggregating streams are append-only"),
+            )
+            .into());
+        }
+        if c.clauses.allow_lateness.is_some() || c.clauses.late_data_to.is_some() {
+            return Err(SqlError::not_supported("ALLOW LATENESS / LATE DATA TO", Some("lateness applies to windows")).into());
+        }
+        if let Some((key, _)) = c.options.first() {
+            return Err(SqlError::Invalid(format!("unknown stream option '{key}' (streams take no options yet)")).into());
+        }
+        let plan = self.plan(&c.name, &c.query)?;
+        if plan.inputs.iter().any(|i| i == &c.name) {
+            return Err(SqlError::Invalid(format!("stream '{}' cannot read itself", c.name)).into());
+        }
+        if c.or_replace {
+            self.remove_object(&c.name);
+        }
+        self.install_stream(&c.name, sql, plan, None)?;
+        Ok(c.name)
+    }
+
+    fn install_stream(
+        &self,
+        name: &str,
+        sql: &str,
+        plan: StreamPlan,
+        query_id: Option<u64>,
+    ) -> Result<(Arc<laminar_core::runtime::Node>, Arc<AtomicBool>), DbError> {
+        let mut catalog = self.inner.catalog.write();
+        let upstreams = plan
+            .inputs
+            .iter()
+            .map(|i| {
+                catalog.relation_node(i).ok_or_else(|| DbError::NotFound {
+                    kind: "source or stream",
+                    name: i.clone(),
+                    suggestion: None,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let metrics = Arc::new(NodeMetrics::default());
+        let operator = StatelessOperator::new(name, plan.chains.clone(), plan.output_schema.clone());
+        let node = self
+            .inner
+            .runtime
+            .add_node(name, Box::new(operator), metrics.clone(), &upstreams);
+        let active = Arc::new(AtomicBool::new(true));
+        catalog.streams.insert(
+            name.to_string(),
+            StreamEntry {
+                name: name.to_string(),
+                sql: sql.to_string(),
+                plan,
+                node: node.clone(),
+                metrics,
+                query_id,
+                active: active.clone(),
+            },
+        );
+        Ok((node, active))
+    }
+
+    fn start_query(&self, query: &Query, sql: &str) -> Result<QueryHandle, DbError> {
+        let id = self.inner.next_query_id.fetch_add(1, Ordering::Relaxed);
+        let name = format!("__query_{id}");
+        let plan = self.plan(&name, query)?;
+        let schema = plan.output_schema.clone();
+        let (node, active) = self.install_stream(&name, sql, plan, Some(id))?;
+        let rx = self
+            .inner
+            .runtime
+            .attach(&node, self.inner.config.subscription_buffer, false);
+        Ok(QueryHandle {
+            id,
+            schema,
+            sql: sql.to_string(),
+            name,
+            db: self.clone(),
+            first: parking_lot::Mutex::new(Some(rx)),
+            active,
+        })
+    }
+
+    /// Cancels a continuous query started by `execute("SELECT ...")`.
+    pub fn cancel_query(&self, id: u64) -> Result<(), DbError> {
+        let name = format!("__query_{id}");
+        let mut catalog = self.inner.catalog.write();
+        let Some(entry) = catalog.streams.remove(&name) else {
+            if catalog.finished_queries.contains_key(&id) {
+                return Ok(());
+            }
+            return Err(DbError::NotFound {
+                kind: "query",
+                name: id.to_string(),
+                suggestion: None,
+            });
+        };
+        entry.active.store(false, Ordering::SeqCst);
+        self.inner.runtime.remove_node(&entry.node);
+        catalog.finished_queries.insert(id, entry.sql);
+        Ok(())
+    }
+
+    fn create_sink(&self, c: CreateSink, sql: &str) -> Result<String, DbError> {
+        if !self.not_exists_or(&c.name, "sink", c.if_not_exists, c.or_replace)? {
+            return Ok(c.name);
+        }
+        // The sink reads `input` through an optional filter/projection node.
+        let (input, query) = match &c.input {
+            SinkInput::Object(name) => {
+                let catalog = self.inner.catalog.read();
+                if catalog.relation(name).is_none() {
+                    let names = catalog.relation_names();
+                    return Err(SqlError::UnknownObject {
+                        kind: "source or stream",
+                        name: name.clone(),
+                        suggestion: did_you_mean(name, names.iter().map(String::as_str)),
+                    }
+                    .into());
+                }
+                let query = match &c.filter {
+                    Some(filter) => Some(select_star_where(name, filter)?),
+                    None => None,
+                };
+                (name.clone(), query)
+            }
+            SinkInput::Query(q) => {
+                let query = match &c.filter {
+                    Some(filter) => {
+                        let mut q = (**q).clone();
+                        wrap_where(&mut q, filter)?;
+                        q
+                    }
+                    None => (**q).clone(),
+                };
+                (String::new(), Some(query))
+            }
+        };
+        let plan = match &query {
+            Some(q) => Some(self.plan(&c.name, q)?),
+            None => None,
+        };
+        let input = match &plan {
+            Some(p) if input.is_empty() => p.inputs.first().cloned().unwrap_or_default(),
+            _ => input,
+        };
+        let schema = match &plan {
+            Some(p) => p.output_schema.clone(),
+            None => self
+                .inner
+                .catalog
+                .read()
+                .relation(&input)
+                .map(|r| r.schema)
+                .ok_or_else(|| DbError::Engine(format!("relation '{input}' vanished")))?,
+        };
+        let connector = match &c.connector {
+            Some(spec) => {
+                let options = ConnectorOptions::from_pairs(spec.options.iter().map(|(k, v)| (k.as_str(), v.clone())));
+                let format = c.format.as_ref().map(|f| f.name.as_str());
+                if laminar_core::message::is_changelog(&schema) {
+                    return Err(SqlError::Invalid(format!(
+                        "sink '{}' reads an updating stream; the {} connector is append-only",
+                        c.name, spec.name
+                    ))
+                    .into());
+                }
+                Some(create_sink(&spec.name, &options, format, schema.clone()).map_err(|source| DbError::Connector {
+                    object: c.name.clone(),
+                    source,
+                })?)
+            }
+            None => {
+                if c.format.is_some() {
+                    return Err(SqlError::Invalid("FORMAT needs a connector (INTO <connector>)".into()).into());
+                }
+                None
+            }
+        };
+        if c.or_replace {
+            self.remove_object(&c.name);
+        }
+        let metrics = Arc::new(NodeMetrics::default());
+        let mut catalog = self.inner.catalog.write();
+        // A node in front of the sink when it filters, or when it has no connector (the
+        // node is then the sink's subscribable in-memory endpoint).
+        let node = match (plan, connector.is_none()) {
+            (Some(plan), _) => {
+                let upstreams = plan
+                    .inputs
+                    .iter()
+                    .filter_map(|i| catalog.relation_node(i))
+                    .collect::<Vec<_>>();
+                let op = StatelessOperator::new(&c.name, plan.chains.clone(), plan.output_schema.clone());
+                Some(self.inner.runtime.add_node(&c.name, Box::new(op), metrics.clone(), &upstreams))
+            }
+            (None, true) => {
+                let upstream = catalog.relation_node(&input).into_iter().collect::<Vec<_>>();
+                let op = StatelessOperator::new(&c.name, vec![Vec::new()], schema.clone());
+                Some(self.inner.runtime.add_node(&c.name, Box::new(op), metrics.clone(), &upstream))
+            }
+            (None, false) => None,
+        };
+        let runner = match connector {
+            Some(sink) => {
+                let feeding = node.clone().or_else(|| catalog.relation_node(&input)).ok_or_else(|| {
+                    DbError::Engine(format!("relation '{input}' vanished"))
+                })?;
+                let rx = self.inner.runtime.attach(&feeding, self.inner.config.subscription_buffer, true);
+                SinkRunner::start(&self.inner.io_handle, c.name.clone(), sink, rx, metrics.clone(), self.inner.failures.clone())
+            }
+            None => SinkRunner::none(),
+        };
+        catalog.sinks.insert(
+            c.name.clone(),
+            SinkEntry {
+                name: c.name.clone(),
+                sql: sql.to_string(),
+                input,
+                node,
+                connector: c.connector,
+                metrics,
+                runner,
+            },
+        );
+        Ok(c.name)
+    }
+
+    fn drop_object(&self, kind: ObjectKind, name: &str, if_exists: bool, cascade: bool) -> Result<String, DbError> {
+        let kind_name = match kind {
+            ObjectKind::Source => "source",
+            ObjectKind::Stream => "stream",
+            ObjectKind::Sink => "sink",
+            ObjectKind::Table => "table",
+            ObjectKind::MaterializedView => "materialized view",
+        };
+        let catalog = self.inner.catalog.read();
+        let exists = match kind {
+            ObjectKind::Source => catalog.sources.contains_key(name),
+            ObjectKind::Stream => catalog.streams.get(name).is_some_and(|s| s.query_id.is_none()),
+            ObjectKind::Sink => catalog.sinks.contains_key(name),
+            ObjectKind::Table | ObjectKind::MaterializedView => false,
+        };
+        if !exists {
+            if if_exists {
+                return Ok(name.to_string());
+            }
+            let candidates: Vec<String> = match kind {
+                ObjectKind::Source => catalog.sources.keys().cloned().collect(),
+                ObjectKind::Stream => catalog.streams.iter().filter(|(_, s)| s.query_id.is_none()).map(|(k, _)| k.clone()).collect(),
+                ObjectKind::Sink => catalog.sinks.keys().cloned().collect(),
+                _ => Vec::new(),
+            };
+            return Err(DbError::NotFound {
+                kind: kind_name,
+                name: name.to_string(),
+                suggestion: did_you_mean(name, candidates.iter().map(String::as_str)),
+            });
+        }
+        let dependents = catalog.dependents(name);
+        drop(catalog);
+        if !dependents.is_empty() {
+            if cascade {
+                return Err(SqlError::not_supported(
+                    format!("DROP {} ... CASCADE", kind.keyword()),
+                    Some("drop the dependants first"),
+                )
+                .into());
+            }
+            return Err(DbError::HasDependents {
+                kind: kind_name,
+                name: name.to_string(),
+                dependents,
+            });
+        }
+        self.remove_object(name);
+        Ok(name.to_string())
+    }
+
+    /// Removes an object (no dependency checks) and stops what runs for it.
+    fn remove_object(&self, name: &str) {
+        let mut catalog = self.inner.catalog.write();
+        if let Some(source) = catalog.sources.remove(name) {
+            if let Some(runner) = &source.runner {
+                runner.stop();
+            }
+            self.inner.runtime.remove_node(&source.node);
+        } else if let Some(stream) = catalog.streams.remove(name) {
+            stream.active.store(false, Ordering::SeqCst);
+            self.inner.runtime.remove_node(&stream.node);
+        } else if let Some(sink) = catalog.sinks.remove(name) {
+            sink.runner.stop();
+            if let Some(node) = &sink.node {
+                self.inner.runtime.remove_node(node);
+            }
+            drop(catalog);
+            sink.runner.wait(Duration::from_secs(5));
+        }
+    }
+
+    async fn insert(&self, table: &str, columns: &[String], source: &Query) -> Result<u64, DbError> {
+        let handle = self.source_untyped(table).map_err(|e| match e {
+            DbError::NotFound { name, suggestion, .. } => DbError::NotFound {
+                kind: "source",
+                name,
+                suggestion,
+            },
+            other => other,
+        })?;
+        let plan = {
+            let catalog = self.inner.catalog.read();
+            self.inner.planner.plan_insert(source, &*catalog)?
+        };
+        let schema = handle.schema();
+        let batch = self.inner.planner.evaluate_insert(table, &schema, columns, plan).await?;
+        let rows = batch.num_rows() as u64;
+        handle.push_arrow(batch)?;
+        Ok(rows)
+    }
+
+    fn show(&self, kind: ShowKind) -> Result<RecordBatch, DbError> {
+        let catalog = self.inner.catalog.read();
+        let strings = |v: Vec<String>| Arc::new(StringArray::from(v)) as ArrayRef;
+        match kind {
+            ShowKind::Sources => single_column("name", catalog.sources.keys().cloned().collect()),
+            ShowKind::Streams => single_column(
+                "name",
+                catalog.streams.values().filter(|s| s.query_id.is_none()).map(|s| s.name.clone()).collect(),
+            ),
+            ShowKind::Sinks => single_column("name", catalog.sinks.keys().cloned().collect()),
+            ShowKind::Tables => batch(
+                &[("name", DataType::Utf8), ("primary_key", DataType::Utf8), ("row_count", DataType::UInt64), ("connector", DataType::Utf8)],
+                vec![strings(vec![]), strings(vec![]), Arc::new(UInt64Array::from(Vec::<u64>::new())), strings(vec![])],
+            ),
+            ShowKind::MaterializedViews => batch(
+                &[("view_name", DataType::Utf8), ("sql", DataType::Utf8), ("state", DataType::Utf8)],
+                vec![strings(vec![]), strings(vec![]), strings(vec![])],
+            ),
+            ShowKind::Queries => {
+                let mut rows: Vec<(u64, String, bool)> = catalog
+                    .streams
+                    .values()
+                    .filter_map(|s| s.query_id.map(|id| (id, s.sql.clone(), s.active.load(Ordering::SeqCst))))
+                    .collect();
+                rows.extend(catalog.finished_queries.iter().map(|(id, sql)| (*id, sql.clone(), false)));
+                rows.sort_by_key(|r| r.0);
+                batch(
+                    &[("query_id", DataType::UInt64), ("sql", DataType::Utf8), ("active", DataType::Boolean)],
+                    vec![
+                        Arc::new(UInt64Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+                        strings(rows.iter().map(|r| r.1.clone()).collect()),
+                        Arc::new(BooleanArray::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+                    ],
+                )
+            }
+        }
+    }
+}
+
+/// `SELECT * FROM name WHERE filter` as an AST.
+fn select_star_where(name: &str, filter: &Expr) -> Result<Query, DbError> {
+    let sql = format!("SELECT * FROM \"{}\" WHERE {filter}", name.replace('"', "\"\""));
+    match laminar_sql::parse_statement(&sql)? {
+        StreamingStatement::Query { query, .. } => Ok(*query),
+        _ => Err(DbError::Engine("sink filter did not parse as a query".into())),
+    }
+}
+
+/// Adds `filter` to the WHERE clause of a simple SELECT (or wraps the query).
+fn wrap_where(query: &mut Query, filter: &Expr) -> Result<(), DbError> {
+    let sql = format!("SELECT * FROM ({query}) AS sink_input WHERE {filter}");
+    match laminar_sql::parse_statement(&sql)? {
+        StreamingStatement::Query { query: q, .. } => {
+            *query = *q;
+            Ok(())
+        }
+        _ => Err(DbError::Engine("sink filter did not parse as a query".into())),
+    }
+}
+
+pub(crate) fn single_column(name: &str, values: Vec<String>) -> Result<RecordBatch, DbError> {
+    batch(&[(name, DataType::Utf8)], vec![Arc::new(StringArray::from(values))])
+}
+
+pub(crate) fn batch(fields: &[(&str, DataType)], columns: Vec<ArrayRef>) -> Result<RecordBatch, DbError> {
+    let schema = Schema::new(fields.iter().map(|(n, t)| Field::new(*n, t.clone(), true)).collect::<Vec<_>>());
+    RecordBatch::try_new(Arc::new(schema), columns).map_err(|e| DbError::Engine(e.to_string()))
+}
+
+/// Compiles a SQL predicate over `schema` (subscription filters).
+pub(crate) fn compile_predicate(planner: &Planner, schema: &SchemaRef, predicate: &str) -> Result<Step, DbError> {
+    struct One(SchemaRef);
+    impl SchemaCatalog for One {
+        fn relation(&self, name: &str) -> Option<laminar_sql::plan::RelationInfo> {
+            (name == "subscription_input").then(|| laminar_sql::plan::RelationInfo {
+                schema: self.0.clone(),
+                event_time: None,
+            })
+        }
+        fn relation_names(&self) -> Vec<String> {
+            vec!["subscription_input".into()]
+        }
+    }
+    let sql = format!("SELECT * FROM subscription_input WHERE {predicate}");
+    let StreamingStatement::Query { query, .. } = laminar_sql::parse_statement(&sql)? else {
+        return Err(SqlError::Invalid(format!("invalid subscription filter '{predicate}'")).into());
+    };
+    let plan = planner.plan_query("subscription", &query, &One(schema.clone()))?;
+    let chain = plan.chains.into_iter().next().unwrap_or_default();
+    chain
+        .into_iter()
+        .find(|s| matches!(s, Step::Filter(_)))
+        .ok_or_else(|| SqlError::Invalid(format!("subscription filter '{predicate}' is not a predicate")).into())
+}
+
+/// Runs a bounded query (no streaming relations) with DataFusion.
+pub(crate) async fn bounded_query(db: &LaminarDB, sql: &str) -> Result<Vec<RecordBatch>, DbError> {
+    db.ensure_open()?;
+    let sql = substitute_vars(sql, &db.inner.config.config_vars)?;
+    let statements = split_statements(&sql);
+    let [text] = statements.as_slice() else {
+        return Err(DbError::InvalidOperation("query() takes exactly one SELECT".into()));
+    };
+    let StreamingStatement::Query { query, .. } = parse_script_statement(text)? else {
+        return Err(DbError::InvalidOperation("query() takes a SELECT; use execute() for other statements".into()));
+    };
+    if let SetExpr::Select(select) = query.body.as_ref()
+        && select.projection.iter().any(|p| matches!(p, SelectItem::QualifiedWildcard(..)))
+    {
+        // Nothing special; falls through to planning.
+    }
+    let plan = {
+        let catalog = db.inner.catalog.read();
+        db.inner.planner.logical_plan(&query, &*catalog)?
+    };
+    let mut reads = false;
+    let _ = datafusion::common::tree_node::TreeNode::apply(&plan, |n| {
+        if matches!(n, datafusion::logical_expr::LogicalPlan::TableScan(_)) {
+            reads = true;
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    if reads {
+        return Err(DbError::InvalidOperation(
+            "this query reads a source or stream, which is unbounded: run it with execute() to get a continuous QueryHandle".into(),
+        ));
+    }
+    let ctx = datafusion::prelude::SessionContext::new_with_state(db.inner.planner.state().clone());
+    ctx.execute_logical_plan(plan)
+        .await
+        .map_err(|e| DbError::Sql(SqlError::Plan(e)))?
+        .collect()
+        .await
+        .map_err(|e| DbError::Engine(e.to_string()))
+}

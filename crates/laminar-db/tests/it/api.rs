@@ -1,0 +1,535 @@
+//! The embedded API and the acceptance checks of SPEC 1, 2.5, 3 and 7.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use laminar_db::{
+    BackpressureStrategy, ChangeEvent, DbError, ExecuteResult, FromRow, LaminarDB, PipelineState, Record,
+    SubscriptionBackpressure, SubscriptionConfig,
+};
+
+use crate::util::rows;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn db() -> LaminarDB {
+    LaminarDB::builder().workers(2).build_sync().unwrap()
+}
+
+fn readings(sensors: &[&str], temps: &[f64], ts: &[i64]) -> RecordBatch {
+    let schema = Schema::new(vec![
+        Field::new("sensor", DataType::Utf8, false),
+        Field::new("temp", DataType::Float64, true),
+        Field::new("ts", DataType::Int64, false),
+    ]);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(StringArray::from(sensors.to_vec())) as ArrayRef,
+            Arc::new(Float64Array::from(temps.to_vec())),
+            Arc::new(Int64Array::from(ts.to_vec())),
+        ],
+    )
+    .unwrap()
+}
+
+const READINGS: &str = "CREATE SOURCE readings (sensor VARCHAR NOT NULL, temp DOUBLE, ts BIGINT NOT NULL, \
+                        WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)";
+
+#[derive(Record, Clone, Debug)]
+struct Reading {
+    sensor: String,
+    temp: Option<f64>,
+    #[event_time]
+    ts: i64,
+}
+
+#[derive(FromRow, Debug, PartialEq)]
+struct Hot {
+    temp: Option<f64>,
+    sensor: String,
+}
+
+#[tokio::test]
+async fn quickstart_open_execute_push_subscribe_shutdown() {
+    let db = db();
+    db.execute(&format!("{READINGS}; CREATE STREAM hot AS SELECT sensor, temp FROM readings WHERE temp > 80"))
+        .await
+        .unwrap();
+    let mut hot = db.subscribe::<Hot>("hot").unwrap();
+    let src = db.source::<Reading>("readings").unwrap();
+    src.push(Reading { sensor: "a".into(), temp: Some(95.0), ts: 1000 }).unwrap();
+    src.push_batch(&[
+        Reading { sensor: "b".into(), temp: Some(20.0), ts: 2000 },
+        Reading { sensor: "c".into(), temp: None, ts: 3000 },
+        Reading { sensor: "d".into(), temp: Some(81.0), ts: 4000 },
+    ])
+    .unwrap();
+    assert!(db.wait_idle(WAIT));
+    let mut got = Vec::new();
+    while let Some(rows) = hot.poll() {
+        got.extend(rows);
+    }
+    assert_eq!(
+        got,
+        vec![
+            Hot { temp: Some(95.0), sensor: "a".into() },
+            Hot { temp: Some(81.0), sensor: "d".into() }
+        ]
+    );
+    assert_eq!(src.current_watermark(), Some(2000));
+    db.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn from_row_mismatch_fails_at_subscribe() {
+    #[derive(FromRow, Debug)]
+    struct Wrong {
+        #[allow(dead_code)]
+        nope: i64,
+    }
+    let db = db();
+    db.execute(&format!("{READINGS}; CREATE STREAM t AS SELECT sensor FROM readings")).await.unwrap();
+    let err = db.subscribe::<Wrong>("t").err().unwrap();
+    assert_eq!(err.code(), "SCHEMA_MISMATCH");
+    assert!(err.to_string().contains("nope"), "{err}");
+}
+
+#[tokio::test]
+async fn typed_handle_checks_the_declared_schema() {
+    #[derive(Record, Clone)]
+    struct Other {
+        sensor: String,
+        ts: i64,
+    }
+    let db = db();
+    db.execute(READINGS).await.unwrap();
+    let err = db.source::<Other>("readings").err().unwrap();
+    assert_eq!(err.code(), "SCHEMA_MISMATCH");
+    assert!(err.to_string().contains("temp"), "{err}");
+}
+
+#[tokio::test]
+async fn push_arrow_rejects_mismatched_batches_whole() {
+    let db = db();
+    db.execute(&format!("{READINGS}; CREATE STREAM t AS SELECT * FROM readings")).await.unwrap();
+    let mut sub = db.subscribe_arrow("t").unwrap();
+    let src = db.source_untyped("readings").unwrap();
+    // Wrong type: names the column and both types.
+    let bad = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("sensor", DataType::Utf8, false),
+            Field::new("temp", DataType::Utf8, true),
+            Field::new("ts", DataType::Int64, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from(vec!["a"])) as ArrayRef,
+            Arc::new(StringArray::from(vec!["hot"])),
+            Arc::new(Int64Array::from(vec![1])),
+        ],
+    )
+    .unwrap();
+    let err = src.push_arrow(bad).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("temp") && text.contains("Float64") && text.contains("Utf8"), "{text}");
+    // Missing column.
+    let missing = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("sensor", DataType::Utf8, false)])),
+        vec![Arc::new(StringArray::from(vec!["a"])) as ArrayRef],
+    )
+    .unwrap();
+    assert!(src.push_arrow(missing).unwrap_err().to_string().contains("'temp'"));
+    // Columns in another order are matched by name.
+    let reordered = readings(&["x"], &[1.0], &[5]);
+    let reordered = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            reordered.schema().field(2).clone(),
+            reordered.schema().field(0).clone(),
+            reordered.schema().field(1).clone(),
+        ])),
+        vec![reordered.column(2).clone(), reordered.column(0).clone(), reordered.column(1).clone()],
+    )
+    .unwrap();
+    src.push_arrow(reordered).unwrap();
+    assert!(db.wait_idle(WAIT));
+    let got = rows(&[sub.poll().unwrap()]);
+    assert_eq!(got, vec![vec!["x", "1.0", "5"]]);
+    assert!(sub.poll().is_none(), "nothing of the rejected batches was enqueued");
+}
+
+#[tokio::test]
+async fn spec_1_2_multi_statement_failure_semantics() {
+    let db = db();
+    let err = db
+        .execute("CREATE SOURCE a (x INT); GARBAGE; CREATE SOURCE c (x INT)")
+        .await
+        .unwrap_err();
+    match err {
+        DbError::SqlParse { line, column, .. } => assert_eq!((line, column), (1, 26)),
+        other => panic!("expected a parse error, got {other}"),
+    }
+    assert_eq!(db.sources(), vec!["a".to_string()]);
+}
+
+#[tokio::test]
+async fn spec_1_1_config_vars() {
+    let db = LaminarDB::builder().config_var("T", "orders").build().await.unwrap();
+    db.execute("CREATE SOURCE ${T} (id BIGINT)").await.unwrap();
+    assert_eq!(db.sources(), vec!["orders".to_string()]);
+    let err = db.execute("CREATE SOURCE ${NOPE} (id BIGINT)").await.unwrap_err();
+    assert!(matches!(err, DbError::UnresolvedConfigVar(ref n) if n == "NOPE"), "{err}");
+}
+
+#[tokio::test]
+async fn spec_1_3_lifecycle() {
+    let db = db();
+    assert_eq!(db.pipeline_state(), PipelineState::Created);
+    db.start().await.unwrap();
+    db.start().await.unwrap();
+    assert_eq!(db.pipeline_state(), PipelineState::Running);
+    db.shutdown().await.unwrap();
+    db.shutdown().await.unwrap();
+    assert_eq!(db.pipeline_state(), PipelineState::Stopped);
+    assert!(matches!(db.start().await, Err(DbError::InvalidOperation(_))));
+    assert!(matches!(db.execute("SHOW SOURCES").await, Err(DbError::Shutdown)));
+    assert_eq!(db.checkpoint().unwrap(), None);
+}
+
+#[tokio::test]
+async fn spec_1_4_reject_and_drop_oldest() {
+    // No draining: a stream whose subscriber never reads and tiny queues everywhere.
+    let db = LaminarDB::builder().workers(1).subscription_buffer(1).build_sync().unwrap();
+    db.execute(
+        "CREATE SOURCE r (x BIGINT) WITH (buffer_size = 4, backpressure = 'reject'); \
+         CREATE SOURCE d (x BIGINT) WITH (buffer_size = 4, backpressure = 'drop_oldest'); \
+         CREATE STREAM rs AS SELECT x FROM r; CREATE STREAM ds AS SELECT x FROM d",
+    )
+    .await
+    .unwrap();
+    let rs = db.subscribe_arrow("rs").unwrap();
+    let mut ds = db.subscribe_arrow("ds").unwrap();
+    let one = |v: i64| {
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)])),
+            vec![Arc::new(Int64Array::from(vec![v])) as ArrayRef],
+        )
+        .unwrap()
+    };
+    let r = db.source_untyped("r").unwrap();
+    let mut full = None;
+    for v in 0..200 {
+        if let Err(e) = r.push_arrow(one(v)) {
+            full = Some(e);
+            break;
+        }
+    }
+    let full = full.expect("a bounded pipeline with no reader must eventually reject");
+    assert_eq!(full.code(), "CHANNEL_FULL");
+    assert!(r.is_backpressured());
+    // drop_oldest never fails; evicted rows are counted and never seen downstream.
+    let d = db.source_untyped("d").unwrap();
+    for v in 0..200 {
+        d.push_arrow(one(v)).unwrap();
+    }
+    let dropped = db.source_metrics("d").unwrap().dropped;
+    assert!(dropped > 0, "with no reader some rows must be evicted");
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while seen.len() + (dropped as usize) < 200 && std::time::Instant::now() < deadline {
+        if let Some(b) = ds.recv_timeout(Duration::from_millis(50)).unwrap() {
+            seen.extend(b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().iter().copied());
+        }
+    }
+    assert_eq!(seen.len() as u64 + db.source_metrics("d").unwrap().dropped, 200);
+    assert!(!seen.contains(&0), "the oldest row was evicted");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "order kept");
+    drop(rs);
+}
+
+#[tokio::test]
+async fn spec_1_5_push_subscription_lagged() {
+    let db = db();
+    // No event time: every event is a data event (watermark events would also count).
+    db.execute("CREATE SOURCE readings (sensor VARCHAR NOT NULL, temp DOUBLE, ts BIGINT NOT NULL); \
+                CREATE STREAM t AS SELECT sensor FROM readings")
+        .await
+        .unwrap();
+    let mut sub = db
+        .subscribe_push(
+            "t",
+            SubscriptionConfig {
+                buffer_size: 2,
+                backpressure: SubscriptionBackpressure::DropOldest,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let src = db.source_untyped("readings").unwrap();
+    for i in 0..5 {
+        src.push_arrow(readings(&[&format!("s{i}")], &[1.0], &[0])).unwrap();
+    }
+    assert!(db.wait_idle(WAIT));
+    std::thread::sleep(Duration::from_millis(200));
+    let first = sub.recv().await.unwrap();
+    assert!(matches!(first, ChangeEvent::Lagged(3)), "{first:?}");
+    for expected in ["s3", "s4"] {
+        match sub.recv().await.unwrap() {
+            ChangeEvent::Insert(data) => assert_eq!(rows(&[(*data.batch).clone()]), vec![vec![expected.to_string()]]),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn push_subscription_filter_callback_and_watermarks() {
+    let db = db();
+    db.execute(&format!("{READINGS}; CREATE STREAM t AS SELECT sensor, temp, ts FROM readings")).await.unwrap();
+    let err = db
+        .subscribe_push("t", SubscriptionConfig { filter: Some("nope > 1".into()), ..Default::default() })
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("nope"), "{err}");
+    let mut sub = db
+        .subscribe_push("t", SubscriptionConfig { filter: Some("temp > 50".into()), ..Default::default() })
+        .unwrap();
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let handle = {
+        let seen = seen.clone();
+        db.subscribe_callback("t", SubscriptionConfig::default(), move |ev| seen.lock().push(ev)).unwrap()
+    };
+    db.source_untyped("readings").unwrap().push_arrow(readings(&["a", "b"], &[10.0, 60.0], &[5000, 6000])).unwrap();
+    let mut inserted = Vec::new();
+    let mut watermark = None;
+    while inserted.is_empty() || watermark.is_none() {
+        match tokio::time::timeout(WAIT, sub.recv()).await.unwrap().unwrap() {
+            ChangeEvent::Insert(d) => inserted.extend(rows(&[(*d.batch).clone()])),
+            ChangeEvent::Watermark(w) => watermark = Some(w),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(inserted, vec![vec!["b".to_string(), "60.0".into(), "6000".into()]]);
+    assert_eq!(watermark, Some(4000));
+    let deadline = std::time::Instant::now() + WAIT;
+    while handle.delivered() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(seen.lock().iter().any(|e| matches!(e, ChangeEvent::Insert(d) if d.batch.num_rows() == 2)));
+    handle.cancel();
+}
+
+#[tokio::test]
+async fn spec_1_6_continuous_select_and_cancel() {
+    let db = db();
+    db.execute(READINGS).await.unwrap();
+    let ExecuteResult::Query(handle) = db.execute("SELECT sensor FROM readings").await.unwrap() else {
+        panic!("expected a query handle")
+    };
+    assert!(handle.is_active());
+    let mut sub = handle.subscribe_arrow().unwrap();
+    db.source_untyped("readings").unwrap().push_arrow(readings(&["a"], &[1.0], &[1])).unwrap();
+    let batch = sub.recv_timeout(WAIT).unwrap().unwrap();
+    assert_eq!(rows(&[batch]), vec![vec!["a".to_string()]]);
+    let ExecuteResult::Metadata(q) = db.execute("SHOW QUERIES").await.unwrap() else { panic!() };
+    assert_eq!(rows(&[q])[0][2], "true");
+    handle.cancel().unwrap();
+    assert!(!handle.is_active());
+    let ExecuteResult::Metadata(q) = db.execute("SHOW QUERIES").await.unwrap() else { panic!() };
+    assert_eq!(rows(&[q]), vec![vec![handle.id.to_string(), "SELECT sensor FROM readings".into(), "false".into()]]);
+    // Bounded queries run through query().
+    let out = db.query("SELECT 1 + 1 AS two").await.unwrap();
+    assert_eq!(rows(&out), vec![vec!["2".to_string()]]);
+    assert_eq!(db.query("SELECT * FROM readings").await.unwrap_err().code(), "INVALID_OPERATION");
+}
+
+#[tokio::test]
+async fn spec_2_3_stream_definition_and_2_5_sink_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db();
+    db.execute(&format!(
+        "{READINGS}; CREATE STREAM hot_sensors AS SELECT sensor, temp AS avg_temp FROM readings; \
+         CREATE SINK hot_alerts FROM hot_sensors WHERE avg_temp > 95 INTO FILES (path = '{}', format = 'csv')",
+        dir.path().display()
+    ))
+    .await
+    .unwrap();
+    db.source_untyped("readings").unwrap().push_arrow(readings(&["a", "b"], &[96.0, 90.0], &[1, 2])).unwrap();
+    assert!(db.wait_idle(WAIT));
+    db.shutdown().await.unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.path()).collect();
+    files.retain(|p| p.file_name().unwrap().to_string_lossy().starts_with("part-"));
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert_eq!(text.trim(), "sensor,avg_temp\na,96.0");
+}
+
+#[tokio::test]
+async fn spec_3_pipeline_watermark_is_min_over_sources() {
+    let db = db();
+    db.execute(
+        "CREATE SOURCE a (ts BIGINT, WATERMARK FOR ts AS ts); CREATE SOURCE b (ts BIGINT, WATERMARK FOR ts AS ts)",
+    )
+    .await
+    .unwrap();
+    db.source_untyped("a").unwrap().watermark(5000).unwrap();
+    assert!(db.wait_idle(WAIT));
+    assert_eq!(db.pipeline_watermark(), None, "b has no watermark yet");
+    db.source_untyped("b").unwrap().watermark(9000).unwrap();
+    assert!(db.wait_idle(WAIT));
+    assert_eq!(db.pipeline_watermark(), Some(5000));
+}
+
+#[tokio::test]
+async fn idle_source_does_not_hold_back_a_union() {
+    let db = LaminarDB::builder().workers(1).idle_timeout(Duration::from_millis(100)).build_sync().unwrap();
+    db.execute(
+        "CREATE SOURCE a (ts BIGINT, WATERMARK FOR ts AS ts); CREATE SOURCE b (ts BIGINT, WATERMARK FOR ts AS ts); \
+         CREATE STREAM u AS SELECT ts FROM a UNION ALL SELECT ts FROM b",
+    )
+    .await
+    .unwrap();
+    db.source_untyped("b").unwrap().watermark(1000).unwrap();
+    let a = db.source_untyped("a").unwrap();
+    // b goes idle after 100 ms; a keeps advancing and the union follows it.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut w = None;
+    let mut t = 2000;
+    while std::time::Instant::now() < deadline {
+        a.watermark(t).unwrap();
+        t += 1000;
+        std::thread::sleep(Duration::from_millis(30));
+        w = db.stream_metrics("u").unwrap().watermark;
+        if w.is_some_and(|w| w > 1000) {
+            break;
+        }
+    }
+    assert!(w.is_some_and(|w| w > 1000), "union watermark stuck at {w:?}");
+}
+
+#[tokio::test]
+async fn spec_7_metrics_and_topology() {
+    let db = db();
+    db.execute("CREATE SOURCE s (x BIGINT); CREATE STREAM t AS SELECT x FROM s WHERE x % 2 = 0").await.unwrap();
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)])),
+        vec![Arc::new(Int64Array::from((0..100).collect::<Vec<i64>>())) as ArrayRef],
+    )
+    .unwrap();
+    db.source_untyped("s").unwrap().push_arrow(batch).unwrap();
+    assert!(db.wait_idle(WAIT));
+    let m = db.metrics();
+    assert_eq!(m.total_events_ingested, 100);
+    assert_eq!(m.total_events_emitted, 50);
+    assert_eq!((m.source_count, m.stream_count, m.sink_count), (1, 1, 0));
+    assert_eq!(db.stream_metrics("t").unwrap().total_events, 50);
+    let topo = db.pipeline_topology();
+    assert!(topo.edges.iter().any(|e| e.from == "s" && e.to == "t"));
+    assert_eq!(topo.nodes.len(), 2);
+}
+
+#[tokio::test]
+async fn spec_7_backpressure_flag_with_a_stalled_consumer() {
+    let db = LaminarDB::builder()
+        .workers(1)
+        .buffer_size(10)
+        .backpressure(BackpressureStrategy::Reject)
+        .subscription_buffer(1)
+        .build_sync()
+        .unwrap();
+    db.execute("CREATE SOURCE s (x BIGINT); CREATE STREAM t AS SELECT x FROM s").await.unwrap();
+    let _stalled = db.subscribe_arrow("t").unwrap();
+    let src = db.source_untyped("s").unwrap();
+    let one = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)])),
+        vec![Arc::new(Int64Array::from(vec![1])) as ArrayRef],
+    )
+    .unwrap();
+    while src.push_arrow(one.clone()).is_ok() {}
+    let m = db.source_metrics("s").unwrap();
+    assert!(m.is_backpressured && m.utilization > 0.8, "{m:?}");
+}
+
+#[tokio::test]
+async fn null_event_time_and_not_null_are_rejected_before_enqueue() {
+    let db = db();
+    db.execute("CREATE SOURCE s (x BIGINT, ts BIGINT, WATERMARK FOR ts AS ts); CREATE STREAM t AS SELECT x FROM s")
+        .await
+        .unwrap();
+    let mut sub = db.subscribe_arrow("t").unwrap();
+    let err = db.execute("INSERT INTO s VALUES (1, 10), (2, NULL)").await.unwrap_err();
+    assert!(err.to_string().contains("NULL event time in column 'ts' at row 1"), "{err}");
+    assert!(db.wait_idle(WAIT));
+    assert!(sub.poll().is_none());
+}
+
+#[tokio::test]
+async fn failing_expression_is_reported_and_does_not_hang() {
+    let db = db();
+    db.execute("CREATE SOURCE s (x BIGINT); CREATE STREAM t AS SELECT 10 / x AS y FROM s").await.unwrap();
+    let mut sub = db.subscribe_arrow("t").unwrap();
+    db.execute("INSERT INTO s VALUES (0)").await.unwrap();
+    assert!(db.wait_idle(WAIT));
+    let failures = db.failures();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].contains("Divide by zero"), "{failures:?}");
+    // The stream ended; later pushes are drained, never blocking the producer.
+    for _ in 0..100 {
+        db.execute("INSERT INTO s VALUES (1)").await.unwrap();
+    }
+    assert!(db.wait_idle(WAIT));
+    assert!(sub.recv().is_err(), "the failed stream ends its subscriptions");
+}
+
+#[tokio::test]
+async fn describe_extended_masks_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db();
+    db.execute(&format!(
+        "CREATE SOURCE s (x BIGINT); CREATE SINK k FROM s INTO FILES (path = '{}', format = 'csv')",
+        dir.path().display()
+    ))
+    .await
+    .unwrap();
+    let ExecuteResult::Metadata(b) = db.execute("DESCRIBE EXTENDED k").await.unwrap() else { panic!() };
+    assert_eq!(b.schema().field(5).name(), "connector");
+    let r = rows(&[b]);
+    assert!(r[0][5].starts_with("FILES (path = "), "{r:?}");
+}
+
+#[tokio::test]
+async fn files_source_pipeline_runs_to_completion() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.csv");
+    std::fs::write(&input, "id,amount,ts\n1,10.5,1000\n2,200.0,2000\n3,7.25,3000\n").unwrap();
+    let out = dir.path().join("out");
+    let db = db();
+    db.execute(&format!(
+        "CREATE SOURCE orders (id BIGINT NOT NULL, amount DOUBLE, ts BIGINT NOT NULL, WATERMARK FOR ts AS ts) \
+           FROM FILES (path = '{}', format = 'csv'); \
+         CREATE STREAM small AS SELECT id, amount FROM orders WHERE amount < 100; \
+         CREATE SINK small_out FROM small INTO FILES (path = '{}', format = 'json')",
+        input.display(),
+        out.display()
+    ))
+    .await
+    .unwrap();
+    db.start().await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !db.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(db.is_finished(), "finite sources end and sinks commit");
+    assert_eq!(db.stream_metrics("small").unwrap().watermark, Some(i64::MAX), "end of input closes time");
+    let written = db.sink_metrics("small_out").unwrap().records_written;
+    assert_eq!(written, 2);
+    db.shutdown().await.unwrap();
+    let mut text = String::new();
+    for e in std::fs::read_dir(&out).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("part-") {
+            text.push_str(&std::fs::read_to_string(e.path()).unwrap());
+        }
+    }
+    assert_eq!(text, "{\"id\":1,\"amount\":10.5}\n{\"id\":3,\"amount\":7.25}\n");
+}

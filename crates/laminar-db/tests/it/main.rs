@@ -1,0 +1,12 @@
+//! Integration tests of the `laminar_db` facade: one binary (link once).
+//!
+//! - `slt`: golden SQL files under `tests/slt/<area>/*.slt` with streaming directives.
+//! - `api`: the embedded API and the acceptance checks of the spec.
+//! - `differential`: streaming output equals DataFusion batch execution.
+//! - `robustness`: hostile SQL and batches never panic.
+
+mod api;
+mod differential;
+mod robustness;
+mod slt;
+mod util;

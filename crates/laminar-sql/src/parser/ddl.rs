@@ -1,0 +1,641 @@
+//! Statement grammar: which statement a token stream holds and how each streaming statement is
+//! parsed.
+
+use sqlparser::ast::{BinaryOperator, Expr, Interval, Statement, TableObject, Value};
+use sqlparser::keywords::Keyword;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::Token;
+
+use super::{
+    ConnectorSpec, CreateSink, CreateSource, CreateStream, ObjectKind, ShowKind, SinkInput,
+    StreamingClauses, StreamingStatement, TokenStream, WatermarkSpec, normalize_ident,
+    normalize_name, parse_error,
+};
+use crate::error::SqlError;
+
+type PResult<T> = Result<T, SqlError>;
+
+/// Parses the statement held by `ts`.
+pub(crate) fn parse(ts: &mut TokenStream) -> PResult<StreamingStatement> {
+    parse_from(ts, 0)
+}
+
+fn word(ts: &TokenStream, i: usize) -> Option<String> {
+    match ts.token(i).map(|t| &t.token) {
+        Some(Token::Word(w)) if w.quote_style.is_none() => Some(w.value.to_uppercase()),
+        _ => None,
+    }
+}
+
+fn parse_from(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
+    let first = word(ts, start);
+    match first.as_deref() {
+        Some("CREATE") => parse_create(ts, start),
+        Some("DROP") => parse_drop(ts, start),
+        Some("SHOW") => parse_show(ts, start),
+        Some("DESCRIBE") | Some("DESC") => parse_describe(ts, start),
+        Some("EXPLAIN") => {
+            let analyze = word(ts, start + 1).as_deref() == Some("ANALYZE");
+            let inner_start = start + 1 + usize::from(analyze);
+            if inner_start >= ts.len() || matches!(ts.token(inner_start).map(|t| &t.token), Some(Token::EOF)) {
+                return Err(positioned(ts, inner_start, "EXPLAIN needs a statement to explain"));
+            }
+            let statement = parse_from(ts, inner_start)?;
+            Ok(StreamingStatement::Explain {
+                analyze,
+                statement: Box::new(statement),
+            })
+        }
+        Some("INSERT") => parse_insert(ts, start),
+        Some("SELECT") | Some("WITH") | Some("VALUES") => parse_query_statement(ts, start),
+        _ if matches!(ts.token(start).map(|t| &t.token), Some(Token::LParen)) => {
+            parse_query_statement(ts, start)
+        }
+        _ => {
+            // Let sqlparser tell a syntax error from a statement we do not run.
+            let mut p = ts.parser(start, ts.len());
+            match p.parse_statement() {
+                Ok(stmt) => Err(SqlError::not_supported(
+                    format!("the statement '{}'", statement_head(&stmt)),
+                    Some("LaminarDB runs CREATE SOURCE/STREAM/SINK, DROP, SHOW, DESCRIBE, EXPLAIN, INSERT and SELECT"),
+                )),
+                Err(e) => Err(parse_error(e, ts.token(start))),
+            }
+        }
+    }
+}
+
+fn statement_head(stmt: &Statement) -> String {
+    stmt.to_string().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+fn positioned(ts: &TokenStream, i: usize, message: &str) -> SqlError {
+    let (line, column) = ts
+        .token(i.min(ts.len().saturating_sub(1)))
+        .map(|t| (t.span.start.line, t.span.start.column))
+        .unwrap_or((1, 1));
+    SqlError::Parse {
+        message: message.to_string(),
+        line,
+        column,
+    }
+}
+
+fn err(p: &Parser<'_>, message: impl Into<String>) -> SqlError {
+    let t = p.peek_token();
+    SqlError::Parse {
+        message: message.into(),
+        line: t.span.start.line,
+        column: t.span.start.column,
+    }
+}
+
+fn pe<'a>(p: &'a Parser<'_>) -> impl Fn(sqlparser::parser::ParserError) -> SqlError + 'a {
+    move |e| {
+        let t = p.peek_token();
+        parse_error(e, Some(&t))
+    }
+}
+
+fn peek_word(p: &Parser<'_>, w: &str) -> bool {
+    matches!(&p.peek_token().token, Token::Word(word) if word.quote_style.is_none() && word.value.eq_ignore_ascii_case(w))
+}
+
+fn parse_word(p: &mut Parser<'_>, w: &str) -> bool {
+    if peek_word(p, w) {
+        p.next_token();
+        true
+    } else {
+        false
+    }
+}
+
+fn expect_word(p: &mut Parser<'_>, w: &str) -> PResult<()> {
+    if parse_word(p, w) {
+        Ok(())
+    } else {
+        Err(err(p, format!("expected {w}, found {}", p.peek_token().token)))
+    }
+}
+
+fn expect_end(p: &Parser<'_>) -> PResult<()> {
+    match &p.peek_token().token {
+        Token::EOF => Ok(()),
+        other => Err(err(p, format!("unexpected '{other}' after the end of the statement"))),
+    }
+}
+
+/// Index of the first top-level streaming clause (`EMIT`, `ALLOW LATENESS`, `LATE DATA TO`)
+/// at or after `start`, or the token count.
+fn clause_cut(ts: &TokenStream, start: usize) -> usize {
+    let mut depth = 0i64;
+    for i in start..ts.len() {
+        match ts.token(i).map(|t| &t.token) {
+            Some(Token::LParen) => depth += 1,
+            Some(Token::RParen) => depth -= 1,
+            _ if depth == 0 => {
+                let w = word(ts, i);
+                let next = word(ts, i + 1);
+                match (w.as_deref(), next.as_deref()) {
+                    (Some("EMIT"), _) | (Some("ALLOW"), Some("LATENESS")) | (Some("LATE"), Some("DATA")) => {
+                        return i;
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    ts.len()
+}
+
+fn parse_clauses(ts: &TokenStream, cut: usize) -> PResult<StreamingClauses> {
+    let mut clauses = StreamingClauses::default();
+    let mut i = cut;
+    while i < ts.len() {
+        let (key, skip) = match (word(ts, i).as_deref(), word(ts, i + 1).as_deref()) {
+            (Some("EMIT"), _) => ("EMIT", 1),
+            (Some("ALLOW"), Some("LATENESS")) => ("ALLOW", 2),
+            (Some("LATE"), Some("DATA")) => ("LATE", 2),
+            _ if matches!(ts.token(i).map(|t| &t.token), Some(Token::EOF)) => break,
+            _ => return Err(positioned(ts, i, "expected EMIT, ALLOW LATENESS or LATE DATA TO")),
+        };
+        let body_start = i + skip;
+        let mut end = body_start;
+        while end < ts.len() {
+            let w = word(ts, end);
+            let n = word(ts, end + 1);
+            let stop = matches!(
+                (w.as_deref(), n.as_deref()),
+                (Some("EMIT"), _) | (Some("ALLOW"), Some("LATENESS")) | (Some("LATE"), Some("DATA"))
+            ) || matches!(ts.token(end).map(|t| &t.token), Some(Token::EOF));
+            if stop {
+                break;
+            }
+            end += 1;
+        }
+        let text = (body_start..end)
+            .filter_map(|j| ts.token(j).map(|t| t.token.to_string()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        if text.is_empty() {
+            return Err(positioned(ts, body_start, &format!("{key} clause is incomplete")));
+        }
+        let slot = match key {
+            "EMIT" => &mut clauses.emit,
+            "ALLOW" => &mut clauses.allow_lateness,
+            _ => &mut clauses.late_data_to,
+        };
+        if slot.is_some() {
+            return Err(positioned(ts, i, &format!("{key} clause given twice")));
+        }
+        *slot = Some(text);
+        i = end;
+    }
+    Ok(clauses)
+}
+
+fn parse_create(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
+    let mut kind_at = start + 1;
+    if word(ts, kind_at).as_deref() == Some("OR") && word(ts, kind_at + 1).as_deref() == Some("REPLACE") {
+        kind_at += 2;
+    }
+    match word(ts, kind_at).as_deref() {
+        Some("SOURCE") => parse_create_source(ts, start),
+        Some("STREAM") => parse_create_stream(ts, start),
+        Some("SINK") => parse_create_sink(ts, start),
+        Some("MATERIALIZED") => Err(SqlError::not_supported(
+            "CREATE MATERIALIZED VIEW",
+            Some("use CREATE STREAM for an append-only continuous query"),
+        )),
+        Some("TABLE") => Err(SqlError::not_supported(
+            "CREATE TABLE (reference tables)",
+            Some("declare an append-only input with CREATE SOURCE"),
+        )),
+        _ => {
+            let mut p = ts.parser(start, ts.len());
+            match p.parse_statement() {
+                Ok(stmt) => Err(SqlError::not_supported(
+                    format!("the statement '{}'", statement_head(&stmt)),
+                    Some("CREATE takes SOURCE, STREAM or SINK"),
+                )),
+                Err(_) => Err(positioned(
+                    ts,
+                    kind_at,
+                    "expected SOURCE, STREAM, SINK, TABLE or MATERIALIZED VIEW after CREATE",
+                )),
+            }
+        }
+    }
+}
+
+fn parse_create_prefix(p: &mut Parser<'_>, kind: &str) -> PResult<(bool, bool, String)> {
+    p.expect_keyword(Keyword::CREATE).map_err(pe(p))?;
+    let or_replace = p.parse_keywords(&[Keyword::OR, Keyword::REPLACE]);
+    expect_word(p, kind)?;
+    let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = p.parse_object_name(false).map_err(pe(p))?;
+    let name = normalize_name(&name)?;
+    if or_replace && if_not_exists {
+        return Err(err(p, "OR REPLACE and IF NOT EXISTS cannot be combined"));
+    }
+    Ok((or_replace, if_not_exists, name))
+}
+
+fn parse_create_source(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
+    let mut p = ts.parser(start, ts.len());
+    let (or_replace, if_not_exists, name) = parse_create_prefix(&mut p, "SOURCE")?;
+    let mut columns = Vec::new();
+    let mut watermark = None;
+    if p.consume_token(&Token::LParen) {
+        loop {
+            if parse_word(&mut p, "WATERMARK") {
+                if watermark.is_some() {
+                    return Err(err(&p, "a source has at most one WATERMARK FOR clause"));
+                }
+                p.expect_keyword(Keyword::FOR).map_err(pe(&p))?;
+                let column = normalize_ident(&p.parse_identifier().map_err(pe(&p))?);
+                p.expect_keyword(Keyword::AS).map_err(pe(&p))?;
+                let expr = p.parse_expr().map_err(pe(&p))?;
+                let delay_ms = watermark_delay(&column, &expr)?;
+                watermark = Some(WatermarkSpec {
+                    column,
+                    delay_ms,
+                    expression: expr.to_string(),
+                });
+            } else if p.peek_keyword(Keyword::PRIMARY) || p.peek_keyword(Keyword::CONSTRAINT) {
+                return Err(err(&p, "sources have no primary key; declare a TABLE for keyed reference data"));
+            } else {
+                columns.push(p.parse_column_def().map_err(pe(&p))?);
+            }
+            if p.consume_token(&Token::Comma) {
+                continue;
+            }
+            p.expect_token(&Token::RParen).map_err(pe(&p))?;
+            break;
+        }
+    }
+    let mut connector = None;
+    let mut format = None;
+    let mut options = Vec::new();
+    loop {
+        if p.parse_keyword(Keyword::FROM) {
+            if connector.is_some() {
+                return Err(err(&p, "FROM given twice"));
+            }
+            connector = Some(parse_connector(&mut p)?);
+        } else if p.parse_keyword(Keyword::FORMAT) {
+            format = Some(parse_format(&mut p)?);
+        } else if p.parse_keyword(Keyword::WITH) {
+            options.extend(parse_options(&mut p)?);
+        } else {
+            break;
+        }
+    }
+    expect_end(&p)?;
+    Ok(StreamingStatement::CreateSource(CreateSource {
+        name,
+        or_replace,
+        if_not_exists,
+        columns,
+        watermark,
+        connector,
+        format,
+        options,
+    }))
+}
+
+fn parse_create_stream(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
+    reject_window_tvfs(ts, start)?;
+    let cut = clause_cut(ts, start);
+    let clauses = parse_clauses(ts, cut)?;
+    let mut p = ts.parser(start, cut);
+    let (or_replace, if_not_exists, name) = parse_create_prefix(&mut p, "STREAM")?;
+    let options = if p.parse_keyword(Keyword::WITH) {
+        parse_options(&mut p)?
+    } else {
+        Vec::new()
+    };
+    p.expect_keyword(Keyword::AS).map_err(pe(&p))?;
+    let query = p.parse_query().map_err(pe(&p))?;
+    expect_end(&p)?;
+    Ok(StreamingStatement::CreateStream(CreateStream {
+        name,
+        or_replace,
+        if_not_exists,
+        options,
+        query,
+        clauses,
+    }))
+}
+
+fn parse_create_sink(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
+    let mut p = ts.parser(start, ts.len());
+    let (or_replace, if_not_exists, name) = parse_create_prefix(&mut p, "SINK")?;
+    p.expect_keyword(Keyword::FROM).map_err(pe(&p))?;
+    let input = if p.consume_token(&Token::LParen) {
+        let q = p.parse_query().map_err(pe(&p))?;
+        p.expect_token(&Token::RParen).map_err(pe(&p))?;
+        SinkInput::Query(q)
+    } else {
+        let n = p.parse_object_name(false).map_err(pe(&p))?;
+        SinkInput::Object(normalize_name(&n)?)
+    };
+    let filter = if p.parse_keyword(Keyword::WHERE) {
+        Some(p.parse_expr().map_err(pe(&p))?)
+    } else {
+        None
+    };
+    let mut connector = None;
+    let mut format = None;
+    loop {
+        if p.parse_keyword(Keyword::INTO) {
+            connector = Some(parse_connector(&mut p)?);
+        } else if p.parse_keyword(Keyword::FORMAT) {
+            format = Some(parse_format(&mut p)?);
+        } else {
+            break;
+        }
+    }
+    expect_end(&p)?;
+    Ok(StreamingStatement::CreateSink(CreateSink {
+        name,
+        or_replace,
+        if_not_exists,
+        input,
+        filter,
+        connector,
+        format,
+    }))
+}
+
+fn parse_connector(p: &mut Parser<'_>) -> PResult<ConnectorSpec> {
+    let name = match p.next_token().token {
+        Token::Word(w) => w.value.to_uppercase(),
+        other => return Err(err(p, format!("expected a connector name, found {other}"))),
+    };
+    let options = if p.peek_token().token == Token::LParen {
+        parse_options(p)?
+    } else {
+        Vec::new()
+    };
+    Ok(ConnectorSpec { name, options })
+}
+
+fn parse_format(p: &mut Parser<'_>) -> PResult<ConnectorSpec> {
+    let name = match p.next_token().token {
+        Token::Word(w) => w.value.to_lowercase(),
+        Token::SingleQuotedString(s) => s.to_lowercase(),
+        other => return Err(err(p, format!("expected a format name, found {other}"))),
+    };
+    let options = if p.parse_keyword(Keyword::WITH) {
+        parse_options(p)?
+    } else {
+        Vec::new()
+    };
+    Ok(ConnectorSpec { name, options })
+}
+
+/// `( key = value, ... )`; keys may be dotted words or quoted strings.
+fn parse_options(p: &mut Parser<'_>) -> PResult<Vec<(String, String)>> {
+    p.expect_token(&Token::LParen).map_err(pe(p))?;
+    let mut out = Vec::new();
+    if p.consume_token(&Token::RParen) {
+        return Ok(out);
+    }
+    loop {
+        let mut key = match p.next_token().token {
+            Token::Word(w) => w.value,
+            Token::SingleQuotedString(s) => s,
+            other => return Err(err(p, format!("expected an option name, found {other}"))),
+        };
+        while p.consume_token(&Token::Period) {
+            match p.next_token().token {
+                Token::Word(w) => {
+                    key.push('.');
+                    key.push_str(&w.value);
+                }
+                other => return Err(err(p, format!("expected an option name part, found {other}"))),
+            }
+        }
+        p.expect_token(&Token::Eq).map_err(pe(p))?;
+        let value = match p.next_token().token {
+            Token::SingleQuotedString(s) => s,
+            Token::Number(n, _) => n,
+            Token::Word(w) => w.value,
+            Token::Minus => match p.next_token().token {
+                Token::Number(n, _) => format!("-{n}"),
+                other => return Err(err(p, format!("expected a number after '-', found {other}"))),
+            },
+            other => return Err(err(p, format!("expected a value for option '{key}', found {other}"))),
+        };
+        if out.iter().any(|(k, _): &(String, String)| k.eq_ignore_ascii_case(&key)) {
+            return Err(err(p, format!("option '{key}' given twice")));
+        }
+        out.push((key, value));
+        if p.consume_token(&Token::Comma) {
+            continue;
+        }
+        p.expect_token(&Token::RParen).map_err(pe(p))?;
+        return Ok(out);
+    }
+}
+
+fn parse_drop(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
+    let mut p = ts.parser(start, ts.len());
+    p.expect_keyword(Keyword::DROP).map_err(pe(&p))?;
+    let kind = if parse_word(&mut p, "SOURCE") {
+        ObjectKind::Source
+    } else if parse_word(&mut p, "STREAM") {
+        ObjectKind::Stream
+    } else if parse_word(&mut p, "SINK") {
+        ObjectKind::Sink
+    } else if p.parse_keyword(Keyword::TABLE) {
+        ObjectKind::Table
+    } else if p.parse_keywords(&[Keyword::MATERIALIZED, Keyword::VIEW]) {
+        ObjectKind::MaterializedView
+    } else {
+        return Err(err(&p, "expected SOURCE, STREAM, SINK, TABLE or MATERIALIZED VIEW after DROP"));
+    };
+    let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+    let name = normalize_name(&p.parse_object_name(false).map_err(pe(&p))?)?;
+    let cascade = p.parse_keyword(Keyword::CASCADE);
+    expect_end(&p)?;
+    Ok(StreamingStatement::Drop {
+        kind,
+        name,
+        if_exists,
+        cascade,
+    })
+}
+
+fn parse_show(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
+    let mut p = ts.parser(start, ts.len());
+    p.expect_keyword(Keyword::SHOW).map_err(pe(&p))?;
+    let kind = if parse_word(&mut p, "SOURCES") {
+        ShowKind::Sources
+    } else if parse_word(&mut p, "STREAMS") {
+        ShowKind::Streams
+    } else if parse_word(&mut p, "SINKS") {
+        ShowKind::Sinks
+    } else if parse_word(&mut p, "TABLES") {
+        ShowKind::Tables
+    } else if parse_word(&mut p, "QUERIES") {
+        ShowKind::Queries
+    } else if parse_word(&mut p, "MATERIALIZED") {
+        expect_word(&mut p, "VIEWS")?;
+        ShowKind::MaterializedViews
+    } else {
+        return Err(err(
+            &p,
+            "expected SOURCES, STREAMS, SINKS, TABLES, MATERIALIZED VIEWS or QUERIES after SHOW",
+        ));
+    };
+    expect_end(&p)?;
+    Ok(StreamingStatement::Show(kind))
+}
+
+fn parse_describe(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
+    let mut p = ts.parser(start, ts.len());
+    p.next_token();
+    let extended = parse_word(&mut p, "EXTENDED");
+    let name = normalize_name(&p.parse_object_name(false).map_err(pe(&p))?)?;
+    expect_end(&p)?;
+    Ok(StreamingStatement::Describe { name, extended })
+}
+
+fn parse_insert(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
+    let mut p = ts.parser(start, ts.len());
+    let stmt = p.parse_statement().map_err(pe(&p))?;
+    expect_end(&p)?;
+    let Statement::Insert(insert) = stmt else {
+        return Err(SqlError::not_supported("this form of INSERT", None));
+    };
+    let table = match &insert.table {
+        TableObject::TableName(name) => normalize_name(name)?,
+        TableObject::TableFunction(_) | TableObject::TableQuery(_) => {
+            return Err(SqlError::not_supported("INSERT INTO a table function", None));
+        }
+    };
+    let columns = insert
+        .columns
+        .iter()
+        .map(normalize_name)
+        .collect::<Result<Vec<_>, _>>()?;
+    let source = insert
+        .source
+        .ok_or_else(|| SqlError::Invalid("INSERT needs VALUES or a SELECT".into()))?;
+    Ok(StreamingStatement::Insert {
+        table,
+        columns,
+        source,
+    })
+}
+
+fn parse_query_statement(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
+    reject_window_tvfs(ts, start)?;
+    let cut = clause_cut(ts, start);
+    let clauses = parse_clauses(ts, cut)?;
+    let mut p = ts.parser(start, cut);
+    let query = p.parse_query().map_err(pe(&p))?;
+    expect_end(&p)?;
+    Ok(StreamingStatement::Query { query, clauses })
+}
+
+/// The out-of-orderness bound of `WATERMARK FOR column AS expr`.
+fn watermark_delay(column: &str, expr: &Expr) -> PResult<i64> {
+    let bad = || {
+        SqlError::Invalid(format!(
+            "WATERMARK FOR {column} AS {expr}: the expression must be `{column}`, `{column} - INTERVAL 'n' unit` or `{column} - <milliseconds>`"
+        ))
+    };
+    match expr {
+        Expr::Nested(inner) => watermark_delay(column, inner),
+        Expr::Identifier(ident) if normalize_ident(ident) == column => Ok(0),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Minus,
+            right,
+        } => {
+            let Expr::Identifier(ident) = left.as_ref() else {
+                return Err(bad());
+            };
+            if normalize_ident(ident) != column {
+                return Err(bad());
+            }
+            let delay = match right.as_ref() {
+                Expr::Interval(interval) => interval_to_millis(interval)?,
+                Expr::Value(v) => match &v.value {
+                    Value::Number(n, _) => n.parse::<i64>().map_err(|_| bad())?,
+                    _ => return Err(bad()),
+                },
+                _ => return Err(bad()),
+            };
+            if delay < 0 {
+                return Err(SqlError::Invalid(format!(
+                    "WATERMARK FOR {column}: the delay must not be negative"
+                )));
+            }
+            Ok(delay)
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// Milliseconds of a constant interval such as `INTERVAL '2' SECOND` or `INTERVAL '1 minute'`.
+pub fn interval_to_millis(interval: &Interval) -> Result<i64, SqlError> {
+    let text = match interval.value.as_ref() {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::Number(s, _) => s.clone(),
+            other => return Err(SqlError::Invalid(format!("interval value {other} is not a constant"))),
+        },
+        other => return Err(SqlError::Invalid(format!("interval value {other} is not a constant"))),
+    };
+    let (amount, unit) = match &interval.leading_field {
+        Some(field) => (text.trim().to_string(), field.to_string()),
+        None => {
+            let mut parts = text.split_whitespace();
+            let amount = parts.next().unwrap_or_default().to_string();
+            let unit = parts.next().unwrap_or("SECOND").to_string();
+            (amount, unit)
+        }
+    };
+    let amount: f64 = amount
+        .parse()
+        .map_err(|_| SqlError::Invalid(format!("interval amount '{amount}' is not a number")))?;
+    let unit_ms = match unit.to_uppercase().trim_end_matches('S') {
+        "MILLISECOND" => 1.0,
+        "SECOND" => 1000.0,
+        "MINUTE" => 60_000.0,
+        "HOUR" => 3_600_000.0,
+        "DAY" => 86_400_000.0,
+        "WEEK" => 604_800_000.0,
+        other => {
+            return Err(SqlError::Invalid(format!(
+                "interval unit {other} is not fixed-length (use MILLISECOND, SECOND, MINUTE, HOUR, DAY or WEEK)"
+            )));
+        }
+    };
+    Ok((amount * unit_ms).round() as i64)
+}
+
+/// Window functions (`tumble(..)`, `hop(..)`, `session(..)`, `cumulate(..)` and their TVF
+/// forms) need streaming aggregation, which is not available yet: name them clearly instead of
+/// failing with a syntax error or an unknown-function error.
+fn reject_window_tvfs(ts: &TokenStream, start: usize) -> PResult<()> {
+    for i in start..ts.len() {
+        let Some(w) = word(ts, i) else { continue };
+        let is_call = matches!(ts.token(i + 1).map(|t| &t.token), Some(Token::LParen));
+        let window = matches!(
+            w.as_str(),
+            "TUMBLE" | "HOP" | "SLIDE" | "SESSION" | "CUMULATE" | "TUMBLE_END" | "HOP_END" | "SESSION_END"
+        );
+        if window && is_call {
+            return Err(SqlError::not_supported(
+                format!("the window function {w}(...)"),
+                Some("event-time windows arrive with streaming aggregation"),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,313 @@
+//! Planning: a SELECT is planned by DataFusion's SQL planner against the catalog (sources and
+//! streams registered as schema-only tables), type-coerced and simplified, then lowered into
+//! per-input chains of filter/projection steps with compiled `PhysicalExpr`s
+//! ([`StreamPlan`]). Constructs that need state (aggregation, joins, windows, ORDER BY,
+//! LIMIT, DISTINCT) are rejected here with an error naming them.
+
+mod lower;
+mod provider;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, new_null_array};
+use arrow::compute::{CastOptions, cast_with_options};
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use arrow::util::display::FormatOptions;
+use datafusion::common::SchemaError;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::optimizer::simplify_expressions::SimplifyExpressions;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::planner::SqlToRel;
+use sqlparser::ast::{ColumnDef, DataType as SqlType, Query, Statement};
+
+use crate::error::{SqlError, did_you_mean};
+use laminar_core::operator::Step;
+use provider::CatalogProvider;
+
+/// What the planner needs to know about a relation a query reads.
+#[derive(Debug, Clone)]
+pub struct RelationInfo {
+    /// Its schema.
+    pub schema: SchemaRef,
+    /// Its event-time column, if any.
+    pub event_time: Option<String>,
+}
+
+/// The catalog as the planner sees it.
+pub trait SchemaCatalog {
+    /// A relation (source or stream) by normalized name.
+    fn relation(&self, name: &str) -> Option<RelationInfo>;
+    /// Every relation name, for "did you mean" suggestions.
+    fn relation_names(&self) -> Vec<String>;
+}
+
+/// A planned stateless continuous query.
+#[derive(Debug, Clone)]
+pub struct StreamPlan {
+    /// Upstream relations, one per input (a relation read twice appears twice).
+    pub inputs: Vec<String>,
+    /// One compiled chain per input.
+    pub chains: Vec<Vec<Step>>,
+    /// Human-readable description of each chain's steps (for EXPLAIN).
+    pub chain_descriptions: Vec<Vec<String>>,
+    /// Output schema.
+    pub output_schema: SchemaRef,
+    /// Output event-time column: the input's event-time column selected unchanged.
+    pub event_time: Option<String>,
+    /// The DataFusion logical plan after type coercion.
+    pub logical_plan: LogicalPlan,
+}
+
+/// Plans SQL against a catalog. Cheap to share; holds DataFusion's function registry.
+pub struct Planner {
+    state: SessionState,
+}
+
+impl Default for Planner {
+    fn default() -> Self {
+        Planner::new()
+    }
+}
+
+impl Planner {
+    /// A planner with every DataFusion built-in function.
+    pub fn new() -> Planner {
+        // SPEC 2.1: VARCHAR/TEXT are Utf8 (DataFusion would pick Utf8View).
+        let mut config = datafusion::prelude::SessionConfig::new();
+        config.options_mut().sql_parser.map_string_types_to_utf8view = false;
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_optimizer_rules(vec![Arc::new(SimplifyExpressions::new())])
+            .build();
+        Planner { state }
+    }
+
+    /// The DataFusion session state used for planning.
+    pub fn state(&self) -> &SessionState {
+        &self.state
+    }
+
+    /// Converts column definitions to an Arrow schema with DataFusion's type mapping
+    /// (`JSON` and `UUID` are text).
+    pub fn build_schema(&self, columns: &[ColumnDef]) -> Result<Schema, SqlError> {
+        let catalog = EmptyCatalog;
+        let provider = CatalogProvider::new(&catalog, &self.state);
+        let planner = SqlToRel::new(&provider);
+        let mut mapped = Vec::with_capacity(columns.len());
+        for column in columns {
+            let mut column = column.clone();
+            if let SqlType::JSON | SqlType::Uuid | SqlType::JSONB = column.data_type {
+                column.data_type = SqlType::Text;
+            }
+            let single = planner.build_schema(vec![column.clone()]).map_err(|e| {
+                SqlError::Invalid(format!(
+                    "column '{}' has unsupported type {}: {}",
+                    column.name,
+                    column.data_type,
+                    strip_df(&e)
+                ))
+            })?;
+            mapped.push(column);
+            drop(single);
+        }
+        let schema = planner
+            .build_schema(mapped)
+            .map_err(|e| SqlError::Invalid(strip_df(&e)))?;
+        let mut seen = HashMap::new();
+        for f in schema.fields() {
+            if seen.insert(f.name().clone(), ()).is_some() {
+                return Err(SqlError::Invalid(format!("column '{}' is declared twice", f.name())));
+            }
+        }
+        Ok(schema)
+    }
+
+    /// Plans a continuous query named `name` reading from the catalog.
+    pub fn plan_query(
+        &self,
+        name: &str,
+        query: &Query,
+        catalog: &dyn SchemaCatalog,
+    ) -> Result<StreamPlan, SqlError> {
+        lower::reject_window_functions(query)?;
+        let logical = self.logical_plan(query, catalog)?;
+        lower::lower(name, &logical, catalog)
+    }
+
+    /// Plans a query to a type-coerced DataFusion logical plan.
+    pub fn logical_plan(
+        &self,
+        query: &Query,
+        catalog: &dyn SchemaCatalog,
+    ) -> Result<LogicalPlan, SqlError> {
+        let provider = CatalogProvider::new(catalog, &self.state);
+        let planner = SqlToRel::new(&provider);
+        let plan = planner
+            .sql_statement_to_plan(Statement::Query(Box::new(query.clone())))
+            .map_err(|e| map_plan_error(e, &provider, catalog))?;
+        self.state
+            .optimize(&plan)
+            .map_err(|e| map_plan_error(e, &provider, catalog))
+    }
+
+    /// Plans the rows of `INSERT INTO target [(columns)] <query>` (VALUES or a constant
+    /// SELECT); [`Planner::evaluate_insert`] then computes them.
+    pub fn plan_insert(&self, query: &Query, catalog: &dyn SchemaCatalog) -> Result<LogicalPlan, SqlError> {
+        let plan = self.logical_plan(query, catalog)?;
+        if lower::reads_relations(&plan) {
+            return Err(SqlError::not_supported(
+                "INSERT ... SELECT from a source or stream",
+                Some("use CREATE SINK or CREATE STREAM to route one stream into another"),
+            ));
+        }
+        Ok(plan)
+    }
+
+    /// Runs a plan from [`Planner::plan_insert`] and casts its rows to the target columns.
+    pub async fn evaluate_insert(
+        &self,
+        target_name: &str,
+        target: &SchemaRef,
+        columns: &[String],
+        plan: LogicalPlan,
+    ) -> Result<RecordBatch, SqlError> {
+        let ctx = SessionContext::new_with_state(self.state.clone());
+        let batches = ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(SqlError::Plan)?
+            .collect()
+            .await
+            .map_err(SqlError::Plan)?;
+        let batch = arrow::compute::concat_batches(
+            &batches
+                .first()
+                .map(|b| b.schema())
+                .unwrap_or_else(|| Arc::new(Schema::empty())),
+            &batches,
+        )
+        .map_err(|e| SqlError::Invalid(e.to_string()))?;
+        let targets: Vec<usize> = if columns.is_empty() {
+            (0..target.fields().len()).collect()
+        } else {
+            columns
+                .iter()
+                .map(|c| {
+                    target.index_of(c).map_err(|_| SqlError::UnknownColumn {
+                        column: c.clone(),
+                        suggestion: did_you_mean(c, target.fields().iter().map(|f| f.name().as_str())),
+                        valid: target.fields().iter().map(|f| f.name().clone()).collect(),
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        if batch.num_columns() != targets.len() {
+            return Err(SqlError::Invalid(format!(
+                "INSERT INTO {target_name} has {} values per row but {} target columns",
+                batch.num_columns(),
+                targets.len()
+            )));
+        }
+        let rows = batch.num_rows();
+        let mut out: Vec<ArrayRef> = target
+            .fields()
+            .iter()
+            .map(|f| new_null_array(f.data_type(), rows))
+            .collect();
+        let options = CastOptions {
+            safe: false,
+            format_options: FormatOptions::default(),
+        };
+        for (value_index, &target_index) in targets.iter().enumerate() {
+            let field = target.field(target_index);
+            out[target_index] = cast_with_options(batch.column(value_index), field.data_type(), &options)
+                .map_err(|e| {
+                    SqlError::Invalid(format!(
+                        "INSERT INTO {target_name}: column '{}' expects {}, got {}: {e}",
+                        field.name(),
+                        field.data_type(),
+                        batch.column(value_index).data_type()
+                    ))
+                })?;
+        }
+        // Nullability is checked by the ingestion path (NULL into NOT NULL names the column).
+        let relaxed = Arc::new(Schema::new(
+            target
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
+        RecordBatch::try_new(relaxed, out).map_err(|e| SqlError::Invalid(e.to_string()))
+    }
+}
+
+struct EmptyCatalog;
+
+impl SchemaCatalog for EmptyCatalog {
+    fn relation(&self, _name: &str) -> Option<RelationInfo> {
+        None
+    }
+    fn relation_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// DataFusion's message without its "Error during planning: " style prefixes.
+pub(crate) fn strip_df(e: &DataFusionError) -> String {
+    let text = e.to_string();
+    for prefix in [
+        "Error during planning: ",
+        "Schema error: ",
+        "This feature is not implemented: ",
+        "Optimizer rule 'type_coercion' failed\ncaused by\n",
+        "type_coercion\ncaused by\n",
+    ] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            return strip_df_text(rest);
+        }
+    }
+    strip_df_text(&text)
+}
+
+fn strip_df_text(text: &str) -> String {
+    text.replace("Error during planning: ", "")
+}
+
+fn map_plan_error(
+    e: DataFusionError,
+    provider: &CatalogProvider<'_>,
+    catalog: &dyn SchemaCatalog,
+) -> SqlError {
+    if let Some(missing) = provider.missing_relation() {
+        let names = catalog.relation_names();
+        return SqlError::UnknownObject {
+            kind: "source or stream",
+            suggestion: did_you_mean(&missing, names.iter().map(String::as_str)),
+            name: missing,
+        };
+    }
+    if let DataFusionError::SchemaError(inner, _) = e.find_root()
+        && let SchemaError::FieldNotFound { field, valid_fields } = inner.as_ref()
+    {
+        let valid: Vec<String> = valid_fields.iter().map(|c| c.name.clone()).collect();
+        let mut unique = valid.clone();
+        unique.sort();
+        unique.dedup();
+        return SqlError::UnknownColumn {
+            column: field.name.clone(),
+            suggestion: did_you_mean(&field.name, unique.iter().map(String::as_str)),
+            valid: unique,
+        };
+    }
+    if let DataFusionError::NotImplemented(msg) = e.find_root() {
+        return SqlError::not_supported(msg.clone(), None);
+    }
+    SqlError::Plan(e)
+}

@@ -1,0 +1,252 @@
+//! Lowering a type-coerced DataFusion logical plan into per-input chains of compiled
+//! filter/projection steps.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::DFSchema;
+use datafusion::execution::context::ExecutionProps;
+use datafusion::common::tree_node::TreeNode;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_expr::expressions::{CastExpr, Column};
+use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
+use sqlparser::ast::Query;
+
+use super::{SchemaCatalog, StreamPlan};
+use crate::error::SqlError;
+use laminar_core::operator::Step;
+
+/// A chain being built for one input.
+struct Branch {
+    input: String,
+    steps: Vec<Step>,
+    descriptions: Vec<String>,
+    /// Index of the event-time column in the branch's current output, if it survives.
+    event_time: Option<usize>,
+}
+
+/// Window-function names are checked at parse time; nothing to do here for now.
+pub(crate) fn reject_window_functions(_query: &Query) -> Result<(), SqlError> {
+    Ok(())
+}
+
+/// True when the plan reads any catalog relation.
+pub(crate) fn reads_relations(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = plan.apply(|node| {
+        if matches!(node, LogicalPlan::TableScan(_)) {
+            found = true;
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+pub(crate) fn lower(
+    name: &str,
+    plan: &LogicalPlan,
+    catalog: &dyn SchemaCatalog,
+) -> Result<StreamPlan, SqlError> {
+    let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+    let mut branches = lower_node(plan, catalog)?;
+    // Every chain ends in exactly the output schema (names, types, nullability), so batches
+    // from different inputs of a UNION ALL are interchangeable.
+    for branch in &mut branches {
+        conform(branch, plan.schema(), &output_schema)?;
+    }
+    let event_time = match branches.first().and_then(|b| b.event_time) {
+        Some(i) if branches.iter().all(|b| b.event_time == Some(i)) => {
+            Some(output_schema.field(i).name().clone())
+        }
+        _ => None,
+    };
+    let _ = name;
+    Ok(StreamPlan {
+        inputs: branches.iter().map(|b| b.input.clone()).collect(),
+        chain_descriptions: branches.iter().map(|b| b.descriptions.clone()).collect(),
+        chains: branches.into_iter().map(|b| b.steps).collect(),
+        output_schema,
+        event_time,
+        logical_plan: plan.clone(),
+    })
+}
+
+fn lower_node(plan: &LogicalPlan, catalog: &dyn SchemaCatalog) -> Result<Vec<Branch>, SqlError> {
+    match plan {
+        LogicalPlan::TableScan(scan) => {
+            if scan.fetch.is_some() {
+                return Err(not_supported("LIMIT", None));
+            }
+            let table = scan.table_name.table().to_string();
+            let info = catalog.relation(&table).ok_or_else(|| SqlError::UnknownObject {
+                kind: "source or stream",
+                name: table.clone(),
+                suggestion: None,
+            })?;
+            let mut branch = Branch {
+                input: table.clone(),
+                steps: Vec::new(),
+                descriptions: Vec::new(),
+                event_time: info
+                    .event_time
+                    .as_ref()
+                    .and_then(|c| info.schema.index_of(c).ok()),
+            };
+            if !scan.filters.is_empty() {
+                return Err(SqlError::Plan(datafusion::error::DataFusionError::Internal(
+                    "filters were pushed into a stream scan".into(),
+                )));
+            }
+            if let Some(projection) = &scan.projection {
+                let exprs: Vec<Arc<dyn PhysicalExpr>> = projection
+                    .iter()
+                    .map(|&i| Arc::new(Column::new(info.schema.field(i).name(), i)) as _)
+                    .collect();
+                branch.event_time = branch
+                    .event_time
+                    .and_then(|et| projection.iter().position(|&i| i == et));
+                branch.descriptions.push(format!(
+                    "Scan {table} columns [{}]",
+                    projection
+                        .iter()
+                        .map(|&i| info.schema.field(i).name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                branch.steps.push(Step::Project {
+                    exprs,
+                    schema: Arc::new(scan.projected_schema.as_arrow().clone()),
+                });
+            } else {
+                branch.descriptions.push(format!("Scan {table}"));
+            }
+            Ok(vec![branch])
+        }
+        LogicalPlan::Filter(filter) => {
+            let mut branches = lower_node(&filter.input, catalog)?;
+            let predicate = compile(&filter.predicate, filter.input.schema())?;
+            for b in &mut branches {
+                b.descriptions.push(format!("Filter {}", filter.predicate));
+                b.steps.push(Step::Filter(predicate.clone()));
+            }
+            Ok(branches)
+        }
+        LogicalPlan::Projection(projection) => {
+            let mut branches = lower_node(&projection.input, catalog)?;
+            let input_schema = projection.input.schema();
+            let exprs = projection
+                .expr
+                .iter()
+                .map(|e| compile(e, input_schema))
+                .collect::<Result<Vec<_>, _>>()?;
+            let schema: SchemaRef = Arc::new(projection.schema.as_arrow().clone());
+            for b in &mut branches {
+                b.event_time = b.event_time.and_then(|et| {
+                    projection.expr.iter().position(|e| match e.clone().unalias() {
+                        Expr::Column(c) => input_schema.index_of_column(&c).ok() == Some(et),
+                        _ => false,
+                    })
+                });
+                b.descriptions.push(format!(
+                    "Project {}",
+                    projection
+                        .expr
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                b.steps.push(Step::Project {
+                    exprs: exprs.clone(),
+                    schema: schema.clone(),
+                });
+            }
+            Ok(branches)
+        }
+        LogicalPlan::SubqueryAlias(alias) => lower_node(&alias.input, catalog),
+        LogicalPlan::Union(union) => {
+            let mut all = Vec::new();
+            for input in &union.inputs {
+                let mut branches = lower_node(input, catalog)?;
+                let target = Arc::new(union.schema.as_arrow().clone());
+                for b in &mut branches {
+                    conform(b, input.schema(), &target)?;
+                }
+                all.extend(branches);
+            }
+            Ok(all)
+        }
+        LogicalPlan::Aggregate(_) => Err(not_supported(
+            "GROUP BY and aggregate functions",
+            Some("streaming aggregation arrives with windows; select and filter rows for now"),
+        )),
+        LogicalPlan::Join(_) => Err(not_supported("JOIN", None)),
+        LogicalPlan::Window(_) => Err(not_supported("window functions (OVER ...)", None)),
+        LogicalPlan::Sort(_) => Err(not_supported(
+            "ORDER BY",
+            Some("a stream is unbounded; order results in the subscriber or the sink"),
+        )),
+        LogicalPlan::Limit(_) => Err(not_supported("LIMIT", None)),
+        LogicalPlan::Distinct(_) => Err(not_supported("DISTINCT / UNION (distinct)", Some("use UNION ALL"))),
+        LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Err(not_supported(
+            "a continuous query without a source or stream in FROM",
+            None,
+        )),
+        LogicalPlan::Unnest(_) => Err(not_supported("UNNEST", None)),
+        LogicalPlan::RecursiveQuery(_) => Err(not_supported("WITH RECURSIVE", None)),
+        other => Err(not_supported(
+            format!("the query construct '{}'", other.display()),
+            None,
+        )),
+    }
+}
+
+/// Appends a projection that makes the branch output exactly `target` (by position), casting
+/// where types differ. No step is added when the schemas already match.
+fn conform(branch: &mut Branch, current: &DFSchema, target: &SchemaRef) -> Result<(), SqlError> {
+    let current_arrow: &Schema = current.as_arrow();
+    if current_arrow.fields() == target.fields() {
+        return Ok(());
+    }
+    if current_arrow.fields().len() != target.fields().len() {
+        return Err(SqlError::Invalid(format!(
+            "UNION ALL inputs have {} and {} columns",
+            current_arrow.fields().len(),
+            target.fields().len()
+        )));
+    }
+    let exprs = current_arrow
+        .fields()
+        .iter()
+        .zip(target.fields())
+        .enumerate()
+        .map(|(i, (have, want))| {
+            let column: Arc<dyn PhysicalExpr> = Arc::new(Column::new(have.name(), i));
+            if have.data_type() == want.data_type() {
+                column
+            } else {
+                Arc::new(CastExpr::new(column, want.data_type().clone(), None))
+            }
+        })
+        .collect();
+    branch.steps.push(Step::Project {
+        exprs,
+        schema: target.clone(),
+    });
+    Ok(())
+}
+
+fn compile(expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>, SqlError> {
+    create_physical_expr(
+        expr,
+        schema,
+        &ExecutionProps::new(),
+        &PhysicalPlanningContext::default(),
+    )
+    .map_err(SqlError::Plan)
+}
+
+fn not_supported(construct: impl Into<String>, hint: Option<&str>) -> SqlError {
+    SqlError::not_supported(construct, hint)
+}
