@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// `laminardb`: run streaming SQL pipelines from files, explore them in a shell, or watch
 /// the built-in demo.
 #[derive(Debug, Parser)]
-#[command(name = "laminardb", version, about, long_about = None)]
+#[command(name = "laminardb", version)]
 pub(crate) struct Cli {
     /// What to do; without a command, the interactive shell.
     #[command(subcommand)]
@@ -98,7 +98,8 @@ mod tests {
 
     #[test]
     fn global_flags_go_anywhere() {
-        let cli = Cli::try_parse_from(["laminardb", "run", "p.sql", "--workers", "2", "-vv"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["laminardb", "run", "p.sql", "--workers", "2", "-vv"]).unwrap();
         assert_eq!(cli.workers, Some(2));
         assert_eq!(cli.verbose, 2);
         assert!(matches!(cli.command, Some(Command::Run(_))));

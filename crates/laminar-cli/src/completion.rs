@@ -61,7 +61,12 @@ impl Completion {
 
     /// Waits for the end of the run, calling `tick` about every 100 ms. On
     /// [`Outcome::Finished`] the queued rows have reached subscriptions and sinks.
-    pub(crate) fn wait(&self, db: &LaminarDB, signals: &Signals, mut tick: impl FnMut()) -> Outcome {
+    pub(crate) fn wait(
+        &self,
+        db: &LaminarDB,
+        signals: &Signals,
+        mut tick: impl FnMut(),
+    ) -> Outcome {
         loop {
             let failures = db.failures();
             if !failures.is_empty() {
@@ -102,7 +107,9 @@ mod tests {
     #[test]
     fn push_only_sources_count_as_ended() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let db = runtime.block_on(LaminarDB::builder().workers(1).build()).unwrap();
+        let db = runtime
+            .block_on(LaminarDB::builder().workers(1).build())
+            .unwrap();
         runtime
             .block_on(db.execute(
                 "CREATE SOURCE pushed (x BIGINT); \

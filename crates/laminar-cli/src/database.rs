@@ -15,7 +15,10 @@ pub(crate) fn builder(workers: Option<u32>) -> LaminarDbBuilder {
 }
 
 /// Opens an in-memory database.
-pub(crate) fn open(runtime: &tokio::runtime::Runtime, builder: LaminarDbBuilder) -> Result<LaminarDB, CliError> {
+pub(crate) fn open(
+    runtime: &tokio::runtime::Runtime,
+    builder: LaminarDbBuilder,
+) -> Result<LaminarDB, CliError> {
     runtime
         .block_on(builder.build())
         .map_err(|e| CliError::db(&e, Some("cannot open the database")))

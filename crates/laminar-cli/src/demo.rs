@@ -26,7 +26,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The demo pipeline's SQL.
 fn pipeline_sql(args: &DemoArgs) -> String {
-    let events = args.events.map(|n| format!(", events = '{n}'")).unwrap_or_default();
+    let events = args
+        .events
+        .map(|n| format!(", events = '{n}'"))
+        .unwrap_or_default();
     format!(
         "CREATE SOURCE {SOURCE} (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, ts TIMESTAMP,\n\
          \x20   WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)\n\
@@ -39,7 +42,11 @@ fn pipeline_sql(args: &DemoArgs) -> String {
 }
 
 /// Runs the demo.
-pub(crate) fn demo(runtime: &tokio::runtime::Runtime, cli: &Cli, args: &DemoArgs) -> Result<ExitCode, CliError> {
+pub(crate) fn demo(
+    runtime: &tokio::runtime::Runtime,
+    cli: &Cli,
+    args: &DemoArgs,
+) -> Result<ExitCode, CliError> {
     let format = Format::for_stdout(cli.format);
     let db = database::open(runtime, database::builder(cli.workers))?;
     let signals = Signals::install(runtime, SignalPolicy::Stop)
@@ -96,7 +103,10 @@ mod tests {
             rate: 500,
         });
         assert!(sql.contains("rate = '500', events = '2000'"), "{sql}");
-        let unbounded = pipeline_sql(&DemoArgs { events: None, rate: 2000 });
+        let unbounded = pipeline_sql(&DemoArgs {
+            events: None,
+            rate: 2000,
+        });
         assert!(!unbounded.contains("events ="), "{unbounded}");
     }
 }

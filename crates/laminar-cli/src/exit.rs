@@ -81,8 +81,16 @@ mod tests {
         };
         let e = CliError::db(&parse, Some("p.sql"));
         assert_eq!(e.code, EXIT_USER);
-        assert!(e.message.starts_with("p.sql: SQL syntax error at line 3, column 7"), "{}", e.message);
-        assert_eq!(CliError::from(DbError::Pipeline("boom".into())).code, EXIT_RUNTIME);
+        assert!(
+            e.message
+                .starts_with("p.sql: SQL syntax error at line 3, column 7"),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            CliError::from(DbError::Pipeline("boom".into())).code,
+            EXIT_RUNTIME
+        );
         let failed = CliError::pipeline_failed(&["sink 'o': disk full".into()]);
         assert_eq!(failed.code, EXIT_RUNTIME);
         assert!(failed.message.contains("disk full"));

@@ -18,6 +18,7 @@ mod completion;
 mod database;
 mod demo;
 mod exit;
+mod line_reader;
 mod output;
 mod progress;
 mod run;
@@ -37,7 +38,16 @@ use crate::args::{Cli, Command};
 use crate::exit::CliError;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // Usage errors are configuration errors: exit 1 (clap would use 2, which
+            // means a runtime failure here).
+            let _ = e.print();
+            return ExitCode::from(exit::EXIT_USER);
+        }
+        Err(e) => e.exit(), // --help, --version
+    };
     init_logging(cli.verbose);
     let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

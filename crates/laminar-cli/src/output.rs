@@ -1,10 +1,12 @@
 //! Printing results on stdout: aligned tables on a terminal, CSV or JSON lines otherwise
-//! (`--format`). [`RowPrinter`] prints the batches of one result (a header once), so live
-//! rows can be printed as they arrive.
+//! (`--format`). [`RowPrinter`] prints the rows of one result as they arrive with a single
+//! header: a live table keeps the column widths of its first rows (widening a column when a
+//! longer value comes), so a trickle of batches reads as one growing table.
 
 use std::io::{self, IsTerminal, Write};
 
 use arrow::record_batch::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
 use laminar_db::{ExecuteResult, QueryHandle};
 
 use crate::args::OutputFormat;
@@ -38,6 +40,8 @@ pub(crate) struct RowPrinter {
     format: Format,
     header_written: bool,
     rows: u64,
+    /// Column widths of the live table.
+    widths: Vec<usize>,
 }
 
 impl RowPrinter {
@@ -47,6 +51,7 @@ impl RowPrinter {
             format,
             header_written: false,
             rows: 0,
+            widths: Vec::new(),
         }
     }
 
@@ -60,20 +65,19 @@ impl RowPrinter {
         self.rows
     }
 
-    /// Writes `batches` (one table in table format; CSV writes its header only before the
-    /// first rows) and flushes.
-    pub(crate) fn print(&mut self, out: &mut impl Write, batches: &[RecordBatch]) -> io::Result<()> {
+    /// Writes the rows of `batches` (the header only before the first rows) and flushes.
+    pub(crate) fn print(
+        &mut self,
+        out: &mut impl Write,
+        batches: &[RecordBatch],
+    ) -> io::Result<()> {
         let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
         if batches.is_empty() {
             return Ok(());
         }
         let mut buf = Vec::new();
         match self.format {
-            Format::Table => {
-                let owned: Vec<RecordBatch> = batches.iter().map(|b| (*b).clone()).collect();
-                let table = arrow::util::pretty::pretty_format_batches(&owned).map_err(io::Error::other)?;
-                writeln!(buf, "{table}")?;
-            }
+            Format::Table => self.table_rows(&mut buf, &batches)?,
             Format::Csv => {
                 let mut writer = arrow::csv::WriterBuilder::new()
                     .with_header(!self.header_written)
@@ -95,11 +99,89 @@ impl RowPrinter {
         out.write_all(&buf)?;
         out.flush()
     }
+
+    /// Ends the result: the bottom border of a live table.
+    pub(crate) fn finish(&mut self, out: &mut impl Write) -> io::Result<()> {
+        if self.format == Format::Table && self.header_written {
+            writeln!(out, "{}", border(&self.widths))?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Rows of a live table; the first call also sizes the columns and prints the header.
+    fn table_rows(&mut self, buf: &mut Vec<u8>, batches: &[&RecordBatch]) -> io::Result<()> {
+        let mut rows: Vec<Vec<String>> = Vec::new();
+        for batch in batches {
+            let options = FormatOptions::default();
+            let formatters = batch
+                .columns()
+                .iter()
+                .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(io::Error::other)?;
+            for row in 0..batch.num_rows() {
+                rows.push(
+                    formatters
+                        .iter()
+                        .map(|f| f.value(row).to_string())
+                        .collect(),
+                );
+            }
+        }
+        if !self.header_written {
+            let names: Vec<String> = batches[0]
+                .schema_ref()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            self.widths = names.iter().map(|n| n.chars().count()).collect();
+            for row in &rows {
+                for (w, cell) in self.widths.iter_mut().zip(row) {
+                    *w = (*w).max(cell.chars().count());
+                }
+            }
+            writeln!(buf, "{}", border(&self.widths))?;
+            writeln!(buf, "{}", line(&self.widths, &names))?;
+            writeln!(buf, "{}", border(&self.widths))?;
+        }
+        for row in &rows {
+            for (w, cell) in self.widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+            writeln!(buf, "{}", line(&self.widths, row))?;
+        }
+        Ok(())
+    }
+}
+
+/// `+-----+----+`
+fn border(widths: &[usize]) -> String {
+    let mut s = String::from("+");
+    for w in widths {
+        s.push_str(&"-".repeat(w + 2));
+        s.push('+');
+    }
+    s
+}
+
+/// `| a   | b  |`
+fn line(widths: &[usize], cells: &[String]) -> String {
+    let mut s = String::from("|");
+    for (w, cell) in widths.iter().zip(cells) {
+        s.push_str(&format!(" {cell:<w$} |"));
+    }
+    s
 }
 
 /// Prints a complete result (SHOW, DESCRIBE, EXPLAIN): a table (with a row count), CSV with
 /// a header even when empty, or JSON lines.
-pub(crate) fn print_result(out: &mut impl Write, format: Format, batch: &RecordBatch) -> io::Result<()> {
+pub(crate) fn print_result(
+    out: &mut impl Write,
+    format: Format,
+    batch: &RecordBatch,
+) -> io::Result<()> {
     match format {
         Format::Table => {
             let table = arrow::util::pretty::pretty_format_batches(std::slice::from_ref(batch))
@@ -108,7 +190,12 @@ pub(crate) fn print_result(out: &mut impl Write, format: Format, batch: &RecordB
             writeln!(out, "{table}\n({n} row{})", if n == 1 { "" } else { "s" })?;
         }
         Format::Csv if batch.num_rows() == 0 => {
-            let names: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+            let names: Vec<&str> = batch
+                .schema_ref()
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect();
             writeln!(out, "{}", names.join(","))?;
         }
         Format::Csv | Format::Json => {
@@ -175,8 +262,36 @@ mod tests {
 
     #[test]
     fn csv_header_once_across_calls() {
-        let s = printed(Format::Csv, &[&[batch(&[1], &["a"])], &[batch(&[], &[])], &[batch(&[2], &["b"])]]);
+        let s = printed(
+            Format::Csv,
+            &[
+                &[batch(&[1], &["a"])],
+                &[batch(&[], &[])],
+                &[batch(&[2], &["b"])],
+            ],
+        );
         assert_eq!(s, "id,name\n1,a\n2,b\n");
+    }
+
+    #[test]
+    fn live_table_has_one_header() {
+        let mut p = RowPrinter::new(Format::Table);
+        let mut out = Vec::new();
+        p.print(&mut out, &[batch(&[1], &["a"])]).unwrap();
+        p.print(&mut out, &[batch(&[22], &["bb"]), batch(&[3], &["c"])])
+            .unwrap();
+        p.finish(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "+----+------+\n\
+             | id | name |\n\
+             +----+------+\n\
+             | 1  | a    |\n\
+             | 22 | bb   |\n\
+             | 3  | c    |\n\
+             +----+------+\n"
+        );
+        assert_eq!(p.rows(), 3);
     }
 
     #[test]

@@ -40,7 +40,8 @@ impl Progress {
             return;
         }
         let m = db.metrics();
-        let rate = (m.total_events_ingested.saturating_sub(self.last_events)) as f64 / elapsed.as_secs_f64();
+        let rate = (m.total_events_ingested.saturating_sub(self.last_events)) as f64
+            / elapsed.as_secs_f64();
         self.last_events = m.total_events_ingested;
         self.last_draw = Instant::now();
         let mut line = format!(
@@ -50,7 +51,10 @@ impl Progress {
             units::count(rate.round() as u64),
         );
         if m.stream_count > 0 {
-            line.push_str(&format!(" | emitted {}", units::count(m.total_events_emitted)));
+            line.push_str(&format!(
+                " | emitted {}",
+                units::count(m.total_events_emitted)
+            ));
         }
         if m.sink_count > 0 {
             let written: u64 = db
@@ -61,7 +65,10 @@ impl Progress {
                 .sum();
             line.push_str(&format!(" | written {}", units::count(written)));
         }
-        line.push_str(&format!(" | watermark {}", units::watermark(m.pipeline_watermark)));
+        line.push_str(&format!(
+            " | watermark {}",
+            units::watermark(m.pipeline_watermark)
+        ));
         let mut err = io::stderr().lock();
         let _ = write!(err, "\r\x1b[2K{line}");
         let _ = err.flush();

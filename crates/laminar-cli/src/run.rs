@@ -25,7 +25,11 @@ use crate::summary::summary;
 use crate::tail::TailThread;
 
 /// Runs a pipeline file.
-pub(crate) fn run(runtime: &tokio::runtime::Runtime, cli: &Cli, args: &RunArgs) -> Result<ExitCode, CliError> {
+pub(crate) fn run(
+    runtime: &tokio::runtime::Runtime,
+    cli: &Cli,
+    args: &RunArgs,
+) -> Result<ExitCode, CliError> {
     let mut builder = database::builder(cli.workers);
     if let Some(dir) = &args.storage_dir {
         builder = builder
@@ -39,7 +43,8 @@ pub(crate) fn run(runtime: &tokio::runtime::Runtime, cli: &Cli, args: &RunArgs) 
         )));
     }
     let label = args.file.display().to_string();
-    let text = std::fs::read_to_string(&args.file).map_err(|e| CliError::user(format!("cannot read {label}: {e}")))?;
+    let text = std::fs::read_to_string(&args.file)
+        .map_err(|e| CliError::user(format!("cannot read {label}: {e}")))?;
     let format = Format::for_stdout(cli.format);
 
     let db = database::open(runtime, builder)?;
@@ -54,7 +59,9 @@ pub(crate) fn run(runtime: &tokio::runtime::Runtime, cli: &Cli, args: &RunArgs) 
     };
     let mut tails = Vec::new();
     match result {
-        ExecuteResult::Query(handle) => tails.push(TailThread::spawn(handle.subscribe_arrow()?, format)),
+        ExecuteResult::Query(handle) => {
+            tails.push(TailThread::spawn(handle.subscribe_arrow()?, format))
+        }
         ExecuteResult::Metadata(batch) => {
             output::print_result(&mut io::stdout().lock(), format, &batch)
                 .map_err(|e| CliError::runtime(format!("cannot print: {e}")))?;
@@ -69,7 +76,8 @@ pub(crate) fn run(runtime: &tokio::runtime::Runtime, cli: &Cli, args: &RunArgs) 
     let started = Instant::now();
     let completion = Completion::new(runtime, &db);
     // Rows on the same terminal would garble the progress line.
-    let show_progress = io::stderr().is_terminal() && (tails.is_empty() || !io::stdout().is_terminal());
+    let show_progress =
+        io::stderr().is_terminal() && (tails.is_empty() || !io::stdout().is_terminal());
     let mut progress = Progress::new();
     let outcome = completion.wait(&db, &signals, || {
         if show_progress {

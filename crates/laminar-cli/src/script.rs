@@ -27,7 +27,11 @@ use crate::tail::TailThread;
 const LABEL: &str = "<stdin>";
 
 /// Runs the statements on stdin.
-pub(crate) fn script(runtime: &tokio::runtime::Runtime, cli: &Cli, db: &LaminarDB) -> Result<ExitCode, CliError> {
+pub(crate) fn script(
+    runtime: &tokio::runtime::Runtime,
+    cli: &Cli,
+    db: &LaminarDB,
+) -> Result<ExitCode, CliError> {
     let mut input = String::new();
     io::stdin()
         .read_to_string(&mut input)

@@ -3,21 +3,21 @@
 //! Lines accumulate until a statement ends with `;` (outside quotes and comments); the
 //! prompt is `laminardb> `, then `       -> ` for continuation lines. Each statement's result
 //! is printed; a `SELECT` over a source or stream prints its live rows until Ctrl-C, then
-//! the query is cancelled and the prompt returns. History lives in `~/.laminardb_history`.
+//! the query is cancelled and the prompt returns. History lives in `~/.laminardb_history`
+//! ([`crate::line_reader`]).
 //! Sources with connectors start reading as soon as they are created. When stdin is not a
 //! terminal, [`crate::script`] runs the input instead.
 
 use std::io::{self, IsTerminal, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use laminar_db::{LaminarDB, QueryHandle};
-use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 
 use crate::args::Cli;
 use crate::database;
 use crate::exit::CliError;
+use crate::line_reader::LineReader;
 use crate::output::{self, Format, RowPrinter};
 use crate::signals::{SignalPolicy, Signals};
 use crate::statements;
@@ -58,19 +58,24 @@ enum Command {
 }
 
 fn command(line: &str) -> Option<Command> {
-    match line.trim().trim_end_matches(';').trim().to_ascii_lowercase().as_str() {
+    match line
+        .trim()
+        .trim_end_matches(';')
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
         "\\q" | "exit" | "quit" => Some(Command::Quit),
         "\\h" | "\\?" | "help" => Some(Command::Help),
         _ => None,
     }
 }
 
-fn history_path() -> Option<PathBuf> {
-    let home = std::env::var_os("HOME").or_else(|| std::env::var_os("USERPROFILE"))?;
-    Some(PathBuf::from(home).join(".laminardb_history"))
-}
-
-fn interactive(runtime: &tokio::runtime::Runtime, cli: &Cli, db: &LaminarDB) -> Result<ExitCode, CliError> {
+fn interactive(
+    runtime: &tokio::runtime::Runtime,
+    cli: &Cli,
+    db: &LaminarDB,
+) -> Result<ExitCode, CliError> {
     let on_terminate = {
         let db = db.clone();
         Box::new(move || db.shutdown_sync())
@@ -78,11 +83,7 @@ fn interactive(runtime: &tokio::runtime::Runtime, cli: &Cli, db: &LaminarDB) -> 
     let signals = Signals::install(runtime, SignalPolicy::Interactive { on_terminate })
         .map_err(|e| CliError::runtime(format!("cannot handle signals: {e}")))?;
     runtime.block_on(db.start())?;
-    let mut editor = DefaultEditor::new().map_err(|e| CliError::runtime(format!("cannot read the terminal: {e}")))?;
-    let history = history_path();
-    if let Some(path) = &history {
-        let _ = editor.load_history(path);
-    }
+    let mut reader = LineReader::new();
     let format = Format::for_stdout(cli.format);
     println!(
         "LaminarDB {} shell. End statements with ';'. \\h for help, \\q to quit.",
@@ -90,8 +91,12 @@ fn interactive(runtime: &tokio::runtime::Runtime, cli: &Cli, db: &LaminarDB) -> 
     );
     let mut buffer = String::new();
     loop {
-        let prompt = if buffer.is_empty() { PROMPT } else { CONTINUATION };
-        let line = match editor.readline(prompt) {
+        let prompt = if buffer.is_empty() {
+            PROMPT
+        } else {
+            CONTINUATION
+        };
+        let line = match reader.read(prompt) {
             Ok(line) => line,
             Err(ReadlineError::Interrupted) => {
                 buffer.clear();
@@ -104,7 +109,7 @@ fn interactive(runtime: &tokio::runtime::Runtime, cli: &Cli, db: &LaminarDB) -> 
             match command(&line) {
                 Some(Command::Quit) => break,
                 Some(Command::Help) => {
-                    let _ = editor.add_history_entry(line.trim());
+                    reader.remember(line.trim());
                     println!("{HELP}");
                     continue;
                 }
@@ -118,18 +123,22 @@ fn interactive(runtime: &tokio::runtime::Runtime, cli: &Cli, db: &LaminarDB) -> 
         if !statements::is_complete(&buffer) {
             continue;
         }
-        let _ = editor.add_history_entry(buffer.as_str());
+        reader.remember(&buffer);
         run_input(runtime, db, &signals, format, &buffer);
         buffer.clear();
     }
-    if let Some(path) = &history {
-        let _ = editor.save_history(path);
-    }
+    reader.save();
     Ok(ExitCode::SUCCESS)
 }
 
 /// Runs the statements of one input; the first error is printed and skips the rest.
-fn run_input(runtime: &tokio::runtime::Runtime, db: &LaminarDB, signals: &Signals, format: Format, input: &str) {
+fn run_input(
+    runtime: &tokio::runtime::Runtime,
+    db: &LaminarDB,
+    signals: &Signals,
+    format: Format,
+    input: &str,
+) {
     for statement in statements::split(input) {
         let result = match runtime.block_on(db.execute(statement.text)) {
             Ok(result) => result,
@@ -172,7 +181,11 @@ fn follow(query: &QueryHandle, signals: &Signals, format: Format) {
         }
     };
     let _ = io::stdout().flush();
-    eprintln!("-- query {} {how} after {}", query.id, units::plural(printer.rows(), "row"));
+    eprintln!(
+        "-- query {} {how} after {}",
+        query.id,
+        units::plural(printer.rows(), "row")
+    );
 }
 
 #[cfg(test)]

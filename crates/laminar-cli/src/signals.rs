@@ -39,7 +39,10 @@ enum Kind {
 impl Signals {
     /// Installs the handlers (before returning, so no signal is missed) and starts the task
     /// that counts them.
-    pub(crate) fn install(runtime: &tokio::runtime::Runtime, policy: SignalPolicy) -> std::io::Result<Arc<Signals>> {
+    pub(crate) fn install(
+        runtime: &tokio::runtime::Runtime,
+        policy: SignalPolicy,
+    ) -> std::io::Result<Arc<Signals>> {
         let signals = Arc::new(Signals::default());
         let mut listener = runtime.block_on(async { Listener::new() })?;
         let counted = signals.clone();

@@ -29,7 +29,11 @@ impl Statement<'_> {
             } => DbError::SqlParse {
                 message,
                 line: line + self.line - 1,
-                column: if line == 1 { column + self.column - 1 } else { column },
+                column: if line == 1 {
+                    column + self.column - 1
+                } else {
+                    column
+                },
             },
             other => other,
         }
@@ -119,7 +123,11 @@ fn scan(script: &str) -> Scan<'_> {
                     chars.next();
                     width = 2;
                 } else if c == '*' && next == Some('/') {
-                    state = if depth == 1 { State::Code } else { State::BlockComment(depth - 1) };
+                    state = if depth == 1 {
+                        State::Code
+                    } else {
+                        State::BlockComment(depth - 1)
+                    };
                     chars.next();
                     width = 2;
                 }
@@ -169,10 +177,19 @@ mod tests {
     #[test]
     fn splits_outside_quotes_and_comments() {
         assert_eq!(
-            texts("CREATE SOURCE a (x INT);\n  SELECT ';' FROM a -- c;\n; /* ; */ SELECT \"a;b\" FROM a"),
-            vec!["CREATE SOURCE a (x INT)", "SELECT ';' FROM a -- c", "/* ; */ SELECT \"a;b\" FROM a"]
+            texts(
+                "CREATE SOURCE a (x INT);\n  SELECT ';' FROM a -- c;\n; /* ; */ SELECT \"a;b\" FROM a"
+            ),
+            vec![
+                "CREATE SOURCE a (x INT)",
+                "SELECT ';' FROM a -- c;",
+                "/* ; */ SELECT \"a;b\" FROM a"
+            ]
         );
-        assert_eq!(texts("SELECT 'it''s; fine'; ;; -- only a comment;"), vec!["SELECT 'it''s; fine'"]);
+        assert_eq!(
+            texts("SELECT 'it''s; fine'; ;; -- only a comment;"),
+            vec!["SELECT 'it''s; fine'"]
+        );
         assert!(texts(" \n -- nothing\n").is_empty());
     }
 
@@ -186,13 +203,33 @@ mod tests {
             line: 1,
             column: 8,
         });
-        assert!(matches!(e, DbError::SqlParse { line: 3, column: 11, .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                DbError::SqlParse {
+                    line: 3,
+                    column: 11,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         let e = s[1].locate(DbError::SqlParse {
             message: "m".into(),
             line: 2,
             column: 2,
         });
-        assert!(matches!(e, DbError::SqlParse { line: 4, column: 2, .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                DbError::SqlParse {
+                    line: 4,
+                    column: 2,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -10,16 +10,28 @@ use crate::units;
 
 /// The summary text (several lines, no trailing newline).
 pub(crate) fn summary(db: &LaminarDB, ended: &str, elapsed: Duration) -> String {
-    let mut out = format!("laminardb: pipeline {ended} after {}", units::duration(elapsed));
+    let mut out = format!(
+        "laminardb: pipeline {ended} after {}",
+        units::duration(elapsed)
+    );
     let mut sources = db.all_source_metrics();
     sources.sort_by(|a, b| a.name.cmp(&b.name));
     for s in sources {
-        let _ = write!(out, "\n  source {}: {} read", s.name, units::plural(s.total_events, "event"));
+        let _ = write!(
+            out,
+            "\n  source {}: {} read",
+            s.name,
+            units::plural(s.total_events, "event")
+        );
         if s.dropped > 0 {
             let _ = write!(out, ", {} dropped", units::count(s.dropped));
         }
         if s.bad_records > 0 {
-            let _ = write!(out, ", {} skipped", units::plural(s.bad_records, "bad record"));
+            let _ = write!(
+                out,
+                ", {} skipped",
+                units::plural(s.bad_records, "bad record")
+            );
         }
     }
     let mut sinks = db.sinks();
@@ -28,7 +40,11 @@ pub(crate) fn summary(db: &LaminarDB, ended: &str, elapsed: Duration) -> String 
         let Ok(s) = db.sink_metrics(&name) else {
             continue;
         };
-        let _ = write!(out, "\n  sink {name}: {} written", units::plural(s.records_written, "record"));
+        let _ = write!(
+            out,
+            "\n  sink {name}: {} written",
+            units::plural(s.records_written, "record")
+        );
         if s.rows_in != s.records_written {
             let _ = write!(out, " of {} received", units::count(s.rows_in));
         }

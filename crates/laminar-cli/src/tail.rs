@@ -3,9 +3,9 @@
 //! ([`TailThread`]: continuous queries of a script, which must not block the statements
 //! after them).
 //!
-//! Table output collects rows for a moment ([`TABLE_COALESCE`]) so a trickle of one-row
-//! batches prints as a few tables rather than a header per row; CSV and JSON lines are
-//! written and flushed batch by batch.
+//! Table output collects rows for a moment ([`TABLE_COALESCE`]) so the live table's column
+//! widths come from more than one row; CSV and JSON lines are written and flushed batch by
+//! batch.
 
 use std::io;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use laminar_db::ArrowSubscription;
 use crate::output::{Format, RowPrinter};
 
 /// How long table output collects rows before printing them.
-const TABLE_COALESCE: Duration = Duration::from_millis(500);
+const TABLE_COALESCE: Duration = Duration::from_millis(300);
 /// Table output prints at once when this many rows are waiting.
 const TABLE_MAX_ROWS: usize = 500;
 /// How often the stop condition is checked.
@@ -51,7 +51,7 @@ pub(crate) fn tail(
             while let Some(b) = sub.poll() {
                 pending.push(b);
             }
-            return flush(printer, &mut pending).map(|open| if open { TailEnd::Stopped } else { TailEnd::Closed });
+            return close(printer, &mut pending, TailEnd::Stopped);
         }
         match sub.recv_timeout(POLL) {
             Ok(Some(b)) if b.num_rows() > 0 => {
@@ -63,7 +63,7 @@ pub(crate) fn tail(
             }
             Ok(_) => {}
             Err(_) => {
-                return flush(printer, &mut pending).map(|open| if open { TailEnd::Ended } else { TailEnd::Closed });
+                return close(printer, &mut pending, TailEnd::Ended);
             }
         }
         let due = printer.format() != Format::Table
@@ -75,6 +75,22 @@ pub(crate) fn tail(
                 return Ok(TailEnd::Closed);
             }
         }
+    }
+}
+
+/// Prints `pending` and ends the output (a table's bottom border).
+fn close(
+    printer: &mut RowPrinter,
+    pending: &mut Vec<RecordBatch>,
+    end: TailEnd,
+) -> io::Result<TailEnd> {
+    if !flush(printer, pending)? {
+        return Ok(TailEnd::Closed);
+    }
+    match printer.finish(&mut io::stdout().lock()) {
+        Ok(()) => Ok(end),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(TailEnd::Closed),
+        Err(e) => Err(e),
     }
 }
 
@@ -118,4 +134,3 @@ impl TailThread {
         self.handle.join().unwrap_or(0)
     }
 }
-

@@ -11,7 +11,7 @@ pub(crate) fn count(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -62,7 +62,10 @@ mod tests {
         assert_eq!(plural(2000, "event"), "2,000 events");
         assert_eq!(duration(Duration::from_millis(1234)), "1.2s");
         assert_eq!(duration(Duration::from_secs(125)), "2m 05s");
-        assert_eq!(watermark(Some(1_700_000_000_000)), "2023-11-14 22:13:20.000");
+        assert_eq!(
+            watermark(Some(1_700_000_000_000)),
+            "2023-11-14 22:13:20.000"
+        );
         assert_eq!(watermark(None), "-");
         assert_eq!(watermark(Some(END_OF_TIME)), "end");
     }

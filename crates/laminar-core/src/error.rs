@@ -47,6 +47,8 @@ pub enum CoreError {
     #[error("the runtime is shut down")]
     Shutdown,
     /// An internal invariant was breached: a bug.
-    #[error("internal error: {0}. This is a bug in LaminarDB; please report it with the SQL that triggered it")]
+    #[error(
+        "internal error: {0}. This is a bug in LaminarDB; please report it with the SQL that triggered it"
+    )]
     Internal(String),
 }

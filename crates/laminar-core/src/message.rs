@@ -165,7 +165,11 @@ mod tests {
         let ops = change_ops(&batch).unwrap().unwrap();
         assert_eq!(
             ops,
-            vec![ChangeOp::Insert, ChangeOp::UpdateBefore, ChangeOp::UpdateAfter]
+            vec![
+                ChangeOp::Insert,
+                ChangeOp::UpdateBefore,
+                ChangeOp::UpdateAfter
+            ]
         );
         let bad = RecordBatch::try_new(
             schema,

@@ -46,8 +46,7 @@ pub trait Operator: Send {
     fn output_schema(&self) -> SchemaRef;
 
     /// Processes a batch from input `input`.
-    fn on_batch(&mut self, input: usize, batch: RecordBatch, out: &mut Vec<Message>)
-    -> Result<()>;
+    fn on_batch(&mut self, input: usize, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()>;
 
     /// Handles an advance of the input watermark.
     fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Message>) -> Result<()>;

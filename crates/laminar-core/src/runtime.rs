@@ -89,7 +89,9 @@ impl Runtime {
     pub fn start(config: RuntimeConfig) -> Result<Runtime> {
         let workers = config.workers.max(1);
         let shared = Arc::new(RuntimeShared {
-            workers: (0..workers).map(|_| Arc::new(WorkerShared::default())).collect(),
+            workers: (0..workers)
+                .map(|_| Arc::new(WorkerShared::default()))
+                .collect(),
             config,
             shutdown: AtomicBool::new(false),
             in_flight: AtomicI64::new(0),
@@ -149,7 +151,8 @@ impl Runtime {
     ) -> Arc<Node> {
         let node = self.new_node(name, operator, metrics);
         for upstream in upstreams {
-            let receiver = upstream.connect(&self.shared, Some(&node), self.shared.config.edge_capacity);
+            let receiver =
+                upstream.connect(&self.shared, Some(&node), self.shared.config.edge_capacity);
             node.add_input(receiver, upstream.output_watermark());
         }
         self.schedule(&node);
@@ -217,9 +220,15 @@ impl Runtime {
         self.shared.shutdown.load(Ordering::SeqCst)
     }
 
-    fn new_node(&self, name: &str, operator: Box<dyn Operator>, metrics: Arc<NodeMetrics>) -> Arc<Node> {
+    fn new_node(
+        &self,
+        name: &str,
+        operator: Box<dyn Operator>,
+        metrics: Arc<NodeMetrics>,
+    ) -> Arc<Node> {
         let id = self.shared.next_node_id.fetch_add(1, Ordering::Relaxed);
-        let worker = self.shared.next_worker.fetch_add(1, Ordering::Relaxed) % self.shared.workers.len();
+        let worker =
+            self.shared.next_worker.fetch_add(1, Ordering::Relaxed) % self.shared.workers.len();
         Arc::new(Node::new(NodeId(id), name, worker, operator, metrics))
     }
 

@@ -102,7 +102,7 @@ fn all_types(n: u8) -> AllTypes {
         h: u64::MAX,
         i: 1.5,
         j: std::f64::consts::PI,
-        k: n % 2 == 0,
+        k: n.is_multiple_of(2),
         l: format!("row {n}"),
         m: vec![n, 0, 255],
         oa: Some(1),

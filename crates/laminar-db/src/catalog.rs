@@ -115,7 +115,12 @@ impl Catalog {
     pub(crate) fn names(&self) -> Vec<String> {
         self.sources
             .keys()
-            .chain(self.streams.iter().filter(|(_, s)| s.query_id.is_none()).map(|(k, _)| k))
+            .chain(
+                self.streams
+                    .iter()
+                    .filter(|(_, s)| s.query_id.is_none())
+                    .map(|(k, _)| k),
+            )
             .chain(self.sinks.keys())
             .cloned()
             .collect()
@@ -142,7 +147,12 @@ impl SchemaCatalog for Catalog {
     fn relation_names(&self) -> Vec<String> {
         self.sources
             .keys()
-            .chain(self.streams.iter().filter(|(_, s)| s.query_id.is_none()).map(|(k, _)| k))
+            .chain(
+                self.streams
+                    .iter()
+                    .filter(|(_, s)| s.query_id.is_none())
+                    .map(|(k, _)| k),
+            )
             .cloned()
             .collect()
     }

@@ -18,8 +18,8 @@ use crate::error::DbError;
 use crate::ingest::{IngestTarget, SourceHandle, TypedSourceHandle, check_record_schema};
 use crate::runners::Failures;
 use crate::subscription::{
-    ArrowSubscription, CallbackHandle, ChangeEvent, PushSubscription, Subscription, SubscriptionConfig,
-    start_callback, start_push,
+    ArrowSubscription, CallbackHandle, ChangeEvent, PushSubscription, Subscription,
+    SubscriptionConfig, start_callback, start_push,
 };
 
 /// Lifecycle state (SPEC 1.3).
@@ -321,12 +321,18 @@ impl LaminarDB {
     ) -> Result<Option<laminar_core::operator::Step>, DbError> {
         match filter {
             None => Ok(None),
-            Some(sql) => crate::execute::compile_predicate(&self.inner.planner, schema, sql).map(Some),
+            Some(sql) => {
+                crate::execute::compile_predicate(&self.inner.planner, schema, sql).map(Some)
+            }
         }
     }
 
     /// A push subscription with its own buffer and overflow policy.
-    pub fn subscribe_push(&self, name: &str, config: SubscriptionConfig) -> Result<PushSubscription, DbError> {
+    pub fn subscribe_push(
+        &self,
+        name: &str,
+        config: SubscriptionConfig,
+    ) -> Result<PushSubscription, DbError> {
         self.ensure_open()?;
         if config.send_snapshot {
             return Err(DbError::InvalidOperation(

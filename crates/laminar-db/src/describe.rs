@@ -51,23 +51,33 @@ pub(crate) fn describe_connector(spec: &ConnectorSpec) -> String {
     }
 }
 
+/// Replaces the `user:pass@` part of every URL in `v` with `***@`.
 fn mask_url_userinfo(v: &str) -> String {
-    if let Some(scheme_end) = v.find("://") {
-        let rest = &v[scheme_end + 3..];
-        if let Some(at) = rest.find('@')
-            && !rest[..at].contains('/')
-        {
-            return format!("{}://***@{}", &v[..scheme_end], &rest[at + 1..]);
+    let mut out = String::with_capacity(v.len());
+    let mut rest = v;
+    while let Some(scheme_end) = rest.find("://") {
+        out.push_str(&rest[..scheme_end + 3]);
+        rest = &rest[scheme_end + 3..];
+        let authority_end = rest
+            .find(['/', '\'', ' ', '"', ',', ')'])
+            .unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            out.push_str("***@");
+            rest = &rest[at + 1..];
         }
     }
-    v.to_string()
+    out.push_str(rest);
+    out
 }
 
 fn pairs(rows: Vec<(String, String)>) -> Result<RecordBatch, DbError> {
     let (keys, values): (Vec<String>, Vec<String>) = rows.into_iter().unzip();
     batch(
         &[("plan_key", DataType::Utf8), ("plan_value", DataType::Utf8)],
-        vec![Arc::new(StringArray::from(keys)), Arc::new(StringArray::from(values))],
+        vec![
+            Arc::new(StringArray::from(keys)),
+            Arc::new(StringArray::from(values)),
+        ],
     )
 }
 
@@ -75,7 +85,14 @@ fn schema_text(schema: &SchemaRef) -> String {
     schema
         .fields()
         .iter()
-        .map(|f| format!("{} {}{}", f.name(), f.data_type(), if f.is_nullable() { "" } else { " NOT NULL" }))
+        .map(|f| {
+            format!(
+                "{} {}{}",
+                f.name(),
+                f.data_type(),
+                if f.is_nullable() { "" } else { " NOT NULL" }
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -86,9 +103,13 @@ impl LaminarDB {
         let (schema, watermark, connector, sql) = if let Some(s) = catalog.sources.get(name) {
             (
                 s.schema.clone(),
-                s.watermark.as_ref().map(|w| format!("{} AS {}", w.column, w.expression)),
+                s.watermark
+                    .as_ref()
+                    .map(|w| format!("{} AS {}", w.column, w.expression)),
                 s.connector.as_ref().map(|c| match &s.format {
-                    Some(f) => format!("{} FORMAT {}", describe_connector(c), f.name.to_uppercase()),
+                    Some(f) => {
+                        format!("{} FORMAT {}", describe_connector(c), f.name.to_uppercase())
+                    }
                     None => describe_connector(c),
                 }),
                 s.sql.clone(),
@@ -96,7 +117,10 @@ impl LaminarDB {
         } else if let Some(s) = catalog.streams.get(name).filter(|s| s.query_id.is_none()) {
             (
                 s.plan.output_schema.clone(),
-                s.plan.event_time.as_ref().map(|c| format!("{c} (from inputs)")),
+                s.plan
+                    .event_time
+                    .as_ref()
+                    .map(|c| format!("{c} (from inputs)")),
                 None,
                 s.sql.clone(),
             )
@@ -107,16 +131,28 @@ impl LaminarDB {
                 .map(|n| n.schema())
                 .or_else(|| catalog.relation(&s.input).map(|r| r.schema))
                 .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()));
-            (schema, None, s.connector.as_ref().map(describe_connector), s.sql.clone())
+            (
+                schema,
+                None,
+                s.connector.as_ref().map(describe_connector),
+                s.sql.clone(),
+            )
         } else {
             return Err(DbError::NotFound {
                 kind: "object",
                 name: name.to_string(),
-                suggestion: laminar_sql::did_you_mean(name, catalog.names().iter().map(String::as_str)),
+                suggestion: laminar_sql::did_you_mean(
+                    name,
+                    catalog.names().iter().map(String::as_str),
+                ),
             });
         };
         let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-        let types: Vec<String> = schema.fields().iter().map(|f| f.data_type().to_string()).collect();
+        let types: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| f.data_type().to_string())
+            .collect();
         let nullable: Vec<bool> = schema.fields().iter().map(|f| f.is_nullable()).collect();
         let mut fields = vec![
             ("column_name", DataType::Utf8),
@@ -148,7 +184,11 @@ impl LaminarDB {
         batch(&fields, columns)
     }
 
-    pub(crate) fn explain(&self, statement: StreamingStatement, analyze: bool) -> Result<RecordBatch, DbError> {
+    pub(crate) fn explain(
+        &self,
+        statement: StreamingStatement,
+        analyze: bool,
+    ) -> Result<RecordBatch, DbError> {
         if analyze {
             let name = match &statement {
                 StreamingStatement::Query { query, .. } => query.to_string().trim().to_string(),
@@ -175,12 +215,20 @@ impl LaminarDB {
                         "watermark".into(),
                         c.watermark
                             .as_ref()
-                            .map(|w| format!("{} - {} ms (bounded out-of-orderness)", w.column, w.delay_ms))
+                            .map(|w| {
+                                format!(
+                                    "{} - {} ms (bounded out-of-orderness)",
+                                    w.column, w.delay_ms
+                                )
+                            })
                             .unwrap_or_else(|| "none".into()),
                     ),
                     (
                         "connector".into(),
-                        c.connector.as_ref().map(describe_connector).unwrap_or_else(|| "push API (embedded)".into()),
+                        c.connector
+                            .as_ref()
+                            .map(describe_connector)
+                            .unwrap_or_else(|| "push API (embedded)".into()),
                     ),
                 ]
             }
@@ -192,10 +240,19 @@ impl LaminarDB {
                 vec![
                     ("sink".into(), c.name.clone()),
                     ("dag".into(), format!("{input} -> {}", c.name)),
-                    ("filter".into(), c.filter.as_ref().map(|f| f.to_string()).unwrap_or_else(|| "none".into())),
+                    (
+                        "filter".into(),
+                        c.filter
+                            .as_ref()
+                            .map(|f| f.to_string())
+                            .unwrap_or_else(|| "none".into()),
+                    ),
                     (
                         "connector".into(),
-                        c.connector.as_ref().map(describe_connector).unwrap_or_else(|| "in-memory endpoint".into()),
+                        c.connector
+                            .as_ref()
+                            .map(describe_connector)
+                            .unwrap_or_else(|| "in-memory endpoint".into()),
                     ),
                 ]
             }
@@ -207,7 +264,10 @@ impl LaminarDB {
     fn explain_analyze(&self, name: &str) -> Result<RecordBatch, DbError> {
         let catalog = self.inner.catalog.read();
         let Some(stream) = catalog.streams.get(name) else {
-            return Err(SqlError::Invalid(format!("EXPLAIN ANALYZE takes the name of a running stream; '{name}' is not one")).into());
+            return Err(SqlError::Invalid(format!(
+                "EXPLAIN ANALYZE takes the name of a running stream; '{name}' is not one"
+            ))
+            .into());
         };
         let mut rows = Vec::new();
         for input in &stream.plan.inputs {
@@ -217,7 +277,8 @@ impl LaminarDB {
                     format!(
                         "rows_out={} watermark={}",
                         node.metrics.rows_out.load(Ordering::Relaxed),
-                        node.output_watermark().map_or("none".into(), |w| w.to_string())
+                        node.output_watermark()
+                            .map_or("none".into(), |w| w.to_string())
                     ),
                 ));
             }
@@ -262,7 +323,7 @@ fn mask_statement(catalog: &crate::catalog::Catalog, name: &str) -> String {
         .get(name)
         .and_then(|s| s.connector.as_ref())
         .or_else(|| catalog.sinks.get(name).and_then(|s| s.connector.as_ref()));
-    let mut masked = sql;
+    let mut masked = mask_url_userinfo(&sql);
     if let Some(spec) = connector {
         for (k, v) in &spec.options {
             let lower = k.to_lowercase();
@@ -272,4 +333,18 @@ fn mask_statement(catalog: &crate::catalog::Catalog, name: &str) -> String {
         }
     }
     masked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask_url_userinfo;
+
+    #[test]
+    fn url_credentials_are_masked() {
+        assert_eq!(
+            mask_url_userinfo("x = 's3://key:secret@bucket/path', y = 'http://h:1/a'"),
+            "x = 's3://***@bucket/path', y = 'http://h:1/a'"
+        );
+        assert_eq!(mask_url_userinfo("no url"), "no url");
+    }
 }

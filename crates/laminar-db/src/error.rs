@@ -19,7 +19,7 @@ pub enum DbError {
     },
     /// The SQL is invalid or unsupported (planning, validation, unknown column, ...).
     #[error("{0}")]
-    Sql(#[source] SqlError),
+    Sql(#[source] Box<SqlError>),
     /// `${NAME}` without a configured value.
     #[error("unresolved config variable ${{{0}}}")]
     UnresolvedConfigVar(String),
@@ -86,7 +86,7 @@ pub enum DbError {
         object: String,
         /// The connector's error.
         #[source]
-        source: ConnectorError,
+        source: Box<ConnectorError>,
     },
     /// The running pipeline failed.
     #[error("pipeline failed: {0}")]
@@ -104,7 +104,7 @@ impl DbError {
     pub fn code(&self) -> &'static str {
         match self {
             DbError::SqlParse { .. } => "SQL_SYNTAX",
-            DbError::Sql(e) => match e {
+            DbError::Sql(e) => match e.as_ref() {
                 SqlError::NotSupported { .. } => "SQL_NOT_SUPPORTED",
                 SqlError::UnknownObject { .. } => "SQL_UNKNOWN_OBJECT",
                 SqlError::UnknownColumn { .. } => "SQL_UNKNOWN_COLUMN",
@@ -152,7 +152,7 @@ impl From<SqlError> for DbError {
                 column,
             },
             SqlError::UnresolvedConfigVar { name } => DbError::UnresolvedConfigVar(name),
-            other => DbError::Sql(other),
+            other => DbError::Sql(Box::new(other)),
         }
     }
 }

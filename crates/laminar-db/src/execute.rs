@@ -136,7 +136,11 @@ impl LaminarDB {
         last.ok_or_else(|| DbError::Engine("no statement executed".into()))
     }
 
-    async fn execute_statement(&self, statement: StreamingStatement, sql: &str) -> Result<ExecuteResult, DbError> {
+    async fn execute_statement(
+        &self,
+        statement: StreamingStatement,
+        sql: &str,
+    ) -> Result<ExecuteResult, DbError> {
         let _ddl = self.inner.ddl_lock.lock().await;
         let statement_type = statement.statement_type().to_string();
         let ddl = |name: String| {
@@ -148,7 +152,7 @@ impl LaminarDB {
         match statement {
             StreamingStatement::CreateSource(c) => self.create_source(c, sql).map(ddl),
             StreamingStatement::CreateStream(c) => self.create_stream(c, sql).map(ddl),
-            StreamingStatement::CreateSink(c) => self.create_sink(c, sql).map(ddl),
+            StreamingStatement::CreateSink(c) => self.create_sink(*c, sql).map(ddl),
             StreamingStatement::Drop {
                 kind,
                 name,
@@ -159,14 +163,17 @@ impl LaminarDB {
             StreamingStatement::Describe { name, extended } => {
                 self.describe(&name, extended).map(ExecuteResult::Metadata)
             }
-            StreamingStatement::Explain { analyze, statement } => {
-                self.explain(*statement, analyze).map(ExecuteResult::Metadata)
-            }
+            StreamingStatement::Explain { analyze, statement } => self
+                .explain(*statement, analyze)
+                .map(ExecuteResult::Metadata),
             StreamingStatement::Insert {
                 table,
                 columns,
                 source,
-            } => self.insert(&table, &columns, &source).await.map(ExecuteResult::RowsAffected),
+            } => self
+                .insert(&table, &columns, &source)
+                .await
+                .map(ExecuteResult::RowsAffected),
             StreamingStatement::Query { query, clauses } => {
                 if let Some(emit) = clauses.emit {
                     return Err(SqlError::not_supported(
@@ -176,14 +183,22 @@ impl LaminarDB {
                     .into());
                 }
                 if clauses.allow_lateness.is_some() || clauses.late_data_to.is_some() {
-                    return Err(SqlError::not_supported("ALLOW LATENESS / LATE DATA TO", None).into());
+                    return Err(
+                        SqlError::not_supported("ALLOW LATENESS / LATE DATA TO", None).into(),
+                    );
                 }
                 self.start_query(&query, sql).map(ExecuteResult::Query)
             }
         }
     }
 
-    fn not_exists_or(&self, name: &str, kind: &'static str, if_not_exists: bool, or_replace: bool) -> Result<bool, DbError> {
+    fn not_exists_or(
+        &self,
+        name: &str,
+        kind: &'static str,
+        if_not_exists: bool,
+        or_replace: bool,
+    ) -> Result<bool, DbError> {
         let catalog = self.inner.catalog.read();
         match catalog.kind_of(name) {
             None => Ok(true),
@@ -216,35 +231,63 @@ impl LaminarDB {
         let mut buffer_size = self.inner.config.buffer_size;
         let mut backpressure = self.inner.config.backpressure;
         let mut idle_timeout = self.inner.config.idle_timeout;
-        const KNOWN: [&str; 5] = ["buffer_size", "backpressure", "wait_strategy", "watermark.idle_timeout", "watermark.max_skew"];
+        const KNOWN: [&str; 5] = [
+            "buffer_size",
+            "backpressure",
+            "wait_strategy",
+            "watermark.idle_timeout",
+            "watermark.max_skew",
+        ];
         for (key, value) in &c.options {
             let k = key.to_ascii_lowercase().replace('-', "_");
-            let invalid = |reason: &str| DbError::Sql(SqlError::Invalid(format!("source option {key} = '{value}': {reason}")));
+            let invalid = |reason: &str| {
+                DbError::from(SqlError::Invalid(format!(
+                    "source option {key} = '{value}': {reason}"
+                )))
+            };
             match k.as_str() {
                 "buffer_size" => {
-                    buffer_size = value.parse().ok().filter(|n: &usize| *n > 0).ok_or_else(|| invalid("expected a positive integer"))?;
+                    buffer_size = value
+                        .parse()
+                        .ok()
+                        .filter(|n: &usize| *n > 0)
+                        .ok_or_else(|| invalid("expected a positive integer"))?;
                 }
                 "backpressure" => {
-                    backpressure = BackpressureStrategy::parse(value).ok_or_else(|| invalid("expected block, drop_oldest or reject"))?;
+                    backpressure = BackpressureStrategy::parse(value)
+                        .ok_or_else(|| invalid("expected block, drop_oldest or reject"))?;
                 }
                 "wait_strategy" => {
-                    if !matches!(value.to_ascii_lowercase().as_str(), "spin" | "spin_yield" | "park") {
+                    if !matches!(
+                        value.to_ascii_lowercase().as_str(),
+                        "spin" | "spin_yield" | "park"
+                    ) {
                         return Err(invalid("expected spin, spin_yield or park"));
                     }
                 }
                 "watermark.idle_timeout" => {
-                    idle_timeout = laminar_connectors::parse_duration(value).map_err(|e| invalid(&e))?;
+                    idle_timeout =
+                        laminar_connectors::parse_duration(value).map_err(|e| invalid(&e))?;
                 }
                 "channel" | "type" => {
-                    return Err(invalid("the channel kind is always derived (SPSC, MPSC when a producer is cloned, broadcast for several subscribers) and cannot be set"));
+                    return Err(invalid(
+                        "the channel kind is always derived by LaminarDB (more producers push through cloned handles) and cannot be set",
+                    ));
                 }
-                "watermark.key" | "watermark.max_keys" | "alignment.group" | "alignment.max_drift" | "alignment.mode" | "watermark.max_skew" => {
+                "watermark.key"
+                | "watermark.max_keys"
+                | "alignment.group"
+                | "alignment.max_drift"
+                | "alignment.mode"
+                | "watermark.max_skew" => {
                     return Err(SqlError::not_supported(format!("source option '{key}'"), Some("keyed watermarks, alignment groups and skew limits arrive with windows")).into());
                 }
                 _ => {
-                    return Err(DbError::Sql(SqlError::Invalid(format!(
+                    return Err(DbError::from(SqlError::Invalid(format!(
                         "unknown source option '{key}'{}; valid options: {}",
-                        did_you_mean(&k, KNOWN).map(|s| format!(" (did you mean '{s}'?)")).unwrap_or_default(),
+                        did_you_mean(&k, KNOWN)
+                            .map(|s| format!(" (did you mean '{s}'?)"))
+                            .unwrap_or_default(),
                         KNOWN.join(", ")
                     ))));
                 }
@@ -255,12 +298,32 @@ impl LaminarDB {
         let mut connector = None;
         let schema: SchemaRef = match &c.connector {
             Some(spec) => {
-                let options = ConnectorOptions::from_pairs(spec.options.iter().map(|(k, v)| (k.as_str(), v.clone())));
+                for (key, value) in &spec.options {
+                    let k = key.to_ascii_lowercase().replace('-', "_");
+                    if k == "watermark.idle_timeout" || k == "idle.timeout.ms" {
+                        idle_timeout = laminar_connectors::parse_duration(value).map_err(|e| {
+                            DbError::from(SqlError::Invalid(format!(
+                                "option {key} = '{value}': {e}"
+                            )))
+                        })?;
+                    } else if k.starts_with("alignment.")
+                        || k == "watermark.key"
+                        || k == "watermark.max_skew"
+                    {
+                        return Err(SqlError::not_supported(
+                            format!("source option '{key}'"),
+                            Some("keyed watermarks, alignment groups and skew limits arrive with windows"),
+                        )
+                        .into());
+                    }
+                }
+                let options = connector_options(&c.name, spec, c.format.as_ref())?;
                 let format = c.format.as_ref().map(|f| f.name.as_str());
-                let source = create_source(&spec.name, &options, format, declared.clone()).map_err(|source| DbError::Connector {
-                    object: c.name.clone(),
-                    source,
-                })?;
+                let source = create_source(&spec.name, &options, format, declared.clone())
+                    .map_err(|source| DbError::Connector {
+                        object: c.name.clone(),
+                        source: Box::new(source),
+                    })?;
                 let schema = source.schema();
                 connector = Some(source);
                 schema
@@ -274,15 +337,23 @@ impl LaminarDB {
                     .into());
                 }
                 if c.format.is_some() {
-                    return Err(SqlError::Invalid("FORMAT needs a connector (FROM <connector>)".into()).into());
+                    return Err(SqlError::Invalid(
+                        "FORMAT needs a connector (FROM <connector>)".into(),
+                    )
+                    .into());
                 }
                 declared
             }
         };
         let event_time = match &c.watermark {
-            Some(w) => Some(EventTimeColumn::resolve(&schema, &w.column).map_err(|reason| {
-                SqlError::Invalid(format!("WATERMARK FOR {} in source '{}': {reason}", w.column, c.name))
-            })?),
+            Some(w) => Some(
+                EventTimeColumn::resolve(&schema, &w.column).map_err(|reason| {
+                    SqlError::Invalid(format!(
+                        "WATERMARK FOR {} in source '{}': {reason}",
+                        w.column, c.name
+                    ))
+                })?,
+            ),
             None => None,
         };
         // Everything validated: replace if asked, then create.
@@ -300,10 +371,12 @@ impl LaminarDB {
             },
             metrics.clone(),
         );
-        let (node, input) = self
-            .inner
-            .runtime
-            .add_source(&c.name, Box::new(operator), metrics.clone(), buffer_size);
+        let (node, input) = self.inner.runtime.add_source(
+            &c.name,
+            Box::new(operator),
+            metrics.clone(),
+            buffer_size,
+        );
         let mut entry = SourceEntry {
             name: c.name.clone(),
             sql: sql.to_string(),
@@ -330,7 +403,11 @@ impl LaminarDB {
             };
             runner.start(&self.inner.io_handle, target, self.inner.failures.clone());
         }
-        self.inner.catalog.write().sources.insert(c.name.clone(), entry);
+        self.inner
+            .catalog
+            .write()
+            .sources
+            .insert(c.name.clone(), entry);
         Ok(c.name)
     }
 
@@ -346,19 +423,30 @@ impl LaminarDB {
         if let Some(emit) = &c.clauses.emit {
             return Err(SqlError::not_supported(
                 format!("EMIT {emit}"),
-                Some("EMIT applies to aggregating queries; non-aggregating streams are append-only"),
+                Some(
+                    "EMIT applies to aggregating queries; non-aggregating streams are append-only",
+                ),
             )
             .into());
         }
         if c.clauses.allow_lateness.is_some() || c.clauses.late_data_to.is_some() {
-            return Err(SqlError::not_supported("ALLOW LATENESS / LATE DATA TO", Some("lateness applies to windows")).into());
+            return Err(SqlError::not_supported(
+                "ALLOW LATENESS / LATE DATA TO",
+                Some("lateness applies to windows"),
+            )
+            .into());
         }
         if let Some((key, _)) = c.options.first() {
-            return Err(SqlError::Invalid(format!("unknown stream option '{key}' (streams take no options yet)")).into());
+            return Err(SqlError::Invalid(format!(
+                "unknown stream option '{key}' (streams take no options yet)"
+            ))
+            .into());
         }
         let plan = self.plan(&c.name, &c.query)?;
         if plan.inputs.iter().any(|i| i == &c.name) {
-            return Err(SqlError::Invalid(format!("stream '{}' cannot read itself", c.name)).into());
+            return Err(
+                SqlError::Invalid(format!("stream '{}' cannot read itself", c.name)).into(),
+            );
         }
         if c.or_replace {
             self.remove_object(&c.name);
@@ -387,11 +475,12 @@ impl LaminarDB {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let metrics = Arc::new(NodeMetrics::default());
-        let operator = StatelessOperator::new(name, plan.chains.clone(), plan.output_schema.clone());
-        let node = self
-            .inner
-            .runtime
-            .add_node(name, Box::new(operator), metrics.clone(), &upstreams);
+        let operator =
+            StatelessOperator::new(name, plan.chains.clone(), plan.output_schema.clone());
+        let node =
+            self.inner
+                .runtime
+                .add_node(name, Box::new(operator), metrics.clone(), &upstreams);
         let active = Arc::new(AtomicBool::new(true));
         catalog.streams.insert(
             name.to_string(),
@@ -504,7 +593,7 @@ impl LaminarDB {
         };
         let connector = match &c.connector {
             Some(spec) => {
-                let options = ConnectorOptions::from_pairs(spec.options.iter().map(|(k, v)| (k.as_str(), v.clone())));
+                let options = connector_options(&c.name, spec, c.format.as_ref())?;
                 let format = c.format.as_ref().map(|f| f.name.as_str());
                 if laminar_core::message::is_changelog(&schema) {
                     return Err(SqlError::Invalid(format!(
@@ -513,14 +602,21 @@ impl LaminarDB {
                     ))
                     .into());
                 }
-                Some(create_sink(&spec.name, &options, format, schema.clone()).map_err(|source| DbError::Connector {
-                    object: c.name.clone(),
-                    source,
-                })?)
+                Some(
+                    create_sink(&spec.name, &options, format, schema.clone()).map_err(
+                        |source| DbError::Connector {
+                            object: c.name.clone(),
+                            source: Box::new(source),
+                        },
+                    )?,
+                )
             }
             None => {
                 if c.format.is_some() {
-                    return Err(SqlError::Invalid("FORMAT needs a connector (INTO <connector>)".into()).into());
+                    return Err(SqlError::Invalid(
+                        "FORMAT needs a connector (INTO <connector>)".into(),
+                    )
+                    .into());
                 }
                 None
             }
@@ -539,23 +635,51 @@ impl LaminarDB {
                     .iter()
                     .filter_map(|i| catalog.relation_node(i))
                     .collect::<Vec<_>>();
-                let op = StatelessOperator::new(&c.name, plan.chains.clone(), plan.output_schema.clone());
-                Some(self.inner.runtime.add_node(&c.name, Box::new(op), metrics.clone(), &upstreams))
+                let op = StatelessOperator::new(
+                    &c.name,
+                    plan.chains.clone(),
+                    plan.output_schema.clone(),
+                );
+                Some(self.inner.runtime.add_node(
+                    &c.name,
+                    Box::new(op),
+                    metrics.clone(),
+                    &upstreams,
+                ))
             }
             (None, true) => {
-                let upstream = catalog.relation_node(&input).into_iter().collect::<Vec<_>>();
+                let upstream = catalog
+                    .relation_node(&input)
+                    .into_iter()
+                    .collect::<Vec<_>>();
                 let op = StatelessOperator::new(&c.name, vec![Vec::new()], schema.clone());
-                Some(self.inner.runtime.add_node(&c.name, Box::new(op), metrics.clone(), &upstream))
+                Some(
+                    self.inner
+                        .runtime
+                        .add_node(&c.name, Box::new(op), metrics.clone(), &upstream),
+                )
             }
             (None, false) => None,
         };
         let runner = match connector {
             Some(sink) => {
-                let feeding = node.clone().or_else(|| catalog.relation_node(&input)).ok_or_else(|| {
-                    DbError::Engine(format!("relation '{input}' vanished"))
-                })?;
-                let rx = self.inner.runtime.attach(&feeding, self.inner.config.subscription_buffer, true);
-                SinkRunner::start(&self.inner.io_handle, c.name.clone(), sink, rx, metrics.clone(), self.inner.failures.clone())
+                let feeding = node
+                    .clone()
+                    .or_else(|| catalog.relation_node(&input))
+                    .ok_or_else(|| DbError::Engine(format!("relation '{input}' vanished")))?;
+                let rx = self.inner.runtime.attach(
+                    &feeding,
+                    self.inner.config.subscription_buffer,
+                    true,
+                );
+                SinkRunner::start(
+                    &self.inner.io_handle,
+                    c.name.clone(),
+                    sink,
+                    rx,
+                    metrics.clone(),
+                    self.inner.failures.clone(),
+                )
             }
             None => SinkRunner::none(),
         };
@@ -574,7 +698,13 @@ impl LaminarDB {
         Ok(c.name)
     }
 
-    fn drop_object(&self, kind: ObjectKind, name: &str, if_exists: bool, cascade: bool) -> Result<String, DbError> {
+    fn drop_object(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        if_exists: bool,
+        cascade: bool,
+    ) -> Result<String, DbError> {
         let kind_name = match kind {
             ObjectKind::Source => "source",
             ObjectKind::Stream => "stream",
@@ -585,7 +715,10 @@ impl LaminarDB {
         let catalog = self.inner.catalog.read();
         let exists = match kind {
             ObjectKind::Source => catalog.sources.contains_key(name),
-            ObjectKind::Stream => catalog.streams.get(name).is_some_and(|s| s.query_id.is_none()),
+            ObjectKind::Stream => catalog
+                .streams
+                .get(name)
+                .is_some_and(|s| s.query_id.is_none()),
             ObjectKind::Sink => catalog.sinks.contains_key(name),
             ObjectKind::Table | ObjectKind::MaterializedView => false,
         };
@@ -595,7 +728,12 @@ impl LaminarDB {
             }
             let candidates: Vec<String> = match kind {
                 ObjectKind::Source => catalog.sources.keys().cloned().collect(),
-                ObjectKind::Stream => catalog.streams.iter().filter(|(_, s)| s.query_id.is_none()).map(|(k, _)| k.clone()).collect(),
+                ObjectKind::Stream => catalog
+                    .streams
+                    .iter()
+                    .filter(|(_, s)| s.query_id.is_none())
+                    .map(|(k, _)| k.clone())
+                    .collect(),
                 ObjectKind::Sink => catalog.sinks.keys().cloned().collect(),
                 _ => Vec::new(),
             };
@@ -646,9 +784,16 @@ impl LaminarDB {
         }
     }
 
-    async fn insert(&self, table: &str, columns: &[String], source: &Query) -> Result<u64, DbError> {
+    async fn insert(
+        &self,
+        table: &str,
+        columns: &[String],
+        source: &Query,
+    ) -> Result<u64, DbError> {
         let handle = self.source_untyped(table).map_err(|e| match e {
-            DbError::NotFound { name, suggestion, .. } => DbError::NotFound {
+            DbError::NotFound {
+                name, suggestion, ..
+            } => DbError::NotFound {
                 kind: "source",
                 name,
                 suggestion,
@@ -660,7 +805,11 @@ impl LaminarDB {
             self.inner.planner.plan_insert(source, &*catalog)?
         };
         let schema = handle.schema();
-        let batch = self.inner.planner.evaluate_insert(table, &schema, columns, plan).await?;
+        let batch = self
+            .inner
+            .planner
+            .evaluate_insert(table, &schema, columns, plan)
+            .await?;
         let rows = batch.num_rows() as u64;
         handle.push_arrow(batch)?;
         Ok(rows)
@@ -673,31 +822,66 @@ impl LaminarDB {
             ShowKind::Sources => single_column("name", catalog.sources.keys().cloned().collect()),
             ShowKind::Streams => single_column(
                 "name",
-                catalog.streams.values().filter(|s| s.query_id.is_none()).map(|s| s.name.clone()).collect(),
+                catalog
+                    .streams
+                    .values()
+                    .filter(|s| s.query_id.is_none())
+                    .map(|s| s.name.clone())
+                    .collect(),
             ),
             ShowKind::Sinks => single_column("name", catalog.sinks.keys().cloned().collect()),
             ShowKind::Tables => batch(
-                &[("name", DataType::Utf8), ("primary_key", DataType::Utf8), ("row_count", DataType::UInt64), ("connector", DataType::Utf8)],
-                vec![strings(vec![]), strings(vec![]), Arc::new(UInt64Array::from(Vec::<u64>::new())), strings(vec![])],
+                &[
+                    ("name", DataType::Utf8),
+                    ("primary_key", DataType::Utf8),
+                    ("row_count", DataType::UInt64),
+                    ("connector", DataType::Utf8),
+                ],
+                vec![
+                    strings(vec![]),
+                    strings(vec![]),
+                    Arc::new(UInt64Array::from(Vec::<u64>::new())),
+                    strings(vec![]),
+                ],
             ),
             ShowKind::MaterializedViews => batch(
-                &[("view_name", DataType::Utf8), ("sql", DataType::Utf8), ("state", DataType::Utf8)],
+                &[
+                    ("view_name", DataType::Utf8),
+                    ("sql", DataType::Utf8),
+                    ("state", DataType::Utf8),
+                ],
                 vec![strings(vec![]), strings(vec![]), strings(vec![])],
             ),
             ShowKind::Queries => {
                 let mut rows: Vec<(u64, String, bool)> = catalog
                     .streams
                     .values()
-                    .filter_map(|s| s.query_id.map(|id| (id, s.sql.clone(), s.active.load(Ordering::SeqCst))))
+                    .filter_map(|s| {
+                        s.query_id
+                            .map(|id| (id, s.sql.clone(), s.active.load(Ordering::SeqCst)))
+                    })
                     .collect();
-                rows.extend(catalog.finished_queries.iter().map(|(id, sql)| (*id, sql.clone(), false)));
+                rows.extend(
+                    catalog
+                        .finished_queries
+                        .iter()
+                        .map(|(id, sql)| (*id, sql.clone(), false)),
+                );
                 rows.sort_by_key(|r| r.0);
                 batch(
-                    &[("query_id", DataType::UInt64), ("sql", DataType::Utf8), ("active", DataType::Boolean)],
+                    &[
+                        ("query_id", DataType::UInt64),
+                        ("sql", DataType::Utf8),
+                        ("active", DataType::Boolean),
+                    ],
                     vec![
-                        Arc::new(UInt64Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+                        Arc::new(UInt64Array::from(
+                            rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                        )),
                         strings(rows.iter().map(|r| r.1.clone()).collect()),
-                        Arc::new(BooleanArray::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+                        Arc::new(BooleanArray::from(
+                            rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+                        )),
                     ],
                 )
             }
@@ -705,12 +889,37 @@ impl LaminarDB {
     }
 }
 
+/// Connector options merged with the `FORMAT x WITH (...)` options (a key given in both is an
+/// error).
+fn connector_options(
+    object: &str,
+    spec: &laminar_sql::parser::ConnectorSpec,
+    format: Option<&laminar_sql::parser::ConnectorSpec>,
+) -> Result<ConnectorOptions, DbError> {
+    let mut options =
+        ConnectorOptions::from_pairs(spec.options.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    for (key, value) in format.map(|f| f.options.as_slice()).unwrap_or_default() {
+        if options.insert(key, value.clone()).is_some() {
+            return Err(SqlError::Invalid(format!(
+                "option '{key}' of '{object}' is given both in the connector options and in FORMAT ... WITH"
+            ))
+            .into());
+        }
+    }
+    Ok(options)
+}
+
 /// `SELECT * FROM name WHERE filter` as an AST.
 fn select_star_where(name: &str, filter: &Expr) -> Result<Query, DbError> {
-    let sql = format!("SELECT * FROM \"{}\" WHERE {filter}", name.replace('"', "\"\""));
+    let sql = format!(
+        "SELECT * FROM \"{}\" WHERE {filter}",
+        name.replace('"', "\"\"")
+    );
     match laminar_sql::parse_statement(&sql)? {
         StreamingStatement::Query { query, .. } => Ok(*query),
-        _ => Err(DbError::Engine("sink filter did not parse as a query".into())),
+        _ => Err(DbError::Engine(
+            "sink filter did not parse as a query".into(),
+        )),
     }
 }
 
@@ -722,21 +931,38 @@ fn wrap_where(query: &mut Query, filter: &Expr) -> Result<(), DbError> {
             *query = *q;
             Ok(())
         }
-        _ => Err(DbError::Engine("sink filter did not parse as a query".into())),
+        _ => Err(DbError::Engine(
+            "sink filter did not parse as a query".into(),
+        )),
     }
 }
 
 pub(crate) fn single_column(name: &str, values: Vec<String>) -> Result<RecordBatch, DbError> {
-    batch(&[(name, DataType::Utf8)], vec![Arc::new(StringArray::from(values))])
+    batch(
+        &[(name, DataType::Utf8)],
+        vec![Arc::new(StringArray::from(values))],
+    )
 }
 
-pub(crate) fn batch(fields: &[(&str, DataType)], columns: Vec<ArrayRef>) -> Result<RecordBatch, DbError> {
-    let schema = Schema::new(fields.iter().map(|(n, t)| Field::new(*n, t.clone(), true)).collect::<Vec<_>>());
+pub(crate) fn batch(
+    fields: &[(&str, DataType)],
+    columns: Vec<ArrayRef>,
+) -> Result<RecordBatch, DbError> {
+    let schema = Schema::new(
+        fields
+            .iter()
+            .map(|(n, t)| Field::new(*n, t.clone(), true))
+            .collect::<Vec<_>>(),
+    );
     RecordBatch::try_new(Arc::new(schema), columns).map_err(|e| DbError::Engine(e.to_string()))
 }
 
 /// Compiles a SQL predicate over `schema` (subscription filters).
-pub(crate) fn compile_predicate(planner: &Planner, schema: &SchemaRef, predicate: &str) -> Result<Step, DbError> {
+pub(crate) fn compile_predicate(
+    planner: &Planner,
+    schema: &SchemaRef,
+    predicate: &str,
+) -> Result<Step, DbError> {
     struct One(SchemaRef);
     impl SchemaCatalog for One {
         fn relation(&self, name: &str) -> Option<laminar_sql::plan::RelationInfo> {
@@ -758,7 +984,12 @@ pub(crate) fn compile_predicate(planner: &Planner, schema: &SchemaRef, predicate
     chain
         .into_iter()
         .find(|s| matches!(s, Step::Filter(_)))
-        .ok_or_else(|| SqlError::Invalid(format!("subscription filter '{predicate}' is not a predicate")).into())
+        .ok_or_else(|| {
+            SqlError::Invalid(format!(
+                "subscription filter '{predicate}' is not a predicate"
+            ))
+            .into()
+        })
 }
 
 /// Runs a bounded query (no streaming relations) with DataFusion.
@@ -767,13 +998,20 @@ pub(crate) async fn bounded_query(db: &LaminarDB, sql: &str) -> Result<Vec<Recor
     let sql = substitute_vars(sql, &db.inner.config.config_vars)?;
     let statements = split_statements(&sql);
     let [text] = statements.as_slice() else {
-        return Err(DbError::InvalidOperation("query() takes exactly one SELECT".into()));
+        return Err(DbError::InvalidOperation(
+            "query() takes exactly one SELECT".into(),
+        ));
     };
     let StreamingStatement::Query { query, .. } = parse_script_statement(text)? else {
-        return Err(DbError::InvalidOperation("query() takes a SELECT; use execute() for other statements".into()));
+        return Err(DbError::InvalidOperation(
+            "query() takes a SELECT; use execute() for other statements".into(),
+        ));
     };
     if let SetExpr::Select(select) = query.body.as_ref()
-        && select.projection.iter().any(|p| matches!(p, SelectItem::QualifiedWildcard(..)))
+        && select
+            .projection
+            .iter()
+            .any(|p| matches!(p, SelectItem::QualifiedWildcard(..)))
     {
         // Nothing special; falls through to planning.
     }
@@ -796,7 +1034,7 @@ pub(crate) async fn bounded_query(db: &LaminarDB, sql: &str) -> Result<Vec<Recor
     let ctx = datafusion::prelude::SessionContext::new_with_state(db.inner.planner.state().clone());
     ctx.execute_logical_plan(plan)
         .await
-        .map_err(|e| DbError::Sql(SqlError::Plan(e)))?
+        .map_err(|e| DbError::from(SqlError::Plan(e)))?
         .collect()
         .await
         .map_err(|e| DbError::Engine(e.to_string()))

@@ -42,16 +42,23 @@ impl IngestTarget {
 
     pub(crate) fn enqueue(&self, msg: Message) -> Result<(), DbError> {
         match self.backpressure {
-            BackpressureStrategy::Block => self.input.send_blocking(msg).map_err(|_| DbError::Shutdown),
+            BackpressureStrategy::Block => {
+                self.input.send_blocking(msg).map_err(|_| DbError::Shutdown)
+            }
             BackpressureStrategy::Reject => match self.input.try_send(msg) {
                 Ok(()) => Ok(()),
                 Err(TrySendError::Full(_)) => Err(DbError::ChannelFull(self.name.clone())),
                 Err(TrySendError::Disconnected(_)) => Err(DbError::Shutdown),
             },
             BackpressureStrategy::DropOldest => {
-                let dropped = self.input.send_evicting(msg).map_err(|_| DbError::Shutdown)?;
+                let dropped = self
+                    .input
+                    .send_evicting(msg)
+                    .map_err(|_| DbError::Shutdown)?;
                 if dropped > 0 {
-                    self.metrics.rows_dropped.fetch_add(dropped, Ordering::Relaxed);
+                    self.metrics
+                        .rows_dropped
+                        .fetch_add(dropped, Ordering::Relaxed);
                 }
                 Ok(())
             }
@@ -87,7 +94,12 @@ pub(crate) fn validate_batch(
                 "column '{}' ({}) is not declared; declared columns: {}",
                 field.name(),
                 field.data_type(),
-                declared.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+                declared
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
     }
@@ -105,7 +117,12 @@ pub(crate) fn validate_batch(
             column.clone()
         } else if compatible(pushed_field.data_type(), field.data_type()) {
             cast(column, field.data_type()).map_err(|e| {
-                mismatch(format!("column '{}': cannot convert {} to {}: {e}", field.name(), pushed_field.data_type(), field.data_type()))
+                mismatch(format!(
+                    "column '{}': cannot convert {} to {}: {e}",
+                    field.name(),
+                    pushed_field.data_type(),
+                    field.data_type()
+                ))
             })?
         } else {
             return Err(mismatch(format!(
@@ -130,6 +147,12 @@ pub(crate) fn validate_batch(
         &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
     )
     .map_err(|e| mismatch(e.to_string()))?;
+    if let Some(Err(detail)) = laminar_core::message::change_ops(&out) {
+        return Err(DbError::InsertError {
+            object: source.to_string(),
+            detail,
+        });
+    }
     if let Some(et) = event_time {
         et.max_millis(&out).map_err(|detail| DbError::InsertError {
             object: source.to_string(),
@@ -145,7 +168,10 @@ fn compatible(from: &DataType, to: &DataType) -> bool {
         (from, to),
         (Timestamp(_, _), Timestamp(_, _))
             | (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View)
-            | (Binary | LargeBinary | BinaryView, Binary | LargeBinary | BinaryView)
+            | (
+                Binary | LargeBinary | BinaryView,
+                Binary | LargeBinary | BinaryView
+            )
             | (Null, _)
     )
 }
@@ -289,7 +315,10 @@ impl<T: Record> TypedSourceHandle<T> {
 }
 
 /// Checks that a [`Record`] type's schema matches a declared schema by name and type.
-pub(crate) fn check_record_schema<T: Record>(source: &str, declared: &SchemaRef) -> Result<(), DbError> {
+pub(crate) fn check_record_schema<T: Record>(
+    source: &str,
+    declared: &SchemaRef,
+) -> Result<(), DbError> {
     let record = T::schema();
     for field in record.fields() {
         match declared.field_with_name(field.name()) {
@@ -299,7 +328,10 @@ pub(crate) fn check_record_schema<T: Record>(source: &str, declared: &SchemaRef)
                     detail: format!("record field '{}' is not a declared column", field.name()),
                 });
             }
-            Ok(d) if d.data_type() != field.data_type() && !compatible(field.data_type(), d.data_type()) => {
+            Ok(d)
+                if d.data_type() != field.data_type()
+                    && !compatible(field.data_type(), d.data_type()) =>
+            {
                 return Err(DbError::SchemaMismatch {
                     object: source.to_string(),
                     detail: format!(

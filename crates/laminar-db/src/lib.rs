@@ -26,6 +26,11 @@
 //! operators on worker threads (`laminar-core`) → subscriptions and sink connectors. SQL is
 //! parsed and planned by `laminar-sql` on DataFusion. Read [`LaminarDB`] first.
 
+/// The README's quickstart, compiled and run as a doctest.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 mod catalog;
 mod config;
 mod db;

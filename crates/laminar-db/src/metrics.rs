@@ -148,7 +148,11 @@ impl LaminarDB {
             uptime: self.inner.started_at.elapsed(),
             state: self.pipeline_state(),
             source_count: catalog.sources.len(),
-            stream_count: catalog.streams.values().filter(|s| s.query_id.is_none()).count(),
+            stream_count: catalog
+                .streams
+                .values()
+                .filter(|s| s.query_id.is_none())
+                .count(),
             sink_count: catalog.sinks.len(),
             pipeline_watermark: None,
             checkpoints_completed: 0,
@@ -162,7 +166,9 @@ impl LaminarDB {
             m.total_events_dropped += s.metrics.rows_dropped.load(Ordering::Relaxed);
             m.total_batches += s.metrics.batches_in.load(Ordering::Relaxed);
             m.total_cycles += s.metrics.cycles.load(Ordering::Relaxed);
-            m.last_cycle_duration_ns = m.last_cycle_duration_ns.max(s.metrics.last_cycle_ns.load(Ordering::Relaxed));
+            m.last_cycle_duration_ns = m
+                .last_cycle_duration_ns
+                .max(s.metrics.last_cycle_ns.load(Ordering::Relaxed));
             if s.event_time.is_some() {
                 let w = s.metrics.watermark();
                 watermark = Some(match watermark {
@@ -215,7 +221,10 @@ impl LaminarDB {
     /// Counters of every source.
     pub fn all_source_metrics(&self) -> Vec<SourceMetrics> {
         let names: Vec<String> = self.inner.catalog.read().sources.keys().cloned().collect();
-        names.iter().filter_map(|n| self.source_metrics(n).ok()).collect()
+        names
+            .iter()
+            .filter_map(|n| self.source_metrics(n).ok())
+            .collect()
     }
 
     /// Counters of one stream.

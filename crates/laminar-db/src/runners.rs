@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
-use laminar_connectors::{SinkConnector, SinkConnectorMetrics, SourceConnector, SourceConnectorMetrics, SourcePoll};
+use laminar_connectors::{
+    SinkConnector, SinkConnectorMetrics, SourceConnector, SourceConnectorMetrics, SourcePoll,
+};
 use laminar_core::message::Message;
 use laminar_core::metrics::NodeMetrics;
 use laminar_core::runtime::EdgeReceiver;
@@ -53,7 +55,12 @@ impl SourceRunner {
         self.connector.lock().metrics()
     }
 
-    pub(crate) fn start(&mut self, io: &tokio::runtime::Handle, target: IngestTarget, failures: Failures) {
+    pub(crate) fn start(
+        &mut self,
+        io: &tokio::runtime::Handle,
+        target: IngestTarget,
+        failures: Failures,
+    ) {
         if self.handle.is_some() {
             return;
         }
@@ -64,7 +71,9 @@ impl SourceRunner {
             let result = read_loop(&connector, &target, &stop);
             if let Err(message) = result {
                 tracing::error!(source = %target.name, %message, "source failed");
-                failures.lock().push(format!("source '{}': {message}", target.name));
+                failures
+                    .lock()
+                    .push(format!("source '{}': {message}", target.name));
             }
             if !stop.load(Ordering::SeqCst) {
                 // End of input (or failure): the source stops holding the pipeline back.
@@ -89,9 +98,16 @@ fn read_loop(
         let polled = connector.lock().poll_batch(POLL_ROWS);
         match polled.map_err(|e| e.to_string())? {
             SourcePoll::Batch(batch) => {
-                let batch = validate_batch(&target.name, &target.schema, target.event_time.as_ref(), &batch)
-                    .map_err(|e| e.to_string())?;
-                if batch.num_rows() > 0 && target.input.send_blocking(Message::Batch(batch)).is_err() {
+                let batch = validate_batch(
+                    &target.name,
+                    &target.schema,
+                    target.event_time.as_ref(),
+                    &batch,
+                )
+                .map_err(|e| e.to_string())?;
+                if batch.num_rows() > 0
+                    && target.input.send_blocking(Message::Batch(batch)).is_err()
+                {
                     return Ok(());
                 }
             }
@@ -174,7 +190,7 @@ impl SinkRunner {
     }
 
     pub(crate) fn connector_metrics(&self) -> SinkConnectorMetrics {
-        self.connector_metrics.lock().clone()
+        *self.connector_metrics.lock()
     }
 
     /// Asks the runner to write what is queued, close the sink and stop.
@@ -213,7 +229,9 @@ fn write_loop(
             Ok(msg) => {
                 let result = match &msg {
                     Message::Batch(batch) => {
-                        metrics.rows_in.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                        metrics
+                            .rows_in
+                            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
                         sink.write_batch(batch).map_err(|e| e.to_string())
                     }
                     Message::Watermark(w) => {

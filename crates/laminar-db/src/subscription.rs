@@ -6,7 +6,8 @@
 //! - **Push** ([`PushSubscription`], callback, async `Stream`): a dispatcher task moves the
 //!   stream's output into a per-subscription buffer with its own overflow policy
 //!   ([`SubscriptionBackpressure`]), so a slow push subscriber never stalls the query unless
-//!   it asked for `Block` (which blocks the dispatcher only).
+//!   it asked for `Block` (which blocks the dispatcher, and the stream only once the
+//!   dispatcher's bounded input queue is full too).
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
@@ -209,8 +210,9 @@ pub enum SubscriptionBackpressure {
     DropOldest,
     /// Discard the incoming event (counted).
     DropNewest,
-    /// The dispatcher waits for room (the query itself is never blocked by the subscriber
-    /// beyond the stream's bounded queue).
+    /// The dispatcher waits for room. The query keeps running until the bounded queue
+    /// between the stream and the dispatcher (`subscription_buffer` messages) is also full;
+    /// then the stream is backpressured like any other consumer.
     Block,
     /// Deliver every n-th event.
     Sample(u32),
@@ -330,10 +332,12 @@ impl PushSubscription {
                 return r.map(Some);
             }
             let mut q = self.buffer.queue.lock();
-            if q.events.is_empty() && q.lagged == 0 && !q.closed {
-                if self.buffer.readable.wait_until(&mut q, deadline).timed_out() {
-                    return Ok(None);
-                }
+            if q.events.is_empty()
+                && q.lagged == 0
+                && !q.closed
+                && self.buffer.readable.wait_until(&mut q, deadline).timed_out()
+            {
+                return Ok(None);
             }
         }
     }
@@ -517,7 +521,8 @@ fn dispatch(
                             .map_err(|e| e.to_string())
                             .and_then(|mask| {
                                 let mask = arrow::array::AsArray::as_boolean(&*mask).clone();
-                                arrow::compute::filter_record_batch(&batch, &mask).map_err(|e| e.to_string())
+                                arrow::compute::filter_record_batch(&batch, &mask)
+                                    .map_err(|e| e.to_string())
                             }) {
                             Ok(b) => b,
                             Err(e) => {

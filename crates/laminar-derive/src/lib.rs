@@ -262,29 +262,29 @@ fn parse_field(ident: Ident, field: &syn::Field) -> syn::Result<FieldSpec> {
             ),
         )
     })?;
-    if let Some(attr) = event_time {
-        if info.optional || !info.integer {
-            return Err(syn::Error::new_spanned(
-                attr,
-                format!(
-                    "#[event_time] field `{}` must be a non-Option integer, normally i64 \
-                     epoch milliseconds",
-                    ident.unraw()
-                ),
-            ));
-        }
+    if let Some(attr) = event_time
+        && (info.optional || !info.integer)
+    {
+        return Err(syn::Error::new_spanned(
+            attr,
+            format!(
+                "#[event_time] field `{}` must be a non-Option integer, normally i64 \
+                 epoch milliseconds",
+                ident.unraw()
+            ),
+        ));
     }
-    if let Some(attr) = nullable {
-        if !info.optional {
-            return Err(syn::Error::new_spanned(
-                attr,
-                format!(
-                    "#[nullable] field `{}` must be an Option<T>: nullability comes from the \
-                     type",
-                    ident.unraw()
-                ),
-            ));
-        }
+    if let Some(attr) = nullable
+        && !info.optional
+    {
+        return Err(syn::Error::new_spanned(
+            attr,
+            format!(
+                "#[nullable] field `{}` must be an Option<T>: nullability comes from the \
+                 type",
+                ident.unraw()
+            ),
+        ));
     }
 
     let column = column.map_or_else(|| ident.unraw().to_string(), |lit| lit.value());

@@ -103,7 +103,10 @@ impl SqlError {
 
 /// A close candidate for a misspelt name: edit distance at most 2 (or 1/3 of the length),
 /// case-insensitive.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     let word_lc = word.to_lowercase();
     let limit = (word.len() / 3).clamp(1, 3);
     candidates
@@ -134,7 +137,10 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("ordrs", ["orders", "bids"]), Some("orders".into()));
+        assert_eq!(
+            did_you_mean("ordrs", ["orders", "bids"]),
+            Some("orders".into())
+        );
         assert_eq!(did_you_mean("xyz", ["orders", "bids"]), None);
         assert_eq!(did_you_mean("PRICE", ["price"]), Some("price".into()));
     }
@@ -147,6 +153,13 @@ mod tests {
             column: 5,
         }
         .shifted(3, 10);
-        assert!(matches!(e, SqlError::Parse { line: 3, column: 14, .. }));
+        assert!(matches!(
+            e,
+            SqlError::Parse {
+                line: 3,
+                column: 14,
+                ..
+            }
+        ));
     }
 }

@@ -31,14 +31,26 @@ pub fn explain_stream(name: &str, plan: &StreamPlan) -> Vec<(String, String)> {
         plan.output_schema
             .fields()
             .iter()
-            .map(|f| format!("{} {}{}", f.name(), f.data_type(), if f.is_nullable() { "" } else { " NOT NULL" }))
+            .map(|f| {
+                format!(
+                    "{} {}{}",
+                    f.name(),
+                    f.data_type(),
+                    if f.is_nullable() { "" } else { " NOT NULL" }
+                )
+            })
             .collect::<Vec<_>>()
             .join(", "),
     ));
     rows.push((
         "event_time".to_string(),
-        plan.event_time.clone().unwrap_or_else(|| "none".to_string()),
+        plan.event_time
+            .clone()
+            .unwrap_or_else(|| "none".to_string()),
     ));
-    rows.push(("emit".to_string(), "append-only, as each batch is processed".to_string()));
+    rows.push((
+        "emit".to_string(),
+        "append-only, as each batch is processed".to_string(),
+    ));
     rows
 }

@@ -179,7 +179,7 @@ pub enum StreamingStatement {
     /// `CREATE STREAM`.
     CreateStream(CreateStream),
     /// `CREATE SINK`.
-    CreateSink(CreateSink),
+    CreateSink(Box<CreateSink>),
     /// `DROP <kind> [IF EXISTS] name [CASCADE]`.
     Drop {
         /// Object kind.
@@ -255,7 +255,9 @@ pub fn parse_statement(sql: &str) -> Result<StreamingStatement, SqlError> {
     let mut stream = TokenStream::new(tokens);
     ddl::parse(&mut stream).map_err(|e| match e {
         // An error at the end of input has no token position: point after the last character.
-        SqlError::Parse { message, line: 0, .. } => {
+        SqlError::Parse {
+            message, line: 0, ..
+        } => {
             let line = sql.lines().count().max(1) as u64;
             let column = sql.lines().last().map_or(0, |l| l.chars().count()) as u64 + 1;
             SqlError::Parse {

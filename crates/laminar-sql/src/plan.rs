@@ -101,6 +101,18 @@ impl Planner {
         let planner = SqlToRel::new(&provider);
         let mut mapped = Vec::with_capacity(columns.len());
         for column in columns {
+            for option in &column.options {
+                use sqlparser::ast::ColumnOption;
+                match &option.option {
+                    ColumnOption::NotNull | ColumnOption::Null => {}
+                    other => {
+                        return Err(SqlError::not_supported(
+                            format!("the column option '{other}' (on column '{}')", column.name),
+                            Some("source columns take only NULL / NOT NULL"),
+                        ));
+                    }
+                }
+            }
             let mut column = column.clone();
             if let SqlType::JSON | SqlType::Uuid | SqlType::JSONB = column.data_type {
                 column.data_type = SqlType::Text;
@@ -122,7 +134,10 @@ impl Planner {
         let mut seen = HashMap::new();
         for f in schema.fields() {
             if seen.insert(f.name().clone(), ()).is_some() {
-                return Err(SqlError::Invalid(format!("column '{}' is declared twice", f.name())));
+                return Err(SqlError::Invalid(format!(
+                    "column '{}' is declared twice",
+                    f.name()
+                )));
             }
         }
         Ok(schema)
@@ -158,7 +173,11 @@ impl Planner {
 
     /// Plans the rows of `INSERT INTO target [(columns)] <query>` (VALUES or a constant
     /// SELECT); [`Planner::evaluate_insert`] then computes them.
-    pub fn plan_insert(&self, query: &Query, catalog: &dyn SchemaCatalog) -> Result<LogicalPlan, SqlError> {
+    pub fn plan_insert(
+        &self,
+        query: &Query,
+        catalog: &dyn SchemaCatalog,
+    ) -> Result<LogicalPlan, SqlError> {
         let plan = self.logical_plan(query, catalog)?;
         if lower::reads_relations(&plan) {
             return Err(SqlError::not_supported(
@@ -201,7 +220,10 @@ impl Planner {
                 .map(|c| {
                     target.index_of(c).map_err(|_| SqlError::UnknownColumn {
                         column: c.clone(),
-                        suggestion: did_you_mean(c, target.fields().iter().map(|f| f.name().as_str())),
+                        suggestion: did_you_mean(
+                            c,
+                            target.fields().iter().map(|f| f.name().as_str()),
+                        ),
                         valid: target.fields().iter().map(|f| f.name().clone()).collect(),
                     })
                 })
@@ -226,15 +248,17 @@ impl Planner {
         };
         for (value_index, &target_index) in targets.iter().enumerate() {
             let field = target.field(target_index);
-            out[target_index] = cast_with_options(batch.column(value_index), field.data_type(), &options)
-                .map_err(|e| {
-                    SqlError::Invalid(format!(
-                        "INSERT INTO {target_name}: column '{}' expects {}, got {}: {e}",
-                        field.name(),
-                        field.data_type(),
-                        batch.column(value_index).data_type()
-                    ))
-                })?;
+            out[target_index] =
+                cast_with_options(batch.column(value_index), field.data_type(), &options).map_err(
+                    |e| {
+                        SqlError::Invalid(format!(
+                            "INSERT INTO {target_name}: column '{}' expects {}, got {}: {e}",
+                            field.name(),
+                            field.data_type(),
+                            batch.column(value_index).data_type()
+                        ))
+                    },
+                )?;
         }
         // Nullability is checked by the ingestion path (NULL into NOT NULL names the column).
         let relaxed = Arc::new(Schema::new(
@@ -294,7 +318,10 @@ fn map_plan_error(
         };
     }
     if let DataFusionError::SchemaError(inner, _) = e.find_root()
-        && let SchemaError::FieldNotFound { field, valid_fields } = inner.as_ref()
+        && let SchemaError::FieldNotFound {
+            field,
+            valid_fields,
+        } = inner.as_ref()
     {
         let valid: Vec<String> = valid_fields.iter().map(|c| c.name.clone()).collect();
         let mut unique = valid.clone();

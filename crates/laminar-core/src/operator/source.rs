@@ -69,7 +69,12 @@ impl Operator for SourceOperator {
         self.settings.schema.clone()
     }
 
-    fn on_batch(&mut self, _input: usize, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
+    fn on_batch(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        out: &mut Vec<Message>,
+    ) -> Result<()> {
         self.activity();
         let max = match &self.settings.event_time {
             Some(column) => column

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{
+    Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError, TrySendError,
+};
 
 use super::RuntimeShared;
 use super::node::Node;
@@ -198,7 +200,9 @@ impl OutEdge {
     fn close(&mut self, shared: &RuntimeShared, discarded: usize) {
         self.closed = true;
         if self.counted && discarded > 0 {
-            shared.in_flight.fetch_sub(discarded as i64, Ordering::SeqCst);
+            shared
+                .in_flight
+                .fetch_sub(discarded as i64, Ordering::SeqCst);
         }
     }
 
@@ -219,7 +223,11 @@ pub struct EdgeReceiver {
 
 impl EdgeReceiver {
     pub(crate) fn new(rx: Receiver<Message>, shared: Arc<RuntimeShared>, counted: bool) -> Self {
-        EdgeReceiver { rx, shared, counted }
+        EdgeReceiver {
+            rx,
+            shared,
+            counted,
+        }
     }
 
     /// Next message without waiting.

@@ -45,7 +45,12 @@ fn source(rt: &Runtime, capacity: usize) -> (Arc<Node>, SourceInput) {
 
 fn passthrough(rt: &Runtime, name: &str, upstreams: &[Arc<Node>]) -> Arc<Node> {
     let op = StatelessOperator::new(name, vec![Vec::new(); upstreams.len()], schema());
-    rt.add_node(name, Box::new(op), Arc::new(NodeMetrics::default()), upstreams)
+    rt.add_node(
+        name,
+        Box::new(op),
+        Arc::new(NodeMetrics::default()),
+        upstreams,
+    )
 }
 
 fn drain(rx: &EdgeReceiver) -> Vec<Message> {

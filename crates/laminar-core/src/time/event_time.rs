@@ -81,10 +81,13 @@ impl EventTimeColumn {
             ));
         }
         let raw = match (self.kind, column.data_type()) {
-            (EventTimeKind::EpochMillis, DataType::Int64) => max(column.as_primitive::<Int64Type>()),
-            (EventTimeKind::Timestamp(TimeUnit::Second), DataType::Timestamp(TimeUnit::Second, _)) => {
-                max(column.as_primitive::<TimestampSecondType>())
+            (EventTimeKind::EpochMillis, DataType::Int64) => {
+                max(column.as_primitive::<Int64Type>())
             }
+            (
+                EventTimeKind::Timestamp(TimeUnit::Second),
+                DataType::Timestamp(TimeUnit::Second, _),
+            ) => max(column.as_primitive::<TimestampSecondType>()),
             (
                 EventTimeKind::Timestamp(TimeUnit::Millisecond),
                 DataType::Timestamp(TimeUnit::Millisecond, _),

@@ -7,8 +7,8 @@ use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use laminar_db::{
-    BackpressureStrategy, ChangeEvent, DbError, ExecuteResult, FromRow, LaminarDB, PipelineState, Record,
-    SubscriptionBackpressure, SubscriptionConfig,
+    BackpressureStrategy, ChangeEvent, DbError, ExecuteResult, FromRow, LaminarDB, PipelineState,
+    Record, SubscriptionBackpressure, SubscriptionConfig,
 };
 
 use crate::util::rows;
@@ -56,16 +56,35 @@ struct Hot {
 #[tokio::test]
 async fn quickstart_open_execute_push_subscribe_shutdown() {
     let db = db();
-    db.execute(&format!("{READINGS}; CREATE STREAM hot AS SELECT sensor, temp FROM readings WHERE temp > 80"))
-        .await
-        .unwrap();
+    db.execute(&format!(
+        "{READINGS}; CREATE STREAM hot AS SELECT sensor, temp FROM readings WHERE temp > 80"
+    ))
+    .await
+    .unwrap();
     let mut hot = db.subscribe::<Hot>("hot").unwrap();
     let src = db.source::<Reading>("readings").unwrap();
-    src.push(Reading { sensor: "a".into(), temp: Some(95.0), ts: 1000 }).unwrap();
+    src.push(Reading {
+        sensor: "a".into(),
+        temp: Some(95.0),
+        ts: 1000,
+    })
+    .unwrap();
     src.push_batch(&[
-        Reading { sensor: "b".into(), temp: Some(20.0), ts: 2000 },
-        Reading { sensor: "c".into(), temp: None, ts: 3000 },
-        Reading { sensor: "d".into(), temp: Some(81.0), ts: 4000 },
+        Reading {
+            sensor: "b".into(),
+            temp: Some(20.0),
+            ts: 2000,
+        },
+        Reading {
+            sensor: "c".into(),
+            temp: None,
+            ts: 3000,
+        },
+        Reading {
+            sensor: "d".into(),
+            temp: Some(81.0),
+            ts: 4000,
+        },
     ])
     .unwrap();
     assert!(db.wait_idle(WAIT));
@@ -76,8 +95,14 @@ async fn quickstart_open_execute_push_subscribe_shutdown() {
     assert_eq!(
         got,
         vec![
-            Hot { temp: Some(95.0), sensor: "a".into() },
-            Hot { temp: Some(81.0), sensor: "d".into() }
+            Hot {
+                temp: Some(95.0),
+                sensor: "a".into()
+            },
+            Hot {
+                temp: Some(81.0),
+                sensor: "d".into()
+            }
         ]
     );
     assert_eq!(src.current_watermark(), Some(2000));
@@ -92,7 +117,11 @@ async fn from_row_mismatch_fails_at_subscribe() {
         nope: i64,
     }
     let db = db();
-    db.execute(&format!("{READINGS}; CREATE STREAM t AS SELECT sensor FROM readings")).await.unwrap();
+    db.execute(&format!(
+        "{READINGS}; CREATE STREAM t AS SELECT sensor FROM readings"
+    ))
+    .await
+    .unwrap();
     let err = db.subscribe::<Wrong>("t").err().unwrap();
     assert_eq!(err.code(), "SCHEMA_MISMATCH");
     assert!(err.to_string().contains("nope"), "{err}");
@@ -115,7 +144,11 @@ async fn typed_handle_checks_the_declared_schema() {
 #[tokio::test]
 async fn push_arrow_rejects_mismatched_batches_whole() {
     let db = db();
-    db.execute(&format!("{READINGS}; CREATE STREAM t AS SELECT * FROM readings")).await.unwrap();
+    db.execute(&format!(
+        "{READINGS}; CREATE STREAM t AS SELECT * FROM readings"
+    ))
+    .await
+    .unwrap();
     let mut sub = db.subscribe_arrow("t").unwrap();
     let src = db.source_untyped("readings").unwrap();
     // Wrong type: names the column and both types.
@@ -134,14 +167,26 @@ async fn push_arrow_rejects_mismatched_batches_whole() {
     .unwrap();
     let err = src.push_arrow(bad).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("temp") && text.contains("Float64") && text.contains("Utf8"), "{text}");
+    assert!(
+        text.contains("temp") && text.contains("Float64") && text.contains("Utf8"),
+        "{text}"
+    );
     // Missing column.
     let missing = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![Field::new("sensor", DataType::Utf8, false)])),
+        Arc::new(Schema::new(vec![Field::new(
+            "sensor",
+            DataType::Utf8,
+            false,
+        )])),
         vec![Arc::new(StringArray::from(vec!["a"])) as ArrayRef],
     )
     .unwrap();
-    assert!(src.push_arrow(missing).unwrap_err().to_string().contains("'temp'"));
+    assert!(
+        src.push_arrow(missing)
+            .unwrap_err()
+            .to_string()
+            .contains("'temp'")
+    );
     // Columns in another order are matched by name.
     let reordered = readings(&["x"], &[1.0], &[5]);
     let reordered = RecordBatch::try_new(
@@ -150,14 +195,21 @@ async fn push_arrow_rejects_mismatched_batches_whole() {
             reordered.schema().field(0).clone(),
             reordered.schema().field(1).clone(),
         ])),
-        vec![reordered.column(2).clone(), reordered.column(0).clone(), reordered.column(1).clone()],
+        vec![
+            reordered.column(2).clone(),
+            reordered.column(0).clone(),
+            reordered.column(1).clone(),
+        ],
     )
     .unwrap();
     src.push_arrow(reordered).unwrap();
     assert!(db.wait_idle(WAIT));
     let got = rows(&[sub.poll().unwrap()]);
     assert_eq!(got, vec![vec!["x", "1.0", "5"]]);
-    assert!(sub.poll().is_none(), "nothing of the rejected batches was enqueued");
+    assert!(
+        sub.poll().is_none(),
+        "nothing of the rejected batches was enqueued"
+    );
 }
 
 #[tokio::test]
@@ -176,11 +228,21 @@ async fn spec_1_2_multi_statement_failure_semantics() {
 
 #[tokio::test]
 async fn spec_1_1_config_vars() {
-    let db = LaminarDB::builder().config_var("T", "orders").build().await.unwrap();
+    let db = LaminarDB::builder()
+        .config_var("T", "orders")
+        .build()
+        .await
+        .unwrap();
     db.execute("CREATE SOURCE ${T} (id BIGINT)").await.unwrap();
     assert_eq!(db.sources(), vec!["orders".to_string()]);
-    let err = db.execute("CREATE SOURCE ${NOPE} (id BIGINT)").await.unwrap_err();
-    assert!(matches!(err, DbError::UnresolvedConfigVar(ref n) if n == "NOPE"), "{err}");
+    let err = db
+        .execute("CREATE SOURCE ${NOPE} (id BIGINT)")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, DbError::UnresolvedConfigVar(ref n) if n == "NOPE"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -193,15 +255,25 @@ async fn spec_1_3_lifecycle() {
     db.shutdown().await.unwrap();
     db.shutdown().await.unwrap();
     assert_eq!(db.pipeline_state(), PipelineState::Stopped);
-    assert!(matches!(db.start().await, Err(DbError::InvalidOperation(_))));
-    assert!(matches!(db.execute("SHOW SOURCES").await, Err(DbError::Shutdown)));
+    assert!(matches!(
+        db.start().await,
+        Err(DbError::InvalidOperation(_))
+    ));
+    assert!(matches!(
+        db.execute("SHOW SOURCES").await,
+        Err(DbError::Shutdown)
+    ));
     assert_eq!(db.checkpoint().unwrap(), None);
 }
 
 #[tokio::test]
 async fn spec_1_4_reject_and_drop_oldest() {
     // No draining: a stream whose subscriber never reads and tiny queues everywhere.
-    let db = LaminarDB::builder().workers(1).subscription_buffer(1).build_sync().unwrap();
+    let db = LaminarDB::builder()
+        .workers(1)
+        .subscription_buffer(1)
+        .build_sync()
+        .unwrap();
     db.execute(
         "CREATE SOURCE r (x BIGINT) WITH (buffer_size = 4, backpressure = 'reject'); \
          CREATE SOURCE d (x BIGINT) WITH (buffer_size = 4, backpressure = 'drop_oldest'); \
@@ -240,10 +312,21 @@ async fn spec_1_4_reject_and_drop_oldest() {
     let deadline = std::time::Instant::now() + WAIT;
     while seen.len() + (dropped as usize) < 200 && std::time::Instant::now() < deadline {
         if let Some(b) = ds.recv_timeout(Duration::from_millis(50)).unwrap() {
-            seen.extend(b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().iter().copied());
+            seen.extend(
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .iter()
+                    .copied(),
+            );
         }
     }
-    assert_eq!(seen.len() as u64 + db.source_metrics("d").unwrap().dropped, 200);
+    assert_eq!(
+        seen.len() as u64 + db.source_metrics("d").unwrap().dropped,
+        200
+    );
     assert!(!seen.contains(&0), "the oldest row was evicted");
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "order kept");
     drop(rs);
@@ -253,10 +336,12 @@ async fn spec_1_4_reject_and_drop_oldest() {
 async fn spec_1_5_push_subscription_lagged() {
     let db = db();
     // No event time: every event is a data event (watermark events would also count).
-    db.execute("CREATE SOURCE readings (sensor VARCHAR NOT NULL, temp DOUBLE, ts BIGINT NOT NULL); \
-                CREATE STREAM t AS SELECT sensor FROM readings")
-        .await
-        .unwrap();
+    db.execute(
+        "CREATE SOURCE readings (sensor VARCHAR NOT NULL, temp DOUBLE, ts BIGINT NOT NULL); \
+                CREATE STREAM t AS SELECT sensor FROM readings",
+    )
+    .await
+    .unwrap();
     let mut sub = db
         .subscribe_push(
             "t",
@@ -269,7 +354,8 @@ async fn spec_1_5_push_subscription_lagged() {
         .unwrap();
     let src = db.source_untyped("readings").unwrap();
     for i in 0..5 {
-        src.push_arrow(readings(&[&format!("s{i}")], &[1.0], &[0])).unwrap();
+        src.push_arrow(readings(&[&format!("s{i}")], &[1.0], &[0]))
+            .unwrap();
     }
     assert!(db.wait_idle(WAIT));
     std::thread::sleep(Duration::from_millis(200));
@@ -277,7 +363,10 @@ async fn spec_1_5_push_subscription_lagged() {
     assert!(matches!(first, ChangeEvent::Lagged(3)), "{first:?}");
     for expected in ["s3", "s4"] {
         match sub.recv().await.unwrap() {
-            ChangeEvent::Insert(data) => assert_eq!(rows(&[(*data.batch).clone()]), vec![vec![expected.to_string()]]),
+            ChangeEvent::Insert(data) => assert_eq!(
+                rows(&[(*data.batch).clone()]),
+                vec![vec![expected.to_string()]]
+            ),
             other => panic!("{other:?}"),
         }
     }
@@ -286,37 +375,70 @@ async fn spec_1_5_push_subscription_lagged() {
 #[tokio::test]
 async fn push_subscription_filter_callback_and_watermarks() {
     let db = db();
-    db.execute(&format!("{READINGS}; CREATE STREAM t AS SELECT sensor, temp, ts FROM readings")).await.unwrap();
+    db.execute(&format!(
+        "{READINGS}; CREATE STREAM t AS SELECT sensor, temp, ts FROM readings"
+    ))
+    .await
+    .unwrap();
     let err = db
-        .subscribe_push("t", SubscriptionConfig { filter: Some("nope > 1".into()), ..Default::default() })
+        .subscribe_push(
+            "t",
+            SubscriptionConfig {
+                filter: Some("nope > 1".into()),
+                ..Default::default()
+            },
+        )
         .err()
         .unwrap();
     assert!(err.to_string().contains("nope"), "{err}");
     let mut sub = db
-        .subscribe_push("t", SubscriptionConfig { filter: Some("temp > 50".into()), ..Default::default() })
+        .subscribe_push(
+            "t",
+            SubscriptionConfig {
+                filter: Some("temp > 50".into()),
+                ..Default::default()
+            },
+        )
         .unwrap();
     let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let handle = {
         let seen = seen.clone();
-        db.subscribe_callback("t", SubscriptionConfig::default(), move |ev| seen.lock().push(ev)).unwrap()
+        db.subscribe_callback("t", SubscriptionConfig::default(), move |ev| {
+            seen.lock().push(ev)
+        })
+        .unwrap()
     };
-    db.source_untyped("readings").unwrap().push_arrow(readings(&["a", "b"], &[10.0, 60.0], &[5000, 6000])).unwrap();
+    db.source_untyped("readings")
+        .unwrap()
+        .push_arrow(readings(&["a", "b"], &[10.0, 60.0], &[5000, 6000]))
+        .unwrap();
     let mut inserted = Vec::new();
     let mut watermark = None;
     while inserted.is_empty() || watermark.is_none() {
-        match tokio::time::timeout(WAIT, sub.recv()).await.unwrap().unwrap() {
+        match tokio::time::timeout(WAIT, sub.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             ChangeEvent::Insert(d) => inserted.extend(rows(&[(*d.batch).clone()])),
             ChangeEvent::Watermark(w) => watermark = Some(w),
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(inserted, vec![vec!["b".to_string(), "60.0".into(), "6000".into()]]);
+    assert_eq!(
+        inserted,
+        vec![vec!["b".to_string(), "60.0".into(), "6000".into()]]
+    );
     assert_eq!(watermark, Some(4000));
     let deadline = std::time::Instant::now() + WAIT;
     while handle.delivered() < 2 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(seen.lock().iter().any(|e| matches!(e, ChangeEvent::Insert(d) if d.batch.num_rows() == 2)));
+    assert!(
+        seen.lock()
+            .iter()
+            .any(|e| matches!(e, ChangeEvent::Insert(d) if d.batch.num_rows() == 2))
+    );
     handle.cancel();
 }
 
@@ -324,24 +446,42 @@ async fn push_subscription_filter_callback_and_watermarks() {
 async fn spec_1_6_continuous_select_and_cancel() {
     let db = db();
     db.execute(READINGS).await.unwrap();
-    let ExecuteResult::Query(handle) = db.execute("SELECT sensor FROM readings").await.unwrap() else {
+    let ExecuteResult::Query(handle) = db.execute("SELECT sensor FROM readings").await.unwrap()
+    else {
         panic!("expected a query handle")
     };
     assert!(handle.is_active());
     let mut sub = handle.subscribe_arrow().unwrap();
-    db.source_untyped("readings").unwrap().push_arrow(readings(&["a"], &[1.0], &[1])).unwrap();
+    db.source_untyped("readings")
+        .unwrap()
+        .push_arrow(readings(&["a"], &[1.0], &[1]))
+        .unwrap();
     let batch = sub.recv_timeout(WAIT).unwrap().unwrap();
     assert_eq!(rows(&[batch]), vec![vec!["a".to_string()]]);
-    let ExecuteResult::Metadata(q) = db.execute("SHOW QUERIES").await.unwrap() else { panic!() };
+    let ExecuteResult::Metadata(q) = db.execute("SHOW QUERIES").await.unwrap() else {
+        panic!()
+    };
     assert_eq!(rows(&[q])[0][2], "true");
     handle.cancel().unwrap();
     assert!(!handle.is_active());
-    let ExecuteResult::Metadata(q) = db.execute("SHOW QUERIES").await.unwrap() else { panic!() };
-    assert_eq!(rows(&[q]), vec![vec![handle.id.to_string(), "SELECT sensor FROM readings".into(), "false".into()]]);
+    let ExecuteResult::Metadata(q) = db.execute("SHOW QUERIES").await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        rows(&[q]),
+        vec![vec![
+            handle.id.to_string(),
+            "SELECT sensor FROM readings".into(),
+            "false".into()
+        ]]
+    );
     // Bounded queries run through query().
     let out = db.query("SELECT 1 + 1 AS two").await.unwrap();
     assert_eq!(rows(&out), vec![vec!["2".to_string()]]);
-    assert_eq!(db.query("SELECT * FROM readings").await.unwrap_err().code(), "INVALID_OPERATION");
+    assert_eq!(
+        db.query("SELECT * FROM readings").await.unwrap_err().code(),
+        "INVALID_OPERATION"
+    );
 }
 
 #[tokio::test]
@@ -355,11 +495,23 @@ async fn spec_2_3_stream_definition_and_2_5_sink_filter() {
     ))
     .await
     .unwrap();
-    db.source_untyped("readings").unwrap().push_arrow(readings(&["a", "b"], &[96.0, 90.0], &[1, 2])).unwrap();
+    db.source_untyped("readings")
+        .unwrap()
+        .push_arrow(readings(&["a", "b"], &[96.0, 90.0], &[1, 2]))
+        .unwrap();
     assert!(db.wait_idle(WAIT));
     db.shutdown().await.unwrap();
-    let mut files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.path()).collect();
-    files.retain(|p| p.file_name().unwrap().to_string_lossy().starts_with("part-"));
+    let mut files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.retain(|p| {
+        p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("part-")
+    });
     assert_eq!(files.len(), 1, "{files:?}");
     let text = std::fs::read_to_string(&files[0]).unwrap();
     assert_eq!(text.trim(), "sensor,avg_temp\na,96.0");
@@ -383,7 +535,11 @@ async fn spec_3_pipeline_watermark_is_min_over_sources() {
 
 #[tokio::test]
 async fn idle_source_does_not_hold_back_a_union() {
-    let db = LaminarDB::builder().workers(1).idle_timeout(Duration::from_millis(100)).build_sync().unwrap();
+    let db = LaminarDB::builder()
+        .workers(1)
+        .idle_timeout(Duration::from_millis(100))
+        .build_sync()
+        .unwrap();
     db.execute(
         "CREATE SOURCE a (ts BIGINT, WATERMARK FOR ts AS ts); CREATE SOURCE b (ts BIGINT, WATERMARK FOR ts AS ts); \
          CREATE STREAM u AS SELECT ts FROM a UNION ALL SELECT ts FROM b",
@@ -405,13 +561,18 @@ async fn idle_source_does_not_hold_back_a_union() {
             break;
         }
     }
-    assert!(w.is_some_and(|w| w > 1000), "union watermark stuck at {w:?}");
+    assert!(
+        w.is_some_and(|w| w > 1000),
+        "union watermark stuck at {w:?}"
+    );
 }
 
 #[tokio::test]
 async fn spec_7_metrics_and_topology() {
     let db = db();
-    db.execute("CREATE SOURCE s (x BIGINT); CREATE STREAM t AS SELECT x FROM s WHERE x % 2 = 0").await.unwrap();
+    db.execute("CREATE SOURCE s (x BIGINT); CREATE STREAM t AS SELECT x FROM s WHERE x % 2 = 0")
+        .await
+        .unwrap();
     let batch = RecordBatch::try_new(
         Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)])),
         vec![Arc::new(Int64Array::from((0..100).collect::<Vec<i64>>())) as ArrayRef],
@@ -438,7 +599,9 @@ async fn spec_7_backpressure_flag_with_a_stalled_consumer() {
         .subscription_buffer(1)
         .build_sync()
         .unwrap();
-    db.execute("CREATE SOURCE s (x BIGINT); CREATE STREAM t AS SELECT x FROM s").await.unwrap();
+    db.execute("CREATE SOURCE s (x BIGINT); CREATE STREAM t AS SELECT x FROM s")
+        .await
+        .unwrap();
     let _stalled = db.subscribe_arrow("t").unwrap();
     let src = db.source_untyped("s").unwrap();
     let one = RecordBatch::try_new(
@@ -458,8 +621,15 @@ async fn null_event_time_and_not_null_are_rejected_before_enqueue() {
         .await
         .unwrap();
     let mut sub = db.subscribe_arrow("t").unwrap();
-    let err = db.execute("INSERT INTO s VALUES (1, 10), (2, NULL)").await.unwrap_err();
-    assert!(err.to_string().contains("NULL event time in column 'ts' at row 1"), "{err}");
+    let err = db
+        .execute("INSERT INTO s VALUES (1, 10), (2, NULL)")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("NULL event time in column 'ts' at row 1"),
+        "{err}"
+    );
     assert!(db.wait_idle(WAIT));
     assert!(sub.poll().is_none());
 }
@@ -467,7 +637,9 @@ async fn null_event_time_and_not_null_are_rejected_before_enqueue() {
 #[tokio::test]
 async fn failing_expression_is_reported_and_does_not_hang() {
     let db = db();
-    db.execute("CREATE SOURCE s (x BIGINT); CREATE STREAM t AS SELECT 10 / x AS y FROM s").await.unwrap();
+    db.execute("CREATE SOURCE s (x BIGINT); CREATE STREAM t AS SELECT 10 / x AS y FROM s")
+        .await
+        .unwrap();
     let mut sub = db.subscribe_arrow("t").unwrap();
     db.execute("INSERT INTO s VALUES (0)").await.unwrap();
     assert!(db.wait_idle(WAIT));
@@ -479,7 +651,10 @@ async fn failing_expression_is_reported_and_does_not_hang() {
         db.execute("INSERT INTO s VALUES (1)").await.unwrap();
     }
     assert!(db.wait_idle(WAIT));
-    assert!(sub.recv().is_err(), "the failed stream ends its subscriptions");
+    assert!(
+        sub.recv().is_err(),
+        "the failed stream ends its subscriptions"
+    );
 }
 
 #[tokio::test]
@@ -492,7 +667,9 @@ async fn describe_extended_masks_secrets() {
     ))
     .await
     .unwrap();
-    let ExecuteResult::Metadata(b) = db.execute("DESCRIBE EXTENDED k").await.unwrap() else { panic!() };
+    let ExecuteResult::Metadata(b) = db.execute("DESCRIBE EXTENDED k").await.unwrap() else {
+        panic!()
+    };
     assert_eq!(b.schema().field(5).name(), "connector");
     let r = rows(&[b]);
     assert!(r[0][5].starts_with("FILES (path = "), "{r:?}");
@@ -502,7 +679,11 @@ async fn describe_extended_masks_secrets() {
 async fn files_source_pipeline_runs_to_completion() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.csv");
-    std::fs::write(&input, "id,amount,ts\n1,10.5,1000\n2,200.0,2000\n3,7.25,3000\n").unwrap();
+    std::fs::write(
+        &input,
+        "id,amount,ts\n1,10.5,1000\n2,200.0,2000\n3,7.25,3000\n",
+    )
+    .unwrap();
     let out = dir.path().join("out");
     let db = db();
     db.execute(&format!(
@@ -521,7 +702,11 @@ async fn files_source_pipeline_runs_to_completion() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(db.is_finished(), "finite sources end and sinks commit");
-    assert_eq!(db.stream_metrics("small").unwrap().watermark, Some(i64::MAX), "end of input closes time");
+    assert_eq!(
+        db.stream_metrics("small").unwrap().watermark,
+        Some(i64::MAX),
+        "end of input closes time"
+    );
     let written = db.sink_metrics("small_out").unwrap().records_written;
     assert_eq!(written, 2);
     db.shutdown().await.unwrap();
@@ -531,5 +716,8 @@ async fn files_source_pipeline_runs_to_completion() {
             text.push_str(&std::fs::read_to_string(e.path()).unwrap());
         }
     }
-    assert_eq!(text, "{\"id\":1,\"amount\":10.5}\n{\"id\":3,\"amount\":7.25}\n");
+    assert_eq!(
+        text,
+        "{\"id\":1,\"amount\":10.5}\n{\"id\":3,\"amount\":7.25}\n"
+    );
 }

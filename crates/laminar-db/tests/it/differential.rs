@@ -27,9 +27,18 @@ const QUERIES: &[(&str, bool)] = &[
         "SELECT concat(s, '-', CAST(a AS VARCHAR)) AS k, coalesce(b, 0.0) AS b0, abs(a) % 7 AS m FROM t WHERE ts >= 100",
         true,
     ),
-    ("SELECT a / NULLIF(a % 5, 0) AS q, length(s) AS l FROM t WHERE NOT (a BETWEEN -10 AND 10)", true),
-    ("SELECT a, s FROM t UNION ALL SELECT a + 1, lower(s) FROM t WHERE a > 0", false),
-    ("SELECT * FROM (SELECT a * 2 AS d, s FROM t) AS x WHERE d > 100 AND s IS NOT NULL", true),
+    (
+        "SELECT a / NULLIF(a % 5, 0) AS q, length(s) AS l FROM t WHERE NOT (a BETWEEN -10 AND 10)",
+        true,
+    ),
+    (
+        "SELECT a, s FROM t UNION ALL SELECT a + 1, lower(s) FROM t WHERE a > 0",
+        false,
+    ),
+    (
+        "SELECT * FROM (SELECT a * 2 AS d, s FROM t) AS x WHERE d > 100 AND s IS NOT NULL",
+        true,
+    ),
 ];
 
 type Row = (i64, Option<f64>, Option<String>, i64);
@@ -47,10 +56,18 @@ fn to_batch(rows: &[Row]) -> RecordBatch {
     RecordBatch::try_new(
         schema(),
         vec![
-            Arc::new(Int64Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())) as ArrayRef,
-            Arc::new(Float64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
-            Arc::new(StringArray::from(rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>())),
-            Arc::new(Int64Array::from(rows.iter().map(|r| r.3).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )) as ArrayRef,
+            Arc::new(Float64Array::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+            )),
         ],
     )
     .unwrap()
@@ -60,7 +77,11 @@ fn row_strategy() -> impl Strategy<Value = Row> {
     (
         -1000i64..1000,
         proptest::option::of(-100.0f64..100.0),
-        proptest::option::of(prop_oneof![Just("x".to_string()), Just("Yy".to_string()), "[a-z]{0,4}"]),
+        proptest::option::of(prop_oneof![
+            Just("x".to_string()),
+            Just("Yy".to_string()),
+            "[a-z]{0,4}"
+        ]),
         0i64..1000,
     )
 }
@@ -71,7 +92,9 @@ fn streaming(query: &str, input: &[Row], splits: &[usize]) -> Vec<Vec<String>> {
         db.execute("CREATE SOURCE t (a BIGINT NOT NULL, b DOUBLE, s VARCHAR, ts BIGINT NOT NULL, WATERMARK FOR ts AS ts)")
             .await
             .unwrap();
-        db.execute(&format!("CREATE STREAM q AS {query}")).await.unwrap();
+        db.execute(&format!("CREATE STREAM q AS {query}"))
+            .await
+            .unwrap();
     });
     let mut sub = db.subscribe_arrow("q").unwrap();
     let src = db.source_untyped("t").unwrap();
@@ -94,7 +117,9 @@ fn streaming(query: &str, input: &[Row], splits: &[usize]) -> Vec<Vec<String>> {
 }
 
 fn batch(query: &str, input: &[Row]) -> Vec<Vec<String>> {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let ctx = SessionContext::new();
         let table = MemTable::try_new(schema(), vec![vec![to_batch(input)]]).unwrap();
@@ -105,7 +130,10 @@ fn batch(query: &str, input: &[Row]) -> Vec<Vec<String>> {
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(32)
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32)
 }
 
 proptest! {

@@ -11,30 +11,98 @@ use laminar_db::LaminarDB;
 use proptest::prelude::*;
 
 const FRAGMENTS: &[&str] = &[
-    "CREATE", "SOURCE", "STREAM", "SINK", "s", "t", "(", ")", "x", "INT", "BIGINT", "VARCHAR", ",", "AS", "SELECT",
-    "*", "FROM", "WHERE", ">", "1", "'a'", ";", "WATERMARK", "FOR", "ts", "-", "INTERVAL", "'1'", "SECOND", "INTO",
-    "FILES", "DROP", "SHOW", "SOURCES", "DESCRIBE", "EXPLAIN", "INSERT", "VALUES", "UNION", "ALL", "GROUP", "BY",
-    "EMIT", "CHANGES", "${X}", "NULL", "NOT", "CASE", "WHEN", "THEN", "END", "CAST", "--", "/*", "*/", "\"q\"",
+    "CREATE",
+    "SOURCE",
+    "STREAM",
+    "SINK",
+    "s",
+    "t",
+    "(",
+    ")",
+    "x",
+    "INT",
+    "BIGINT",
+    "VARCHAR",
+    ",",
+    "AS",
+    "SELECT",
+    "*",
+    "FROM",
+    "WHERE",
+    ">",
+    "1",
+    "'a'",
+    ";",
+    "WATERMARK",
+    "FOR",
+    "ts",
+    "-",
+    "INTERVAL",
+    "'1'",
+    "SECOND",
+    "INTO",
+    "FILES",
+    "DROP",
+    "SHOW",
+    "SOURCES",
+    "DESCRIBE",
+    "EXPLAIN",
+    "INSERT",
+    "VALUES",
+    "UNION",
+    "ALL",
+    "GROUP",
+    "BY",
+    "EMIT",
+    "CHANGES",
+    "${X}",
+    "NULL",
+    "NOT",
+    "CASE",
+    "WHEN",
+    "THEN",
+    "END",
+    "CAST",
+    "--",
+    "/*",
+    "*/",
+    "\"q\"",
 ];
 
 fn sql_strategy() -> impl Strategy<Value = String> {
     prop_oneof![
         ".{0,80}",
-        proptest::collection::vec(proptest::sample::select(FRAGMENTS), 0..25).prop_map(|v| v.join(" ")),
+        proptest::collection::vec(proptest::sample::select(FRAGMENTS), 0..25)
+            .prop_map(|v| v.join(" ")),
     ]
 }
 
 fn any_batch() -> impl Strategy<Value = RecordBatch> {
     let column = prop_oneof![
-        (proptest::sample::select(&["x", "ts", "s", "y"][..]), proptest::collection::vec(any::<Option<i64>>(), 0..5))
+        (
+            proptest::sample::select(&["x", "ts", "s", "y"][..]),
+            proptest::collection::vec(any::<Option<i64>>(), 0..5)
+        )
             .prop_map(|(n, v)| (n.to_string(), Arc::new(Int64Array::from(v)) as ArrayRef)),
-        (proptest::sample::select(&["x", "ts", "s"][..]), proptest::collection::vec(any::<Option<i32>>(), 0..5))
+        (
+            proptest::sample::select(&["x", "ts", "s"][..]),
+            proptest::collection::vec(any::<Option<i32>>(), 0..5)
+        )
             .prop_map(|(n, v)| (n.to_string(), Arc::new(Int32Array::from(v)) as ArrayRef)),
-        (proptest::sample::select(&["x", "s"][..]), proptest::collection::vec(proptest::option::of(".{0,3}"), 0..5))
+        (
+            proptest::sample::select(&["x", "s"][..]),
+            proptest::collection::vec(proptest::option::of(".{0,3}"), 0..5)
+        )
             .prop_map(|(n, v)| (n.to_string(), Arc::new(StringArray::from(v)) as ArrayRef)),
-        (proptest::sample::select(&["x", "f"][..]), proptest::collection::vec(any::<Option<f64>>(), 0..5))
+        (
+            proptest::sample::select(&["x", "f"][..]),
+            proptest::collection::vec(any::<Option<f64>>(), 0..5)
+        )
             .prop_map(|(n, v)| (n.to_string(), Arc::new(Float64Array::from(v)) as ArrayRef)),
-        (Just("b"), proptest::collection::vec(any::<Option<bool>>(), 0..5))
+        (
+            Just("b"),
+            proptest::collection::vec(any::<Option<bool>>(), 0..5)
+        )
             .prop_map(|(n, v)| (n.to_string(), Arc::new(BooleanArray::from(v)) as ArrayRef)),
     ];
     proptest::collection::vec(column, 0..4).prop_filter_map("same lengths, unique names", |cols| {
@@ -45,7 +113,11 @@ fn any_batch() -> impl Strategy<Value = RecordBatch> {
         if names.len() != cols.len() || cols.iter().any(|c| c.1.len() != len) {
             return None;
         }
-        let schema = Schema::new(cols.iter().map(|(n, a)| Field::new(n, a.data_type().clone(), true)).collect::<Vec<_>>());
+        let schema = Schema::new(
+            cols.iter()
+                .map(|(n, a)| Field::new(n, a.data_type().clone(), true))
+                .collect::<Vec<_>>(),
+        );
         RecordBatch::try_new_with_options(
             Arc::new(schema),
             cols.into_iter().map(|c| c.1).collect(),

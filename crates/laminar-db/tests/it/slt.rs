@@ -67,7 +67,10 @@ impl Harness {
         Ok(collected.clone())
     }
 
-    fn directive(&mut self, sql: &str) -> Option<Result<DBOutput<DefaultColumnType>, HarnessError>> {
+    fn directive(
+        &mut self,
+        sql: &str,
+    ) -> Option<Result<DBOutput<DefaultColumnType>, HarnessError>> {
         let words: Vec<&str> = sql.split_whitespace().collect();
         let text = |v: Vec<Vec<String>>| {
             let width = v.first().map_or(1, |r| r.len());
@@ -78,28 +81,48 @@ impl Harness {
         };
         match words.as_slice() {
             ["WATERMARK", source, ts] => Some((|| {
-                let ts: i64 = ts.parse().map_err(|_| HarnessError(format!("bad watermark '{ts}'")))?;
-                let handle = self.db.source_untyped(source).map_err(|e| HarnessError(format!("[{}] {e}", e.code())))?;
-                handle.watermark(ts).map_err(|e| HarnessError(e.to_string()))?;
+                let ts: i64 = ts
+                    .parse()
+                    .map_err(|_| HarnessError(format!("bad watermark '{ts}'")))?;
+                let handle = self
+                    .db
+                    .source_untyped(source)
+                    .map_err(|e| HarnessError(format!("[{}] {e}", e.code())))?;
+                handle
+                    .watermark(ts)
+                    .map_err(|e| HarnessError(e.to_string()))?;
                 self.db.wait_idle(WAIT);
                 Ok(DBOutput::StatementComplete(0))
             })()),
             ["EMITTED", stream] => Some(self.drain(stream).map(|b| text(rows(&b)))),
             ["WATERMARK_OF", stream] => Some((|| {
                 self.db.wait_idle(WAIT);
-                let m = self.db.stream_metrics(stream).map_err(|e| HarnessError(e.to_string()))?;
-                Ok(text(vec![vec![m.watermark.map_or("NULL".to_string(), |w| w.to_string())]]))
+                let m = self
+                    .db
+                    .stream_metrics(stream)
+                    .map_err(|e| HarnessError(e.to_string()))?;
+                Ok(text(vec![vec![
+                    m.watermark.map_or("NULL".to_string(), |w| w.to_string()),
+                ]]))
             })()),
             ["METRIC", kind, name, field] => Some((|| {
                 self.db.wait_idle(WAIT);
                 let value = match (*kind, *field) {
-                    ("stream", "total_events") => self.db.stream_metrics(name).map(|m| m.total_events.to_string()),
-                    ("source", "total_events") => self.db.source_metrics(name).map(|m| m.total_events.to_string()),
+                    ("stream", "total_events") => self
+                        .db
+                        .stream_metrics(name)
+                        .map(|m| m.total_events.to_string()),
+                    ("source", "total_events") => self
+                        .db
+                        .source_metrics(name)
+                        .map(|m| m.total_events.to_string()),
                     ("source", "watermark") => self
                         .db
                         .source_metrics(name)
                         .map(|m| m.watermark.map_or("NULL".into(), |w| w.to_string())),
-                    ("source", "dropped") => self.db.source_metrics(name).map(|m| m.dropped.to_string()),
+                    ("source", "dropped") => {
+                        self.db.source_metrics(name).map(|m| m.dropped.to_string())
+                    }
                     ("pipeline", "watermark") => Ok(self
                         .db
                         .pipeline_watermark()
@@ -130,9 +153,15 @@ impl AsyncDB for Harness {
             .map_err(|e| HarnessError(format!("[{}] {e}", e.code())))?;
         match result {
             ExecuteResult::Ddl(info) => {
-                if info.statement_type == "CREATE STREAM" && !self.subscriptions.contains_key(&info.object_name) {
-                    let sub = self.db.subscribe_arrow(&info.object_name).map_err(|e| HarnessError(e.to_string()))?;
-                    self.subscriptions.insert(info.object_name.clone(), (sub, Vec::new()));
+                if info.statement_type == "CREATE STREAM"
+                    && !self.subscriptions.contains_key(&info.object_name)
+                {
+                    let sub = self
+                        .db
+                        .subscribe_arrow(&info.object_name)
+                        .map_err(|e| HarnessError(e.to_string()))?;
+                    self.subscriptions
+                        .insert(info.object_name.clone(), (sub, Vec::new()));
                 }
                 if info.statement_type.starts_with("DROP") {
                     let name = info.object_name.clone();
@@ -145,15 +174,18 @@ impl AsyncDB for Harness {
                 Ok(DBOutput::StatementComplete(n))
             }
             ExecuteResult::Metadata(batch) => {
-                let r = rows(&[batch.clone()]);
+                let r = rows(std::slice::from_ref(&batch));
                 Ok(DBOutput::Rows {
                     types: vec![DefaultColumnType::Any; batch.num_columns()],
                     rows: r,
                 })
             }
             ExecuteResult::Query(handle) => {
-                let sub = handle.subscribe_arrow().map_err(|e| HarnessError(e.to_string()))?;
-                self.subscriptions.insert("query".to_string(), (sub, Vec::new()));
+                let sub = handle
+                    .subscribe_arrow()
+                    .map_err(|e| HarnessError(e.to_string()))?;
+                self.subscriptions
+                    .insert("query".to_string(), (sub, Vec::new()));
                 std::mem::forget(handle);
                 Ok(DBOutput::StatementComplete(0))
             }
@@ -192,7 +224,10 @@ async fn golden_sql_files() {
     assert!(!files.is_empty(), "no .slt files under {}", root.display());
     let filter = std::env::var("SLT_FILTER").unwrap_or_default();
     let mut failures = Vec::new();
-    for file in files.iter().filter(|f| f.to_string_lossy().contains(&filter)) {
+    for file in files
+        .iter()
+        .filter(|f| f.to_string_lossy().contains(&filter))
+    {
         let mut runner = sqllogictest::Runner::new(|| async { Ok(Harness::new()) });
         runner.with_column_validator(|_, _| true);
         if let Err(e) = runner.run_file_async(file).await {
@@ -200,5 +235,10 @@ async fn golden_sql_files() {
         }
         runner.shutdown_async().await;
     }
-    assert!(failures.is_empty(), "{} golden file(s) failed:\n\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} golden file(s) failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }

@@ -37,8 +37,35 @@ fn parse_from(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement>
         Some("EXPLAIN") => {
             let analyze = word(ts, start + 1).as_deref() == Some("ANALYZE");
             let inner_start = start + 1 + usize::from(analyze);
-            if inner_start >= ts.len() || matches!(ts.token(inner_start).map(|t| &t.token), Some(Token::EOF)) {
-                return Err(positioned(ts, inner_start, "EXPLAIN needs a statement to explain"));
+            if inner_start >= ts.len()
+                || matches!(ts.token(inner_start).map(|t| &t.token), Some(Token::EOF))
+            {
+                return Err(positioned(
+                    ts,
+                    inner_start,
+                    "EXPLAIN needs a statement to explain",
+                ));
+            }
+            // `EXPLAIN ANALYZE <name>`: the running graph of an existing stream.
+            if analyze
+                && matches!(
+                    ts.token(inner_start).map(|t| &t.token),
+                    Some(Token::Word(_))
+                )
+                && matches!(
+                    ts.token(inner_start + 1).map(|t| &t.token),
+                    None | Some(Token::EOF)
+                )
+            {
+                let mut p = ts.parser(inner_start, inner_start + 1);
+                let name = normalize_name(&p.parse_object_name(false).map_err(pe(&p))?)?;
+                return Ok(StreamingStatement::Explain {
+                    analyze,
+                    statement: Box::new(StreamingStatement::Describe {
+                        name,
+                        extended: false,
+                    }),
+                });
             }
             let statement = parse_from(ts, inner_start)?;
             Ok(StreamingStatement::Explain {
@@ -57,7 +84,9 @@ fn parse_from(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement>
             match p.parse_statement() {
                 Ok(stmt) => Err(SqlError::not_supported(
                     format!("the statement '{}'", statement_head(&stmt)),
-                    Some("LaminarDB runs CREATE SOURCE/STREAM/SINK, DROP, SHOW, DESCRIBE, EXPLAIN, INSERT and SELECT"),
+                    Some(
+                        "LaminarDB runs CREATE SOURCE/STREAM/SINK, DROP, SHOW, DESCRIBE, EXPLAIN, INSERT and SELECT",
+                    ),
                 )),
                 Err(e) => Err(parse_error(e, ts.token(start))),
             }
@@ -66,7 +95,11 @@ fn parse_from(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement>
 }
 
 fn statement_head(stmt: &Statement) -> String {
-    stmt.to_string().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    stmt.to_string()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn positioned(ts: &TokenStream, i: usize, message: &str) -> SqlError {
@@ -114,14 +147,20 @@ fn expect_word(p: &mut Parser<'_>, w: &str) -> PResult<()> {
     if parse_word(p, w) {
         Ok(())
     } else {
-        Err(err(p, format!("expected {w}, found {}", p.peek_token().token)))
+        Err(err(
+            p,
+            format!("expected {w}, found {}", p.peek_token().token),
+        ))
     }
 }
 
 fn expect_end(p: &Parser<'_>) -> PResult<()> {
     match &p.peek_token().token {
         Token::EOF => Ok(()),
-        other => Err(err(p, format!("unexpected '{other}' after the end of the statement"))),
+        other => Err(err(
+            p,
+            format!("unexpected '{other}' after the end of the statement"),
+        )),
     }
 }
 
@@ -137,7 +176,9 @@ fn clause_cut(ts: &TokenStream, start: usize) -> usize {
                 let w = word(ts, i);
                 let next = word(ts, i + 1);
                 match (w.as_deref(), next.as_deref()) {
-                    (Some("EMIT"), _) | (Some("ALLOW"), Some("LATENESS")) | (Some("LATE"), Some("DATA")) => {
+                    (Some("EMIT"), _)
+                    | (Some("ALLOW"), Some("LATENESS"))
+                    | (Some("LATE"), Some("DATA")) => {
                         return i;
                     }
                     _ => {}
@@ -158,7 +199,13 @@ fn parse_clauses(ts: &TokenStream, cut: usize) -> PResult<StreamingClauses> {
             (Some("ALLOW"), Some("LATENESS")) => ("ALLOW", 2),
             (Some("LATE"), Some("DATA")) => ("LATE", 2),
             _ if matches!(ts.token(i).map(|t| &t.token), Some(Token::EOF)) => break,
-            _ => return Err(positioned(ts, i, "expected EMIT, ALLOW LATENESS or LATE DATA TO")),
+            _ => {
+                return Err(positioned(
+                    ts,
+                    i,
+                    "expected EMIT, ALLOW LATENESS or LATE DATA TO",
+                ));
+            }
         };
         let body_start = i + skip;
         let mut end = body_start;
@@ -167,7 +214,9 @@ fn parse_clauses(ts: &TokenStream, cut: usize) -> PResult<StreamingClauses> {
             let n = word(ts, end + 1);
             let stop = matches!(
                 (w.as_deref(), n.as_deref()),
-                (Some("EMIT"), _) | (Some("ALLOW"), Some("LATENESS")) | (Some("LATE"), Some("DATA"))
+                (Some("EMIT"), _)
+                    | (Some("ALLOW"), Some("LATENESS"))
+                    | (Some("LATE"), Some("DATA"))
             ) || matches!(ts.token(end).map(|t| &t.token), Some(Token::EOF));
             if stop {
                 break;
@@ -179,7 +228,11 @@ fn parse_clauses(ts: &TokenStream, cut: usize) -> PResult<StreamingClauses> {
             .collect::<Vec<_>>()
             .join(" ");
         if text.is_empty() {
-            return Err(positioned(ts, body_start, &format!("{key} clause is incomplete")));
+            return Err(positioned(
+                ts,
+                body_start,
+                &format!("{key} clause is incomplete"),
+            ));
         }
         let slot = match key {
             "EMIT" => &mut clauses.emit,
@@ -197,7 +250,9 @@ fn parse_clauses(ts: &TokenStream, cut: usize) -> PResult<StreamingClauses> {
 
 fn parse_create(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
     let mut kind_at = start + 1;
-    if word(ts, kind_at).as_deref() == Some("OR") && word(ts, kind_at + 1).as_deref() == Some("REPLACE") {
+    if word(ts, kind_at).as_deref() == Some("OR")
+        && word(ts, kind_at + 1).as_deref() == Some("REPLACE")
+    {
         kind_at += 2;
     }
     match word(ts, kind_at).as_deref() {
@@ -264,7 +319,10 @@ fn parse_create_source(ts: &mut TokenStream, start: usize) -> PResult<StreamingS
                     expression: expr.to_string(),
                 });
             } else if p.peek_keyword(Keyword::PRIMARY) || p.peek_keyword(Keyword::CONSTRAINT) {
-                return Err(err(&p, "sources have no primary key; declare a TABLE for keyed reference data"));
+                return Err(err(
+                    &p,
+                    "sources have no primary key; declare a TABLE for keyed reference data",
+                ));
             } else {
                 columns.push(p.parse_column_def().map_err(pe(&p))?);
             }
@@ -330,6 +388,7 @@ fn parse_create_stream(ts: &mut TokenStream, start: usize) -> PResult<StreamingS
 }
 
 fn parse_create_sink(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
+    reject_window_tvfs(ts, start)?;
     let mut p = ts.parser(start, ts.len());
     let (or_replace, if_not_exists, name) = parse_create_prefix(&mut p, "SINK")?;
     p.expect_keyword(Keyword::FROM).map_err(pe(&p))?;
@@ -358,7 +417,7 @@ fn parse_create_sink(ts: &mut TokenStream, start: usize) -> PResult<StreamingSta
         }
     }
     expect_end(&p)?;
-    Ok(StreamingStatement::CreateSink(CreateSink {
+    Ok(StreamingStatement::CreateSink(Box::new(CreateSink {
         name,
         or_replace,
         if_not_exists,
@@ -366,7 +425,7 @@ fn parse_create_sink(ts: &mut TokenStream, start: usize) -> PResult<StreamingSta
         filter,
         connector,
         format,
-    }))
+    })))
 }
 
 fn parse_connector(p: &mut Parser<'_>) -> PResult<ConnectorSpec> {
@@ -415,7 +474,12 @@ fn parse_options(p: &mut Parser<'_>) -> PResult<Vec<(String, String)>> {
                     key.push('.');
                     key.push_str(&w.value);
                 }
-                other => return Err(err(p, format!("expected an option name part, found {other}"))),
+                other => {
+                    return Err(err(
+                        p,
+                        format!("expected an option name part, found {other}"),
+                    ));
+                }
             }
         }
         p.expect_token(&Token::Eq).map_err(pe(p))?;
@@ -425,11 +489,24 @@ fn parse_options(p: &mut Parser<'_>) -> PResult<Vec<(String, String)>> {
             Token::Word(w) => w.value,
             Token::Minus => match p.next_token().token {
                 Token::Number(n, _) => format!("-{n}"),
-                other => return Err(err(p, format!("expected a number after '-', found {other}"))),
+                other => {
+                    return Err(err(
+                        p,
+                        format!("expected a number after '-', found {other}"),
+                    ));
+                }
             },
-            other => return Err(err(p, format!("expected a value for option '{key}', found {other}"))),
+            other => {
+                return Err(err(
+                    p,
+                    format!("expected a value for option '{key}', found {other}"),
+                ));
+            }
         };
-        if out.iter().any(|(k, _): &(String, String)| k.eq_ignore_ascii_case(&key)) {
+        if out
+            .iter()
+            .any(|(k, _): &(String, String)| k.eq_ignore_ascii_case(&key))
+        {
             return Err(err(p, format!("option '{key}' given twice")));
         }
         out.push((key, value));
@@ -455,7 +532,10 @@ fn parse_drop(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement>
     } else if p.parse_keywords(&[Keyword::MATERIALIZED, Keyword::VIEW]) {
         ObjectKind::MaterializedView
     } else {
-        return Err(err(&p, "expected SOURCE, STREAM, SINK, TABLE or MATERIALIZED VIEW after DROP"));
+        return Err(err(
+            &p,
+            "expected SOURCE, STREAM, SINK, TABLE or MATERIALIZED VIEW after DROP",
+        ));
     };
     let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
     let name = normalize_name(&p.parse_object_name(false).map_err(pe(&p))?)?;
@@ -514,7 +594,10 @@ fn parse_insert(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatemen
     let table = match &insert.table {
         TableObject::TableName(name) => normalize_name(name)?,
         TableObject::TableFunction(_) | TableObject::TableQuery(_) => {
-            return Err(SqlError::not_supported("INSERT INTO a table function", None));
+            return Err(SqlError::not_supported(
+                "INSERT INTO a table function",
+                None,
+            ));
         }
     };
     let columns = insert
@@ -587,9 +670,17 @@ pub fn interval_to_millis(interval: &Interval) -> Result<i64, SqlError> {
     let text = match interval.value.as_ref() {
         Expr::Value(v) => match &v.value {
             Value::SingleQuotedString(s) | Value::Number(s, _) => s.clone(),
-            other => return Err(SqlError::Invalid(format!("interval value {other} is not a constant"))),
+            other => {
+                return Err(SqlError::Invalid(format!(
+                    "interval value {other} is not a constant"
+                )));
+            }
         },
-        other => return Err(SqlError::Invalid(format!("interval value {other} is not a constant"))),
+        other => {
+            return Err(SqlError::Invalid(format!(
+                "interval value {other} is not a constant"
+            )));
+        }
     };
     let (amount, unit) = match &interval.leading_field {
         Some(field) => (text.trim().to_string(), field.to_string()),
@@ -628,7 +719,14 @@ fn reject_window_tvfs(ts: &TokenStream, start: usize) -> PResult<()> {
         let is_call = matches!(ts.token(i + 1).map(|t| &t.token), Some(Token::LParen));
         let window = matches!(
             w.as_str(),
-            "TUMBLE" | "HOP" | "SLIDE" | "SESSION" | "CUMULATE" | "TUMBLE_END" | "HOP_END" | "SESSION_END"
+            "TUMBLE"
+                | "HOP"
+                | "SLIDE"
+                | "SESSION"
+                | "CUMULATE"
+                | "TUMBLE_END"
+                | "HOP_END"
+                | "SESSION_END"
         );
         if window && is_call {
             return Err(SqlError::not_supported(

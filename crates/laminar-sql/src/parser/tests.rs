@@ -36,13 +36,16 @@ fn watermark_forms() {
         ("ts - INTERVAL '1 minute'", 60_000),
         ("(ts - INTERVAL '3' SECOND)", 3000),
     ] {
-        let s = parse(&format!("CREATE SOURCE s (ts BIGINT, WATERMARK FOR ts AS {expr})"));
+        let s = parse(&format!(
+            "CREATE SOURCE s (ts BIGINT, WATERMARK FOR ts AS {expr})"
+        ));
         let StreamingStatement::CreateSource(c) = s else {
             panic!()
         };
         assert_eq!(c.watermark.unwrap().delay_ms, ms, "{expr}");
     }
-    let e = parse_statement("CREATE SOURCE s (ts BIGINT, WATERMARK FOR ts AS other - 5)").unwrap_err();
+    let e =
+        parse_statement("CREATE SOURCE s (ts BIGINT, WATERMARK FOR ts AS other - 5)").unwrap_err();
     assert!(e.to_string().contains("must be"), "{e}");
 }
 
@@ -79,7 +82,10 @@ fn create_sink_forms() {
 
 #[test]
 fn show_describe_drop_explain_insert() {
-    assert!(matches!(parse("SHOW SOURCES"), StreamingStatement::Show(ShowKind::Sources)));
+    assert!(matches!(
+        parse("SHOW SOURCES"),
+        StreamingStatement::Show(ShowKind::Sources)
+    ));
     assert!(matches!(
         parse("show materialized views"),
         StreamingStatement::Show(ShowKind::MaterializedViews)
@@ -90,13 +96,19 @@ fn show_describe_drop_explain_insert() {
     ));
     assert!(matches!(
         parse("DROP STREAM IF EXISTS t CASCADE"),
-        StreamingStatement::Drop { kind: ObjectKind::Stream, if_exists: true, cascade: true, .. }
+        StreamingStatement::Drop {
+            kind: ObjectKind::Stream,
+            if_exists: true,
+            cascade: true,
+            ..
+        }
     ));
     assert!(matches!(
         parse("EXPLAIN CREATE STREAM t AS SELECT * FROM s"),
         StreamingStatement::Explain { analyze: false, .. }
     ));
-    let StreamingStatement::Insert { table, columns, .. } = parse("INSERT INTO S (a, b) VALUES (1, 'x')")
+    let StreamingStatement::Insert { table, columns, .. } =
+        parse("INSERT INTO S (a, b) VALUES (1, 'x')")
     else {
         panic!()
     };
@@ -122,7 +134,11 @@ fn syntax_errors_have_positions() {
 #[test]
 fn unsupported_statements_are_named() {
     let e = parse_statement("CREATE MATERIALIZED VIEW v AS SELECT 1").unwrap_err();
-    assert!(e.to_string().contains("CREATE MATERIALIZED VIEW is not supported yet"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("CREATE MATERIALIZED VIEW is not supported yet"),
+        "{e}"
+    );
     let e = parse_statement("UPDATE s SET a = 1").unwrap_err();
     assert!(e.to_string().contains("not supported"), "{e}");
 }
@@ -131,5 +147,27 @@ fn unsupported_statements_are_named() {
 fn deep_nesting_is_an_error_not_a_stack_overflow() {
     let sql = format!("SELECT {}1{} FROM s", "(".repeat(1000), ")".repeat(1000));
     let e = parse_statement(&sql).unwrap_err();
-    assert!(e.to_string().contains("limit") || e.to_string().contains("recursion"), "{e}");
+    assert!(
+        e.to_string().contains("limit") || e.to_string().contains("recursion"),
+        "{e}"
+    );
+}
+
+#[test]
+fn explain_analyze_takes_a_stream_name() {
+    let StreamingStatement::Explain {
+        analyze: true,
+        statement,
+    } = parse("EXPLAIN ANALYZE hot")
+    else {
+        panic!()
+    };
+    assert!(matches!(*statement, StreamingStatement::Describe { ref name, .. } if name == "hot"));
+}
+
+#[test]
+fn window_functions_are_named_in_sinks_too() {
+    let e = parse_statement("CREATE SINK k FROM (SELECT tumble(ts, INTERVAL '1' SECOND) FROM s)")
+        .unwrap_err();
+    assert!(e.to_string().contains("TUMBLE"), "{e}");
 }

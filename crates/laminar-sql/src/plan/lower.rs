@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::common::DFSchema;
-use datafusion::execution::context::ExecutionProps;
 use datafusion::common::tree_node::TreeNode;
+use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::expressions::{CastExpr, Column};
@@ -79,11 +79,13 @@ fn lower_node(plan: &LogicalPlan, catalog: &dyn SchemaCatalog) -> Result<Vec<Bra
                 return Err(not_supported("LIMIT", None));
             }
             let table = scan.table_name.table().to_string();
-            let info = catalog.relation(&table).ok_or_else(|| SqlError::UnknownObject {
-                kind: "source or stream",
-                name: table.clone(),
-                suggestion: None,
-            })?;
+            let info = catalog
+                .relation(&table)
+                .ok_or_else(|| SqlError::UnknownObject {
+                    kind: "source or stream",
+                    name: table.clone(),
+                    suggestion: None,
+                })?;
             let mut branch = Branch {
                 input: table.clone(),
                 steps: Vec::new(),
@@ -94,9 +96,11 @@ fn lower_node(plan: &LogicalPlan, catalog: &dyn SchemaCatalog) -> Result<Vec<Bra
                     .and_then(|c| info.schema.index_of(c).ok()),
             };
             if !scan.filters.is_empty() {
-                return Err(SqlError::Plan(datafusion::error::DataFusionError::Internal(
-                    "filters were pushed into a stream scan".into(),
-                )));
+                return Err(SqlError::Plan(
+                    datafusion::error::DataFusionError::Internal(
+                        "filters were pushed into a stream scan".into(),
+                    ),
+                ));
             }
             if let Some(projection) = &scan.projection {
                 let exprs: Vec<Arc<dyn PhysicalExpr>> = projection
@@ -143,10 +147,13 @@ fn lower_node(plan: &LogicalPlan, catalog: &dyn SchemaCatalog) -> Result<Vec<Bra
             let schema: SchemaRef = Arc::new(projection.schema.as_arrow().clone());
             for b in &mut branches {
                 b.event_time = b.event_time.and_then(|et| {
-                    projection.expr.iter().position(|e| match e.clone().unalias() {
-                        Expr::Column(c) => input_schema.index_of_column(&c).ok() == Some(et),
-                        _ => false,
-                    })
+                    projection
+                        .expr
+                        .iter()
+                        .position(|e| match e.clone().unalias() {
+                            Expr::Column(c) => input_schema.index_of_column(&c).ok() == Some(et),
+                            _ => false,
+                        })
                 });
                 b.descriptions.push(format!(
                     "Project {}",
@@ -188,7 +195,10 @@ fn lower_node(plan: &LogicalPlan, catalog: &dyn SchemaCatalog) -> Result<Vec<Bra
             Some("a stream is unbounded; order results in the subscriber or the sink"),
         )),
         LogicalPlan::Limit(_) => Err(not_supported("LIMIT", None)),
-        LogicalPlan::Distinct(_) => Err(not_supported("DISTINCT / UNION (distinct)", Some("use UNION ALL"))),
+        LogicalPlan::Distinct(_) => Err(not_supported(
+            "DISTINCT / UNION (distinct)",
+            Some("use UNION ALL"),
+        )),
         LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Err(not_supported(
             "a continuous query without a source or stream in FROM",
             None,

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use arrow::datatypes::DataType;
 use datafusion::catalog::default_table_source::provider_as_source;
 use datafusion::catalog::empty::EmptyTable;
+use datafusion::common::TableReference;
 use datafusion::common::config::ConfigOptions;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::planner::{ContextProvider, ExprPlanner};
 use datafusion::logical_expr::{AggregateUDF, HigherOrderUDF, ScalarUDF, TableSource, WindowUDF};
-use datafusion::common::TableReference;
 
 use super::SchemaCatalog;
 
@@ -43,7 +43,9 @@ impl ContextProvider for CatalogProvider<'_> {
         match self.catalog.relation(table) {
             Some(info) => Ok(provider_as_source(Arc::new(EmptyTable::new(info.schema)))),
             None => {
-                self.missing.borrow_mut().get_or_insert_with(|| table.to_string());
+                self.missing
+                    .borrow_mut()
+                    .get_or_insert_with(|| table.to_string());
                 Err(DataFusionError::Plan(format!("unknown relation '{table}'")))
             }
         }
@@ -82,7 +84,11 @@ impl ContextProvider for CatalogProvider<'_> {
     }
 
     fn higher_order_function_names(&self) -> Vec<String> {
-        self.state.higher_order_functions().keys().cloned().collect()
+        self.state
+            .higher_order_functions()
+            .keys()
+            .cloned()
+            .collect()
     }
 
     fn udaf_names(&self) -> Vec<String> {
