@@ -45,15 +45,21 @@ fn ingest(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(3));
     group.warm_up_time(Duration::from_secs(1));
     for rows in [100usize, 8192] {
-        let batch = generate_bids(&schema, rows as u64, rows, 42).expect("bids").remove(0);
+        let batch = generate_bids(&schema, rows as u64, rows, 42)
+            .expect("bids")
+            .remove(0);
         let casted = needs_cast(&batch);
         group.throughput(Throughput::Elements(rows as u64));
-        group.bench_with_input(BenchmarkId::new("declared_types", rows), &batch, |b, batch| {
-            b.iter(|| source.push_arrow(black_box(batch.clone())).expect("push"))
-        });
-        group.bench_with_input(BenchmarkId::new("ts_ms_utf8_cast", rows), &casted, |b, batch| {
-            b.iter(|| source.push_arrow(black_box(batch.clone())).expect("push"))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("declared_types", rows),
+            &batch,
+            |b, batch| b.iter(|| source.push_arrow(black_box(batch.clone())).expect("push")),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("ts_ms_utf8_cast", rows),
+            &casted,
+            |b, batch| b.iter(|| source.push_arrow(black_box(batch.clone())).expect("push")),
+        );
     }
     group.finish();
     db.wait_idle(Duration::from_secs(60));

@@ -21,7 +21,9 @@ const ROWS: usize = 8192;
 /// always emits a batch and the iteration has something to wait for.
 fn input_batch() -> RecordBatch {
     let schema = declared_bids_schema().expect("schema");
-    let batch = generate_bids(&schema, ROWS as u64, ROWS, 42).expect("bids").remove(0);
+    let batch = generate_bids(&schema, ROWS as u64, ROWS, 42)
+        .expect("bids")
+        .remove(0);
     let index = schema.index_of("auction").expect("auction column");
     let auction = batch.column(index).as_primitive::<Int64Type>();
     if auction.values().iter().any(|a| a % 123 == 0) {

@@ -100,7 +100,9 @@ pub fn open_pipeline(
 ) -> Result<LaminarDB> {
     let db = LaminarDB::builder().workers(workers).build_sync()?;
     block_on(async {
-        db.execute(&source_ddl(parquet)).await.context("CREATE SOURCE")?;
+        db.execute(&source_ddl(parquet))
+            .await
+            .context("CREATE SOURCE")?;
         db.execute(&format!("CREATE STREAM q AS {}", workload.sql()))
             .await
             .context("CREATE STREAM")?;
@@ -215,8 +217,9 @@ impl BidGenerator {
             let column = if column.data_type() == field.data_type() {
                 column
             } else {
-                cast(&column, field.data_type())
-                    .with_context(|| format!("column '{}' as {}", field.name(), field.data_type()))?
+                cast(&column, field.data_type()).with_context(|| {
+                    format!("column '{}' as {}", field.name(), field.data_type())
+                })?
             };
             columns.push(column);
         }
@@ -228,29 +231,46 @@ fn timestamp_array(ns: Vec<i64>, data_type: &DataType) -> Result<ArrayRef> {
     Ok(match data_type {
         DataType::Timestamp(unit, tz) => {
             let array: ArrayRef = match unit {
-                TimeUnit::Nanosecond => Arc::new(TimestampNanosecondArray::from(ns).with_timezone_opt(tz.clone())),
+                TimeUnit::Nanosecond => {
+                    Arc::new(TimestampNanosecondArray::from(ns).with_timezone_opt(tz.clone()))
+                }
                 TimeUnit::Microsecond => Arc::new(
-                    TimestampMicrosecondArray::from(ns.into_iter().map(|v| v / 1_000).collect::<Vec<_>>())
-                        .with_timezone_opt(tz.clone()),
+                    TimestampMicrosecondArray::from(
+                        ns.into_iter().map(|v| v / 1_000).collect::<Vec<_>>(),
+                    )
+                    .with_timezone_opt(tz.clone()),
                 ),
                 TimeUnit::Millisecond => Arc::new(
-                    TimestampMillisecondArray::from(ns.into_iter().map(|v| v / 1_000_000).collect::<Vec<_>>())
-                        .with_timezone_opt(tz.clone()),
+                    TimestampMillisecondArray::from(
+                        ns.into_iter().map(|v| v / 1_000_000).collect::<Vec<_>>(),
+                    )
+                    .with_timezone_opt(tz.clone()),
                 ),
                 TimeUnit::Second => Arc::new(
-                    TimestampSecondArray::from(ns.into_iter().map(|v| v / 1_000_000_000).collect::<Vec<_>>())
-                        .with_timezone_opt(tz.clone()),
+                    TimestampSecondArray::from(
+                        ns.into_iter()
+                            .map(|v| v / 1_000_000_000)
+                            .collect::<Vec<_>>(),
+                    )
+                    .with_timezone_opt(tz.clone()),
                 ),
             };
             array
         }
-        DataType::Int64 => Arc::new(Int64Array::from(ns.into_iter().map(|v| v / 1_000_000).collect::<Vec<_>>())),
+        DataType::Int64 => Arc::new(Int64Array::from(
+            ns.into_iter().map(|v| v / 1_000_000).collect::<Vec<_>>(),
+        )),
         other => bail!("ts cannot be generated as {other}"),
     })
 }
 
 /// `events` bids in batches of `batch_size` rows (the last one may be shorter).
-pub fn generate_bids(schema: &SchemaRef, events: u64, batch_size: usize, seed: u64) -> Result<Vec<RecordBatch>> {
+pub fn generate_bids(
+    schema: &SchemaRef,
+    events: u64,
+    batch_size: usize,
+    seed: u64,
+) -> Result<Vec<RecordBatch>> {
     let batch_size = batch_size.max(1);
     let mut generator = BidGenerator::new(seed);
     let mut out = Vec::with_capacity((events as usize).div_ceil(batch_size));

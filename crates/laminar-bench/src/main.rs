@@ -32,7 +32,10 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 #[derive(Parser, Debug)]
-#[command(name = "laminar-bench", about = "End-to-end LaminarDB benchmark workloads")]
+#[command(
+    name = "laminar-bench",
+    about = "End-to-end LaminarDB benchmark workloads"
+)]
 struct Cli {
     /// Also print the results as one JSON line.
     #[arg(long, global = true)]
@@ -211,7 +214,11 @@ impl Report {
                         let _ = write!(out, "\"{}\"", escape(s));
                     }
                     Value::List(v) => {
-                        let _ = write!(out, "[{}]", v.iter().map(u64::to_string).collect::<Vec<_>>().join(","));
+                        let _ = write!(
+                            out,
+                            "[{}]",
+                            v.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+                        );
                     }
                 }
             }
@@ -250,7 +257,11 @@ fn main() -> Result<()> {
 }
 
 fn build_profile() -> &'static str {
-    if cfg!(debug_assertions) { "debug" } else { "release" }
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
 }
 
 fn fail_on_failures(db: &LaminarDB) -> Result<()> {
@@ -275,7 +286,11 @@ fn push_cycling(
                 break 'outer;
             }
             let rows = (events - pushed).min(batch.num_rows() as u64) as usize;
-            let batch = if rows == batch.num_rows() { batch.clone() } else { batch.slice(0, rows) };
+            let batch = if rows == batch.num_rows() {
+                batch.clone()
+            } else {
+                batch.slice(0, rows)
+            };
             source.push_arrow(batch)?;
             pushed += rows as u64;
             on_push(pushed);
@@ -301,7 +316,11 @@ fn throughput(workload: Workload, args: &ThroughputArgs) -> Result<Report> {
             let pool_events = args.pool_events.min(args.events).max(1);
             let gen_started = Instant::now();
             let pool = generate_bids(&source.schema(), pool_events, args.batch_size, args.seed)?;
-            r.float("generate_seconds", gen_started.elapsed().as_secs_f64(), "s (not timed)");
+            r.float(
+                "generate_seconds",
+                gen_started.elapsed().as_secs_f64(),
+                "s (not timed)",
+            );
             r.int("pool_events", pool_events, "");
             r.int("batch_size", args.batch_size as u64, "rows");
             r.int("rss_before_run_kb", rss_kb().unwrap_or(0), "kB");
@@ -319,7 +338,10 @@ fn throughput(workload: Workload, args: &ThroughputArgs) -> Result<Report> {
         }
         SourceKind::Parquet => {
             r.text("source", "parquet");
-            let path = args.parquet.to_str().context("the Parquet path is not UTF-8")?;
+            let path = args
+                .parquet
+                .to_str()
+                .context("the Parquet path is not UTF-8")?;
             if !args.parquet.exists() {
                 bail!(
                     "{path} does not exist; create it with `laminar-bench gen-parquet --events 10000000 --out {path}`"
@@ -350,9 +372,17 @@ fn throughput(workload: Workload, args: &ThroughputArgs) -> Result<Report> {
     r.int("input_rows", input_rows, "rows");
     r.float("elapsed_seconds", elapsed.as_secs_f64(), "s");
     if let Some(p) = push_elapsed {
-        r.float("push_seconds", p.as_secs_f64(), "s (caller thread: validate + enqueue)");
+        r.float(
+            "push_seconds",
+            p.as_secs_f64(),
+            "s (caller thread: validate + enqueue)",
+        );
     }
-    r.float("events_per_second", input_rows as f64 / elapsed.as_secs_f64(), "events/s");
+    r.float(
+        "events_per_second",
+        input_rows as f64 / elapsed.as_secs_f64(),
+        "events/s",
+    );
     r.int("peak_rss_kb", peak_rss_kb().unwrap_or(0), "kB");
     Ok(r)
 }
@@ -391,10 +421,21 @@ fn gen_parquet(args: &GenParquetArgs) -> Result<Report> {
         writer.write(&generator.next_batch(&schema, rows)?)?;
     }
     writer.close()?;
-    std::fs::rename(&tmp, &args.out).with_context(|| format!("renaming to {}", args.out.display()))?;
+    std::fs::rename(&tmp, &args.out)
+        .with_context(|| format!("renaming to {}", args.out.display()))?;
     let mut r = Report::default();
     r.text("out", args.out.display().to_string());
-    r.text("schema", format!("{:?}", schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect::<Vec<_>>()));
+    r.text(
+        "schema",
+        format!(
+            "{:?}",
+            schema
+                .fields()
+                .iter()
+                .map(|f| format!("{} {}", f.name(), f.data_type()))
+                .collect::<Vec<_>>()
+        ),
+    );
     r.int("events", args.events, "rows");
     r.int("bytes", std::fs::metadata(&args.out)?.len(), "B");
     r.float("seconds", started.elapsed().as_secs_f64(), "s");
@@ -428,35 +469,39 @@ fn latency(args: &LatencyArgs) -> Result<Report> {
         let stop = stop.clone();
         let last_pushed = last_pushed.clone();
         let measure_from = measure_from.clone();
-        std::thread::Builder::new().name("bench-subscriber".into()).spawn(move || -> Result<(Vec<u64>, u64, u64)> {
-            let mut latencies = Vec::with_capacity(measured_batches as usize + 16);
-            let mut last_seen = 0u64;
-            let mut batches = 0u64;
-            let mut rows = 0u64;
-            loop {
-                let batch = sub.recv_timeout(Duration::from_millis(20))?;
-                let now = base.elapsed().as_nanos() as u64 + 1;
-                if let Some(batch) = batch {
-                    batches += 1;
-                    rows += batch.num_rows() as u64;
-                    let stamps = batch.column(out_stamp).as_primitive::<Int64Type>();
-                    let from = measure_from.load(Ordering::Relaxed);
-                    for &s in stamps.values().iter() {
-                        let s = s as u64;
-                        if s > last_seen {
-                            last_seen = s;
-                            if s >= from {
-                                latencies.push(now - s);
+        std::thread::Builder::new()
+            .name("bench-subscriber".into())
+            .spawn(move || -> Result<(Vec<u64>, u64, u64)> {
+                let mut latencies = Vec::with_capacity(measured_batches as usize + 16);
+                let mut last_seen = 0u64;
+                let mut batches = 0u64;
+                let mut rows = 0u64;
+                loop {
+                    let batch = sub.recv_timeout(Duration::from_millis(20))?;
+                    let now = base.elapsed().as_nanos() as u64 + 1;
+                    if let Some(batch) = batch {
+                        batches += 1;
+                        rows += batch.num_rows() as u64;
+                        let stamps = batch.column(out_stamp).as_primitive::<Int64Type>();
+                        let from = measure_from.load(Ordering::Relaxed);
+                        for &s in stamps.values().iter() {
+                            let s = s as u64;
+                            if s > last_seen {
+                                last_seen = s;
+                                if s >= from {
+                                    latencies.push(now - s);
+                                }
                             }
                         }
                     }
+                    if stop.load(Ordering::SeqCst)
+                        && last_seen >= last_pushed.load(Ordering::SeqCst)
+                    {
+                        break;
+                    }
                 }
-                if stop.load(Ordering::SeqCst) && last_seen >= last_pushed.load(Ordering::SeqCst) {
-                    break;
-                }
-            }
-            Ok((latencies, batches, rows))
-        })?
+                Ok((latencies, batches, rows))
+            })?
     };
 
     let started = Instant::now();
@@ -492,7 +537,9 @@ fn latency(args: &LatencyArgs) -> Result<Report> {
     if !subscriber.is_finished() {
         bail!("the subscriber did not receive the last pushed batch within 10 s");
     }
-    let (mut latencies, batches, rows) = subscriber.join().map_err(|_| anyhow::anyhow!("subscriber panicked"))??;
+    let (mut latencies, batches, rows) = subscriber
+        .join()
+        .map_err(|_| anyhow::anyhow!("subscriber panicked"))??;
     fail_on_failures(&db)?;
     db.shutdown_sync();
     latencies.sort_unstable();
@@ -511,7 +558,11 @@ fn latency(args: &LatencyArgs) -> Result<Report> {
         (measured_batches * args.batch as u64) as f64 / offered_elapsed.as_secs_f64().max(1e-9),
         "events/s",
     );
-    r.int("late_pushes", late_pushes, "batches pushed more than one interval late");
+    r.int(
+        "late_pushes",
+        late_pushes,
+        "batches pushed more than one interval late",
+    );
     r.int("received_batches", batches, "batches (including warm-up)");
     r.int("received_rows", rows, "rows (including warm-up)");
     r.int("samples", latencies.len() as u64, "batches");
@@ -520,15 +571,29 @@ fn latency(args: &LatencyArgs) -> Result<Report> {
     r.float("latency_p90_us", us(0.90), "µs");
     r.float("latency_p99_us", us(0.99), "µs");
     r.float("latency_p999_us", us(0.999), "µs");
-    r.float("latency_max_us", latencies.last().copied().unwrap_or(0) as f64 / 1000.0, "µs");
+    r.float(
+        "latency_max_us",
+        latencies.last().copied().unwrap_or(0) as f64 / 1000.0,
+        "µs",
+    );
     r.int("peak_rss_kb", peak_rss_kb().unwrap_or(0), "kB");
     Ok(r)
 }
 
 fn rss(args: &RssArgs) -> Result<Report> {
-    let db = open_pipeline(args.workers, Workload::Projection, None, Consumer::Blackhole)?;
+    let db = open_pipeline(
+        args.workers,
+        Workload::Projection,
+        None,
+        Consumer::Blackhole,
+    )?;
     let source = db.source_untyped("bids")?;
-    let pool = generate_bids(&source.schema(), args.pool_events.max(1), args.batch_size, args.seed)?;
+    let pool = generate_bids(
+        &source.schema(),
+        args.pool_events.max(1),
+        args.batch_size,
+        args.seed,
+    )?;
     let rss_after_generate = rss_kb().unwrap_or(0);
     let pushed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -537,42 +602,51 @@ fn rss(args: &RssArgs) -> Result<Report> {
         let stop = stop.clone();
         let db = db.clone();
         let period = Duration::from_millis(args.sample_ms.max(10));
-        std::thread::Builder::new().name("bench-rss-sampler".into()).spawn(move || {
-            let started = Instant::now();
-            let mut samples = Vec::new();
-            let mut next = started + period;
-            while !stop.load(Ordering::SeqCst) {
-                let now = Instant::now();
-                if now < next {
-                    std::thread::sleep((next - now).min(Duration::from_millis(50)));
-                    continue;
+        std::thread::Builder::new()
+            .name("bench-rss-sampler".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let mut samples = Vec::new();
+                let mut next = started + period;
+                while !stop.load(Ordering::SeqCst) {
+                    let now = Instant::now();
+                    if now < next {
+                        std::thread::sleep((next - now).min(Duration::from_millis(50)));
+                        continue;
+                    }
+                    next += period;
+                    let rss = rss_kb().unwrap_or(0);
+                    let processed = db.sink_metrics("out").map(|m| m.rows_in).unwrap_or(0);
+                    eprintln!(
+                        "t={:>6.1}s pushed={:>12} processed={:>12} rss={:>8} kB",
+                        started.elapsed().as_secs_f64(),
+                        pushed.load(Ordering::Relaxed),
+                        processed,
+                        rss
+                    );
+                    samples.push(rss);
                 }
-                next += period;
-                let rss = rss_kb().unwrap_or(0);
-                let processed = db.sink_metrics("out").map(|m| m.rows_in).unwrap_or(0);
-                eprintln!(
-                    "t={:>6.1}s pushed={:>12} processed={:>12} rss={:>8} kB",
-                    started.elapsed().as_secs_f64(),
-                    pushed.load(Ordering::Relaxed),
-                    processed,
-                    rss
-                );
-                samples.push(rss);
-            }
-            samples
-        })?
+                samples
+            })?
     };
     let started = Instant::now();
-    let total = push_cycling(&source, &pool, args.events, |n| pushed.store(n, Ordering::Relaxed))?;
+    let total = push_cycling(&source, &pool, args.events, |n| {
+        pushed.store(n, Ordering::Relaxed)
+    })?;
     if !db.wait_idle(Duration::from_secs(3600)) {
         bail!("the pipeline did not drain within an hour");
     }
     let elapsed = started.elapsed();
     stop.store(true, Ordering::SeqCst);
-    let samples = sampler.join().map_err(|_| anyhow::anyhow!("sampler panicked"))?;
+    let samples = sampler
+        .join()
+        .map_err(|_| anyhow::anyhow!("sampler panicked"))?;
     fail_on_failures(&db)?;
     let mut r = Report::default();
-    r.text("workload", "rss (projection, memory, re-pushing the same batches)");
+    r.text(
+        "workload",
+        "rss (projection, memory, re-pushing the same batches)",
+    );
     r.text("build", build_profile());
     r.int("workers", args.workers as u64, "");
     r.int("events", total, "rows");
@@ -581,13 +655,21 @@ fn rss(args: &RssArgs) -> Result<Report> {
     output_rows(&db, &mut r)?;
     db.shutdown_sync();
     r.float("elapsed_seconds", elapsed.as_secs_f64(), "s");
-    r.float("events_per_second", total as f64 / elapsed.as_secs_f64(), "events/s");
+    r.float(
+        "events_per_second",
+        total as f64 / elapsed.as_secs_f64(),
+        "events/s",
+    );
     r.int("rss_after_generate_kb", rss_after_generate, "kB");
     if !samples.is_empty() {
         let half = samples.len() / 2;
         let first_half_max = samples[..half.max(1)].iter().copied().max().unwrap_or(0);
         let second_half_max = samples[half..].iter().copied().max().unwrap_or(0);
-        r.int("rss_min_kb", samples.iter().copied().min().unwrap_or(0), "kB");
+        r.int(
+            "rss_min_kb",
+            samples.iter().copied().min().unwrap_or(0),
+            "kB",
+        );
         r.int("rss_max_first_half_kb", first_half_max, "kB");
         r.int("rss_max_second_half_kb", second_half_max, "kB");
         r.int("rss_last_kb", *samples.last().unwrap_or(&0), "kB");

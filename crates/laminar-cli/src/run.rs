@@ -58,9 +58,12 @@ pub(crate) fn run(
         }
     };
     let mut tails = Vec::new();
+    // Dropping a query handle cancels its query: keep it until the end.
+    let mut queries = Vec::new();
     match result {
         ExecuteResult::Query(handle) => {
-            tails.push(TailThread::spawn(handle.subscribe_arrow()?, format))
+            tails.push(TailThread::spawn(handle.subscribe_arrow()?, format));
+            queries.push(handle);
         }
         ExecuteResult::Metadata(batch) => {
             output::print_result(&mut io::stdout().lock(), format, &batch)

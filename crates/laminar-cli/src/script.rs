@@ -40,6 +40,8 @@ pub(crate) fn script(
         .map_err(|e| CliError::runtime(format!("cannot handle signals: {e}")))?;
     let format = Format::for_stdout(cli.format);
     let mut tails = Vec::new();
+    // Dropping a query handle cancels its query: keep them until the end.
+    let mut queries = Vec::new();
     let stop = |tails: Vec<TailThread>| {
         for t in tails {
             t.finish();
@@ -56,7 +58,10 @@ pub(crate) fn script(
         };
         let printed = output::print_execute_result(&mut io::stdout().lock(), format, result);
         match printed {
-            Ok(Some(query)) => tails.push(TailThread::spawn(query.subscribe_arrow()?, format)),
+            Ok(Some(query)) => {
+                tails.push(TailThread::spawn(query.subscribe_arrow()?, format));
+                queries.push(query);
+            }
             Ok(None) => {}
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => break,
             Err(e) => {

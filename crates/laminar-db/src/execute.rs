@@ -114,6 +114,15 @@ impl QueryHandle {
     }
 }
 
+impl Drop for QueryHandle {
+    /// Dropping the handle cancels the query: nobody can read its results any more.
+    fn drop(&mut self) {
+        if self.is_active() {
+            let _ = self.db.cancel_query(self.id);
+        }
+    }
+}
+
 impl LaminarDB {
     /// Runs `;`-separated statements in order; the first failure stops the rest (earlier
     /// statements stay applied) and is returned; otherwise the last result is returned.

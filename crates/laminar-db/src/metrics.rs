@@ -67,6 +67,10 @@ pub struct SourceMetrics {
     pub dropped: u64,
     /// Records the connector skipped as bad (`error.policy = 'skip'`).
     pub bad_records: u64,
+    /// True when a connector feeds the source (false: push API / INSERT only).
+    pub has_connector: bool,
+    /// True once the source's connector reached the end of its input (or failed).
+    pub ended: bool,
 }
 
 /// Counters of one stream.
@@ -215,6 +219,8 @@ impl LaminarDB {
             watermark: s.metrics.watermark(),
             dropped: s.metrics.rows_dropped.load(Ordering::Relaxed),
             bad_records: s.runner.as_ref().map_or(0, |r| r.metrics().bad_records),
+            has_connector: s.runner.is_some(),
+            ended: s.runner.as_ref().is_some_and(|r| r.is_ended()),
         })
     }
 

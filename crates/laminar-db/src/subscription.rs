@@ -335,7 +335,11 @@ impl PushSubscription {
             if q.events.is_empty()
                 && q.lagged == 0
                 && !q.closed
-                && self.buffer.readable.wait_until(&mut q, deadline).timed_out()
+                && self
+                    .buffer
+                    .readable
+                    .wait_until(&mut q, deadline)
+                    .timed_out()
             {
                 return Ok(None);
             }

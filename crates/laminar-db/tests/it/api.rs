@@ -475,6 +475,20 @@ async fn spec_1_6_continuous_select_and_cancel() {
             "false".into()
         ]]
     );
+    // Dropping a handle cancels its query.
+    let ExecuteResult::Query(dropped) = db.execute("SELECT ts FROM readings").await.unwrap() else {
+        panic!("expected a query handle")
+    };
+    let id = dropped.id;
+    drop(dropped);
+    let ExecuteResult::Metadata(q) = db.execute("SHOW QUERIES").await.unwrap() else {
+        panic!()
+    };
+    assert!(rows(&[q]).contains(&vec![
+        id.to_string(),
+        "SELECT ts FROM readings".into(),
+        "false".into()
+    ]));
     // Bounded queries run through query().
     let out = db.query("SELECT 1 + 1 AS two").await.unwrap();
     assert_eq!(rows(&out), vec![vec!["2".to_string()]]);
@@ -707,6 +721,8 @@ async fn files_source_pipeline_runs_to_completion() {
         Some(i64::MAX),
         "end of input closes time"
     );
+    let m = db.source_metrics("orders").unwrap();
+    assert!(m.has_connector && m.ended, "{m:?}");
     let written = db.sink_metrics("small_out").unwrap().records_written;
     assert_eq!(written, 2);
     db.shutdown().await.unwrap();
