@@ -11,5 +11,6 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
-cargo nextest run --workspace --no-fail-fast
+# Doctests first, so the run closes on nextest's summary of every test.
 cargo test --workspace --doc
+cargo nextest run --workspace --no-fail-fast

@@ -15,8 +15,6 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use laminar_db::LaminarDB;
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 
 /// The bids source as the benchmarks declare it (push API).
 pub const SOURCE_COLUMNS: &str = "(auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, ts TIMESTAMP, \
@@ -143,7 +141,6 @@ const FIRST_ID: i64 = 1000;
 pub struct BidGenerator {
     seed: u64,
     next_event: u64,
-    batch_index: u64,
     channels: Vec<String>,
 }
 
@@ -153,7 +150,6 @@ impl BidGenerator {
         BidGenerator {
             seed,
             next_event: 0,
-            batch_index: 0,
             channels: (0..CHANNELS).map(|n| format!("channel-{n}")).collect(),
         }
     }
@@ -166,10 +162,6 @@ impl BidGenerator {
     /// The next `rows` bids as a batch of `schema` (columns are matched by name; the schema
     /// must hold exactly the bid columns; `channel` and `ts` take the declared types).
     pub fn next_batch(&mut self, schema: &SchemaRef, rows: usize) -> Result<RecordBatch> {
-        let mut rng = SmallRng::seed_from_u64(
-            self.seed ^ self.batch_index.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
-        self.batch_index += 1;
         let first = self.next_event as i64;
         self.next_event += rows as u64;
 
@@ -180,23 +172,27 @@ impl BidGenerator {
         let mut channel = StringBuilder::with_capacity(rows, rows * 10);
         for k in 0..rows as i64 {
             let i = first + k;
+            // Two independent 64-bit hashes of (seed, i) drive every choice of event i.
+            let h1 = splitmix64(self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let h2 = splitmix64(h1);
             let latest_auction = FIRST_ID + i * 3 / 46;
-            let a = if rng.random_bool(0.5) {
+            let a = if h1 & 1 == 0 {
                 (latest_auction / HOT_GROUP) * HOT_GROUP
             } else {
-                latest_auction - rng.random_range(0..HOT_GROUP.min(latest_auction - FIRST_ID + 1))
+                latest_auction - ((h1 >> 8) % HOT_GROUP.min(latest_auction - FIRST_ID + 1) as u64) as i64
             };
             let latest_person = FIRST_ID + i / 46;
-            let b = if rng.random_range(0..4) > 0 {
+            let b = if (h1 >> 1) & 3 != 0 {
                 (latest_person / HOT_GROUP) * HOT_GROUP + 1
             } else {
-                latest_person - rng.random_range(0..HOT_GROUP.min(latest_person - FIRST_ID + 1))
+                latest_person - ((h1 >> 24) % HOT_GROUP.min(latest_person - FIRST_ID + 1) as u64) as i64
             };
-            let p = (10f64.powf(rng.random::<f64>() * 6.0) * 100.0).round() as i64;
-            if rng.random_bool(0.5) {
-                channel.append_value(HOT_CHANNELS[rng.random_range(0..HOT_CHANNELS.len())]);
+            let u = (h2 >> 11) as f64 / (1u64 << 53) as f64;
+            let p = (10f64.powf(u * 6.0) * 100.0).round() as i64;
+            if (h1 >> 3) & 1 == 0 {
+                channel.append_value(HOT_CHANNELS[((h1 >> 40) % HOT_CHANNELS.len() as u64) as usize]);
             } else {
-                channel.append_value(&self.channels[rng.random_range(0..CHANNELS)]);
+                channel.append_value(&self.channels[((h1 >> 40) % CHANNELS as u64) as usize]);
             }
             auction.push(a);
             bidder.push(b);
@@ -225,6 +221,14 @@ impl BidGenerator {
         }
         Ok(RecordBatch::try_new(schema.clone(), columns)?)
     }
+}
+
+/// SplitMix64 finalizer: a fast, well-mixed 64-bit hash.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 fn timestamp_array(ns: Vec<i64>, data_type: &DataType) -> Result<ArrayRef> {
@@ -331,5 +335,8 @@ mod tests {
         assert_eq!(a.iter().map(|b| b.num_rows()).sum::<usize>(), 1000);
         assert_eq!(a, b);
         assert_eq!(a[0].schema(), schema);
+        // Independent of batching.
+        let c = generate_bids(&schema, 1000, 1000, 7).unwrap();
+        assert_eq!(arrow::compute::concat_batches(&schema, &a).unwrap(), c[0]);
     }
 }
