@@ -179,18 +179,21 @@ impl BidGenerator {
             let a = if h1 & 1 == 0 {
                 (latest_auction / HOT_GROUP) * HOT_GROUP
             } else {
-                latest_auction - ((h1 >> 8) % HOT_GROUP.min(latest_auction - FIRST_ID + 1) as u64) as i64
+                latest_auction
+                    - ((h1 >> 8) % HOT_GROUP.min(latest_auction - FIRST_ID + 1) as u64) as i64
             };
             let latest_person = FIRST_ID + i / 46;
             let b = if (h1 >> 1) & 3 != 0 {
                 (latest_person / HOT_GROUP) * HOT_GROUP + 1
             } else {
-                latest_person - ((h1 >> 24) % HOT_GROUP.min(latest_person - FIRST_ID + 1) as u64) as i64
+                latest_person
+                    - ((h1 >> 24) % HOT_GROUP.min(latest_person - FIRST_ID + 1) as u64) as i64
             };
             let u = (h2 >> 11) as f64 / (1u64 << 53) as f64;
             let p = (10f64.powf(u * 6.0) * 100.0).round() as i64;
             if (h1 >> 3) & 1 == 0 {
-                channel.append_value(HOT_CHANNELS[((h1 >> 40) % HOT_CHANNELS.len() as u64) as usize]);
+                channel
+                    .append_value(HOT_CHANNELS[((h1 >> 40) % HOT_CHANNELS.len() as u64) as usize]);
             } else {
                 channel.append_value(&self.channels[((h1 >> 40) % CHANNELS as u64) as usize]);
             }

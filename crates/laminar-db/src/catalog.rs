@@ -34,6 +34,20 @@ pub(crate) struct SourceEntry {
     pub(crate) runner: Option<SourceRunner>,
 }
 
+impl SourceEntry {
+    /// What a push into this source needs.
+    pub(crate) fn ingest_target(&self) -> crate::ingest::IngestTarget {
+        crate::ingest::IngestTarget {
+            name: self.name.clone(),
+            schema: self.schema.clone(),
+            event_time: self.event_time.clone(),
+            input: self.input.clone(),
+            backpressure: self.backpressure,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
 /// A continuous query: a named stream or an anonymous `SELECT`.
 pub(crate) struct StreamEntry {
     pub(crate) name: String,

@@ -15,7 +15,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::catalog::Catalog;
 use crate::config::{DbConfig, LaminarDbBuilder};
 use crate::error::DbError;
-use crate::ingest::{IngestTarget, SourceHandle, TypedSourceHandle, check_record_schema};
+use crate::ingest::{SourceHandle, TypedSourceHandle, check_record_schema};
 use crate::runners::Failures;
 use crate::subscription::{
     ArrowSubscription, CallbackHandle, ChangeEvent, PushSubscription, Subscription,
@@ -138,14 +138,7 @@ impl LaminarDB {
     pub(crate) fn start_source_runners(&self) {
         let mut catalog = self.inner.catalog.write();
         for source in catalog.sources.values_mut() {
-            let target = IngestTarget {
-                name: source.name.clone(),
-                schema: source.schema.clone(),
-                event_time: source.event_time.clone(),
-                input: source.input.clone(),
-                backpressure: source.backpressure,
-                metrics: source.metrics.clone(),
-            };
+            let target = source.ingest_target();
             if let Some(runner) = source.runner.as_mut()
                 && !runner.is_started()
             {
@@ -246,14 +239,7 @@ impl LaminarDB {
             suggestion: did_you_mean(name, catalog.sources.keys().map(String::as_str)),
         })?;
         Ok(SourceHandle {
-            target: IngestTarget {
-                name: source.name.clone(),
-                schema: source.schema.clone(),
-                event_time: source.event_time.clone(),
-                input: source.input.clone(),
-                backpressure: source.backpressure,
-                metrics: source.metrics.clone(),
-            },
+            target: source.ingest_target(),
         })
     }
 

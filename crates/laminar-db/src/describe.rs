@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use arrow::array::{ArrayRef, BooleanArray, StringArray};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 use laminar_sql::SqlError;
-use laminar_sql::explain::explain_stream;
+use laminar_sql::explain::{explain_stream, schema_text};
 use laminar_sql::parser::{ConnectorSpec, SinkInput, StreamingStatement};
 use laminar_sql::plan::SchemaCatalog;
 
@@ -79,22 +79,6 @@ fn pairs(rows: Vec<(String, String)>) -> Result<RecordBatch, DbError> {
             Arc::new(StringArray::from(values)),
         ],
     )
-}
-
-fn schema_text(schema: &SchemaRef) -> String {
-    schema
-        .fields()
-        .iter()
-        .map(|f| {
-            format!(
-                "{} {}{}",
-                f.name(),
-                f.data_type(),
-                if f.is_nullable() { "" } else { " NOT NULL" }
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 impl LaminarDB {

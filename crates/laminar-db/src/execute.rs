@@ -401,15 +401,8 @@ impl LaminarDB {
             runner: connector.map(SourceRunner::new),
         };
         let running = matches!(self.pipeline_state(), crate::db::PipelineState::Running);
+        let target = entry.ingest_target();
         if running && let Some(runner) = entry.runner.as_mut() {
-            let target = crate::ingest::IngestTarget {
-                name: entry.name.clone(),
-                schema: entry.schema.clone(),
-                event_time: entry.event_time.clone(),
-                input: entry.input.clone(),
-                backpressure: entry.backpressure,
-                metrics: entry.metrics.clone(),
-            };
             runner.start(&self.inner.io_handle, target, self.inner.failures.clone());
         }
         self.inner

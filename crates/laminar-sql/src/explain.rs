@@ -28,19 +28,7 @@ pub fn explain_stream(name: &str, plan: &StreamPlan) -> Vec<(String, String)> {
     ));
     rows.push((
         "output_schema".to_string(),
-        plan.output_schema
-            .fields()
-            .iter()
-            .map(|f| {
-                format!(
-                    "{} {}{}",
-                    f.name(),
-                    f.data_type(),
-                    if f.is_nullable() { "" } else { " NOT NULL" }
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
+        schema_text(&plan.output_schema),
     ));
     rows.push((
         "event_time".to_string(),
@@ -53,4 +41,21 @@ pub fn explain_stream(name: &str, plan: &StreamPlan) -> Vec<(String, String)> {
         "append-only, as each batch is processed".to_string(),
     ));
     rows
+}
+
+/// `name TYPE [NOT NULL], ...` for a schema.
+pub fn schema_text(schema: &arrow::datatypes::Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            format!(
+                "{} {}{}",
+                f.name(),
+                f.data_type(),
+                if f.is_nullable() { "" } else { " NOT NULL" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
