@@ -737,3 +737,44 @@ async fn files_source_pipeline_runs_to_completion() {
         "{\"id\":1,\"amount\":10.5}\n{\"id\":3,\"amount\":7.25}\n"
     );
 }
+
+#[tokio::test]
+async fn malformed_file_rows_are_skipped_and_counted_or_fail_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.csv");
+    std::fs::write(&input, "id,amount\n1,10.5\n2,oops\n3,7.25\n").unwrap();
+    for (policy, expect_failure) in [("skip", false), ("fail", true)] {
+        let db = db();
+        db.execute(&format!(
+            "CREATE SOURCE orders (id BIGINT NOT NULL, amount DOUBLE) \
+               FROM FILES (path = '{}', format = 'csv', 'error.policy' = '{policy}'); \
+             CREATE STREAM all_orders AS SELECT id FROM orders",
+            input.display()
+        ))
+        .await
+        .unwrap();
+        let mut sub = db.subscribe_arrow("all_orders").unwrap();
+        db.start().await.unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        while !db.source_metrics("orders").unwrap().ended && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(db.wait_idle(WAIT));
+        let mut ids = Vec::new();
+        while let Some(b) = sub.poll() {
+            ids.extend(rows(&[b]).into_iter().map(|r| r[0].clone()));
+        }
+        let failures = db.failures();
+        if expect_failure {
+            assert_eq!(failures.len(), 1, "{failures:?}");
+            assert!(
+                failures[0].contains("in.csv") && failures[0].contains("line 3"),
+                "{failures:?}"
+            );
+        } else {
+            assert!(failures.is_empty(), "{failures:?}");
+            assert_eq!(ids, vec!["1", "3"]);
+            assert_eq!(db.source_metrics("orders").unwrap().bad_records, 1);
+        }
+    }
+}
