@@ -20,6 +20,11 @@ use laminar_db::LaminarDB;
 pub const SOURCE_COLUMNS: &str = "(auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, ts TIMESTAMP, \
      WATERMARK FOR ts AS ts)";
 
+/// The bids source without `channel`, which neither workload reads (`--without-channel`:
+/// shows what decoding and validating an unused string column costs).
+pub const SOURCE_COLUMNS_NO_CHANNEL: &str =
+    "(auction BIGINT, bidder BIGINT, price BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts)";
+
 /// The stateless projection workload (Nexmark q1 shape).
 pub const PROJECTION_SQL: &str = "SELECT auction, bidder, price * 0.908 AS euro, ts FROM bids";
 
@@ -79,10 +84,15 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 
 /// `CREATE SOURCE bids ...` for the push API, or for a Parquet file when `parquet` is given.
 pub fn source_ddl(parquet: Option<&str>) -> String {
+    source_ddl_with(SOURCE_COLUMNS, parquet)
+}
+
+/// [`source_ddl`] with another column list.
+pub fn source_ddl_with(columns: &str, parquet: Option<&str>) -> String {
     match parquet {
-        None => format!("CREATE SOURCE bids {SOURCE_COLUMNS}"),
+        None => format!("CREATE SOURCE bids {columns}"),
         Some(path) => format!(
-            "CREATE SOURCE bids {SOURCE_COLUMNS} FROM FILES (path = '{}', format = 'parquet')",
+            "CREATE SOURCE bids {columns} FROM FILES (path = '{}', format = 'parquet')",
             path.replace('\'', "''")
         ),
     }
@@ -96,9 +106,20 @@ pub fn open_pipeline(
     parquet: Option<&str>,
     consumer: Consumer,
 ) -> Result<LaminarDB> {
+    open_pipeline_with(SOURCE_COLUMNS, workers, workload, parquet, consumer)
+}
+
+/// [`open_pipeline`] with another source column list (e.g. [`SOURCE_COLUMNS_NO_CHANNEL`]).
+pub fn open_pipeline_with(
+    columns: &str,
+    workers: usize,
+    workload: Workload,
+    parquet: Option<&str>,
+    consumer: Consumer,
+) -> Result<LaminarDB> {
     let db = LaminarDB::builder().workers(workers).build_sync()?;
     block_on(async {
-        db.execute(&source_ddl(parquet))
+        db.execute(&source_ddl_with(columns, parquet))
             .await
             .context("CREATE SOURCE")?;
         db.execute(&format!("CREATE STREAM q AS {}", workload.sql()))

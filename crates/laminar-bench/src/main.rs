@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! laminar-bench projection --source memory --events 20000000 --workers 1
-//! laminar-bench filter --source parquet --parquet /var/tmp/bids-10m.parquet
-//! laminar-bench gen-parquet --events 10000000 --out /var/tmp/bids-10m.parquet
+//! laminar-bench filter --source parquet --parquet /var/tmp/laminar-bids-10m.parquet
+//! laminar-bench gen-parquet --events 10000000 --out /var/tmp/laminar-bids-10m.parquet
 //! laminar-bench latency --rate 100000 --batch 100 --seconds 10
 //! laminar-bench rss --events 100000000
 //! ```
@@ -23,8 +23,8 @@ use arrow::datatypes::Int64Type;
 use arrow::record_batch::RecordBatch;
 use clap::{Parser, Subcommand, ValueEnum};
 use laminar_bench::{
-    Consumer, Workload, block_on, declared_bids_schema, generate_bids, open_pipeline, peak_rss_kb,
-    quantile, rss_kb,
+    Consumer, SOURCE_COLUMNS, SOURCE_COLUMNS_NO_CHANNEL, Workload, block_on, declared_bids_schema,
+    generate_bids, open_pipeline, open_pipeline_with, peak_rss_kb, quantile, rss_kb,
 };
 use laminar_db::LaminarDB;
 use parquet::arrow::ArrowWriter;
@@ -89,6 +89,9 @@ struct ThroughputArgs {
     /// Generator seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Declare the source without the `channel` column (which neither workload reads).
+    #[arg(long)]
+    without_channel: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -308,10 +311,17 @@ fn throughput(workload: Workload, args: &ThroughputArgs) -> Result<Report> {
     r.text("sql", workload.sql());
     r.text("build", build_profile());
     r.int("workers", args.workers as u64, "");
+    let columns = if args.without_channel {
+        SOURCE_COLUMNS_NO_CHANNEL
+    } else {
+        SOURCE_COLUMNS
+    };
+    r.text("source_columns", columns);
     let (input_rows, elapsed, push_elapsed) = match args.source {
         SourceKind::Memory => {
             r.text("source", "memory");
-            let db = open_pipeline(args.workers, workload, None, Consumer::Blackhole)?;
+            let db =
+                open_pipeline_with(columns, args.workers, workload, None, Consumer::Blackhole)?;
             let source = db.source_untyped("bids")?;
             let pool_events = args.pool_events.min(args.events).max(1);
             let gen_started = Instant::now();
@@ -348,7 +358,13 @@ fn throughput(workload: Workload, args: &ThroughputArgs) -> Result<Report> {
                 );
             }
             r.text("parquet", path);
-            let db = open_pipeline(args.workers, workload, Some(path), Consumer::Blackhole)?;
+            let db = open_pipeline_with(
+                columns,
+                args.workers,
+                workload,
+                Some(path),
+                Consumer::Blackhole,
+            )?;
             r.int("rss_before_run_kb", rss_kb().unwrap_or(0), "kB");
             let started = Instant::now();
             block_on(db.start())?;
@@ -638,9 +654,13 @@ fn rss(args: &RssArgs) -> Result<Report> {
     }
     let elapsed = started.elapsed();
     stop.store(true, Ordering::SeqCst);
-    let samples = sampler
+    let mut samples = sampler
         .join()
         .map_err(|_| anyhow::anyhow!("sampler panicked"))?;
+    // First sample: before the first push; last: after everything was processed (so even a
+    // run shorter than the sampling period has two).
+    samples.insert(0, rss_after_generate);
+    samples.push(rss_kb().unwrap_or(0));
     fail_on_failures(&db)?;
     let mut r = Report::default();
     r.text(
@@ -661,20 +681,23 @@ fn rss(args: &RssArgs) -> Result<Report> {
         "events/s",
     );
     r.int("rss_after_generate_kb", rss_after_generate, "kB");
-    if !samples.is_empty() {
-        let half = samples.len() / 2;
-        let first_half_max = samples[..half.max(1)].iter().copied().max().unwrap_or(0);
-        let second_half_max = samples[half..].iter().copied().max().unwrap_or(0);
-        r.int(
-            "rss_min_kb",
-            samples.iter().copied().min().unwrap_or(0),
-            "kB",
-        );
-        r.int("rss_max_first_half_kb", first_half_max, "kB");
-        r.int("rss_max_second_half_kb", second_half_max, "kB");
-        r.int("rss_last_kb", *samples.last().unwrap_or(&0), "kB");
-    }
+    // Summary over the samples taken after pushing started.
+    let run = &samples[1..];
+    let half = run.len() / 2;
+    let max = |v: &[u64]| v.iter().copied().max().unwrap_or(0);
+    r.int(
+        "rss_min_during_run_kb",
+        run.iter().copied().min().unwrap_or(0),
+        "kB",
+    );
+    r.int("rss_max_first_half_kb", max(&run[..half.max(1)]), "kB");
+    r.int("rss_max_second_half_kb", max(&run[half..]), "kB");
+    r.int("rss_last_kb", *run.last().unwrap_or(&0), "kB");
     r.int("peak_rss_kb", peak_rss_kb().unwrap_or(0), "kB");
-    r.list("rss_samples_kb", samples, "kB");
+    r.list(
+        "rss_samples_kb",
+        samples,
+        "kB (first: before the first push, last: after the drain)",
+    );
     Ok(r)
 }

@@ -110,7 +110,9 @@ pub fn is_changelog(schema: &Schema) -> bool {
 ///
 /// Returns an error message naming the row when a value is not a valid operation.
 pub fn change_ops(batch: &RecordBatch) -> Option<Result<Vec<ChangeOp>, String>> {
-    let idx = batch.schema().index_of(OP_COLUMN).ok()?;
+    // `column_with_name`, not `index_of`: the latter formats an error for every append-only
+    // batch.
+    let (idx, _) = batch.schema_ref().column_with_name(OP_COLUMN)?;
     let col = batch.column(idx).as_any().downcast_ref::<StringArray>()?;
     let mut ops = Vec::with_capacity(col.len());
     for row in 0..col.len() {

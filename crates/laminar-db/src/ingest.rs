@@ -154,10 +154,12 @@ pub(crate) fn validate_batch(
         });
     }
     if let Some(et) = event_time {
-        et.max_millis(&out).map_err(|detail| DbError::InsertError {
-            object: source.to_string(),
-            detail,
-        })?;
+        // The worker computes the maximum; here only NULLs are rejected.
+        et.check_not_null(&out)
+            .map_err(|detail| DbError::InsertError {
+                object: source.to_string(),
+                detail,
+            })?;
     }
     Ok(out)
 }

@@ -65,11 +65,9 @@ impl EventTimeColumn {
         })
     }
 
-    /// Maximum event time of the batch in epoch ms (`None` for an empty batch).
-    ///
-    /// Errors when the column is missing, has another type, or holds a NULL (NULL event time is
-    /// a bad record, never silently windowed); the message names the first NULL row.
-    pub fn max_millis(&self, batch: &RecordBatch) -> Result<Option<i64>, String> {
+    /// Checks that the column exists and holds no NULL (the cheap part of
+    /// [`EventTimeColumn::max_millis`], for validation before enqueueing).
+    pub fn check_not_null(&self, batch: &RecordBatch) -> Result<(), String> {
         let column = batch
             .column_by_name(&self.name)
             .ok_or_else(|| format!("batch has no event-time column '{}'", self.name))?;
@@ -80,6 +78,18 @@ impl EventTimeColumn {
                 self.name
             ));
         }
+        Ok(())
+    }
+
+    /// Maximum event time of the batch in epoch ms (`None` for an empty batch).
+    ///
+    /// Errors when the column is missing, has another type, or holds a NULL (NULL event time is
+    /// a bad record, never silently windowed); the message names the first NULL row.
+    pub fn max_millis(&self, batch: &RecordBatch) -> Result<Option<i64>, String> {
+        self.check_not_null(batch)?;
+        let column = batch
+            .column_by_name(&self.name)
+            .ok_or_else(|| format!("batch has no event-time column '{}'", self.name))?;
         let raw = match (self.kind, column.data_type()) {
             (EventTimeKind::EpochMillis, DataType::Int64) => {
                 max(column.as_primitive::<Int64Type>())
