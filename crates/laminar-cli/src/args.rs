@@ -23,6 +23,10 @@ pub(crate) struct Cli {
     )]
     pub(crate) workers: Option<u32>,
 
+    /// A `${NAME}` value substituted into the SQL before parsing (repeatable).
+    #[arg(long = "var", global = true, value_name = "NAME=VALUE", value_parser = parse_var)]
+    pub(crate) vars: Vec<(String, String)>,
+
     /// Log to stderr (repeat for more detail: -v warn, -vv info, -vvv debug, -vvvv trace;
     /// RUST_LOG overrides).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -104,5 +108,13 @@ mod tests {
         assert_eq!(cli.verbose, 2);
         assert!(matches!(cli.command, Some(Command::Run(_))));
         assert!(Cli::try_parse_from(["laminardb", "--workers", "0", "demo"]).is_err());
+    }
+}
+
+/// Parses `NAME=VALUE` for `--var`.
+fn parse_var(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got '{text}'")),
     }
 }

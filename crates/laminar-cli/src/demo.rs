@@ -48,7 +48,7 @@ pub(crate) fn demo(
     args: &DemoArgs,
 ) -> Result<ExitCode, CliError> {
     let format = Format::for_stdout(cli.format);
-    let db = database::open(runtime, database::builder(cli.workers))?;
+    let db = database::open(runtime, database::builder(cli))?;
     let signals = Signals::install(runtime, SignalPolicy::Stop)
         .map_err(|e| CliError::runtime(format!("cannot handle signals: {e}")))?;
     let sql = pipeline_sql(args);

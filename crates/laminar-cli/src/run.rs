@@ -30,7 +30,7 @@ pub(crate) fn run(
     cli: &Cli,
     args: &RunArgs,
 ) -> Result<ExitCode, CliError> {
-    let mut builder = database::builder(cli.workers);
+    let mut builder = database::builder(cli);
     if let Some(dir) = &args.storage_dir {
         builder = builder
             .storage_dir(dir)

@@ -40,7 +40,7 @@ Commands:
 
 /// Runs the shell: interactive on a terminal, the script on stdin otherwise.
 pub(crate) fn shell(runtime: &tokio::runtime::Runtime, cli: &Cli) -> Result<ExitCode, CliError> {
-    let db = database::open(runtime, database::builder(cli.workers))?;
+    let db = database::open(runtime, database::builder(cli))?;
     let result = if io::stdin().is_terminal() {
         interactive(runtime, cli, &db)
     } else {

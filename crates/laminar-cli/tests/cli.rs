@@ -395,3 +395,16 @@ fn bad_arguments_exit_1() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("--workers"), "{}", stderr(&out));
 }
+
+#[test]
+fn var_flag_substitutes_config_variables() {
+    let out = run_with_stdin(
+        &["--var", "T=orders"],
+        "CREATE SOURCE ${T} (id BIGINT);\nSHOW SOURCES;\n",
+    );
+    assert!(out.status.success(), "stderr:\n{}", stderr(&out));
+    assert!(stdout(&out).contains("orders"), "{}", stdout(&out));
+    let out = run_with_stdin(&[], "CREATE SOURCE ${T} (id BIGINT);\n");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("${T}"), "{}", stderr(&out));
+}

@@ -150,7 +150,17 @@ impl LaminarDB {
     /// Stops intake, lets queued data drain (up to 10 s), closes sinks (committing their
     /// files) and stops the workers. Idempotent.
     pub async fn shutdown(&self) -> Result<(), DbError> {
-        self.shutdown_sync();
+        // Draining may take seconds: never block an async worker thread with it.
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                let db = self.clone();
+                handle
+                    .spawn_blocking(move || db.shutdown_sync())
+                    .await
+                    .map_err(|e| DbError::Engine(format!("shutdown task failed: {e}")))?;
+            }
+            Err(_) => self.shutdown_sync(),
+        }
         Ok(())
     }
 
