@@ -90,6 +90,14 @@ pub(crate) enum OutputFormat {
     Json,
 }
 
+/// Parses `NAME=VALUE` for `--var`.
+fn parse_var(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got '{text}'")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,13 +116,5 @@ mod tests {
         assert_eq!(cli.verbose, 2);
         assert!(matches!(cli.command, Some(Command::Run(_))));
         assert!(Cli::try_parse_from(["laminardb", "--workers", "0", "demo"]).is_err());
-    }
-}
-
-/// Parses `NAME=VALUE` for `--var`.
-fn parse_var(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
-        _ => Err(format!("expected NAME=VALUE, got '{text}'")),
     }
 }
