@@ -23,6 +23,8 @@ mod options;
 mod registry;
 mod sink;
 mod source;
+#[cfg(test)]
+mod testing;
 
 pub use connector::{
     SinkCapabilities, SinkConnector, SinkConnectorMetrics, SourceConnector, SourceConnectorMetrics,

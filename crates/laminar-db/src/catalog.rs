@@ -127,17 +127,9 @@ impl Catalog {
 
     /// Every relation name (for suggestions).
     pub(crate) fn names(&self) -> Vec<String> {
-        self.sources
-            .keys()
-            .chain(
-                self.streams
-                    .iter()
-                    .filter(|(_, s)| s.query_id.is_none())
-                    .map(|(k, _)| k),
-            )
-            .chain(self.sinks.keys())
-            .cloned()
-            .collect()
+        let mut names = self.relation_names();
+        names.extend(self.sinks.keys().cloned());
+        names
     }
 }
 

@@ -84,7 +84,7 @@ fn pairs(rows: Vec<(String, String)>) -> Result<RecordBatch, DbError> {
 impl LaminarDB {
     pub(crate) fn describe(&self, name: &str, extended: bool) -> Result<RecordBatch, DbError> {
         let catalog = self.inner.catalog.read();
-        let (schema, watermark, connector, sql) = if let Some(s) = catalog.sources.get(name) {
+        let (schema, watermark, connector, sql, spec) = if let Some(s) = catalog.sources.get(name) {
             (
                 s.schema.clone(),
                 s.watermark
@@ -97,6 +97,7 @@ impl LaminarDB {
                     None => describe_connector(c),
                 }),
                 s.sql.clone(),
+                s.connector.as_ref(),
             )
         } else if let Some(s) = catalog.streams.get(name).filter(|s| s.query_id.is_none()) {
             (
@@ -107,6 +108,7 @@ impl LaminarDB {
                     .map(|c| format!("{c} (from inputs)")),
                 None,
                 s.sql.clone(),
+                None,
             )
         } else if let Some(s) = catalog.sinks.get(name) {
             let schema = s
@@ -120,6 +122,7 @@ impl LaminarDB {
                 None,
                 s.connector.as_ref().map(describe_connector),
                 s.sql.clone(),
+                s.connector.as_ref(),
             )
         } else {
             return Err(DbError::NotFound {
@@ -157,12 +160,11 @@ impl LaminarDB {
                 ("connector", DataType::Utf8),
                 ("sql", DataType::Utf8),
             ]);
-            let _ = sql;
             columns.extend([
                 repeat(watermark),
                 repeat(Some("append-only".into())),
                 repeat(connector),
-                repeat(Some(mask_statement(&catalog, name))),
+                repeat(Some(mask_statement(&sql, spec))),
             ]);
         }
         batch(&fields, columns)
@@ -183,11 +185,11 @@ impl LaminarDB {
         }
         let rows = match statement {
             StreamingStatement::CreateStream(c) => {
-                let plan = self.plan(&c.name, &c.query)?;
+                let plan = self.plan(&c.query)?;
                 explain_stream(&c.name, &plan)
             }
             StreamingStatement::Query { query, .. } => {
-                let plan = self.plan("query", &query)?;
+                let plan = self.plan(&query)?;
                 explain_stream("query", &plan)
             }
             StreamingStatement::CreateSource(c) => {
@@ -293,21 +295,9 @@ impl LaminarDB {
     }
 }
 
-/// The object's SQL with secret option values masked.
-fn mask_statement(catalog: &crate::catalog::Catalog, name: &str) -> String {
-    let sql = catalog
-        .sources
-        .get(name)
-        .map(|s| s.sql.clone())
-        .or_else(|| catalog.streams.get(name).map(|s| s.sql.clone()))
-        .or_else(|| catalog.sinks.get(name).map(|s| s.sql.clone()))
-        .unwrap_or_default();
-    let connector = catalog
-        .sources
-        .get(name)
-        .and_then(|s| s.connector.as_ref())
-        .or_else(|| catalog.sinks.get(name).and_then(|s| s.connector.as_ref()));
-    let mut masked = mask_url_userinfo(&sql);
+/// An object's SQL with URL credentials and secret option values masked.
+fn mask_statement(sql: &str, connector: Option<&ConnectorSpec>) -> String {
+    let mut masked = mask_url_userinfo(sql);
     if let Some(spec) = connector {
         for (k, v) in &spec.options {
             let lower = k.to_lowercase();

@@ -20,7 +20,7 @@ use laminar_sql::parser::{
 };
 use laminar_sql::plan::SchemaCatalog;
 use laminar_sql::{Planner, SqlError, StreamPlan, did_you_mean, split_statements, substitute_vars};
-use sqlparser::ast::{Expr, Query, SelectItem, SetExpr};
+use sqlparser::ast::{Expr, Query};
 
 use crate::catalog::{SinkEntry, SourceEntry, StreamEntry};
 use crate::config::BackpressureStrategy;
@@ -413,9 +413,9 @@ impl LaminarDB {
         Ok(c.name)
     }
 
-    pub(crate) fn plan(&self, name: &str, query: &Query) -> Result<StreamPlan, DbError> {
+    pub(crate) fn plan(&self, query: &Query) -> Result<StreamPlan, DbError> {
         let catalog = self.inner.catalog.read();
-        Ok(self.inner.planner.plan_query(name, query, &*catalog)?)
+        Ok(self.inner.planner.plan_query(query, &*catalog)?)
     }
 
     fn create_stream(&self, c: CreateStream, sql: &str) -> Result<String, DbError> {
@@ -444,7 +444,7 @@ impl LaminarDB {
             ))
             .into());
         }
-        let plan = self.plan(&c.name, &c.query)?;
+        let plan = self.plan(&c.query)?;
         if plan.inputs.iter().any(|i| i == &c.name) {
             return Err(
                 SqlError::Invalid(format!("stream '{}' cannot read itself", c.name)).into(),
@@ -502,7 +502,7 @@ impl LaminarDB {
     fn start_query(&self, query: &Query, sql: &str) -> Result<QueryHandle, DbError> {
         let id = self.inner.next_query_id.fetch_add(1, Ordering::Relaxed);
         let name = format!("__query_{id}");
-        let plan = self.plan(&name, query)?;
+        let plan = self.plan(query)?;
         let schema = plan.output_schema.clone();
         let (node, active) = self.install_stream(&name, sql, plan, Some(id))?;
         let rx = self
@@ -576,7 +576,7 @@ impl LaminarDB {
             }
         };
         let plan = match &query {
-            Some(q) => Some(self.plan(&c.name, q)?),
+            Some(q) => Some(self.plan(q)?),
             None => None,
         };
         let input = match &plan {
@@ -981,7 +981,7 @@ pub(crate) fn compile_predicate(
     let StreamingStatement::Query { query, .. } = laminar_sql::parse_statement(&sql)? else {
         return Err(SqlError::Invalid(format!("invalid subscription filter '{predicate}'")).into());
     };
-    let plan = planner.plan_query("subscription", &query, &One(schema.clone()))?;
+    let plan = planner.plan_query(&query, &One(schema.clone()))?;
     let chain = plan.chains.into_iter().next().unwrap_or_default();
     chain
         .into_iter()
@@ -1009,26 +1009,11 @@ pub(crate) async fn bounded_query(db: &LaminarDB, sql: &str) -> Result<Vec<Recor
             "query() takes a SELECT; use execute() for other statements".into(),
         ));
     };
-    if let SetExpr::Select(select) = query.body.as_ref()
-        && select
-            .projection
-            .iter()
-            .any(|p| matches!(p, SelectItem::QualifiedWildcard(..)))
-    {
-        // Nothing special; falls through to planning.
-    }
     let plan = {
         let catalog = db.inner.catalog.read();
         db.inner.planner.logical_plan(&query, &*catalog)?
     };
-    let mut reads = false;
-    let _ = datafusion::common::tree_node::TreeNode::apply(&plan, |n| {
-        if matches!(n, datafusion::logical_expr::LogicalPlan::TableScan(_)) {
-            reads = true;
-        }
-        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-    });
-    if reads {
+    if laminar_sql::plan::reads_relations(&plan) {
         return Err(DbError::InvalidOperation(
             "this query reads a source or stream, which is unbounded: run it with execute() to get a continuous QueryHandle".into(),
         ));

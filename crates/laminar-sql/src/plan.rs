@@ -7,7 +7,8 @@
 mod lower;
 mod provider;
 
-use std::collections::HashMap;
+pub use lower::reads_relations;
+
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, new_null_array};
@@ -99,7 +100,7 @@ impl Planner {
         let catalog = EmptyCatalog;
         let provider = CatalogProvider::new(&catalog, &self.state);
         let planner = SqlToRel::new(&provider);
-        let mut mapped = Vec::with_capacity(columns.len());
+        let mut fields: Vec<arrow::datatypes::FieldRef> = Vec::with_capacity(columns.len());
         for column in columns {
             for option in &column.options {
                 use sqlparser::ast::ColumnOption;
@@ -117,6 +118,7 @@ impl Planner {
             if let SqlType::JSON | SqlType::Uuid | SqlType::JSONB = column.data_type {
                 column.data_type = SqlType::Text;
             }
+            // One column at a time, so a type error names its column.
             let single = planner.build_schema(vec![column.clone()]).map_err(|e| {
                 SqlError::Invalid(format!(
                     "column '{}' has unsupported type {}: {}",
@@ -125,34 +127,26 @@ impl Planner {
                     strip_df(&e)
                 ))
             })?;
-            mapped.push(column);
-            drop(single);
-        }
-        let schema = planner
-            .build_schema(mapped)
-            .map_err(|e| SqlError::Invalid(strip_df(&e)))?;
-        let mut seen = HashMap::new();
-        for f in schema.fields() {
-            if seen.insert(f.name().clone(), ()).is_some() {
+            let field = single.fields()[0].clone();
+            if fields.iter().any(|f| f.name() == field.name()) {
                 return Err(SqlError::Invalid(format!(
                     "column '{}' is declared twice",
-                    f.name()
+                    field.name()
                 )));
             }
+            fields.push(field);
         }
-        Ok(schema)
+        Ok(Schema::new(fields))
     }
 
-    /// Plans a continuous query named `name` reading from the catalog.
+    /// Plans a continuous query reading from the catalog.
     pub fn plan_query(
         &self,
-        name: &str,
         query: &Query,
         catalog: &dyn SchemaCatalog,
     ) -> Result<StreamPlan, SqlError> {
-        lower::reject_window_functions(query)?;
         let logical = self.logical_plan(query, catalog)?;
-        lower::lower(name, &logical, catalog)
+        lower::lower(&logical, catalog)
     }
 
     /// Plans a query to a type-coerced DataFusion logical plan.

@@ -357,7 +357,7 @@ impl CsvFileWriter {
 mod tests {
     use super::*;
     use crate::format::conform::ErrorPolicy;
-    use arrow::array::{Array, Int64Array, StringArray};
+    use arrow::array::{Array, StringArray};
     use std::io::Write;
 
     fn opts() -> CsvReadOptions {
@@ -432,18 +432,7 @@ mod tests {
         let mut r = CsvFileReader::open(&p, schema(), &opts(), &[]).unwrap();
         let mut bad = BadRecords::new(ErrorPolicy::Skip);
         let batches = read_all(&mut r, &mut bad).unwrap();
-        let ids: Vec<i64> = batches
-            .iter()
-            .flat_map(|b| {
-                b.column(0)
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .unwrap()
-                    .values()
-                    .to_vec()
-            })
-            .collect();
-        assert_eq!(ids, vec![1, 2, 5]);
+        assert_eq!(crate::testing::ids(&batches), vec![1, 2, 5]);
         assert_eq!(bad.skipped(), 2);
     }
 

@@ -274,7 +274,8 @@ impl JsonFileWriter {
 mod tests {
     use super::*;
     use crate::format::conform::ErrorPolicy;
-    use arrow::array::{Array, Int64Array, ListArray};
+    use crate::testing::ids;
+    use arrow::array::{Array, ListArray};
     use std::io::Write;
 
     fn schema() -> SchemaRef {
@@ -296,20 +297,6 @@ mod tests {
             .write_all(text.as_bytes())
             .unwrap();
         p
-    }
-
-    fn ids(batches: &[RecordBatch]) -> Vec<i64> {
-        batches
-            .iter()
-            .flat_map(|b| {
-                b.column(0)
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .unwrap()
-                    .values()
-                    .to_vec()
-            })
-            .collect()
     }
 
     fn read_all(

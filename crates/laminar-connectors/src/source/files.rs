@@ -531,6 +531,7 @@ fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ConnectorError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::ids;
     use arrow::array::{Array, Int64Array, StringArray, TimestampMillisecondArray};
     use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use std::io::Write;
@@ -569,20 +570,6 @@ mod tests {
                 SourcePoll::End | SourcePoll::Pending => return Ok(out),
             }
         }
-    }
-
-    fn ids(batches: &[RecordBatch]) -> Vec<i64> {
-        batches
-            .iter()
-            .flat_map(|b| {
-                b.column(0)
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .unwrap()
-                    .values()
-                    .to_vec()
-            })
-            .collect()
     }
 
     #[test]

@@ -11,7 +11,6 @@ use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::expressions::{CastExpr, Column};
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
-use sqlparser::ast::Query;
 
 use super::{SchemaCatalog, StreamPlan};
 use crate::error::SqlError;
@@ -26,13 +25,8 @@ struct Branch {
     event_time: Option<usize>,
 }
 
-/// Window-function names are checked at parse time; nothing to do here for now.
-pub(crate) fn reject_window_functions(_query: &Query) -> Result<(), SqlError> {
-    Ok(())
-}
-
 /// True when the plan reads any catalog relation.
-pub(crate) fn reads_relations(plan: &LogicalPlan) -> bool {
+pub fn reads_relations(plan: &LogicalPlan) -> bool {
     let mut found = false;
     let _ = plan.apply(|node| {
         if matches!(node, LogicalPlan::TableScan(_)) {
@@ -44,7 +38,6 @@ pub(crate) fn reads_relations(plan: &LogicalPlan) -> bool {
 }
 
 pub(crate) fn lower(
-    name: &str,
     plan: &LogicalPlan,
     catalog: &dyn SchemaCatalog,
 ) -> Result<StreamPlan, SqlError> {
@@ -61,7 +54,6 @@ pub(crate) fn lower(
         }
         _ => None,
     };
-    let _ = name;
     Ok(StreamPlan {
         inputs: branches.iter().map(|b| b.input.clone()).collect(),
         chain_descriptions: branches.iter().map(|b| b.descriptions.clone()).collect(),
