@@ -24,8 +24,14 @@ pub struct NodeMetrics {
     pub last_cycle_ns: AtomicU64,
     /// Bytes written (sinks).
     pub bytes_out: AtomicU64,
-    /// Errors counted (bad records skipped, failed writes).
+    /// Errors counted (bad records skipped, failed writes, rows with NULL event time).
     pub errors: AtomicU64,
+    /// Rows that arrived after every window they belong to had closed.
+    pub late_total: AtomicU64,
+    /// Late rows dropped (no side output, `EMIT FINAL`, or the side output was full).
+    pub late_dropped: AtomicU64,
+    /// Late rows delivered to the `LATE DATA TO` stream.
+    pub late_side_output: AtomicU64,
 }
 
 impl Default for NodeMetrics {
@@ -40,6 +46,9 @@ impl Default for NodeMetrics {
             last_cycle_ns: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            late_total: AtomicU64::new(0),
+            late_dropped: AtomicU64::new(0),
+            late_side_output: AtomicU64::new(0),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! merged watermark when it advances, aligned barriers and the end of input, and it appends
 //! what it emits to an output buffer. Operators never block and never do I/O.
 
+pub mod aggregate;
 mod source;
 mod stateless;
 

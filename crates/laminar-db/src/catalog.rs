@@ -58,6 +58,8 @@ pub(crate) struct StreamEntry {
     /// Anonymous query started by `execute("SELECT ...")`.
     pub(crate) query_id: Option<u64>,
     pub(crate) active: Arc<AtomicBool>,
+    /// For a `LATE DATA TO` stream: the aggregation feeding it.
+    pub(crate) side_output_of: Option<String>,
 }
 
 /// A sink.

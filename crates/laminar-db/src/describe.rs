@@ -185,11 +185,11 @@ impl LaminarDB {
         }
         let rows = match statement {
             StreamingStatement::CreateStream(c) => {
-                let plan = self.plan(&c.query)?;
+                let plan = self.plan(&c.query, &c.clauses)?;
                 explain_stream(&c.name, &plan)
             }
-            StreamingStatement::Query { query, .. } => {
-                let plan = self.plan(&query)?;
+            StreamingStatement::Query { query, clauses } => {
+                let plan = self.plan(&query, &clauses)?;
                 explain_stream("query", &plan)
             }
             StreamingStatement::CreateSource(c) => {
@@ -273,12 +273,20 @@ impl LaminarDB {
         rows.push((
             format!("operator {}", stream.name),
             format!(
-                "StatelessOperator rows_in={} rows_out={} state_rows={} state_bytes={} watermark={}",
+                "{} rows_in={} rows_out={} state_rows={} state_bytes={} watermark={}",
+                if stream.plan.aggregate.is_some() {
+                    "AggregateOperator"
+                } else {
+                    "StatelessOperator"
+                },
                 stream.metrics.rows_in.load(Ordering::Relaxed),
                 stream.metrics.rows_out.load(Ordering::Relaxed),
                 size.rows,
                 size.bytes,
-                stream.node.output_watermark().map_or("none".into(), |w| w.to_string())
+                stream
+                    .node
+                    .output_watermark()
+                    .map_or("none".into(), |w| w.to_string())
             ),
         ));
         for sink in catalog.sinks.values().filter(|s| s.input == name) {

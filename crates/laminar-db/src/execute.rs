@@ -10,13 +10,16 @@ use arrow::array::{ArrayRef, BooleanArray, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use laminar_connectors::{ConnectorOptions, create_sink, create_source};
+use laminar_core::Message;
 use laminar_core::metrics::NodeMetrics;
-use laminar_core::operator::{SourceOperator, SourceSettings, StatelessOperator, Step};
+use laminar_core::operator::aggregate::{AggregateOperator, AggregateSpec, LateRows};
+use laminar_core::operator::{Operator, SourceOperator, SourceSettings, StatelessOperator, Step};
 use laminar_core::runtime::EdgeReceiver;
+use laminar_core::runtime::SourceInput;
 use laminar_core::time::EventTimeColumn;
 use laminar_sql::parser::{
-    CreateSink, CreateSource, CreateStream, ObjectKind, ShowKind, SinkInput, StreamingStatement,
-    parse_script_statement,
+    CreateSink, CreateSource, CreateStream, ObjectKind, ShowKind, SinkInput, StreamingClauses,
+    StreamingStatement, parse_script_statement,
 };
 use laminar_sql::plan::SchemaCatalog;
 use laminar_sql::{Planner, SqlError, StreamPlan, did_you_mean, split_statements, substitute_vars};
@@ -183,21 +186,9 @@ impl LaminarDB {
                 .insert(&table, &columns, &source)
                 .await
                 .map(ExecuteResult::RowsAffected),
-            StreamingStatement::Query { query, clauses } => {
-                if let Some(emit) = clauses.emit {
-                    return Err(SqlError::not_supported(
-                        format!("EMIT {emit}"),
-                        Some("EMIT applies to aggregating queries; non-aggregating queries are append-only"),
-                    )
-                    .into());
-                }
-                if clauses.allow_lateness.is_some() || clauses.late_data_to.is_some() {
-                    return Err(
-                        SqlError::not_supported("ALLOW LATENESS / LATE DATA TO", None).into(),
-                    );
-                }
-                self.start_query(&query, sql).map(ExecuteResult::Query)
-            }
+            StreamingStatement::Query { query, clauses } => self
+                .start_query(&query, &clauses, sql)
+                .map(ExecuteResult::Query),
         }
     }
 
@@ -413,30 +404,55 @@ impl LaminarDB {
         Ok(c.name)
     }
 
-    pub(crate) fn plan(&self, query: &Query) -> Result<StreamPlan, DbError> {
+    pub(crate) fn plan(
+        &self,
+        query: &Query,
+        clauses: &StreamingClauses,
+    ) -> Result<StreamPlan, DbError> {
         let catalog = self.inner.catalog.read();
-        Ok(self.inner.planner.plan_query(query, &*catalog)?)
+        Ok(self.inner.planner.plan_query(query, clauses, &*catalog)?)
+    }
+
+    /// The operator executing `plan`: an aggregation, or fused filters/projections.
+    fn make_operator(
+        &self,
+        name: &str,
+        plan: &StreamPlan,
+        metrics: &Arc<NodeMetrics>,
+        late_rows: Option<Box<dyn LateRows>>,
+    ) -> Result<Box<dyn Operator>, DbError> {
+        let Some(a) = &plan.aggregate else {
+            return Ok(Box::new(StatelessOperator::new(
+                name,
+                plan.chains.clone(),
+                plan.output_schema.clone(),
+            )));
+        };
+        let spec = AggregateSpec {
+            name: name.to_string(),
+            chains: plan.chains.clone(),
+            input_schema: a.input_schema.clone(),
+            event_time: a.event_time,
+            window: a.window,
+            keys: a.keys.clone(),
+            aggregates: a.aggregates.clone(),
+            aggregate_schema: a.aggregate_schema.clone(),
+            window_position: a.window_position,
+            post: a.post.clone(),
+            post_schema: a.post_schema.clone(),
+            emit: a.emit,
+            lateness: a.lateness,
+            late_rows,
+            output_time: a.output_time,
+            metrics: metrics.clone(),
+        };
+        let operator = AggregateOperator::new(spec).map_err(|e| DbError::Engine(e.to_string()))?;
+        Ok(Box::new(operator))
     }
 
     fn create_stream(&self, c: CreateStream, sql: &str) -> Result<String, DbError> {
         if !self.not_exists_or(&c.name, "stream", c.if_not_exists, c.or_replace)? {
             return Ok(c.name);
-        }
-        if let Some(emit) = &c.clauses.emit {
-            return Err(SqlError::not_supported(
-                format!("EMIT {emit}"),
-                Some(
-                    "EMIT applies to aggregating queries; non-aggregating streams are append-only",
-                ),
-            )
-            .into());
-        }
-        if c.clauses.allow_lateness.is_some() || c.clauses.late_data_to.is_some() {
-            return Err(SqlError::not_supported(
-                "ALLOW LATENESS / LATE DATA TO",
-                Some("lateness applies to windows"),
-            )
-            .into());
         }
         if let Some((key, _)) = c.options.first() {
             return Err(SqlError::Invalid(format!(
@@ -444,7 +460,24 @@ impl LaminarDB {
             ))
             .into());
         }
-        let plan = self.plan(&c.query)?;
+        let plan = self.plan(&c.query, &c.clauses)?;
+        if let Some(late) = plan
+            .aggregate
+            .as_ref()
+            .and_then(|a| a.late_data_to.as_ref())
+        {
+            let catalog = self.inner.catalog.read();
+            let ours = catalog
+                .streams
+                .get(late)
+                .is_some_and(|s| s.side_output_of.as_deref() == Some(c.name.as_str()));
+            if late == &c.name || (catalog.kind_of(late).is_some() && !(ours && c.or_replace)) {
+                return Err(SqlError::Invalid(format!(
+                    "LATE DATA TO {late}: an object named '{late}' already exists; LATE DATA TO creates the stream"
+                ))
+                .into());
+            }
+        }
         if plan.inputs.iter().any(|i| i == &c.name) {
             return Err(
                 SqlError::Invalid(format!("stream '{}' cannot read itself", c.name)).into(),
@@ -477,12 +510,66 @@ impl LaminarDB {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let metrics = Arc::new(NodeMetrics::default());
-        let operator =
-            StatelessOperator::new(name, plan.chains.clone(), plan.output_schema.clone());
-        let node =
-            self.inner
-                .runtime
-                .add_node(name, Box::new(operator), metrics.clone(), &upstreams);
+        let late_name = plan.aggregate.as_ref().and_then(|a| a.late_data_to.clone());
+        let late = match (&late_name, &plan.aggregate) {
+            (Some(late_name), Some(a)) => {
+                let late_metrics = Arc::new(NodeMetrics::default());
+                let operator = SourceOperator::new(
+                    SourceSettings {
+                        name: late_name.clone(),
+                        schema: a.input_schema.clone(),
+                        event_time: None,
+                        delay_ms: 0,
+                        idle_timeout: Duration::from_secs(30),
+                    },
+                    late_metrics.clone(),
+                );
+                let (late_node, input) = self.inner.runtime.add_source(
+                    late_name,
+                    Box::new(operator),
+                    late_metrics.clone(),
+                    self.inner.config.subscription_buffer.max(1024),
+                );
+                Some((late_node, input, late_metrics, a.input_schema.clone()))
+            }
+            _ => None,
+        };
+        let late_rows = late.as_ref().map(|(_, input, _, _)| {
+            Box::new(LateStream {
+                input: input.clone(),
+            }) as Box<dyn LateRows>
+        });
+        let operator = match self.make_operator(name, &plan, &metrics, late_rows) {
+            Ok(op) => op,
+            Err(e) => {
+                if let Some((late_node, ..)) = &late {
+                    self.inner.runtime.remove_node(late_node);
+                }
+                return Err(e);
+            }
+        };
+        let node = self
+            .inner
+            .runtime
+            .add_node(name, operator, metrics.clone(), &upstreams);
+        if let (Some(late_name), Some((late_node, _, late_metrics, schema))) = (late_name, late) {
+            if let Some(old) = catalog.streams.remove(&late_name) {
+                self.inner.runtime.remove_node(&old.node);
+            }
+            catalog.streams.insert(
+                late_name.clone(),
+                StreamEntry {
+                    name: late_name.clone(),
+                    sql: format!("-- rows too late for stream {name} (LATE DATA TO)"),
+                    plan: StreamPlan::side_output(schema),
+                    node: late_node,
+                    metrics: late_metrics,
+                    query_id: None,
+                    active: Arc::new(AtomicBool::new(true)),
+                    side_output_of: Some(name.to_string()),
+                },
+            );
+        }
         let active = Arc::new(AtomicBool::new(true));
         catalog.streams.insert(
             name.to_string(),
@@ -494,15 +581,27 @@ impl LaminarDB {
                 metrics,
                 query_id,
                 active: active.clone(),
+                side_output_of: None,
             },
         );
         Ok((node, active))
     }
 
-    fn start_query(&self, query: &Query, sql: &str) -> Result<QueryHandle, DbError> {
+    fn start_query(
+        &self,
+        query: &Query,
+        clauses: &StreamingClauses,
+        sql: &str,
+    ) -> Result<QueryHandle, DbError> {
+        if clauses.late_data_to.is_some() {
+            return Err(SqlError::Invalid(
+                "LATE DATA TO creates a named stream; use it in CREATE STREAM".into(),
+            )
+            .into());
+        }
         let id = self.inner.next_query_id.fetch_add(1, Ordering::Relaxed);
         let name = format!("__query_{id}");
-        let plan = self.plan(query)?;
+        let plan = self.plan(query, clauses)?;
         let schema = plan.output_schema.clone();
         let (node, active) = self.install_stream(&name, sql, plan, Some(id))?;
         let rx = self
@@ -576,7 +675,7 @@ impl LaminarDB {
             }
         };
         let plan = match &query {
-            Some(q) => Some(self.plan(q)?),
+            Some(q) => Some(self.plan(q, &StreamingClauses::default())?),
             None => None,
         };
         let input = match &plan {
@@ -637,17 +736,12 @@ impl LaminarDB {
                     .iter()
                     .filter_map(|i| catalog.relation_node(i))
                     .collect::<Vec<_>>();
-                let op = StatelessOperator::new(
-                    &c.name,
-                    plan.chains.clone(),
-                    plan.output_schema.clone(),
-                );
-                Some(self.inner.runtime.add_node(
-                    &c.name,
-                    Box::new(op),
-                    metrics.clone(),
-                    &upstreams,
-                ))
+                let op = self.make_operator(&c.name, &plan, &metrics, None)?;
+                Some(
+                    self.inner
+                        .runtime
+                        .add_node(&c.name, op, metrics.clone(), &upstreams),
+                )
             }
             (None, true) => {
                 let upstream = catalog
@@ -776,6 +870,18 @@ impl LaminarDB {
         } else if let Some(stream) = catalog.streams.remove(name) {
             stream.active.store(false, Ordering::SeqCst);
             self.inner.runtime.remove_node(&stream.node);
+            // Its LATE DATA TO stream goes with it.
+            let side: Vec<String> = catalog
+                .streams
+                .values()
+                .filter(|s| s.side_output_of.as_deref() == Some(name))
+                .map(|s| s.name.clone())
+                .collect();
+            for side in side {
+                if let Some(s) = catalog.streams.remove(&side) {
+                    self.inner.runtime.remove_node(&s.node);
+                }
+            }
         } else if let Some(sink) = catalog.sinks.remove(name) {
             sink.runner.stop();
             if let Some(node) = &sink.node {
@@ -981,7 +1087,7 @@ pub(crate) fn compile_predicate(
     let StreamingStatement::Query { query, .. } = laminar_sql::parse_statement(&sql)? else {
         return Err(SqlError::Invalid(format!("invalid subscription filter '{predicate}'")).into());
     };
-    let plan = planner.plan_query(&query, &One(schema.clone()))?;
+    let plan = planner.plan_query(&query, &StreamingClauses::default(), &One(schema.clone()))?;
     let chain = plan.chains.into_iter().next().unwrap_or_default();
     chain
         .into_iter()
@@ -1025,4 +1131,17 @@ pub(crate) async fn bounded_query(db: &LaminarDB, sql: &str) -> Result<Vec<Recor
         .collect()
         .await
         .map_err(|e| DbError::Engine(e.to_string()))
+}
+
+/// Delivers too-late rows to the `LATE DATA TO` stream's queue without blocking the worker.
+struct LateStream {
+    input: SourceInput,
+}
+
+impl LateRows for LateStream {
+    fn deliver(&mut self, batch: RecordBatch) -> Result<(), String> {
+        self.input
+            .try_send(Message::Batch(batch))
+            .map_err(|_| "the side-output stream's queue is full".to_string())
+    }
 }

@@ -86,6 +86,18 @@ pub struct StreamMetrics {
     pub watermark: Option<i64>,
     /// The defining SQL.
     pub sql: String,
+    /// Rows that arrived after every window they belong to had closed (SPEC 2.10).
+    pub late_total: u64,
+    /// Late rows dropped.
+    pub late_dropped: u64,
+    /// Late rows delivered to the `LATE DATA TO` stream.
+    pub late_side_output: u64,
+    /// Rows not aggregated because their event time was NULL.
+    pub invalid_rows: u64,
+    /// Rows (groups, windows, sessions) held in operator state.
+    pub state_rows: u64,
+    /// Approximate bytes held in operator state.
+    pub state_bytes: u64,
 }
 
 /// Counters of one sink.
@@ -241,12 +253,19 @@ impl LaminarDB {
             name: name.to_string(),
             suggestion: laminar_sql::did_you_mean(name, catalog.streams.keys().map(String::as_str)),
         })?;
+        let size = s.node.state_size();
         Ok(StreamMetrics {
             name: s.name.clone(),
             total_events: s.metrics.rows_out.load(Ordering::Relaxed),
             rows_in: s.metrics.rows_in.load(Ordering::Relaxed),
             watermark: s.node.output_watermark(),
             sql: s.sql.clone(),
+            late_total: s.metrics.late_total.load(Ordering::Relaxed),
+            late_dropped: s.metrics.late_dropped.load(Ordering::Relaxed),
+            late_side_output: s.metrics.late_side_output.load(Ordering::Relaxed),
+            invalid_rows: s.metrics.errors.load(Ordering::Relaxed),
+            state_rows: size.rows,
+            state_bytes: size.bytes,
         })
     }
 

@@ -18,14 +18,45 @@ pub fn explain_stream(name: &str, plan: &StreamPlan) -> Vec<(String, String)> {
         };
         rows.push((format!("input_{}", i + 1), format!("{input}: {chain}")));
     }
-    rows.push((
-        "operator".to_string(),
-        format!(
-            "StatelessOperator (fused filter/projection, {} input{}), state: none",
-            plan.inputs.len(),
-            if plan.inputs.len() == 1 { "" } else { "s" }
-        ),
-    ));
+    match &plan.aggregate {
+        None => rows.push((
+            "operator".to_string(),
+            format!(
+                "StatelessOperator (fused filter/projection, {} input{}), state: none",
+                plan.inputs.len(),
+                if plan.inputs.len() == 1 { "" } else { "s" }
+            ),
+        )),
+        Some(a) => {
+            rows.push((
+                "operator".to_string(),
+                format!(
+                    "AggregateOperator ({} group key{}, {} aggregate{}), state: {}",
+                    a.keys.len(),
+                    if a.keys.len() == 1 { "" } else { "s" },
+                    a.aggregates.len(),
+                    if a.aggregates.len() == 1 { "" } else { "s" },
+                    match a.window {
+                        Some(w) if w.is_session() =>
+                            "sessions per key, freed at W >= end + lateness",
+                        Some(_) => "groups per open window, freed at W >= end + lateness",
+                        None => "one entry per group (unbounded by time)",
+                    }
+                ),
+            ));
+            rows.push((
+                "window".to_string(),
+                match (&a.window, &a.window_text) {
+                    (Some(w), Some(text)) => format!("{text} = {w:?}"),
+                    _ => "none".to_string(),
+                },
+            ));
+            rows.push(("lateness".to_string(), format!("{} ms", a.lateness)));
+            if let Some(late) = &a.late_data_to {
+                rows.push(("late_data_to".to_string(), late.clone()));
+            }
+        }
+    }
     rows.push((
         "output_schema".to_string(),
         schema_text(&plan.output_schema),
@@ -38,7 +69,18 @@ pub fn explain_stream(name: &str, plan: &StreamPlan) -> Vec<(String, String)> {
     ));
     rows.push((
         "emit".to_string(),
-        "append-only, as each batch is processed".to_string(),
+        match &plan.aggregate {
+            None => "append-only, as each batch is processed".to_string(),
+            Some(a) => format!(
+                "{} ({})",
+                a.emit_text,
+                if plan.is_updating() {
+                    "updating: changelog with _op"
+                } else {
+                    "append-only"
+                }
+            ),
+        },
     ));
     rows
 }

@@ -317,6 +317,12 @@ impl TokenStream {
     pub(crate) fn token(&self, i: usize) -> Option<&TokenWithSpan> {
         self.tokens.get(i)
     }
+
+    pub(crate) fn remove(&mut self, i: usize) {
+        if i < self.tokens.len() {
+            self.tokens.remove(i);
+        }
+    }
 }
 
 /// Converts a sqlparser error into a positioned [`SqlError::Parse`].

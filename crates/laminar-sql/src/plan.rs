@@ -4,10 +4,14 @@
 //! ([`StreamPlan`]). Constructs that need state (aggregation, joins, windows, ORDER BY,
 //! LIMIT, DISTINCT) are rejected here with an error naming them.
 
+mod aggregate;
 mod lower;
 mod provider;
+mod window;
 
+pub use aggregate::AggregatePlan;
 pub use lower::reads_relations;
+pub use window::{parse_emit, parse_lateness};
 
 use std::sync::Arc;
 
@@ -27,6 +31,7 @@ use datafusion::sql::planner::SqlToRel;
 use sqlparser::ast::{ColumnDef, DataType as SqlType, Query, Statement};
 
 use crate::error::{SqlError, did_you_mean};
+use crate::parser::StreamingClauses;
 use laminar_core::operator::Step;
 use provider::CatalogProvider;
 
@@ -62,6 +67,37 @@ pub struct StreamPlan {
     pub event_time: Option<String>,
     /// The DataFusion logical plan after type coercion.
     pub logical_plan: LogicalPlan,
+    /// The aggregation, when the query aggregates (the chains then feed it).
+    pub aggregate: Option<AggregatePlan>,
+}
+
+impl StreamPlan {
+    /// The plan of a side-output stream (`LATE DATA TO`): rows are delivered to it directly,
+    /// it reads no relation.
+    pub fn side_output(schema: SchemaRef) -> StreamPlan {
+        StreamPlan {
+            inputs: Vec::new(),
+            chains: Vec::new(),
+            chain_descriptions: Vec::new(),
+            output_schema: schema.clone(),
+            event_time: None,
+            logical_plan: LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
+                produce_one_row: false,
+                schema: Arc::new(
+                    datafusion::common::DFSchema::try_from(schema.as_ref().clone())
+                        .unwrap_or_else(|_| datafusion::common::DFSchema::empty()),
+                ),
+            }),
+            aggregate: None,
+        }
+    }
+
+    /// True when the output is a changelog (it carries an `_op` column).
+    pub fn is_updating(&self) -> bool {
+        self.aggregate
+            .as_ref()
+            .is_some_and(|a| a.emit.is_updating(a.lateness))
+    }
 }
 
 /// Plans SQL against a catalog. Cheap to share; holds DataFusion's function registry.
@@ -81,11 +117,15 @@ impl Planner {
         // SPEC 2.1: VARCHAR/TEXT are Utf8 (DataFusion would pick Utf8View).
         let mut config = datafusion::prelude::SessionConfig::new();
         config.options_mut().sql_parser.map_string_types_to_utf8view = false;
-        let state = SessionStateBuilder::new()
+        let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
             .with_optimizer_rules(vec![Arc::new(SimplifyExpressions::new())])
             .build();
+        for udf in window::udfs() {
+            // Registering a new name cannot fail.
+            let _ = datafusion::execution::FunctionRegistry::register_udf(&mut state, udf);
+        }
         Planner { state }
     }
 
@@ -139,14 +179,18 @@ impl Planner {
         Ok(Schema::new(fields))
     }
 
-    /// Plans a continuous query reading from the catalog.
+    /// Plans a continuous query reading from the catalog, with its streaming clauses
+    /// (EMIT, ALLOW LATENESS, LATE DATA TO).
     pub fn plan_query(
         &self,
         query: &Query,
+        clauses: &StreamingClauses,
         catalog: &dyn SchemaCatalog,
     ) -> Result<StreamPlan, SqlError> {
-        let logical = self.logical_plan(query, catalog)?;
-        lower::lower(&logical, catalog)
+        let mut query = query.clone();
+        window::rewrite_query(&mut query)?;
+        let logical = self.logical_plan(&query, catalog)?;
+        lower::lower(&logical, catalog, clauses)
     }
 
     /// Plans a query to a type-coerced DataFusion logical plan.

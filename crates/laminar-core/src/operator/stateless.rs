@@ -45,7 +45,7 @@ impl StatelessOperator {
         }
     }
 
-    fn apply(&self, input: usize, mut batch: RecordBatch) -> Result<RecordBatch> {
+    fn apply(&self, input: usize, batch: RecordBatch) -> Result<RecordBatch> {
         let chain = self.chains.get(input).ok_or_else(|| {
             CoreError::Internal(format!(
                 "operator '{}' received input {input} but has {} chains",
@@ -53,58 +53,7 @@ impl StatelessOperator {
                 self.chains.len()
             ))
         })?;
-        for step in chain {
-            if batch.num_rows() == 0 {
-                break;
-            }
-            batch = match step {
-                Step::Filter(predicate) => {
-                    let mask = predicate
-                        .evaluate(&batch)
-                        .and_then(|v| v.into_array(batch.num_rows()))
-                        .map_err(|source| self.eval_error(source))?;
-                    if mask.data_type() != &DataType::Boolean {
-                        return Err(CoreError::Internal(format!(
-                            "filter of '{}' evaluated to {} instead of BOOLEAN",
-                            self.name,
-                            mask.data_type()
-                        )));
-                    }
-                    let mask = mask.as_boolean();
-                    if mask.null_count() == 0 && mask.true_count() == mask.len() {
-                        batch
-                    } else {
-                        filter_record_batch(&batch, mask).map_err(|source| CoreError::Arrow {
-                            operator: self.name.clone(),
-                            source,
-                        })?
-                    }
-                }
-                Step::Project { exprs, schema } => {
-                    let rows = batch.num_rows();
-                    let columns = exprs
-                        .iter()
-                        .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(rows)))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|source| self.eval_error(source))?;
-                    let options = RecordBatchOptions::new().with_row_count(Some(rows));
-                    RecordBatch::try_new_with_options(schema.clone(), columns, &options).map_err(
-                        |source| CoreError::Arrow {
-                            operator: self.name.clone(),
-                            source,
-                        },
-                    )?
-                }
-            };
-        }
-        Ok(batch)
-    }
-
-    fn eval_error(&self, source: datafusion::error::DataFusionError) -> CoreError {
-        CoreError::Evaluation {
-            operator: self.name.clone(),
-            source,
-        }
+        run_steps(&self.name, chain, batch, None)
     }
 }
 
@@ -134,6 +83,72 @@ impl Operator for StatelessOperator {
     fn on_end(&mut self, _out: &mut Vec<Message>) -> Result<()> {
         Ok(())
     }
+}
+
+/// Runs `steps` over `batch`. When `rows` is given it tracks, for every output row, the
+/// index of the input row it came from (filters drop entries; projections keep them).
+pub(crate) fn run_steps(
+    operator: &str,
+    steps: &[Step],
+    mut batch: RecordBatch,
+    mut rows: Option<&mut Vec<u32>>,
+) -> Result<RecordBatch> {
+    let eval_error = |source| CoreError::Evaluation {
+        operator: operator.to_string(),
+        source,
+    };
+    let arrow_error = |source| CoreError::Arrow {
+        operator: operator.to_string(),
+        source,
+    };
+    for step in steps {
+        if batch.num_rows() == 0 {
+            if let Step::Project { schema, .. } = step {
+                batch = RecordBatch::new_empty(schema.clone());
+            }
+            continue;
+        }
+        batch = match step {
+            Step::Filter(predicate) => {
+                let mask = predicate
+                    .evaluate(&batch)
+                    .and_then(|v| v.into_array(batch.num_rows()))
+                    .map_err(eval_error)?;
+                if mask.data_type() != &DataType::Boolean {
+                    return Err(CoreError::Internal(format!(
+                        "filter of '{operator}' evaluated to {} instead of BOOLEAN",
+                        mask.data_type()
+                    )));
+                }
+                let mask = mask.as_boolean();
+                if mask.null_count() == 0 && mask.true_count() == mask.len() {
+                    batch
+                } else {
+                    if let Some(rows) = rows.as_deref_mut() {
+                        let mut i = 0;
+                        rows.retain(|_| {
+                            let keep = mask.is_valid(i) && mask.value(i);
+                            i += 1;
+                            keep
+                        });
+                    }
+                    filter_record_batch(&batch, mask).map_err(arrow_error)?
+                }
+            }
+            Step::Project { exprs, schema } => {
+                let n = batch.num_rows();
+                let columns = exprs
+                    .iter()
+                    .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(n)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(eval_error)?;
+                let options = RecordBatchOptions::new().with_row_count(Some(n));
+                RecordBatch::try_new_with_options(schema.clone(), columns, &options)
+                    .map_err(arrow_error)?
+            }
+        };
+    }
+    Ok(batch)
 }
 
 #[cfg(test)]

@@ -36,6 +36,16 @@ impl EventTimeKind {
             EventTimeKind::Timestamp(TimeUnit::Nanosecond) => raw.div_euclid(1_000_000),
         }
     }
+
+    /// Converts epoch milliseconds to a raw column value (saturating).
+    pub fn from_millis(self, millis: i64) -> i64 {
+        match self {
+            EventTimeKind::EpochMillis | EventTimeKind::Timestamp(TimeUnit::Millisecond) => millis,
+            EventTimeKind::Timestamp(TimeUnit::Second) => millis.div_euclid(1000),
+            EventTimeKind::Timestamp(TimeUnit::Microsecond) => millis.saturating_mul(1000),
+            EventTimeKind::Timestamp(TimeUnit::Nanosecond) => millis.saturating_mul(1_000_000),
+        }
+    }
 }
 
 /// The event-time column of a schema.

@@ -112,6 +112,23 @@ impl Harness {
                         .db
                         .stream_metrics(name)
                         .map(|m| m.total_events.to_string()),
+                    ("stream", field) => self.db.stream_metrics(name).and_then(|m| {
+                        Ok(match field {
+                            "late_total" => m.late_total,
+                            "late_dropped" => m.late_dropped,
+                            "late_side_output" => m.late_side_output,
+                            "invalid_rows" => m.invalid_rows,
+                            "state_rows" => m.state_rows,
+                            // Byte counts vary by allocator; assert only that some are held.
+                            "state_bytes_nonzero" => u64::from(m.state_bytes > 0),
+                            _ => {
+                                return Err(laminar_db::DbError::InvalidOperation(format!(
+                                    "unknown metric stream {field}"
+                                )));
+                            }
+                        }
+                        .to_string())
+                    }),
                     ("source", "total_events") => self
                         .db
                         .source_metrics(name)
@@ -153,15 +170,25 @@ impl AsyncDB for Harness {
             .map_err(|e| HarnessError(format!("[{}] {e}", e.code())))?;
         match result {
             ExecuteResult::Ddl(info) => {
-                if info.statement_type == "CREATE STREAM"
-                    && !self.subscriptions.contains_key(&info.object_name)
-                {
-                    let sub = self
-                        .db
-                        .subscribe_arrow(&info.object_name)
-                        .map_err(|e| HarnessError(e.to_string()))?;
-                    self.subscriptions
-                        .insert(info.object_name.clone(), (sub, Vec::new()));
+                if info.statement_type == "CREATE STREAM" {
+                    // The stream and any LATE DATA TO stream it created.
+                    let streams = match self.db.execute("SHOW STREAMS").await {
+                        Ok(ExecuteResult::Metadata(batch)) => rows(std::slice::from_ref(&batch))
+                            .into_iter()
+                            .filter_map(|r| r.into_iter().next())
+                            .collect::<Vec<_>>(),
+                        _ => vec![info.object_name.clone()],
+                    };
+                    for name in streams {
+                        if self.subscriptions.contains_key(&name) {
+                            continue;
+                        }
+                        let sub = self
+                            .db
+                            .subscribe_arrow(&name)
+                            .map_err(|e| HarnessError(e.to_string()))?;
+                        self.subscriptions.insert(name, (sub, Vec::new()));
+                    }
                 }
                 if info.statement_type.starts_with("DROP") {
                     let name = info.object_name.clone();

@@ -234,6 +234,11 @@ fn parse_clauses(ts: &TokenStream, cut: usize) -> PResult<StreamingClauses> {
                 &format!("{key} clause is incomplete"),
             ));
         }
+        if key == "EMIT"
+            && let Err(e) = crate::plan::parse_emit(&text)
+        {
+            return Err(positioned(ts, body_start, &e.to_string()));
+        }
         let slot = match key {
             "EMIT" => &mut clauses.emit,
             "ALLOW" => &mut clauses.allow_lateness,
@@ -364,7 +369,7 @@ fn parse_create_source(ts: &mut TokenStream, start: usize) -> PResult<StreamingS
 }
 
 fn parse_create_stream(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
-    reject_window_tvfs(ts, start)?;
+    rewrite_window_tvfs(ts, start)?;
     let cut = clause_cut(ts, start);
     let clauses = parse_clauses(ts, cut)?;
     let mut p = ts.parser(start, cut);
@@ -388,7 +393,7 @@ fn parse_create_stream(ts: &mut TokenStream, start: usize) -> PResult<StreamingS
 }
 
 fn parse_create_sink(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
-    reject_window_tvfs(ts, start)?;
+    rewrite_window_tvfs(ts, start)?;
     let mut p = ts.parser(start, ts.len());
     let (or_replace, if_not_exists, name) = parse_create_prefix(&mut p, "SINK")?;
     p.expect_keyword(Keyword::FROM).map_err(pe(&p))?;
@@ -616,7 +621,7 @@ fn parse_insert(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatemen
 }
 
 fn parse_query_statement(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
-    reject_window_tvfs(ts, start)?;
+    rewrite_window_tvfs(ts, start)?;
     let cut = clause_cut(ts, start);
     let clauses = parse_clauses(ts, cut)?;
     let mut p = ts.parser(start, cut);
@@ -710,30 +715,32 @@ pub fn interval_to_millis(interval: &Interval) -> Result<i64, SqlError> {
     Ok((amount * unit_ms).round() as i64)
 }
 
-/// Window functions (`tumble(..)`, `hop(..)`, `session(..)`, `cumulate(..)` and their TVF
-/// forms) need streaming aggregation, which is not available yet: name them clearly instead of
-/// failing with a syntax error or an unknown-function error.
-fn reject_window_tvfs(ts: &TokenStream, start: usize) -> PResult<()> {
-    for i in start..ts.len() {
-        let Some(w) = word(ts, i) else { continue };
-        let is_call = matches!(ts.token(i + 1).map(|t| &t.token), Some(Token::LParen));
-        let window = matches!(
-            w.as_str(),
-            "TUMBLE"
-                | "HOP"
-                | "SLIDE"
-                | "SESSION"
-                | "CUMULATE"
-                | "TUMBLE_END"
-                | "HOP_END"
-                | "SESSION_END"
+/// Makes window table-valued functions parseable: `TUMBLE(TABLE t, DESCRIPTOR(ts), ..)` becomes
+/// `TUMBLE(t, ts, ..)`, which sqlparser reads as a table function; the planner's window
+/// rewrite turns it into a windowed aggregation.
+fn rewrite_window_tvfs(ts: &mut TokenStream, start: usize) -> PResult<()> {
+    let mut i = start;
+    while i < ts.len() {
+        let w = word(ts, i);
+        let paren = |ts: &TokenStream, j: usize| {
+            matches!(ts.token(j).map(|t| &t.token), Some(Token::LParen))
+        };
+        let is_window = matches!(
+            w.as_deref(),
+            Some("TUMBLE" | "HOP" | "SLIDE" | "SESSION" | "CUMULATE")
         );
-        if window && is_call {
-            return Err(SqlError::not_supported(
-                format!("the window function {w}(...)"),
-                Some("event-time windows arrive with streaming aggregation"),
-            ));
+        if is_window && paren(ts, i + 1) && word(ts, i + 2).as_deref() == Some("TABLE") {
+            ts.remove(i + 2);
         }
+        if w.as_deref() == Some("DESCRIPTOR")
+            && paren(ts, i + 1)
+            && matches!(ts.token(i + 3).map(|t| &t.token), Some(Token::RParen))
+        {
+            ts.remove(i + 3);
+            ts.remove(i + 1);
+            ts.remove(i);
+        }
+        i += 1;
     }
     Ok(())
 }

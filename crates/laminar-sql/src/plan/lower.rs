@@ -14,15 +14,16 @@ use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
 use super::{SchemaCatalog, StreamPlan};
 use crate::error::SqlError;
+use crate::parser::StreamingClauses;
 use laminar_core::operator::Step;
 
 /// A chain being built for one input.
-struct Branch {
-    input: String,
-    steps: Vec<Step>,
-    descriptions: Vec<String>,
+pub(super) struct Branch {
+    pub(super) input: String,
+    pub(super) steps: Vec<Step>,
+    pub(super) descriptions: Vec<String>,
     /// Index of the event-time column in the branch's current output, if it survives.
-    event_time: Option<usize>,
+    pub(super) event_time: Option<usize>,
 }
 
 /// True when the plan reads any catalog relation.
@@ -40,7 +41,37 @@ pub fn reads_relations(plan: &LogicalPlan) -> bool {
 pub(crate) fn lower(
     plan: &LogicalPlan,
     catalog: &dyn SchemaCatalog,
+    clauses: &StreamingClauses,
 ) -> Result<StreamPlan, SqlError> {
+    if let Some(plan) = super::aggregate::lower_aggregation(plan, catalog, clauses)? {
+        return Ok(plan);
+    }
+    if let Some(emit) = &clauses.emit {
+        return Err(SqlError::Invalid(format!(
+            "EMIT {emit} applies to aggregating queries (GROUP BY or aggregate functions); this query does not aggregate, so its output is append-only"
+        )));
+    }
+    if clauses.allow_lateness.is_some() || clauses.late_data_to.is_some() {
+        return Err(SqlError::Invalid(
+            "ALLOW LATENESS and LATE DATA TO apply to windowed aggregations; this query has no window".into(),
+        ));
+    }
+    let mut window_found = false;
+    let _ = plan.apply(|node| {
+        if node
+            .expressions()
+            .iter()
+            .any(super::window::mentions_window)
+        {
+            window_found = true;
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    if window_found {
+        return Err(SqlError::Invalid(
+            "window functions (tumble, hop, session, cumulate, window_start, window_end) need a GROUP BY over the window".into(),
+        ));
+    }
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     let mut branches = lower_node(plan, catalog)?;
     // Every chain ends in exactly the output schema (names, types, nullability), so batches
@@ -61,10 +92,14 @@ pub(crate) fn lower(
         output_schema,
         event_time,
         logical_plan: plan.clone(),
+        aggregate: None,
     })
 }
 
-fn lower_node(plan: &LogicalPlan, catalog: &dyn SchemaCatalog) -> Result<Vec<Branch>, SqlError> {
+pub(super) fn lower_node(
+    plan: &LogicalPlan,
+    catalog: &dyn SchemaCatalog,
+) -> Result<Vec<Branch>, SqlError> {
     match plan {
         LogicalPlan::TableScan(scan) => {
             if scan.fetch.is_some() {
@@ -177,8 +212,8 @@ fn lower_node(plan: &LogicalPlan, catalog: &dyn SchemaCatalog) -> Result<Vec<Bra
             Ok(all)
         }
         LogicalPlan::Aggregate(_) => Err(not_supported(
-            "GROUP BY and aggregate functions",
-            Some("streaming aggregation arrives with windows; select and filter rows for now"),
+            "an aggregation below another operator (for example an aggregated subquery in FROM, or an aggregation inside UNION ALL)",
+            Some("create a stream for the inner aggregation and read it"),
         )),
         LogicalPlan::Join(_) => Err(not_supported("JOIN", None)),
         LogicalPlan::Window(_) => Err(not_supported("window functions (OVER ...)", None)),
@@ -206,7 +241,11 @@ fn lower_node(plan: &LogicalPlan, catalog: &dyn SchemaCatalog) -> Result<Vec<Bra
 
 /// Appends a projection that makes the branch output exactly `target` (by position), casting
 /// where types differ. No step is added when the schemas already match.
-fn conform(branch: &mut Branch, current: &DFSchema, target: &SchemaRef) -> Result<(), SqlError> {
+pub(super) fn conform(
+    branch: &mut Branch,
+    current: &DFSchema,
+    target: &SchemaRef,
+) -> Result<(), SqlError> {
     let current_arrow: &Schema = current.as_arrow();
     if current_arrow.fields() == target.fields() {
         return Ok(());
@@ -239,7 +278,7 @@ fn conform(branch: &mut Branch, current: &DFSchema, target: &SchemaRef) -> Resul
     Ok(())
 }
 
-fn compile(expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>, SqlError> {
+pub(super) fn compile(expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>, SqlError> {
     create_physical_expr(
         expr,
         schema,

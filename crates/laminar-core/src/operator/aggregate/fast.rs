@@ -1,0 +1,291 @@
+//! Vectorized window state: per open window, DataFusion's `GroupValues` maps key columns to
+//! group indices and `GroupsAccumulator`s fold whole columns into per-group state. Windows
+//! live in an ordered map by `(end, start)`, so a watermark closes exactly the windows it
+//! passes, emits each once and frees it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanArray, UInt32Array};
+use arrow::compute::take;
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::GroupsAccumulatorAdapter;
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+
+use super::{AggregateOperator, AggregateSpec, OutputTime, Prepared};
+use crate::error::{CoreError, Result};
+use crate::operator::StateSize;
+
+struct Window {
+    /// `None` when the query has no group keys (one group per window).
+    groups: Option<Box<dyn GroupValues>>,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    num_groups: usize,
+}
+
+pub(crate) struct FastState {
+    key_schema: Arc<Schema>,
+    windows: BTreeMap<(i64, i64), Window>,
+    group_indices: Vec<usize>,
+}
+
+impl FastState {
+    pub(crate) fn new(spec: &AggregateSpec, key_types: &[DataType]) -> Result<FastState> {
+        let key_schema = Arc::new(Schema::new(
+            key_types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Field::new(format!("k{i}"), t.clone(), true))
+                .collect::<Vec<_>>(),
+        ));
+        let state = FastState {
+            key_schema,
+            windows: BTreeMap::new(),
+            group_indices: Vec::new(),
+        };
+        // Fail at CREATE time, not on the first row, when an accumulator cannot be built.
+        state.new_window(spec)?;
+        Ok(state)
+    }
+
+    fn new_window(&self, spec: &AggregateSpec) -> Result<Window> {
+        let df = |source| CoreError::Evaluation {
+            operator: spec.name.clone(),
+            source,
+        };
+        let groups = if self.key_schema.fields().is_empty() {
+            None
+        } else {
+            Some(new_group_values(self.key_schema.clone(), &GroupOrdering::None).map_err(df)?)
+        };
+        let accumulators = spec
+            .aggregates
+            .iter()
+            .map(|call| {
+                if call.function.groups_accumulator_supported() {
+                    call.function.create_groups_accumulator()
+                } else {
+                    let function = call.function.clone();
+                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                        function.create_accumulator()
+                    })) as Box<dyn GroupsAccumulator>)
+                }
+            })
+            .collect::<datafusion::error::Result<Vec<_>>>()
+            .map_err(df)?;
+        Ok(Window {
+            groups,
+            accumulators,
+            num_groups: 0,
+        })
+    }
+
+    /// Feeds a batch; returns the mask of too-late rows, if any.
+    pub(crate) fn ingest(
+        &mut self,
+        spec: &AggregateSpec,
+        prepared: &Prepared,
+        watermark: i64,
+    ) -> Result<Option<BooleanArray>> {
+        let window = spec.window.expect("fast state is windowed");
+        let times = prepared
+            .times
+            .as_ref()
+            .expect("windowed input has event time");
+        let anchors: Vec<i64> = times.iter().map(|&t| window.anchor(t)).collect();
+        let open = |end: i64| end.saturating_add(spec.lateness) > watermark;
+        // Late rows: every window of the row is closed.
+        let mut late = None;
+        if anchors.iter().any(|&a| !open(window.last_end(a))) {
+            late = Some(BooleanArray::from(
+                anchors
+                    .iter()
+                    .map(|&a| !open(window.last_end(a)))
+                    .collect::<Vec<_>>(),
+            ));
+        }
+        let first = anchors[0];
+        if late.is_none() && anchors.iter().all(|&a| a == first) {
+            self.feed_anchor(
+                spec,
+                first,
+                &prepared.keys,
+                &prepared.args,
+                &prepared.filters,
+                watermark,
+            )?;
+            return Ok(None);
+        }
+        // Group row indices by anchor (usually a few distinct anchors per batch).
+        let mut by_anchor: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (row, &a) in anchors.iter().enumerate() {
+            if open(window.last_end(a)) {
+                by_anchor.entry(a).or_default().push(row as u32);
+            }
+        }
+        let arrow_error = |source| CoreError::Arrow {
+            operator: spec.name.clone(),
+            source,
+        };
+        for (anchor, rows) in by_anchor {
+            let indices = UInt32Array::from(rows);
+            let pick = |columns: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
+                columns
+                    .iter()
+                    .map(|c| take(c.as_ref(), &indices, None).map_err(arrow_error))
+                    .collect()
+            };
+            let keys = pick(&prepared.keys)?;
+            let args = prepared
+                .args
+                .iter()
+                .map(|a| pick(a))
+                .collect::<Result<Vec<_>>>()?;
+            let filters = prepared
+                .filters
+                .iter()
+                .map(|f| match f {
+                    None => Ok(None),
+                    Some(f) => take(f, &indices, None)
+                        .map(|a| Some(arrow::array::AsArray::as_boolean(&a).clone()))
+                        .map_err(arrow_error),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.feed_anchor(spec, anchor, &keys, &args, &filters, watermark)?;
+        }
+        Ok(late)
+    }
+
+    fn feed_anchor(
+        &mut self,
+        spec: &AggregateSpec,
+        anchor: i64,
+        keys: &[ArrayRef],
+        args: &[Vec<ArrayRef>],
+        filters: &[Option<BooleanArray>],
+        watermark: i64,
+    ) -> Result<()> {
+        let window_spec = spec.window.expect("windowed");
+        let rows = args
+            .first()
+            .and_then(|a| a.first())
+            .map(|a| a.len())
+            .or_else(|| keys.first().map(|k| k.len()))
+            .unwrap_or(0);
+        let mut targets = Vec::new();
+        window_spec.for_each_window(anchor, |start, end| {
+            if end.saturating_add(spec.lateness) > watermark {
+                targets.push((end, start));
+            }
+        });
+        let df = |source| CoreError::Evaluation {
+            operator: spec.name.clone(),
+            source,
+        };
+        for target in targets {
+            if !self.windows.contains_key(&target) {
+                let window = self.new_window(spec)?;
+                self.windows.insert(target, window);
+            }
+            let window = self.windows.get_mut(&target).expect("inserted");
+            match &mut window.groups {
+                Some(groups) => {
+                    self.group_indices.clear();
+                    groups.intern(keys, &mut self.group_indices).map_err(df)?;
+                    window.num_groups = groups.len();
+                }
+                None => {
+                    self.group_indices.clear();
+                    self.group_indices.resize(rows, 0);
+                    window.num_groups = 1;
+                }
+            }
+            for ((accumulator, values), filter) in
+                window.accumulators.iter_mut().zip(args).zip(filters)
+            {
+                accumulator
+                    .update_batch(
+                        values,
+                        &self.group_indices,
+                        filter.as_ref(),
+                        window.num_groups,
+                    )
+                    .map_err(df)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits and frees every window closed by `watermark` (SPEC 2.9: ON WATERMARK without
+    /// lateness, ON WINDOW CLOSE and FINAL all emit once at `W >= end + lateness`).
+    pub(crate) fn advance(
+        &mut self,
+        spec: &AggregateSpec,
+        watermark: i64,
+    ) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        while let Some(entry) = self.windows.first_entry() {
+            let (end, start) = *entry.key();
+            if end.saturating_add(spec.lateness) > watermark {
+                break;
+            }
+            let window = entry.remove();
+            out.push(emit_window(spec, window, start, end)?);
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn min_retained(&self, time: OutputTime) -> Option<i64> {
+        match time {
+            OutputTime::None => None,
+            OutputTime::WindowStart => self.windows.keys().map(|&(_, start)| start).min(),
+            OutputTime::WindowEnd => self.windows.keys().next().map(|&(end, _)| end),
+        }
+    }
+
+    pub(crate) fn size(&self) -> StateSize {
+        let mut size = StateSize::default();
+        for window in self.windows.values() {
+            size.rows += window.num_groups as u64;
+            size.bytes += window.groups.as_ref().map_or(0, |g| g.size()) as u64;
+            size.bytes += window
+                .accumulators
+                .iter()
+                .map(|a| a.size() as u64)
+                .sum::<u64>();
+        }
+        size
+    }
+}
+
+fn emit_window(
+    spec: &AggregateSpec,
+    mut window: Window,
+    start: i64,
+    end: i64,
+) -> Result<RecordBatch> {
+    let df = |source| CoreError::Evaluation {
+        operator: spec.name.clone(),
+        source,
+    };
+    let keys = match &mut window.groups {
+        Some(groups) => groups.emit(EmitTo::All).map_err(df)?,
+        None => Vec::new(),
+    };
+    let values = window
+        .accumulators
+        .iter_mut()
+        .map(|a| a.evaluate(EmitTo::All))
+        .collect::<datafusion::error::Result<Vec<_>>>()
+        .map_err(df)?;
+    let rows = window.num_groups;
+    let starts = vec![start; rows];
+    let ends = vec![end; rows];
+    let batch =
+        AggregateOperator::aggregate_batch(spec, keys, Some((&starts, &ends)), values, rows)?;
+    let (out, _) = AggregateOperator::post(spec, batch)?;
+    Ok(out)
+}

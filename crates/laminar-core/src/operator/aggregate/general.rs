@@ -1,0 +1,678 @@
+//! Row-accumulator state: one DataFusion `Accumulator` set per group, evaluated without
+//! being consumed. This layout serves what the vectorized one cannot: updating EMIT modes
+//! (each group remembers the last row it emitted, so a change becomes `U-`/`U+`, a vanished
+//! or no-longer-qualifying group `D`), changelog input (`retract_batch`), and session windows
+//! (sessions of a key merge through `state()` / `merge_batch()`).
+
+use std::collections::{BTreeMap, HashMap};
+
+use arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
+use arrow::compute::take;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, Rows};
+use datafusion::logical_expr::Accumulator;
+use datafusion::scalar::ScalarValue;
+
+use super::{AggregateOperator, AggregateSpec, EmitMode, OutputTime, Prepared, with_ops};
+use crate::error::{CoreError, Result};
+use crate::message::{END_OF_TIME, NO_WATERMARK};
+use crate::operator::StateSize;
+
+/// The window key of unwindowed aggregation.
+const GLOBAL: (i64, i64) = (END_OF_TIME, NO_WATERMARK);
+
+struct Group {
+    accumulators: Vec<Box<dyn Accumulator>>,
+    /// Net number of rows (Z-set weight) in the group.
+    weight: i64,
+    /// The output row last emitted for this group (after HAVING and the SELECT list).
+    last: Option<Vec<ScalarValue>>,
+    dirty: bool,
+}
+
+#[derive(Default)]
+struct Window {
+    groups: HashMap<Box<[u8]>, Group>,
+    /// The window's first emission happened (ON WATERMARK, EVERY).
+    emitted: bool,
+}
+
+struct Session {
+    start: i64,
+    end: i64,
+    group: Group,
+    emitted: bool,
+}
+
+pub(crate) struct GeneralState {
+    changelog: bool,
+    windows: BTreeMap<(i64, i64), Window>,
+    sessions: HashMap<Box<[u8]>, Vec<Session>>,
+    /// A lower bound of every session end (skips scans on watermarks that close nothing).
+    session_min_end: i64,
+    session_min_start: Option<i64>,
+    /// Output rows of merged-away sessions, retracted at the next emission.
+    retractions: Vec<Vec<ScalarValue>>,
+}
+
+/// One group to emit: its key, window bounds and state.
+struct Entry<'a> {
+    key: &'a [u8],
+    start: i64,
+    end: i64,
+    group: &'a mut Group,
+}
+
+impl GeneralState {
+    pub(crate) fn new(spec: &AggregateSpec, changelog: bool) -> Result<GeneralState> {
+        // Fail at CREATE time, not on the first row, when an accumulator cannot be built.
+        new_accumulators(spec, changelog)?;
+        Ok(GeneralState {
+            changelog,
+            windows: BTreeMap::new(),
+            sessions: HashMap::new(),
+            session_min_end: END_OF_TIME,
+            session_min_start: None,
+            retractions: Vec::new(),
+        })
+    }
+
+    /// Feeds a batch; returns the mask of too-late rows, if any.
+    pub(crate) fn ingest(
+        &mut self,
+        spec: &AggregateSpec,
+        converter: Option<&RowConverter>,
+        prepared: &Prepared,
+        watermark: i64,
+    ) -> Result<Option<BooleanArray>> {
+        let rows = prepared.batch.num_rows();
+        let keys: Option<Rows> = match converter {
+            Some(c) => {
+                Some(
+                    c.convert_columns(&prepared.keys)
+                        .map_err(|source| CoreError::Arrow {
+                            operator: spec.name.clone(),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let key_of = |row: usize| -> &[u8] {
+            match &keys {
+                Some(k) => k.row(row).data(),
+                None => &[],
+            }
+        };
+        if let Some(window) = spec.window
+            && window.is_session()
+        {
+            return self.ingest_sessions(spec, prepared, &key_of, watermark);
+        }
+        let open = |end: i64| end.saturating_add(spec.lateness) > watermark;
+        // (window, key) -> (rows adding, rows retracting)
+        type Slot = (Vec<u32>, Vec<u32>);
+        let mut slots: HashMap<((i64, i64), &[u8]), Slot> = HashMap::new();
+        let mut late = vec![false; rows];
+        let mut any_late = false;
+        for (row, is_late) in late.iter_mut().enumerate() {
+            let weight = prepared.weights.as_ref().map_or(1, |w| w[row]);
+            let key = key_of(row);
+            let mut add = |target: (i64, i64)| {
+                let slot = slots.entry((target, key)).or_default();
+                if weight > 0 {
+                    slot.0.push(row as u32);
+                } else {
+                    slot.1.push(row as u32);
+                }
+            };
+            match spec.window {
+                None => add(GLOBAL),
+                Some(window) => {
+                    let anchor = window.anchor(prepared.times.as_ref().expect("event time")[row]);
+                    if !open(window.last_end(anchor)) {
+                        *is_late = true;
+                        any_late = true;
+                        continue;
+                    }
+                    window.for_each_window(anchor, |start, end| {
+                        if open(end) {
+                            add((end, start));
+                        }
+                    });
+                }
+            }
+        }
+        for ((target, key), (adds, retracts)) in slots {
+            let window = self.windows.entry(target).or_default();
+            if !window.groups.contains_key(key) {
+                let group = new_group(spec, self.changelog)?;
+                window.groups.insert(key.into(), group);
+            }
+            let group = window.groups.get_mut(key).expect("inserted");
+            update_group(spec, group, prepared, &adds, false)?;
+            update_group(spec, group, prepared, &retracts, true)?;
+        }
+        Ok(any_late.then(|| BooleanArray::from(late)))
+    }
+
+    fn ingest_sessions<'k>(
+        &mut self,
+        spec: &AggregateSpec,
+        prepared: &Prepared,
+        key_of: &dyn Fn(usize) -> &'k [u8],
+        watermark: i64,
+    ) -> Result<Option<BooleanArray>> {
+        let gap = spec.window.expect("session").span();
+        let times = prepared.times.as_ref().expect("event time");
+        let rows = prepared.batch.num_rows();
+        let mut by_key: HashMap<&'k [u8], Vec<u32>> = HashMap::new();
+        for row in 0..rows {
+            by_key.entry(key_of(row)).or_default().push(row as u32);
+        }
+        let mut late = vec![false; rows];
+        let mut any_late = false;
+        for (key, mut key_rows) in by_key {
+            key_rows.sort_by_key(|&r| times[r as usize]);
+            let sessions = self.sessions.entry(key.into()).or_default();
+            for row in key_rows {
+                let t = times[row as usize];
+                let (lo, hi) = (t, t.saturating_add(gap));
+                // Sessions the row's interval [t, t+gap) overlaps or touches.
+                let touching: Vec<usize> = sessions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.start <= hi && s.end >= lo)
+                    .map(|(i, _)| i)
+                    .collect();
+                if touching.is_empty() {
+                    if hi.saturating_add(spec.lateness) <= watermark {
+                        late[row as usize] = true;
+                        any_late = true;
+                        continue;
+                    }
+                    let position = sessions.partition_point(|s| s.start < lo);
+                    sessions.insert(
+                        position,
+                        Session {
+                            start: lo,
+                            end: hi,
+                            group: new_group(spec, self.changelog)?,
+                            emitted: false,
+                        },
+                    );
+                    self.session_min_end = self.session_min_end.min(hi);
+                    update_group(spec, &mut sessions[position].group, prepared, &[row], false)?;
+                    continue;
+                }
+                let target = touching[0];
+                // Merge the other touched sessions into the first one (highest index first so
+                // removal keeps the remaining indices valid).
+                for &other in touching[1..].iter().rev() {
+                    let merged = sessions.remove(other);
+                    if let Some(last) = merged.group.last.clone() {
+                        self.retractions.push(last);
+                    }
+                    let session = &mut sessions[target];
+                    merge_groups(spec, &mut session.group, merged.group)?;
+                    session.end = session.end.max(merged.end);
+                    session.emitted |= merged.emitted;
+                }
+                let session = &mut sessions[target];
+                session.start = session.start.min(lo);
+                session.end = session.end.max(hi);
+                let weight = prepared.weights.as_ref().map_or(1, |w| w[row as usize]);
+                update_group(spec, &mut session.group, prepared, &[row], weight < 0)?;
+            }
+        }
+        Ok(any_late.then(|| BooleanArray::from(late)))
+    }
+
+    /// Emits dirty groups as a changelog (`only_emitted`: only in windows whose first
+    /// emission already happened, i.e. ON WATERMARK corrections).
+    pub(crate) fn emit_dirty(
+        &mut self,
+        spec: &AggregateSpec,
+        converter: Option<&RowConverter>,
+        output: &SchemaRef,
+        only_emitted: bool,
+    ) -> Result<Option<RecordBatch>> {
+        let mut entries = Vec::new();
+        for (&(end, start), window) in self.windows.iter_mut() {
+            if only_emitted && !window.emitted {
+                continue;
+            }
+            for (key, group) in window.groups.iter_mut() {
+                if group.dirty {
+                    entries.push(Entry {
+                        key,
+                        start,
+                        end,
+                        group,
+                    });
+                }
+            }
+        }
+        for (key, sessions) in self.sessions.iter_mut() {
+            for session in sessions.iter_mut() {
+                if (session.emitted || !only_emitted) && session.group.dirty {
+                    entries.push(Entry {
+                        key,
+                        start: session.start,
+                        end: session.end,
+                        group: &mut session.group,
+                    });
+                }
+            }
+        }
+        let retractions = std::mem::take(&mut self.retractions);
+        let batch = emit_updates(spec, converter, output, entries, retractions)?;
+        self.drop_vanished();
+        Ok(batch)
+    }
+
+    /// Removes groups whose rows were all retracted (their `D` has been emitted).
+    fn drop_vanished(&mut self) {
+        if !self.changelog {
+            return;
+        }
+        for window in self.windows.values_mut() {
+            window
+                .groups
+                .retain(|_, g| g.weight > 0 || g.dirty || g.last.is_some());
+        }
+        self.windows
+            .retain(|&k, w| k == GLOBAL || !w.groups.is_empty());
+    }
+
+    /// Handles a watermark advance: first emissions (ON WATERMARK, EVERY), final emissions
+    /// (ON WINDOW CLOSE, FINAL) and freeing of windows past `end + lateness`.
+    pub(crate) fn advance(
+        &mut self,
+        spec: &AggregateSpec,
+        converter: Option<&RowConverter>,
+        output: &SchemaRef,
+        watermark: i64,
+    ) -> Result<Vec<RecordBatch>> {
+        let updating = spec.emit.is_updating(spec.lateness);
+        let mut out = Vec::new();
+        let mut emit_now: Vec<Entry<'_>> = Vec::new();
+        let mut closed: Vec<(i64, i64)> = Vec::new();
+        for (&(end, start), window) in self.windows.iter_mut() {
+            if (end, start) == GLOBAL || end > watermark {
+                break;
+            }
+            let closing = end.saturating_add(spec.lateness) <= watermark;
+            let first = !window.emitted;
+            window.emitted = true;
+            if closing {
+                closed.push((end, start));
+            }
+            for (key, group) in window.groups.iter_mut() {
+                let emit = match spec.emit {
+                    EmitMode::OnWatermark => first || group.dirty,
+                    EmitMode::Every(_) => group.dirty,
+                    EmitMode::OnWindowClose | EmitMode::Final => closing,
+                    EmitMode::OnUpdate | EmitMode::Changes => false,
+                };
+                if emit {
+                    emit_now.push(Entry {
+                        key,
+                        start,
+                        end,
+                        group,
+                    });
+                }
+            }
+        }
+        let mut closed_sessions: Vec<(Box<[u8]>, i64)> = Vec::new();
+        if watermark >= self.session_min_end {
+            let mut min_end = END_OF_TIME;
+            for (key, sessions) in self.sessions.iter_mut() {
+                for session in sessions.iter_mut() {
+                    min_end = min_end.min(session.end);
+                    if session.end > watermark {
+                        continue;
+                    }
+                    let closing = session.end.saturating_add(spec.lateness) <= watermark;
+                    let first = !session.emitted;
+                    session.emitted = true;
+                    if closing {
+                        closed_sessions.push((key.clone(), session.start));
+                    }
+                    let emit = match spec.emit {
+                        EmitMode::OnWatermark => first || session.group.dirty,
+                        EmitMode::Every(_) => session.group.dirty,
+                        EmitMode::OnWindowClose | EmitMode::Final => closing,
+                        EmitMode::OnUpdate | EmitMode::Changes => false,
+                    };
+                    if emit {
+                        emit_now.push(Entry {
+                            key,
+                            start: session.start,
+                            end: session.end,
+                            group: &mut session.group,
+                        });
+                    }
+                }
+            }
+            self.session_min_end = min_end;
+        }
+        let batch = if updating {
+            let retractions = std::mem::take(&mut self.retractions);
+            emit_updates(spec, converter, output, emit_now, retractions)?
+        } else {
+            emit_append(spec, converter, emit_now)?
+        };
+        out.extend(batch);
+        for key in closed {
+            self.windows.remove(&key);
+        }
+        for (key, start) in closed_sessions {
+            if let Some(sessions) = self.sessions.get_mut(&key) {
+                sessions.retain(|s| s.start != start);
+                if sessions.is_empty() {
+                    self.sessions.remove(&key);
+                }
+            }
+        }
+        self.session_min_start = self
+            .sessions
+            .values()
+            .flat_map(|s| s.iter().map(|s| s.start))
+            .min();
+        Ok(out)
+    }
+
+    pub(crate) fn min_retained(&self, time: OutputTime) -> Option<i64> {
+        let windows = match time {
+            OutputTime::None => return None,
+            OutputTime::WindowStart => self
+                .windows
+                .keys()
+                .filter(|&&k| k != GLOBAL)
+                .map(|&(_, start)| start)
+                .min(),
+            OutputTime::WindowEnd => self.windows.keys().next().map(|&(end, _)| end),
+        };
+        let sessions = match time {
+            OutputTime::WindowStart => self.session_min_start,
+            _ => (self.session_min_end != END_OF_TIME).then_some(self.session_min_end),
+        };
+        match (windows, sessions) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub(crate) fn size(&self) -> StateSize {
+        let mut size = StateSize::default();
+        let mut add = |key: &[u8], group: &Group| {
+            size.rows += 1;
+            size.bytes += key.len() as u64
+                + group
+                    .accumulators
+                    .iter()
+                    .map(|a| a.size() as u64)
+                    .sum::<u64>();
+        };
+        for window in self.windows.values() {
+            for (key, group) in &window.groups {
+                add(key, group);
+            }
+        }
+        for (key, sessions) in &self.sessions {
+            for session in sessions {
+                add(key, &session.group);
+            }
+        }
+        size
+    }
+}
+
+fn new_accumulators(spec: &AggregateSpec, changelog: bool) -> Result<Vec<Box<dyn Accumulator>>> {
+    spec.aggregates
+        .iter()
+        .map(|call| {
+            if changelog {
+                super::retractable(&call.function)
+                    .map_err(|reason| CoreError::Internal(format!("{}: {reason}", spec.name)))
+            } else {
+                call.function
+                    .create_accumulator()
+                    .map_err(|source| CoreError::Evaluation {
+                        operator: spec.name.clone(),
+                        source,
+                    })
+            }
+        })
+        .collect()
+}
+
+fn new_group(spec: &AggregateSpec, changelog: bool) -> Result<Group> {
+    Ok(Group {
+        accumulators: new_accumulators(spec, changelog)?,
+        weight: 0,
+        last: None,
+        dirty: false,
+    })
+}
+
+/// Feeds (or retracts) the given rows of `prepared` into a group.
+fn update_group(
+    spec: &AggregateSpec,
+    group: &mut Group,
+    prepared: &Prepared,
+    rows: &[u32],
+    retract: bool,
+) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let arrow_error = |source| CoreError::Arrow {
+        operator: spec.name.clone(),
+        source,
+    };
+    let df = |source| CoreError::Evaluation {
+        operator: spec.name.clone(),
+        source,
+    };
+    let all = UInt32Array::from(rows.to_vec());
+    for ((accumulator, args), filter) in group
+        .accumulators
+        .iter_mut()
+        .zip(&prepared.args)
+        .zip(&prepared.filters)
+    {
+        let indices = match filter {
+            None => all.clone(),
+            Some(mask) => UInt32Array::from(
+                rows.iter()
+                    .copied()
+                    .filter(|&r| mask.is_valid(r as usize) && mask.value(r as usize))
+                    .collect::<Vec<_>>(),
+            ),
+        };
+        if indices.is_empty() {
+            continue;
+        }
+        let values = args
+            .iter()
+            .map(|a| take(a.as_ref(), &indices, None))
+            .collect::<std::result::Result<Vec<ArrayRef>, _>>()
+            .map_err(arrow_error)?;
+        if retract {
+            accumulator.retract_batch(&values).map_err(df)?;
+        } else {
+            accumulator.update_batch(&values).map_err(df)?;
+        }
+    }
+    let n = rows.len() as i64;
+    group.weight += if retract { -n } else { n };
+    group.dirty = true;
+    Ok(())
+}
+
+/// Merges `from` into `into` through the accumulators' intermediate state.
+fn merge_groups(spec: &AggregateSpec, into: &mut Group, mut from: Group) -> Result<()> {
+    let df = |source| CoreError::Evaluation {
+        operator: spec.name.clone(),
+        source,
+    };
+    for (target, source) in into
+        .accumulators
+        .iter_mut()
+        .zip(from.accumulators.iter_mut())
+    {
+        let state = source.state().map_err(df)?;
+        let arrays = state
+            .into_iter()
+            .map(|s| s.to_array())
+            .collect::<datafusion::error::Result<Vec<_>>>()
+            .map_err(df)?;
+        target.merge_batch(&arrays).map_err(df)?;
+    }
+    into.weight += from.weight;
+    into.dirty = true;
+    Ok(())
+}
+
+/// Evaluates the entries' groups into aggregated rows, then HAVING and the SELECT list.
+/// Returns the output rows and, per output row, the index of its entry.
+fn evaluate(
+    spec: &AggregateSpec,
+    converter: Option<&RowConverter>,
+    entries: &mut [Entry<'_>],
+) -> Result<(RecordBatch, Vec<u32>)> {
+    let df = |source| CoreError::Evaluation {
+        operator: spec.name.clone(),
+        source,
+    };
+    let arrow_error = |source| CoreError::Arrow {
+        operator: spec.name.clone(),
+        source,
+    };
+    let keys = match converter {
+        Some(converter) => {
+            let parser = converter.parser();
+            converter
+                .convert_rows(entries.iter().map(|e| parser.parse(e.key)))
+                .map_err(arrow_error)?
+        }
+        None => Vec::new(),
+    };
+    let mut values = Vec::with_capacity(spec.aggregates.len());
+    for i in 0..spec.aggregates.len() {
+        let scalars = entries
+            .iter_mut()
+            .map(|e| e.group.accumulators[i].evaluate())
+            .collect::<datafusion::error::Result<Vec<_>>>()
+            .map_err(df)?;
+        values.push(ScalarValue::iter_to_array(scalars).map_err(df)?);
+    }
+    let starts: Vec<i64> = entries.iter().map(|e| e.start).collect();
+    let ends: Vec<i64> = entries.iter().map(|e| e.end).collect();
+    let window = spec.window.map(|_| (starts.as_slice(), ends.as_slice()));
+    let batch = AggregateOperator::aggregate_batch(spec, keys, window, values, entries.len())?;
+    AggregateOperator::post(spec, batch)
+}
+
+/// Append-only emission of the entries' current values (groups with no rows left are
+/// skipped).
+fn emit_append(
+    spec: &AggregateSpec,
+    converter: Option<&RowConverter>,
+    entries: Vec<Entry<'_>>,
+) -> Result<Option<RecordBatch>> {
+    let mut entries: Vec<Entry<'_>> = entries.into_iter().filter(|e| e.group.weight > 0).collect();
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    let (batch, _) = evaluate(spec, converter, &mut entries)?;
+    for entry in entries {
+        entry.group.dirty = false;
+    }
+    Ok(Some(batch))
+}
+
+/// Changelog emission: each entry's new output row against the one it last emitted
+/// (`I`, `U-`/`U+`, `D`; nothing when unchanged), plus explicit retractions.
+fn emit_updates(
+    spec: &AggregateSpec,
+    converter: Option<&RowConverter>,
+    output: &SchemaRef,
+    mut entries: Vec<Entry<'_>>,
+    retractions: Vec<Vec<ScalarValue>>,
+) -> Result<Option<RecordBatch>> {
+    if entries.is_empty() && retractions.is_empty() {
+        return Ok(None);
+    }
+    let df = |source| CoreError::Evaluation {
+        operator: spec.name.clone(),
+        source,
+    };
+    let mut rows: Vec<Vec<ScalarValue>> = Vec::new();
+    let mut ops: Vec<&'static str> = Vec::new();
+    for old in retractions {
+        rows.push(old);
+        ops.push("D");
+    }
+    if !entries.is_empty() {
+        let (batch, origin) = evaluate(spec, converter, &mut entries)?;
+        let mut new_rows: Vec<Option<Vec<ScalarValue>>> = vec![None; entries.len()];
+        for (out_row, &entry) in origin.iter().enumerate() {
+            if entries[entry as usize].group.weight <= 0 {
+                continue;
+            }
+            let row = batch
+                .columns()
+                .iter()
+                .map(|c| ScalarValue::try_from_array(c, out_row))
+                .collect::<datafusion::error::Result<Vec<_>>>()
+                .map_err(df)?;
+            new_rows[entry as usize] = Some(row);
+        }
+        for (entry, new) in entries.iter_mut().zip(new_rows) {
+            entry.group.dirty = false;
+            match (entry.group.last.take(), new) {
+                (None, None) => {}
+                (None, Some(new)) => {
+                    rows.push(new.clone());
+                    ops.push("I");
+                    entry.group.last = Some(new);
+                }
+                (Some(old), None) => {
+                    rows.push(old);
+                    ops.push("D");
+                }
+                (Some(old), Some(new)) => {
+                    if old != new {
+                        rows.push(old);
+                        ops.push("U-");
+                        rows.push(new.clone());
+                        ops.push("U+");
+                    }
+                    entry.group.last = Some(new);
+                }
+            }
+        }
+    }
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let columns = (0..spec.post_schema.fields().len())
+        .map(|c| ScalarValue::iter_to_array(rows.iter().map(|r| r[c].clone())))
+        .collect::<datafusion::error::Result<Vec<_>>>()
+        .map_err(df)?;
+    let values = RecordBatch::try_new_with_options(
+        super::relaxed(&spec.post_schema),
+        columns,
+        &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(rows.len())),
+    )
+    .map_err(|source| CoreError::Arrow {
+        operator: spec.name.clone(),
+        source,
+    })?;
+    with_ops(output, &values, ops).map(Some)
+}
