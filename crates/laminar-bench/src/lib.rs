@@ -31,6 +31,21 @@ pub const PROJECTION_SQL: &str = "SELECT auction, bidder, price * 0.908 AS euro,
 /// The filter workload (Nexmark q2).
 pub const FILTER_SQL: &str = "SELECT auction, price FROM bids WHERE auction % 123 = 0";
 
+/// Tumbling window per auction (10,000 auction keys): COUNT, MAX, SUM per 10 s.
+pub const TUMBLE_SQL: &str = "SELECT auction % 10000 AS a, tumble(ts, INTERVAL '10' SECOND) AS w, \
+     COUNT(*) AS n, MAX(price) AS hi, SUM(price) AS total FROM bids \
+     GROUP BY auction % 10000, tumble(ts, INTERVAL '10' SECOND) EMIT ON WINDOW CLOSE";
+
+/// Hopping window per auction (Nexmark q5 shape): COUNT per 10 s window every 2 s.
+pub const HOP_SQL: &str = "SELECT auction % 10000 AS a, hop(ts, INTERVAL '2' SECOND, INTERVAL '10' SECOND) AS w, \
+     COUNT(*) AS n FROM bids \
+     GROUP BY auction % 10000, hop(ts, INTERVAL '2' SECOND, INTERVAL '10' SECOND) EMIT ON WINDOW CLOSE";
+
+/// Session window per bidder: COUNT and MAX per 500 ms-gap session.
+pub const SESSION_SQL: &str = "SELECT bidder, session(ts, INTERVAL '500' MILLISECOND) AS s, \
+     COUNT(*) AS n, MAX(price) AS hi FROM bids \
+     GROUP BY bidder, session(ts, INTERVAL '500' MILLISECOND) EMIT ON WINDOW CLOSE";
+
 /// First event time of generated bids: 2023-11-14T22:13:20Z in nanoseconds.
 pub const START_TS_NS: i64 = 1_700_000_000_000_000_000;
 
@@ -44,6 +59,12 @@ pub enum Workload {
     Projection,
     /// [`FILTER_SQL`].
     Filter,
+    /// [`TUMBLE_SQL`].
+    Tumble,
+    /// [`HOP_SQL`].
+    Hop,
+    /// [`SESSION_SQL`].
+    Session,
 }
 
 impl Workload {
@@ -52,6 +73,9 @@ impl Workload {
         match self {
             Workload::Projection => PROJECTION_SQL,
             Workload::Filter => FILTER_SQL,
+            Workload::Tumble => TUMBLE_SQL,
+            Workload::Hop => HOP_SQL,
+            Workload::Session => SESSION_SQL,
         }
     }
 
@@ -60,6 +84,9 @@ impl Workload {
         match self {
             Workload::Projection => "projection",
             Workload::Filter => "filter",
+            Workload::Tumble => "tumble",
+            Workload::Hop => "hop",
+            Workload::Session => "session",
         }
     }
 }

@@ -50,6 +50,12 @@ enum Command {
     Projection(ThroughputArgs),
     /// `SELECT auction, price FROM bids WHERE auction % 123 = 0` into a BLACKHOLE sink.
     Filter(ThroughputArgs),
+    /// 10 s tumbling window per auction (10,000 keys): COUNT, MAX, SUM, ON WINDOW CLOSE.
+    Tumble(ThroughputArgs),
+    /// 10 s / 2 s hopping window per auction: COUNT (Nexmark q5 shape).
+    Hop(ThroughputArgs),
+    /// 500 ms session window per bidder: COUNT, MAX.
+    Session(ThroughputArgs),
     /// Writes Nexmark-like bids to a Parquet file.
     GenParquet(GenParquetArgs),
     /// Push-to-subscriber latency of the projection at a fixed offered rate.
@@ -251,6 +257,9 @@ fn main() -> Result<()> {
     let report = match cli.command {
         Command::Projection(args) => throughput(Workload::Projection, &args)?,
         Command::Filter(args) => throughput(Workload::Filter, &args)?,
+        Command::Tumble(args) => throughput(Workload::Tumble, &args)?,
+        Command::Hop(args) => throughput(Workload::Hop, &args)?,
+        Command::Session(args) => throughput(Workload::Session, &args)?,
         Command::GenParquet(args) => gen_parquet(&args)?,
         Command::Latency(args) => latency(&args)?,
         Command::Rss(args) => rss(&args)?,
@@ -336,6 +345,8 @@ fn throughput(workload: Workload, args: &ThroughputArgs) -> Result<Report> {
             r.int("rss_before_run_kb", rss_kb().unwrap_or(0), "kB");
             let started = Instant::now();
             let pushed = push_cycling(&source, &pool, args.events, |_| {})?;
+            // Close every window so the timed run includes emitting them.
+            source.watermark(i64::MAX / 2)?;
             let push_elapsed = started.elapsed();
             if !db.wait_idle(Duration::from_secs(3600)) {
                 bail!("the pipeline did not drain within an hour");

@@ -7,6 +7,7 @@
 
 mod api;
 mod differential;
+mod differential_windows;
 mod robustness;
 mod slt;
 mod util;

@@ -166,8 +166,22 @@ fn explain_analyze_takes_a_stream_name() {
 }
 
 #[test]
-fn window_functions_are_named_in_sinks_too() {
-    let e = parse_statement("CREATE SINK k FROM (SELECT tumble(ts, INTERVAL '1' SECOND) FROM s)")
+fn window_tvfs_parse_in_sinks_too() {
+    let statement = parse_statement(
+        "CREATE SINK k FROM (SELECT window_start, COUNT(*) FROM TUMBLE(TABLE s, DESCRIPTOR(ts), INTERVAL '1' SECOND) GROUP BY window_start, window_end)",
+    )
+    .unwrap();
+    let text = format!("{statement:?}");
+    assert!(
+        text.contains("\"tumble\"") || text.contains("\"TUMBLE\""),
+        "{text}"
+    );
+    assert!(!text.contains("DESCRIPTOR"), "{text}");
+}
+
+#[test]
+fn unknown_emit_forms_are_parse_errors() {
+    let e = parse_statement("CREATE STREAM x AS SELECT k, COUNT(*) FROM s GROUP BY k EMIT NEVER")
         .unwrap_err();
-    assert!(e.to_string().contains("TUMBLE"), "{e}");
+    assert!(e.to_string().contains("valid forms"), "{e}");
 }

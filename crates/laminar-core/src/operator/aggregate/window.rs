@@ -43,6 +43,10 @@ pub enum WindowSpec {
     },
 }
 
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
 /// Floors `ts - offset` to a multiple of `unit` and adds `offset` back.
 fn align(ts: i64, unit: i64, offset: i64) -> i64 {
     (ts - offset).div_euclid(unit) * unit + offset
@@ -104,7 +108,12 @@ impl WindowSpec {
     pub fn anchor(&self, ts: i64) -> i64 {
         match *self {
             WindowSpec::Tumble { size, offset } => align(ts, size, offset),
-            WindowSpec::Hop { slide, offset, .. } => align(ts, slide, offset),
+            // Rows in one gcd(slide, size) bucket share all their windows.
+            WindowSpec::Hop {
+                slide,
+                size,
+                offset,
+            } => align(ts, gcd(slide, size), offset),
             // The end of the smallest window containing `ts`.
             WindowSpec::Cumulate { step, offset, .. } => align(ts, step, offset) + step,
             WindowSpec::Session { .. } => ts,
@@ -115,7 +124,12 @@ impl WindowSpec {
     /// window is closed).
     pub fn last_end(&self, anchor: i64) -> i64 {
         match *self {
-            WindowSpec::Tumble { size, .. } | WindowSpec::Hop { size, .. } => anchor + size,
+            WindowSpec::Tumble { size, .. } => anchor + size,
+            WindowSpec::Hop {
+                slide,
+                size,
+                offset,
+            } => align(anchor, slide, offset) + size,
             WindowSpec::Cumulate { step, size, offset } => {
                 align(anchor - step, size, offset) + size
             }
@@ -127,11 +141,15 @@ impl WindowSpec {
     pub fn for_each_window(&self, anchor: i64, mut f: impl FnMut(i64, i64)) {
         match *self {
             WindowSpec::Tumble { size, .. } => f(anchor, anchor + size),
-            WindowSpec::Hop { slide, size, .. } => {
-                // `anchor` is the latest start at or before the row; earlier starts whose
-                // window still covers the anchor (start + size > anchor) also contain it.
+            WindowSpec::Hop {
+                slide,
+                size,
+                offset,
+            } => {
+                // The latest start at or before the anchor, and earlier starts whose window
+                // still covers the anchor's bucket (start + size > anchor).
                 let mut starts = Vec::with_capacity((size / slide + 1) as usize);
-                let mut start = anchor;
+                let mut start = align(anchor, slide, offset);
                 while start + size > anchor {
                     starts.push(start);
                     start -= slide;
@@ -196,9 +214,11 @@ mod tests {
             size: 4000,
             offset: 0,
         };
-        assert_eq!(windows(h, 3500), vec![(3000, 7000)]);
+        assert_eq!(windows(h, 3500), vec![(0, 4000), (3000, 7000)]);
+        assert_eq!(windows(h, 4500), vec![(3000, 7000)]);
         assert_eq!(windows(h, 2500), vec![(0, 4000)]);
         assert_eq!(windows(h, 3000), vec![(0, 4000), (3000, 7000)]);
+        assert_eq!(h.last_end(h.anchor(3500)), 7000);
     }
 
     #[test]
