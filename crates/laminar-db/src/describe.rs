@@ -134,6 +134,23 @@ impl LaminarDB {
                 ),
             });
         };
+        let emit = catalog
+            .streams
+            .get(name)
+            .and_then(|s| {
+                s.plan.aggregate.as_ref().map(|a| {
+                    format!(
+                        "{} ({})",
+                        a.emit_text,
+                        if s.plan.is_updating() {
+                            "updating: changelog with _op"
+                        } else {
+                            "append-only"
+                        }
+                    )
+                })
+            })
+            .unwrap_or_else(|| "append-only".to_string());
         let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
         let types: Vec<String> = schema
             .fields()
@@ -162,7 +179,7 @@ impl LaminarDB {
             ]);
             columns.extend([
                 repeat(watermark),
-                repeat(Some("append-only".into())),
+                repeat(Some(emit)),
                 repeat(connector),
                 repeat(Some(mask_statement(&sql, spec))),
             ]);
