@@ -292,7 +292,9 @@ async fn spec_1_4_reject_and_drop_oldest() {
     };
     let r = db.source_untyped("r").unwrap();
     let mut full = None;
-    for v in 0..200 {
+    // Enough pushes to fill the source queue and the 1024-message edge behind it even when
+    // the worker drains as fast as the pushes arrive.
+    for v in 0..5000 {
         if let Err(e) = r.push_arrow(one(v)) {
             full = Some(e);
             break;
@@ -318,14 +320,16 @@ async fn spec_1_4_reject_and_drop_oldest() {
     );
     // drop_oldest never fails; evicted rows are counted and never seen downstream.
     let d = db.source_untyped("d").unwrap();
-    for v in 0..200 {
+    const PUSHED: i64 = 5000;
+    for v in 0..PUSHED {
         d.push_arrow(one(v)).unwrap();
     }
     let dropped = db.source_metrics("d").unwrap().dropped;
     assert!(dropped > 0, "with no reader some rows must be evicted");
     let mut seen = Vec::new();
     let deadline = std::time::Instant::now() + WAIT;
-    while seen.len() + (dropped as usize) < 200 && std::time::Instant::now() < deadline {
+    while seen.len() + (dropped as usize) < PUSHED as usize && std::time::Instant::now() < deadline
+    {
         if let Some(b) = ds.recv_timeout(Duration::from_millis(50)).unwrap() {
             seen.extend(
                 b.column(0)
@@ -340,11 +344,15 @@ async fn spec_1_4_reject_and_drop_oldest() {
     }
     assert_eq!(
         seen.len() as u64 + db.source_metrics("d").unwrap().dropped,
-        200
+        PUSHED as u64
     );
     // Eviction takes the oldest queued rows: the newest row always arrives. (Which rows were
     // still queued depends on how far the worker had drained, so the first row is not fixed.)
-    assert_eq!(seen.last(), Some(&199), "the newest row is never evicted");
+    assert_eq!(
+        seen.last(),
+        Some(&(PUSHED - 1)),
+        "the newest row is never evicted"
+    );
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "order kept");
     drop(rs);
 }
