@@ -56,6 +56,8 @@ enum Command {
     Hop(ThroughputArgs),
     /// 500 ms session window per bidder: COUNT, MAX.
     Session(ThroughputArgs),
+    /// Window-close latency: watermark past a window's end -> its rows at a subscriber.
+    WindowLatency(WindowLatencyArgs),
     /// Writes Nexmark-like bids to a Parquet file.
     GenParquet(GenParquetArgs),
     /// Push-to-subscriber latency of the projection at a fixed offered rate.
@@ -98,6 +100,19 @@ struct ThroughputArgs {
     /// Declare the source without the `channel` column (which neither workload reads).
     #[arg(long)]
     without_channel: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct WindowLatencyArgs {
+    /// Open groups per window (distinct keys pushed into each window).
+    #[arg(long, default_value_t = 100_000)]
+    groups: i64,
+    /// Windows measured (after 2 warm-up windows).
+    #[arg(long, default_value_t = 50)]
+    windows: usize,
+    /// Worker threads of the engine.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -261,6 +276,7 @@ fn main() -> Result<()> {
         Command::Hop(args) => throughput(Workload::Hop, &args)?,
         Command::Session(args) => throughput(Workload::Session, &args)?,
         Command::GenParquet(args) => gen_parquet(&args)?,
+        Command::WindowLatency(args) => window_latency(&args)?,
         Command::Latency(args) => latency(&args)?,
         Command::Rss(args) => rss(&args)?,
     };
@@ -710,5 +726,61 @@ fn rss(args: &RssArgs) -> Result<Report> {
         samples,
         "kB (first: before the first push, last: after the drain)",
     );
+    Ok(r)
+}
+
+/// For each 1 s tumbling window: push one row for each of `groups` keys, then advance the
+/// watermark to the window end and time until the window's last row reaches the subscriber
+/// (`COUNT(*) GROUP BY k, tumble(ts, 1 s) EMIT ON WINDOW CLOSE`).
+fn window_latency(args: &WindowLatencyArgs) -> Result<Report> {
+    let mut r = Report::default();
+    r.text("workload", "window-latency");
+    r.text("build", build_profile());
+    r.int("workers", args.workers as u64, "");
+    r.int("groups", args.groups as u64, "open groups per window");
+    let db = LaminarDB::builder().workers(args.workers).build_sync()?;
+    block_on(db.execute(
+        "CREATE SOURCE ev (k BIGINT, ts BIGINT, WATERMARK FOR ts AS ts); \
+         CREATE STREAM q AS SELECT k, tumble(ts, INTERVAL '1' SECOND) AS w, COUNT(*) AS n FROM ev \
+         GROUP BY k, tumble(ts, INTERVAL '1' SECOND) EMIT ON WINDOW CLOSE",
+    ))?;
+    let source = db.source_untyped("ev")?;
+    let schema = source.schema();
+    let mut sub = db.subscribe_arrow("q")?;
+    let keys: ArrayRef = Arc::new(Int64Array::from((0..args.groups).collect::<Vec<_>>()));
+    let mut latencies = Vec::with_capacity(args.windows);
+    for window in 0..(args.windows + 2) as i64 {
+        let start = window * 1000;
+        let ts: ArrayRef = Arc::new(Int64Array::from(vec![start + 500; args.groups as usize]));
+        source.push_arrow(RecordBatch::try_new(
+            schema.clone(),
+            vec![keys.clone(), ts],
+        )?)?;
+        if !db.wait_idle(Duration::from_secs(60)) {
+            bail!("the pipeline did not drain");
+        }
+        let started = Instant::now();
+        source.watermark(start + 1000)?;
+        let mut rows = 0i64;
+        while rows < args.groups {
+            match sub.recv_timeout(Duration::from_secs(10))? {
+                Some(batch) => rows += batch.num_rows() as i64,
+                None => bail!("window {window} did not arrive within 10 s"),
+            }
+        }
+        if window >= 2 {
+            latencies.push(started.elapsed().as_micros() as u64);
+        }
+    }
+    fail_on_failures(&db)?;
+    db.shutdown_sync();
+    latencies.sort_unstable();
+    r.int(
+        "p50_us",
+        quantile(&latencies, 0.5).unwrap_or(0),
+        "us (watermark -> all rows of the window received)",
+    );
+    r.int("p99_us", quantile(&latencies, 0.99).unwrap_or(0), "us");
+    r.int("max_us", latencies.last().copied().unwrap_or(0), "us");
     Ok(r)
 }
