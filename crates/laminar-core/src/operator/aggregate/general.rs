@@ -175,17 +175,23 @@ impl GeneralState {
         let mut any_late = false;
         for (key, mut key_rows) in by_key {
             key_rows.sort_by_key(|&r| times[r as usize]);
-            let sessions = self.sessions.entry(key.into()).or_default();
+            if !self.sessions.contains_key(key) {
+                self.sessions.insert(key.into(), Vec::new());
+            }
+            let sessions = self.sessions.get_mut(key).expect("inserted");
+            let mut touching: Vec<usize> = Vec::new();
             for row in key_rows {
                 let t = times[row as usize];
                 let (lo, hi) = (t, t.saturating_add(gap));
                 // Sessions the row's interval [t, t+gap) overlaps or touches.
-                let touching: Vec<usize> = sessions
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| s.start <= hi && s.end >= lo)
-                    .map(|(i, _)| i)
-                    .collect();
+                touching.clear();
+                touching.extend(
+                    sessions
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| s.start <= hi && s.end >= lo)
+                        .map(|(i, _)| i),
+                );
                 if touching.is_empty() {
                     if hi.saturating_add(spec.lateness) <= watermark {
                         late[row as usize] = true;
@@ -478,6 +484,8 @@ fn update_group(
         operator: spec.name.clone(),
         source,
     };
+    // A contiguous run of rows (always the case for one row) is a zero-copy slice.
+    let contiguous = rows.windows(2).all(|w| w[1] == w[0] + 1);
     let all = UInt32Array::from(rows.to_vec());
     for ((accumulator, args), filter) in group
         .accumulators
@@ -485,6 +493,18 @@ fn update_group(
         .zip(&prepared.args)
         .zip(&prepared.filters)
     {
+        if contiguous && filter.is_none() {
+            let values: Vec<ArrayRef> = args
+                .iter()
+                .map(|a| a.slice(rows[0] as usize, rows.len()))
+                .collect();
+            if retract {
+                accumulator.retract_batch(&values).map_err(df)?;
+            } else {
+                accumulator.update_batch(&values).map_err(df)?;
+            }
+            continue;
+        }
         let indices = match filter {
             None => all.clone(),
             Some(mask) => UInt32Array::from(
