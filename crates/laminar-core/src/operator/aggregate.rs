@@ -480,6 +480,21 @@ impl AggregateOperator {
         Ok((out, rows))
     }
 
+    /// Emits every changed group of every window (EMIT EVERY ticks and end of input).
+    fn emit_all_dirty(&mut self, out: &mut Vec<Message>) -> Result<()> {
+        if let State::General(state) = &mut self.state
+            && let Some(batch) = state.emit_dirty(
+                &self.spec,
+                self.converter.as_ref(),
+                &self.output_schema,
+                false,
+            )?
+        {
+            self.push_output(batch, out);
+        }
+        Ok(())
+    }
+
     fn push_output(&self, batch: RecordBatch, out: &mut Vec<Message>) {
         if batch.num_rows() > 0 {
             out.push(Message::Batch(batch));
@@ -488,7 +503,7 @@ impl AggregateOperator {
 }
 
 /// `schema` with every field nullable.
-fn relaxed(schema: &SchemaRef) -> SchemaRef {
+pub fn relaxed(schema: &SchemaRef) -> SchemaRef {
     if schema.fields().iter().all(|f| f.is_nullable()) {
         return schema.clone();
     }
@@ -603,16 +618,8 @@ impl Operator for AggregateOperator {
         // End of input closes every window; unwindowed groups stay as they are.
         if self.spec.window.is_some() {
             self.on_watermark(END_OF_TIME, out)?;
-        } else if let State::General(state) = &mut self.state
-            && let EmitMode::Every(_) = self.spec.emit
-            && let Some(batch) = state.emit_dirty(
-                &self.spec,
-                self.converter.as_ref(),
-                &self.output_schema,
-                false,
-            )?
-        {
-            self.push_output(batch, out);
+        } else if let EmitMode::Every(_) = self.spec.emit {
+            self.emit_all_dirty(out)?;
         }
         Ok(())
     }
@@ -625,17 +632,7 @@ impl Operator for AggregateOperator {
             return Ok(());
         }
         self.last_periodic = now;
-        if let State::General(state) = &mut self.state
-            && let Some(batch) = state.emit_dirty(
-                &self.spec,
-                self.converter.as_ref(),
-                &self.output_schema,
-                false,
-            )?
-        {
-            self.push_output(batch, out);
-        }
-        Ok(())
+        self.emit_all_dirty(out)
     }
 
     fn state_size(&self) -> StateSize {

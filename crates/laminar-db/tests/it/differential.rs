@@ -8,12 +8,10 @@ use std::time::Duration;
 use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use datafusion::datasource::MemTable;
-use datafusion::prelude::SessionContext;
 use laminar_db::LaminarDB;
 use proptest::prelude::*;
 
-use crate::util::rows;
+use crate::util::{batch_query, proptest_cases, rows};
 
 /// (query, whether output order is defined by input order)
 const QUERIES: &[(&str, bool)] = &[
@@ -117,23 +115,11 @@ fn streaming(query: &str, input: &[Row], splits: &[usize]) -> Vec<Vec<String>> {
 }
 
 fn batch(query: &str, input: &[Row]) -> Vec<Vec<String>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let ctx = SessionContext::new();
-        let table = MemTable::try_new(schema(), vec![vec![to_batch(input)]]).unwrap();
-        ctx.register_table("t", Arc::new(table)).unwrap();
-        let out = ctx.sql(query).await.unwrap().collect().await.unwrap();
-        rows(&out)
-    })
+    batch_query("t", to_batch(input), query)
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(32)
+    proptest_cases(32)
 }
 
 proptest! {

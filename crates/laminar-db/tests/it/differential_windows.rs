@@ -11,12 +11,10 @@ use std::time::Duration;
 use arrow::array::{ArrayRef, Int64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use datafusion::datasource::MemTable;
-use datafusion::prelude::SessionContext;
 use laminar_db::LaminarDB;
 use proptest::prelude::*;
 
-use crate::util::rows;
+use crate::util::{batch_query, proptest_cases, rows};
 
 /// Out-of-orderness of the generated input, also the source's watermark delay (no row is
 /// late, so every row must be counted).
@@ -171,23 +169,11 @@ fn consolidate(changelog: Vec<Vec<String>>) -> Vec<Vec<String>> {
 }
 
 fn batch(query: &str, input: &[Bid]) -> Vec<Vec<String>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let ctx = SessionContext::new();
-        let table = MemTable::try_new(schema(), vec![vec![to_batch(input)]]).unwrap();
-        ctx.register_table("bids", Arc::new(table)).unwrap();
-        let out = ctx.sql(query).await.unwrap().collect().await.unwrap();
-        rows(&out)
-    })
+    batch_query("bids", to_batch(input), query)
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64)
+    proptest_cases(64)
 }
 
 fn check(

@@ -1,4 +1,4 @@
-//! Shared helpers: formatting batches as text rows.
+//! Shared helpers: batches as text rows, DataFusion batch queries, proptest case counts.
 
 use arrow::array::Array;
 use arrow::record_batch::RecordBatch;
@@ -31,4 +31,27 @@ pub fn rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
         }
     }
     out
+}
+
+/// `PROPTEST_CASES` from the environment, else `default`.
+pub fn proptest_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs `query` with DataFusion batch execution over `batch` registered as `table`.
+pub fn batch_query(table: &str, batch: RecordBatch, query: &str) -> Vec<Vec<String>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ctx = datafusion::prelude::SessionContext::new();
+        let mem =
+            datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
+        ctx.register_table(table, std::sync::Arc::new(mem)).unwrap();
+        let out = ctx.sql(query).await.unwrap().collect().await.unwrap();
+        rows(&out)
+    })
 }

@@ -16,13 +16,14 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use laminar_core::operator::Step;
 use laminar_core::operator::aggregate::{
-    AggregateCall, EmitMode, OutputTime, WindowSpec, retractable,
+    AggregateCall, EmitMode, OutputTime, WindowSpec, relaxed, retractable,
 };
 use laminar_core::time::EventTimeKind;
 
 use super::lower::{Branch, compile, conform, lower_node};
 use super::window::{
-    WINDOW_END, mentions_window, parse_emit, parse_lateness, window_call, window_spec,
+    WINDOW_END, mentions_window, parse_emit, parse_lateness, plan_mentions_window, window_call,
+    window_spec,
 };
 use super::{SchemaCatalog, StreamPlan};
 use crate::error::SqlError;
@@ -288,14 +289,14 @@ fn lower_aggregate(
                 ));
                 post.push(Step::Project {
                     exprs,
-                    schema: relaxed(p.schema.as_arrow()),
+                    schema: relaxed(&Arc::new(p.schema.as_arrow().clone())),
                 });
                 extended = false;
             }
             _ => unreachable!("post nodes are filters and projections"),
         }
     }
-    let post_schema: SchemaRef = relaxed(plan.schema().as_arrow());
+    let post_schema: SchemaRef = relaxed(&Arc::new(plan.schema().as_arrow().clone()));
     if extended {
         // No projection above the aggregation: drop the window end column.
         let n = aggregate_df.fields().len() - usize::from(window.is_some());
@@ -383,14 +384,7 @@ fn window_outside_aggregation() -> SqlError {
 }
 
 fn check_no_window_below(plan: &LogicalPlan) -> Result<(), SqlError> {
-    let mut found = false;
-    let _ = plan.apply(|node| {
-        if node.expressions().iter().any(mentions_window) {
-            found = true;
-        }
-        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-    });
-    if found {
+    if plan_mentions_window(plan) {
         return Err(window_outside_aggregation());
     }
     Ok(())
@@ -481,16 +475,6 @@ fn replace_window_end(expr: &Expr) -> Result<Expr, SqlError> {
         })
         .map(|t| t.data)
         .map_err(SqlError::Plan)
-}
-
-fn relaxed(schema: &Schema) -> SchemaRef {
-    Arc::new(Schema::new(
-        schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect::<Vec<_>>(),
-    ))
 }
 
 /// The stream name of `LATE DATA TO name` (the clause text after `LATE DATA`).

@@ -56,18 +56,7 @@ pub(crate) fn lower(
             "ALLOW LATENESS and LATE DATA TO apply to windowed aggregations; this query has no window".into(),
         ));
     }
-    let mut window_found = false;
-    let _ = plan.apply(|node| {
-        if node
-            .expressions()
-            .iter()
-            .any(super::window::mentions_window)
-        {
-            window_found = true;
-        }
-        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-    });
-    if window_found {
+    if super::window::plan_mentions_window(plan) {
         return Err(SqlError::Invalid(
             "window functions (tumble, hop, session, cumulate, window_start, window_end) need a GROUP BY over the window".into(),
         ));

@@ -121,6 +121,18 @@ pub(crate) fn mentions_window(expr: &DfExpr) -> bool {
 
 use datafusion::common::tree_node::TreeNode;
 
+/// True when any node of the plan calls a window function.
+pub(crate) fn plan_mentions_window(plan: &datafusion::logical_expr::LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = plan.apply(|node| {
+        if node.expressions().iter().any(mentions_window) {
+            found = true;
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    found
+}
+
 /// Milliseconds of a constant window parameter (an INTERVAL, or an integer of ms).
 fn constant_millis(function: &str, what: &str, expr: &DfExpr) -> Result<i64, SqlError> {
     let not_constant = || {

@@ -98,15 +98,10 @@ impl FastState {
         let anchors: Vec<i64> = times.iter().map(|&t| window.anchor(t)).collect();
         let open = |end: i64| end.saturating_add(spec.lateness) > watermark;
         // Late rows: every window of the row is closed.
-        let mut late = None;
-        if anchors.iter().any(|&a| !open(window.last_end(a))) {
-            late = Some(BooleanArray::from(
-                anchors
-                    .iter()
-                    .map(|&a| !open(window.last_end(a)))
-                    .collect::<Vec<_>>(),
-            ));
-        }
+        let late_rows: Vec<bool> = anchors.iter().map(|&a| !open(window.last_end(a))).collect();
+        let late = late_rows
+            .contains(&true)
+            .then(|| BooleanArray::from(late_rows.clone()));
         let first = anchors[0];
         if late.is_none() && anchors.iter().all(|&a| a == first) {
             self.feed_anchor(
@@ -121,8 +116,8 @@ impl FastState {
         }
         // Group row indices by anchor (usually a few distinct anchors per batch).
         let mut by_anchor: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-        for (row, &a) in anchors.iter().enumerate() {
-            if open(window.last_end(a)) {
+        for (row, (&a, &is_late)) in anchors.iter().zip(&late_rows).enumerate() {
+            if !is_late {
                 by_anchor.entry(a).or_default().push(row as u32);
             }
         }
