@@ -30,6 +30,24 @@ pub(crate) const RUNTIME_KEYS: &[ConfigKey] = &[
         description: "runtime: rows this far ahead of the source's maximum are bad records",
     },
     ConfigKey {
+        key: "watermark.key",
+        required: false,
+        default: None,
+        description: "runtime: keep one watermark per value of this column",
+    },
+    ConfigKey {
+        key: "watermark.max_keys",
+        required: false,
+        default: Some("1000000"),
+        description: "runtime: most keys a keyed watermark tracks",
+    },
+    ConfigKey {
+        key: "watermark.eviction",
+        required: false,
+        default: Some("least_recently_active"),
+        description: "runtime: key evicted when the table is full: least_recently_active, lowest_watermark or reject_new",
+    },
+    ConfigKey {
         key: "alignment.group",
         required: false,
         default: None,
@@ -38,13 +56,13 @@ pub(crate) const RUNTIME_KEYS: &[ConfigKey] = &[
     ConfigKey {
         key: "alignment.max_drift",
         required: false,
-        default: Some("10s"),
-        description: "runtime: pause a source this far ahead of the slowest in its group",
+        default: None,
+        description: "runtime: how far a source may lead the slowest source of its group",
     },
     ConfigKey {
         key: "alignment.mode",
         required: false,
-        default: None,
-        description: "runtime: event-time alignment mode",
+        default: Some("pause"),
+        description: "runtime: pause, warn or drop when a source leads by more than the drift",
     },
 ];

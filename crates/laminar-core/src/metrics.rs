@@ -1,7 +1,7 @@
 //! Lock-free counters kept per node of the operator graph. Reading them never touches the hot
 //! path; writers use relaxed atomics.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use crate::message::NO_WATERMARK;
 
@@ -32,6 +32,11 @@ pub struct NodeMetrics {
     pub late_dropped: AtomicU64,
     /// Late rows delivered to the `LATE DATA TO` stream.
     pub late_side_output: AtomicU64,
+    /// Rows a source dropped for being beyond its alignment group's drift (`alignment.mode =
+    /// 'drop'`).
+    pub alignment_dropped: AtomicU64,
+    /// True while a source is paused by its alignment group.
+    pub alignment_paused: AtomicBool,
 }
 
 impl Default for NodeMetrics {
@@ -49,6 +54,8 @@ impl Default for NodeMetrics {
             late_total: AtomicU64::new(0),
             late_dropped: AtomicU64::new(0),
             late_side_output: AtomicU64::new(0),
+            alignment_dropped: AtomicU64::new(0),
+            alignment_paused: AtomicBool::new(false),
         }
     }
 }

@@ -63,6 +63,12 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// True while the operator refuses input (a source paused by its alignment group); the
+    /// scheduler leaves its queues untouched and asks again on the next visit.
+    fn paused(&self) -> bool {
+        false
+    }
+
     /// Size of the state held (stateless operators hold none).
     fn state_size(&self) -> StateSize {
         StateSize::default()

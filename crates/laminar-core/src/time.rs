@@ -6,11 +6,17 @@
 //!   monotonic source watermark with bounded out-of-orderness.
 //! - [`WatermarkMerger`] combines the watermarks of several inputs: the minimum over inputs that
 //!   are not idle.
+//! - [`KeyClocks`] keeps one watermark per key value (`watermark.key`).
+//! - [`AlignmentGroup`] keeps sources of one `alignment.group` within a drift of each other.
 
+mod alignment;
 mod event_time;
+mod keyed;
 mod merger;
 mod watermark;
 
+pub use alignment::{Alignment, AlignmentGroup, AlignmentMember, AlignmentMode};
 pub use event_time::{EventTimeColumn, EventTimeKind};
+pub use keyed::{DEFAULT_MAX_KEYS, KeyClocks, KeyEviction, KeyedWatermark, Observed};
 pub use merger::WatermarkMerger;
 pub use watermark::WatermarkGenerator;

@@ -24,6 +24,8 @@ pub(crate) struct SourceEntry {
     pub(crate) schema: SchemaRef,
     pub(crate) event_time: Option<EventTimeColumn>,
     pub(crate) watermark: Option<WatermarkSpec>,
+    /// Keyed watermark (`watermark.key`), if declared.
+    pub(crate) keyed_watermark: Option<laminar_core::time::KeyedWatermark>,
     pub(crate) connector: Option<ConnectorSpec>,
     pub(crate) format: Option<ConnectorSpec>,
     pub(crate) backpressure: BackpressureStrategy,
@@ -141,6 +143,7 @@ impl SchemaCatalog for Catalog {
             return Some(RelationInfo {
                 schema: s.schema.clone(),
                 event_time: s.event_time.as_ref().map(|e| e.name.clone()),
+                keyed_watermark: s.keyed_watermark.clone(),
             });
         }
         self.streams
@@ -149,6 +152,7 @@ impl SchemaCatalog for Catalog {
             .map(|s| RelationInfo {
                 schema: s.plan.output_schema.clone(),
                 event_time: s.plan.event_time.clone(),
+                keyed_watermark: s.plan.keyed_watermark.clone(),
             })
     }
 

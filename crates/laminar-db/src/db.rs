@@ -50,6 +50,10 @@ pub(crate) struct DbInner {
     pub(crate) started_at: Instant,
     pub(crate) next_query_id: AtomicU64,
     pub(crate) failures: Failures,
+    /// Watermark alignment groups by name (members hold them alive).
+    pub(crate) alignment_groups: Mutex<
+        std::collections::HashMap<String, std::sync::Weak<laminar_core::time::AlignmentGroup>>,
+    >,
 }
 
 /// An embedded streaming SQL database. Cheap to clone (shared handle).
@@ -96,6 +100,7 @@ impl LaminarDB {
                 started_at: Instant::now(),
                 next_query_id: AtomicU64::new(1),
                 failures: Arc::new(Mutex::new(Vec::new())),
+                alignment_groups: Mutex::new(std::collections::HashMap::new()),
             }),
         })
     }

@@ -211,7 +211,7 @@ impl LaminarDB {
             }
             StreamingStatement::CreateSource(c) => {
                 let schema = self.inner.planner.build_schema(&c.columns)?;
-                vec![
+                let mut rows: Vec<(String, String)> = vec![
                     ("source".into(), c.name.clone()),
                     ("schema".into(), schema_text(&Arc::new(schema))),
                     (
@@ -226,14 +226,27 @@ impl LaminarDB {
                             })
                             .unwrap_or_else(|| "none".into()),
                     ),
-                    (
-                        "connector".into(),
-                        c.connector
-                            .as_ref()
-                            .map(describe_connector)
-                            .unwrap_or_else(|| "push API (embedded)".into()),
-                    ),
-                ]
+                ];
+                let connector_options = c.connector.iter().flat_map(|spec| spec.options.iter());
+                for (key, value) in c.options.iter().chain(connector_options) {
+                    let k = key.to_ascii_lowercase().replace('-', "_");
+                    if k.starts_with("alignment.")
+                        || matches!(
+                            k.as_str(),
+                            "watermark.key" | "watermark.max_keys" | "watermark.eviction"
+                        )
+                    {
+                        rows.push((k, value.clone()));
+                    }
+                }
+                rows.push((
+                    "connector".into(),
+                    c.connector
+                        .as_ref()
+                        .map(describe_connector)
+                        .unwrap_or_else(|| "push API (embedded)".into()),
+                ));
+                rows
             }
             StreamingStatement::CreateSink(c) => {
                 let input = match &c.input {

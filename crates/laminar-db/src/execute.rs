@@ -16,7 +16,10 @@ use laminar_core::operator::aggregate::{AggregateOperator, AggregateSpec, LateRo
 use laminar_core::operator::{Operator, SourceOperator, SourceSettings, StatelessOperator, Step};
 use laminar_core::runtime::EdgeReceiver;
 use laminar_core::runtime::SourceInput;
-use laminar_core::time::EventTimeColumn;
+use laminar_core::time::{
+    Alignment, AlignmentGroup, AlignmentMode, DEFAULT_MAX_KEYS, EventTimeColumn, KeyEviction,
+    KeyedWatermark,
+};
 use laminar_sql::parser::{
     CreateSink, CreateSource, CreateStream, ObjectKind, ShowKind, SinkInput, StreamingClauses,
     StreamingStatement, parse_script_statement,
@@ -231,14 +234,39 @@ impl LaminarDB {
         let mut buffer_size = self.inner.config.buffer_size;
         let mut backpressure = self.inner.config.backpressure;
         let mut idle_timeout = self.inner.config.idle_timeout;
-        const KNOWN: [&str; 5] = [
+        let mut watermark_key: Option<String> = None;
+        let mut max_keys = DEFAULT_MAX_KEYS;
+        let mut eviction = KeyEviction::LeastRecentlyActive;
+        let mut alignment = AlignmentOptions::default();
+        const KNOWN: [&str; 10] = [
             "buffer_size",
             "backpressure",
             "wait_strategy",
             "watermark.idle_timeout",
-            "watermark.max_skew",
+            "watermark.key",
+            "watermark.max_keys",
+            "watermark.eviction",
+            "alignment.group",
+            "alignment.max_drift",
+            "alignment.mode",
         ];
-        for (key, value) in &c.options {
+        // Keyed-watermark and alignment options may also be written among the connector's
+        // options (SPEC 5.1); they mean the same there.
+        let is_runtime_key = |k: &str| {
+            k.starts_with("alignment.")
+                || matches!(
+                    k,
+                    "watermark.key" | "watermark.max_keys" | "watermark.eviction"
+                )
+        };
+        let connector_runtime: Vec<(String, String)> = c
+            .connector
+            .iter()
+            .flat_map(|spec| spec.options.iter())
+            .filter(|(k, _)| is_runtime_key(&k.to_ascii_lowercase().replace('-', "_")))
+            .cloned()
+            .collect();
+        for (key, value) in c.options.iter().chain(connector_runtime.iter()) {
             let k = key.to_ascii_lowercase().replace('-', "_");
             let invalid = |reason: &str| {
                 DbError::from(SqlError::Invalid(format!(
@@ -274,13 +302,35 @@ impl LaminarDB {
                         "the channel kind is always derived by LaminarDB (more producers push through cloned handles) and cannot be set",
                     ));
                 }
-                "watermark.key"
-                | "watermark.max_keys"
-                | "alignment.group"
-                | "alignment.max_drift"
-                | "alignment.mode"
-                | "watermark.max_skew" => {
-                    return Err(SqlError::not_supported(format!("source option '{key}'"), Some("keyed watermarks, alignment groups and skew limits arrive with windows")).into());
+                "watermark.key" => {
+                    if value.trim().is_empty() {
+                        return Err(invalid("expected a column name"));
+                    }
+                    watermark_key = Some(value.trim().to_string());
+                }
+                "watermark.max_keys" => {
+                    max_keys = value
+                        .parse()
+                        .ok()
+                        .filter(|n: &usize| *n > 0)
+                        .ok_or_else(|| invalid("expected a positive integer"))?;
+                }
+                "watermark.eviction" => {
+                    eviction = KeyEviction::parse(value).ok_or_else(|| {
+                        invalid("expected least_recently_active, lowest_watermark or reject_new")
+                    })?;
+                }
+                "alignment.group" | "alignment.max_drift" | "alignment.mode" => {
+                    alignment.set(&k, value).map_err(|e| invalid(&e))?;
+                }
+                "watermark.max_skew" => {
+                    return Err(SqlError::not_supported(
+                        format!("source option '{key}'"),
+                        Some(
+                            "bound the disorder with WATERMARK FOR ts AS ts - INTERVAL ... instead",
+                        ),
+                    )
+                    .into());
                 }
                 _ => {
                     return Err(DbError::from(SqlError::Invalid(format!(
@@ -306,13 +356,10 @@ impl LaminarDB {
                                 "option {key} = '{value}': {e}"
                             )))
                         })?;
-                    } else if k.starts_with("alignment.")
-                        || k == "watermark.key"
-                        || k == "watermark.max_skew"
-                    {
+                    } else if k == "watermark.max_skew" {
                         return Err(SqlError::not_supported(
                             format!("source option '{key}'"),
-                            Some("keyed watermarks, alignment groups and skew limits arrive with windows"),
+                            Some("bound the disorder with WATERMARK FOR ts AS ts - INTERVAL ... instead"),
                         )
                         .into());
                     }
@@ -356,6 +403,75 @@ impl LaminarDB {
             ),
             None => None,
         };
+        let keyed = match watermark_key {
+            None => None,
+            Some(column) => {
+                let (Some(w), Some(_)) = (&c.watermark, &event_time) else {
+                    return Err(SqlError::Invalid(format!(
+                        "watermark.key = '{column}' in source '{}' needs a WATERMARK FOR clause (the keyed watermark is max event time per key minus its delay)",
+                        c.name
+                    ))
+                    .into());
+                };
+                let Ok(field) = schema.field_with_name(&column) else {
+                    return Err(SqlError::Invalid(format!(
+                        "watermark.key column '{column}' does not exist in source '{}'{}",
+                        c.name,
+                        did_you_mean(&column, schema.fields().iter().map(|f| f.name().as_str()))
+                            .map(|s| format!(" (did you mean '{s}'?)"))
+                            .unwrap_or_default()
+                    ))
+                    .into());
+                };
+                if !arrow::row::RowConverter::supports_fields(&[arrow::row::SortField::new(
+                    field.data_type().clone(),
+                )]) {
+                    return Err(SqlError::Invalid(format!(
+                        "watermark.key column '{column}' in source '{}' has type {}, which cannot key a watermark",
+                        c.name,
+                        field.data_type()
+                    ))
+                    .into());
+                }
+                Some(KeyedWatermark {
+                    column,
+                    delay_ms: w.delay_ms,
+                    max_keys,
+                    eviction,
+                    idle_timeout,
+                })
+            }
+        };
+        if (max_keys != DEFAULT_MAX_KEYS || eviction != KeyEviction::LeastRecentlyActive)
+            && keyed.is_none()
+        {
+            return Err(SqlError::Invalid(format!(
+                "watermark.max_keys and watermark.eviction in source '{}' apply to a keyed watermark; add watermark.key = '<column>'",
+                c.name
+            ))
+            .into());
+        }
+        let alignment = match alignment.finish(&c.name, event_time.is_some())? {
+            None => None,
+            Some((group, max_drift_ms, mode)) => {
+                let mut groups = self.inner.alignment_groups.lock();
+                groups.retain(|_, g| g.strong_count() > 0);
+                let group = match groups.get(&group).and_then(std::sync::Weak::upgrade) {
+                    Some(g) => g,
+                    None => {
+                        let g = AlignmentGroup::new(&group);
+                        groups.insert(group, Arc::downgrade(&g));
+                        g
+                    }
+                };
+                Some(Alignment {
+                    member: group.join(&c.name),
+                    group,
+                    max_drift_ms,
+                    mode,
+                })
+            }
+        };
         // Everything validated: replace if asked, then create.
         if c.or_replace {
             self.remove_object(&c.name);
@@ -368,9 +484,12 @@ impl LaminarDB {
                 event_time: event_time.clone(),
                 delay_ms: c.watermark.as_ref().map_or(0, |w| w.delay_ms),
                 idle_timeout,
+                keyed: keyed.clone(),
+                alignment: alignment.clone(),
             },
             metrics.clone(),
-        );
+        )
+        .map_err(|e| DbError::Engine(e.to_string()))?;
         let (node, input) = self.inner.runtime.add_source(
             &c.name,
             Box::new(operator),
@@ -383,6 +502,7 @@ impl LaminarDB {
             schema,
             event_time,
             watermark: c.watermark,
+            keyed_watermark: keyed,
             connector: c.connector,
             format: c.format,
             backpressure,
@@ -445,6 +565,7 @@ impl LaminarDB {
             late_rows,
             output_time: a.output_time,
             metrics: metrics.clone(),
+            keyed_watermark: a.keyed_watermark.clone(),
         };
         let operator = AggregateOperator::new(spec).map_err(|e| DbError::Engine(e.to_string()))?;
         Ok(Box::new(operator))
@@ -521,9 +642,12 @@ impl LaminarDB {
                         event_time: None,
                         delay_ms: 0,
                         idle_timeout: Duration::from_secs(30),
+                        keyed: None,
+                        alignment: None,
                     },
                     late_metrics.clone(),
-                );
+                )
+                .map_err(|e| DbError::Engine(e.to_string()))?;
                 let (late_node, input) = self.inner.runtime.add_source(
                     late_name,
                     Box::new(operator),
@@ -1077,6 +1201,7 @@ pub(crate) fn compile_predicate(
             (name == "subscription_input").then(|| laminar_sql::plan::RelationInfo {
                 schema: self.0.clone(),
                 event_time: None,
+                keyed_watermark: None,
             })
         }
         fn relation_names(&self) -> Vec<String> {
@@ -1143,5 +1268,71 @@ impl LateRows for LateStream {
         self.input
             .try_send(Message::Batch(batch))
             .map_err(|_| "the side-output stream's queue is full".to_string())
+    }
+}
+
+/// `alignment.*` source options as written, validated together by [`AlignmentOptions::finish`].
+#[derive(Debug, Default)]
+struct AlignmentOptions {
+    group: Option<String>,
+    max_drift_ms: Option<i64>,
+    mode: Option<AlignmentMode>,
+}
+
+impl AlignmentOptions {
+    fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        match key {
+            "alignment.group" => {
+                let name = value.trim();
+                if name.is_empty() {
+                    return Err("expected a group name".into());
+                }
+                self.group = Some(name.to_ascii_lowercase());
+            }
+            "alignment.max_drift" => {
+                let drift = laminar_connectors::parse_duration(value)?;
+                if drift.is_zero() {
+                    return Err("the drift must be positive".into());
+                }
+                self.max_drift_ms = Some(drift.as_millis().min(i64::MAX as u128) as i64);
+            }
+            _ => {
+                self.mode = Some(
+                    AlignmentMode::parse(value)
+                        .ok_or_else(|| "expected pause, warn or drop".to_string())?,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The group, drift and mode, or `None` when the source joins no group.
+    fn finish(
+        self,
+        source: &str,
+        has_event_time: bool,
+    ) -> Result<Option<(String, i64, AlignmentMode)>, DbError> {
+        let Some(group) = self.group else {
+            if self.max_drift_ms.is_some() || self.mode.is_some() {
+                return Err(SqlError::Invalid(format!(
+                    "alignment.max_drift and alignment.mode in source '{source}' need alignment.group = '<name>'"
+                ))
+                .into());
+            }
+            return Ok(None);
+        };
+        if !has_event_time {
+            return Err(SqlError::Invalid(format!(
+                "alignment.group in source '{source}' needs a WATERMARK FOR clause: alignment compares watermarks"
+            ))
+            .into());
+        }
+        let Some(max_drift_ms) = self.max_drift_ms else {
+            return Err(SqlError::Invalid(format!(
+                "alignment.group = '{group}' in source '{source}' needs alignment.max_drift (for example '5 minutes')"
+            ))
+            .into());
+        };
+        Ok(Some((group, max_drift_ms, self.mode.unwrap_or_default())))
     }
 }

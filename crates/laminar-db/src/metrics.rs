@@ -71,6 +71,11 @@ pub struct SourceMetrics {
     pub has_connector: bool,
     /// True once the source's connector reached the end of its input (or failed).
     pub ended: bool,
+    /// True while the source is paused by its alignment group (`alignment.mode = 'pause'`).
+    pub alignment_paused: bool,
+    /// Rows dropped for leading the alignment group by more than the drift
+    /// (`alignment.mode = 'drop'`).
+    pub alignment_dropped: u64,
 }
 
 /// Counters of one stream.
@@ -233,6 +238,8 @@ impl LaminarDB {
             bad_records: s.runner.as_ref().map_or(0, |r| r.metrics().bad_records),
             has_connector: s.runner.is_some(),
             ended: s.runner.as_ref().is_some_and(|r| r.is_ended()),
+            alignment_paused: s.metrics.alignment_paused.load(Ordering::Relaxed),
+            alignment_dropped: s.metrics.alignment_dropped.load(Ordering::Relaxed),
         })
     }
 

@@ -52,6 +52,15 @@ pub fn explain_stream(name: &str, plan: &StreamPlan) -> Vec<(String, String)> {
                 },
             ));
             rows.push(("lateness".to_string(), format!("{} ms", a.lateness)));
+            if let Some((_, k)) = &a.keyed_watermark {
+                rows.push((
+                    "keyed_watermark".to_string(),
+                    format!(
+                        "{} - {} ms per key: each key's windows close by its own watermark",
+                        k.column, k.delay_ms
+                    ),
+                ));
+            }
             if let Some(late) = &a.late_data_to {
                 rows.push(("late_data_to".to_string(), late.clone()));
             }

@@ -33,6 +33,7 @@ use sqlparser::ast::{ColumnDef, DataType as SqlType, Query, Statement};
 use crate::error::{SqlError, did_you_mean};
 use crate::parser::StreamingClauses;
 use laminar_core::operator::Step;
+use laminar_core::time::KeyedWatermark;
 use provider::CatalogProvider;
 
 /// What the planner needs to know about a relation a query reads.
@@ -42,6 +43,8 @@ pub struct RelationInfo {
     pub schema: SchemaRef,
     /// Its event-time column, if any.
     pub event_time: Option<String>,
+    /// Its keyed watermark (`watermark.key`), if any; the column is in `schema`.
+    pub keyed_watermark: Option<KeyedWatermark>,
 }
 
 /// The catalog as the planner sees it.
@@ -65,6 +68,9 @@ pub struct StreamPlan {
     pub output_schema: SchemaRef,
     /// Output event-time column: the input's event-time column selected unchanged.
     pub event_time: Option<String>,
+    /// The input's keyed watermark, when its key column is selected unchanged (named as in
+    /// the output).
+    pub keyed_watermark: Option<KeyedWatermark>,
     /// The DataFusion logical plan after type coercion.
     pub logical_plan: LogicalPlan,
     /// The aggregation, when the query aggregates (the chains then feed it).
@@ -81,6 +87,7 @@ impl StreamPlan {
             chain_descriptions: Vec::new(),
             output_schema: schema.clone(),
             event_time: None,
+            keyed_watermark: None,
             logical_plan: LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
                 produce_one_row: false,
                 schema: Arc::new(

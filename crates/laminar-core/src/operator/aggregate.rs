@@ -42,7 +42,7 @@ use crate::message::{END_OF_TIME, Message, NO_WATERMARK, OP_COLUMN, change_ops};
 use crate::metrics::NodeMetrics;
 use crate::operator::stateless::run_steps;
 use crate::operator::{Operator, StateSize, Step};
-use crate::time::EventTimeKind;
+use crate::time::{EventTimeKind, KeyClocks, KeyedWatermark};
 
 pub use retract::retractable;
 pub use window::WindowSpec;
@@ -148,6 +148,18 @@ pub struct AggregateSpec {
     pub output_time: OutputTime,
     /// Metrics of the node (late counters are written here).
     pub metrics: Arc<NodeMetrics>,
+    /// Keyed watermark of the input (`watermark.key`) when the key column is among `keys`:
+    /// its position in `keys` and the settings. Each key's windows then close by that key's
+    /// watermark (SPEC 3).
+    pub keyed_watermark: Option<(usize, KeyedWatermark)>,
+}
+
+/// Per-key clocks of a keyed aggregation.
+struct KeyedState {
+    clocks: KeyClocks,
+    key_index: usize,
+    /// Table size after the last forgetting of keys at or below the input watermark.
+    retained: usize,
 }
 
 /// The aggregation operator (see the module documentation).
@@ -161,6 +173,7 @@ pub struct AggregateOperator {
     output_watermark: i64,
     last_periodic: Instant,
     invalid_rows: u64,
+    keyed: Option<KeyedState>,
 }
 
 enum State {
@@ -228,10 +241,29 @@ impl AggregateOperator {
                     })?,
             )
         };
+        let keyed = match &spec.keyed_watermark {
+            Some((key_index, settings)) if spec.window.is_some() => {
+                let key_type = key_types.get(*key_index).ok_or_else(|| {
+                    CoreError::Internal(format!(
+                        "{}: watermark key position {key_index} is not a group key",
+                        spec.name
+                    ))
+                })?;
+                Some(KeyedState {
+                    clocks: KeyClocks::new(settings.clone(), key_type).map_err(|reason| {
+                        CoreError::Internal(format!("{}: {reason}", spec.name))
+                    })?,
+                    key_index: *key_index,
+                    retained: 0,
+                })
+            }
+            _ => None,
+        };
         let fast_ok = matches!(
             spec.emit,
             EmitMode::OnWindowClose | EmitMode::Final | EmitMode::OnWatermark
         ) && !updating
+            && keyed.is_none()
             && !changelog
             && spec.window.is_some_and(|w| !w.is_session());
         let state = if fast_ok {
@@ -248,6 +280,7 @@ impl AggregateOperator {
             output_watermark: NO_WATERMARK,
             last_periodic: Instant::now(),
             invalid_rows: 0,
+            keyed,
             spec,
         })
     }
@@ -419,6 +452,8 @@ impl AggregateOperator {
     }
 
     fn emit_watermark(&mut self, out: &mut Vec<Message>) {
+        // Every key's windows close at or after the input watermark, so the input watermark
+        // bounds the output also when keyed.
         let w = self.output_watermark_for(self.watermark);
         if w > self.output_watermark {
             self.output_watermark = w;
@@ -495,6 +530,28 @@ impl AggregateOperator {
         Ok(())
     }
 
+    /// Emits and frees what the current watermarks close, then the output watermark.
+    fn close_windows(&mut self, out: &mut Vec<Message>) -> Result<()> {
+        let converter = self.converter.as_ref();
+        let emitted = match &mut self.state {
+            State::Fast(state) => state.advance(&self.spec, self.watermark)?,
+            State::General(state) => state.advance(
+                &self.spec,
+                converter,
+                &self.output_schema,
+                &general::GroupWatermarks {
+                    input: self.watermark,
+                    clocks: self.keyed.as_ref().map(|k| &k.clocks),
+                },
+            )?,
+        };
+        for batch in emitted {
+            self.push_output(batch, out);
+        }
+        self.emit_watermark(out);
+        Ok(())
+    }
+
     fn push_output(&self, batch: RecordBatch, out: &mut Vec<Message>) {
         if batch.num_rows() > 0 {
             out.push(Message::Batch(batch));
@@ -559,13 +616,33 @@ impl Operator for AggregateOperator {
         let Some(prepared) = self.prepare(input, batch)? else {
             return Ok(());
         };
+        // Keyed watermarks: each row is judged by its key's watermark before this batch.
+        let keyed_rows = match &self.keyed {
+            None => None,
+            Some(keyed) => {
+                let rows = keyed
+                    .clocks
+                    .encode(&prepared.keys[keyed.key_index])
+                    .map_err(|reason| {
+                        CoreError::Internal(format!("{}: {reason}", self.spec.name))
+                    })?;
+                let watermarks: Vec<i64> = (0..rows.num_rows())
+                    .map(|r| keyed.clocks.effective(rows.row(r).data(), self.watermark))
+                    .collect();
+                Some((rows, watermarks))
+            }
+        };
+        let row_watermarks = match &keyed_rows {
+            Some((rows, watermarks)) => general::RowWatermarks::PerRow(watermarks, rows),
+            None => general::RowWatermarks::All(self.watermark),
+        };
         let late = match &mut self.state {
             State::Fast(state) => state.ingest(&self.spec, &prepared, self.watermark)?,
             State::General(state) => state.ingest(
                 &self.spec,
                 self.converter.as_ref(),
                 &prepared,
-                self.watermark,
+                &row_watermarks,
             )?,
         };
         if let Some(late) = late {
@@ -587,6 +664,14 @@ impl Operator for AggregateOperator {
                 self.push_output(batch, out);
             }
         }
+        if let (Some(keyed), Some((rows, _))) = (self.keyed.as_mut(), &keyed_rows) {
+            let times = prepared.times.as_deref().unwrap_or(&[]);
+            // Rows judged late do not advance their key's clock either way; observing them
+            // is harmless (their times are below the key's watermark plus lateness).
+            if keyed.clocks.observe(rows, times, Instant::now()).advanced {
+                self.close_windows(out)?;
+            }
+        }
         Ok(())
     }
 
@@ -595,18 +680,15 @@ impl Operator for AggregateOperator {
             return Ok(());
         }
         self.watermark = watermark;
-        let converter = self.converter.as_ref();
-        let emitted = match &mut self.state {
-            State::Fast(state) => state.advance(&self.spec, watermark)?,
-            State::General(state) => {
-                state.advance(&self.spec, converter, &self.output_schema, watermark)?
-            }
-        };
-        for batch in emitted {
-            self.push_output(batch, out);
+        if let Some(keyed) = self.keyed.as_mut()
+            && keyed.clocks.len() > keyed.retained * 2 + 1024
+        {
+            // Keys at or below the input watermark close by it anyway: forget them
+            // (amortized, so the table stays proportional to the keys ahead).
+            keyed.clocks.forget_at_or_below(watermark);
+            keyed.retained = keyed.clocks.len();
         }
-        self.emit_watermark(out);
-        Ok(())
+        self.close_windows(out)
     }
 
     fn on_barrier(&mut self, epoch: u64, out: &mut Vec<Message>) -> Result<()> {

@@ -1,19 +1,23 @@
 //! The source operator: the first node of every source. It reads event time from each batch,
 //! generates the source watermark (bounded out-of-orderness, manual `watermark()` calls,
-//! monotonic) and detects idleness.
+//! monotonic) and detects idleness. A keyed source (`watermark.key`) emits the minimum of its
+//! active keys' watermarks instead (see [`crate::time::KeyClocks`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use arrow::datatypes::SchemaRef;
+use arrow::array::AsArray;
+use arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 use crate::error::{CoreError, Result};
 use crate::message::{END_OF_TIME, Message};
 use crate::metrics::NodeMetrics;
 use crate::operator::Operator;
-use crate::time::{EventTimeColumn, WatermarkGenerator};
+use crate::time::{
+    Alignment, AlignmentMode, EventTimeColumn, KeyClocks, KeyedWatermark, WatermarkGenerator,
+};
 
 /// How a source produces watermarks.
 #[derive(Debug, Clone)]
@@ -28,6 +32,17 @@ pub struct SourceSettings {
     pub delay_ms: i64,
     /// No data for this long marks the source idle.
     pub idle_timeout: Duration,
+    /// Keyed watermark (`watermark.key`), if declared.
+    pub keyed: Option<KeyedWatermark>,
+    /// Alignment group membership (`alignment.group`), if declared.
+    pub alignment: Option<Alignment>,
+}
+
+/// Per-key clocks of a keyed source.
+struct KeyedState {
+    clocks: KeyClocks,
+    column: usize,
+    last_expiry: Instant,
 }
 
 /// See the module docs.
@@ -36,30 +51,163 @@ pub struct SourceOperator {
     generator: WatermarkGenerator,
     last_activity: Instant,
     idle: bool,
+    keyed: Option<KeyedState>,
+    last_drift_warning: Option<Instant>,
     metrics: Arc<NodeMetrics>,
 }
 
 impl SourceOperator {
     /// A source operator reporting its watermark into `metrics`.
-    pub fn new(settings: SourceSettings, metrics: Arc<NodeMetrics>) -> Self {
-        SourceOperator {
+    ///
+    /// Errors when a keyed watermark names a column the schema does not have or whose type
+    /// cannot key a table.
+    pub fn new(settings: SourceSettings, metrics: Arc<NodeMetrics>) -> Result<Self> {
+        let keyed = match &settings.keyed {
+            None => None,
+            Some(k) => {
+                let invalid = |reason: String| {
+                    CoreError::Internal(format!("source '{}': {reason}", settings.name))
+                };
+                let (column, field) =
+                    settings.schema.column_with_name(&k.column).ok_or_else(|| {
+                        invalid(format!(
+                            "watermark.key column '{}' does not exist",
+                            k.column
+                        ))
+                    })?;
+                Some(KeyedState {
+                    clocks: KeyClocks::new(k.clone(), field.data_type()).map_err(invalid)?,
+                    column,
+                    last_expiry: Instant::now(),
+                })
+            }
+        };
+        Ok(SourceOperator {
             generator: WatermarkGenerator::new(settings.delay_ms),
             settings,
             last_activity: Instant::now(),
             idle: false,
+            keyed,
+            last_drift_warning: None,
             metrics,
+        })
+    }
+
+    /// Event time of every row in epoch milliseconds.
+    fn event_millis(&self, batch: &RecordBatch, event_time: &EventTimeColumn) -> Result<Vec<i64>> {
+        let error = |reason: String| CoreError::EventTime {
+            node: self.settings.name.clone(),
+            reason,
+        };
+        let index = batch
+            .schema()
+            .index_of(&event_time.name)
+            .map_err(|e| error(e.to_string()))?;
+        let raw = arrow::compute::cast(batch.column(index), &DataType::Int64)
+            .map_err(|e| error(e.to_string()))?;
+        Ok(raw
+            .as_primitive::<Int64Type>()
+            .values()
+            .iter()
+            .map(|&v| event_time.kind.to_millis(v))
+            .collect())
+    }
+
+    /// `alignment.mode = 'drop'`: removes rows beyond the group's drift, counting them.
+    fn drop_beyond_drift(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let (Some(alignment), Some(event_time)) =
+            (&self.settings.alignment, &self.settings.event_time)
+        else {
+            return Ok(batch);
+        };
+        if alignment.mode != AlignmentMode::Drop {
+            return Ok(batch);
         }
+        let Some(limit) = alignment.limit() else {
+            return Ok(batch);
+        };
+        let times = self.event_millis(&batch, event_time)?;
+        if times.iter().all(|&t| t <= limit) {
+            return Ok(batch);
+        }
+        let keep = arrow::array::BooleanArray::from_iter(times.iter().map(|&t| Some(t <= limit)));
+        let dropped = (batch.num_rows() - keep.true_count()) as u64;
+        self.metrics
+            .alignment_dropped
+            .fetch_add(dropped, Ordering::Relaxed);
+        arrow::compute::filter_record_batch(&batch, &keep).map_err(|e| CoreError::EventTime {
+            node: self.settings.name.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// `alignment.mode = 'warn'`: logs (at most every 10 s) while the source is ahead.
+    fn warn_if_ahead(&mut self) {
+        let Some(alignment) = &self.settings.alignment else {
+            return;
+        };
+        if alignment.mode != AlignmentMode::Warn || !alignment.is_ahead() {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last_drift_warning
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(10))
+        {
+            return;
+        }
+        self.last_drift_warning = Some(now);
+        tracing::warn!(
+            source = %self.settings.name,
+            group = %alignment.group.name(),
+            watermark = self.generator.current(),
+            limit = alignment.limit(),
+            "source is ahead of its alignment group by more than alignment.max_drift"
+        );
+    }
+
+    /// Feeds a batch to the key clocks; returns the keyed source watermark candidate.
+    fn observe_keys(&mut self, batch: &RecordBatch) -> Result<Option<i64>> {
+        let (Some(_), Some(event_time)) = (&self.keyed, &self.settings.event_time) else {
+            return Ok(None);
+        };
+        let times = self.event_millis(batch, event_time)?;
+        let keyed = self.keyed.as_mut().expect("checked above");
+        let keys = keyed
+            .clocks
+            .encode(batch.column(keyed.column))
+            .map_err(|reason| CoreError::EventTime {
+                node: self.settings.name.clone(),
+                reason,
+            })?;
+        keyed.clocks.observe(&keys, &times, Instant::now());
+        Ok(Self::keyed_candidate(&mut keyed.clocks))
+    }
+
+    /// Source watermark of a keyed source: the minimum over active keys, or the highest
+    /// watermark when every key is inactive.
+    fn keyed_candidate(clocks: &mut KeyClocks) -> Option<i64> {
+        clocks.min_active().or_else(|| clocks.max_any())
     }
 
     fn emit_watermark(&mut self, watermark: Option<i64>, out: &mut Vec<Message>) {
         if let Some(w) = watermark {
             self.metrics.watermark.store(w, Ordering::Relaxed);
+            if let Some(alignment) = &self.settings.alignment {
+                alignment.member.set_watermark(w);
+            }
             out.push(Message::Watermark(w));
+            self.warn_if_ahead();
         }
     }
 
     fn activity(&mut self) {
         self.last_activity = Instant::now();
+        if self.idle
+            && let Some(alignment) = &self.settings.alignment
+        {
+            alignment.member.set_idle(false);
+        }
         self.idle = false;
     }
 }
@@ -76,6 +224,18 @@ impl Operator for SourceOperator {
         out: &mut Vec<Message>,
     ) -> Result<()> {
         self.activity();
+        let batch = self.drop_beyond_drift(batch)?;
+        if self.keyed.is_some() {
+            let candidate = self.observe_keys(&batch)?;
+            if batch.num_rows() > 0 {
+                out.push(Message::Batch(batch));
+            }
+            if let Some(w) = candidate {
+                let advanced = self.generator.observe_manual(w);
+                self.emit_watermark(advanced, out);
+            }
+            return Ok(());
+        }
         let max = match &self.settings.event_time {
             Some(column) => column
                 .max_millis(&batch)
@@ -114,9 +274,36 @@ impl Operator for SourceOperator {
         Ok(())
     }
 
+    fn paused(&self) -> bool {
+        let paused = self
+            .settings
+            .alignment
+            .as_ref()
+            .is_some_and(|a| a.mode == AlignmentMode::Pause && a.is_ahead());
+        self.metrics
+            .alignment_paused
+            .store(paused, Ordering::Relaxed);
+        paused
+    }
+
     fn on_tick(&mut self, now: Instant, out: &mut Vec<Message>) -> Result<()> {
+        if let Some(keyed) = self.keyed.as_mut() {
+            let every = (keyed.clocks.settings().idle_timeout / 10).max(Duration::from_millis(50));
+            if now.duration_since(keyed.last_expiry) >= every {
+                keyed.last_expiry = now;
+                if keyed.clocks.expire_idle(now)
+                    && let Some(w) = Self::keyed_candidate(&mut keyed.clocks)
+                {
+                    let advanced = self.generator.observe_manual(w);
+                    self.emit_watermark(advanced, out);
+                }
+            }
+        }
         if !self.idle && now.duration_since(self.last_activity) >= self.settings.idle_timeout {
             self.idle = true;
+            if let Some(alignment) = &self.settings.alignment {
+                alignment.member.set_idle(true);
+            }
             out.push(Message::Idle);
         }
         Ok(())

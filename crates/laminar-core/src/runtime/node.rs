@@ -204,6 +204,9 @@ impl Node {
         }
         let started = Instant::now();
         let mut st = self.state.lock();
+        if st.operator.paused() {
+            return visit;
+        }
         let mut handled = 0usize;
         'drain: loop {
             let mut any = false;

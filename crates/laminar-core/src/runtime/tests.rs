@@ -34,10 +34,12 @@ fn source(rt: &Runtime, capacity: usize) -> (Arc<Node>, SourceInput) {
         event_time: Some(EventTimeColumn::resolve(&schema(), "ts").unwrap()),
         delay_ms: 0,
         idle_timeout: Duration::from_secs(30),
+        keyed: None,
+        alignment: None,
     };
     rt.add_source(
         "s",
-        Box::new(SourceOperator::new(settings, metrics.clone())),
+        Box::new(SourceOperator::new(settings, metrics.clone()).unwrap()),
         metrics,
         capacity,
     )

@@ -901,3 +901,117 @@ async fn window_state_is_freed_when_windows_close() {
     assert_eq!(m.total_events, 100);
     db.shutdown_sync();
 }
+
+/// Polls `check` until it holds or the deadline passes.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn ts_batch(src: &laminar_db::SourceHandle, ts: &[i64]) -> RecordBatch {
+    RecordBatch::try_new(
+        src.schema(),
+        vec![Arc::new(Int64Array::from(ts.to_vec())) as ArrayRef],
+    )
+    .unwrap()
+}
+
+const MINUTE: i64 = 60_000;
+
+#[tokio::test]
+async fn spec_3_alignment_pause_holds_the_fast_source_until_the_slow_one_catches_up() {
+    // AC: drift 5 min, A 10:30, B 10:00, pause -> A paused until B >= 10:25.
+    let db = db();
+    db.execute(
+        "CREATE SOURCE a (ts BIGINT, WATERMARK FOR ts AS ts) WITH (alignment.group = 'g', alignment.max_drift = '5 minutes'); \
+         CREATE SOURCE b (ts BIGINT, WATERMARK FOR ts AS ts) WITH (alignment.group = 'g', alignment.max_drift = '5 minutes'); \
+         CREATE STREAM from_a AS SELECT ts FROM a",
+    )
+    .await
+    .unwrap();
+    let a = db.source_untyped("a").unwrap();
+    let b = db.source_untyped("b").unwrap();
+    b.push_arrow(ts_batch(&b, &[600 * MINUTE])).unwrap();
+    assert!(db.wait_idle(WAIT));
+    a.push_arrow(ts_batch(&a, &[630 * MINUTE])).unwrap();
+    eventually("a is paused", || {
+        db.source_metrics("a").unwrap().alignment_paused
+    });
+    // More rows for A wait in its queue, unprocessed.
+    a.push_arrow(ts_batch(&a, &[631 * MINUTE])).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let m = db.source_metrics("a").unwrap();
+    assert_eq!(m.total_events, 1, "the paused source took no more input");
+    assert_eq!(m.pending, 1);
+    assert_eq!(m.watermark, Some(630 * MINUTE));
+    // B at 10:24 is not enough (limit 10:29 < 10:30).
+    b.push_arrow(ts_batch(&b, &[624 * MINUTE])).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(db.source_metrics("a").unwrap().total_events, 1);
+    // B at 10:25: A resumes, takes the 10:31 row, and is ahead (and paused) again.
+    b.push_arrow(ts_batch(&b, &[625 * MINUTE])).unwrap();
+    eventually("a took its queued row", || {
+        db.source_metrics("a").unwrap().total_events == 2
+    });
+    assert_eq!(
+        db.source_metrics("a").unwrap().watermark,
+        Some(631 * MINUTE)
+    );
+    eventually("a is paused again", || {
+        db.source_metrics("a").unwrap().alignment_paused
+    });
+    // B ending releases A for good.
+    b.push_arrow(ts_batch(&b, &[700 * MINUTE])).unwrap();
+    eventually("a is released", || {
+        !db.source_metrics("a").unwrap().alignment_paused
+    });
+    assert!(db.wait_idle(WAIT));
+    assert_eq!(db.stream_metrics("from_a").unwrap().total_events, 2);
+    db.shutdown_sync();
+}
+
+#[tokio::test]
+async fn alignment_drop_mode_counts_rows_beyond_the_drift_and_warn_mode_keeps_going() {
+    let db = db();
+    db.execute(
+        "CREATE SOURCE slow (ts BIGINT, WATERMARK FOR ts AS ts) WITH (alignment.group = 'g', alignment.max_drift = '5m'); \
+         CREATE SOURCE dropper (ts BIGINT, WATERMARK FOR ts AS ts) WITH (alignment.group = 'g', alignment.max_drift = '5m', alignment.mode = 'drop'); \
+         CREATE SOURCE warner (ts BIGINT, WATERMARK FOR ts AS ts) WITH (alignment.group = 'g', alignment.max_drift = '5m', alignment.mode = 'warn'); \
+         CREATE STREAM kept AS SELECT ts FROM dropper",
+    )
+    .await
+    .unwrap();
+    let slow = db.source_untyped("slow").unwrap();
+    slow.push_arrow(ts_batch(&slow, &[600 * MINUTE])).unwrap();
+    assert!(db.wait_idle(WAIT));
+    let dropper = db.source_untyped("dropper").unwrap();
+    dropper
+        .push_arrow(ts_batch(
+            &dropper,
+            &[603 * MINUTE, 606 * MINUTE, 605 * MINUTE],
+        ))
+        .unwrap();
+    let warner = db.source_untyped("warner").unwrap();
+    warner
+        .push_arrow(ts_batch(&warner, &[640 * MINUTE]))
+        .unwrap();
+    warner
+        .push_arrow(ts_batch(&warner, &[650 * MINUTE]))
+        .unwrap();
+    assert!(db.wait_idle(WAIT));
+    let m = db.source_metrics("dropper").unwrap();
+    assert_eq!(m.alignment_dropped, 1, "10:06 is beyond 10:00 + 5 min");
+    assert_eq!(m.watermark, Some(605 * MINUTE));
+    assert_eq!(db.stream_metrics("kept").unwrap().total_events, 2);
+    let w = db.source_metrics("warner").unwrap();
+    assert_eq!(w.total_events, 2, "warn mode never holds rows back");
+    assert!(!w.alignment_paused);
+    assert_eq!(w.alignment_dropped, 0);
+    db.shutdown_sync();
+}

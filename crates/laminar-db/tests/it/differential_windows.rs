@@ -2,6 +2,8 @@
 //! batch splits and random watermark cadence go through windowed and unwindowed GROUP BY
 //! streams; the rows emitted for closed windows (or the consolidated changelog, for EMIT
 //! CHANGES) must equal DataFusion batch SQL computing the same windows over the whole input.
+//! Each case also picks whether the source has a keyed watermark on `auction` (then the
+//! windows of queries grouped by auction close per auction, by that auction's watermark).
 //! `PROPTEST_CASES` scales the number of cases (default 64 cases over all queries).
 
 use std::collections::BTreeMap;
@@ -101,11 +103,17 @@ fn streaming(
     input: &[Bid],
     splits: &[usize],
     watermarks: &[bool],
+    keyed: bool,
 ) -> Vec<Vec<String>> {
     let db = LaminarDB::builder().workers(1).build_sync().unwrap();
+    let with = if keyed {
+        " WITH (watermark.key = 'auction')"
+    } else {
+        ""
+    };
     futures::executor::block_on(async {
         db.execute(&format!(
-            "CREATE SOURCE bids (auction BIGINT NOT NULL, price BIGINT NOT NULL, ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '{DISORDER}' MILLISECOND)"
+            "CREATE SOURCE bids (auction BIGINT NOT NULL, price BIGINT NOT NULL, ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '{DISORDER}' MILLISECOND){with}"
         ))
         .await
         .unwrap();
@@ -181,16 +189,23 @@ fn check(
     input: &[Bid],
     splits: &[usize],
     watermarks: &[bool],
+    keyed: bool,
 ) -> Result<(), TestCaseError> {
     let (stream_sql, batch_sql, changelog) = QUERIES[query_index];
-    let mut got = streaming(stream_sql, input, splits, watermarks);
+    let mut got = streaming(stream_sql, input, splits, watermarks, keyed);
     if changelog {
         got = consolidate(got);
     }
     let mut want = batch(batch_sql, input);
     got.sort();
     want.sort();
-    prop_assert_eq!(got, want, "query: {}", stream_sql);
+    prop_assert_eq!(
+        got,
+        want,
+        "query: {} (keyed watermark: {})",
+        stream_sql,
+        keyed
+    );
     Ok(())
 }
 
@@ -203,8 +218,9 @@ proptest! {
         splits in proptest::collection::vec(0usize..1000, 0..8),
         watermarks in proptest::collection::vec(any::<bool>(), 0..8),
         query_index in 0..QUERIES.len(),
+        keyed in any::<bool>(),
     ) {
-        check(query_index, &input, &splits, &watermarks)?;
+        check(query_index, &input, &splits, &watermarks, keyed)?;
     }
 }
 
@@ -221,6 +237,15 @@ fn every_query_on_a_fixed_input() {
         })
         .collect();
     for q in 0..QUERIES.len() {
-        check(q, &input, &[17, 100, 101, 250, 399], &[true, false, true]).unwrap();
+        for keyed in [false, true] {
+            check(
+                q,
+                &input,
+                &[17, 100, 101, 250, 399],
+                &[true, false, true],
+                keyed,
+            )
+            .unwrap();
+        }
     }
 }

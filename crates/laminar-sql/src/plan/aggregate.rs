@@ -18,7 +18,7 @@ use laminar_core::operator::Step;
 use laminar_core::operator::aggregate::{
     AggregateCall, EmitMode, OutputTime, WindowSpec, relaxed, retractable,
 };
-use laminar_core::time::EventTimeKind;
+use laminar_core::time::{EventTimeKind, KeyedWatermark};
 
 use super::lower::{Branch, compile, conform, lower_node};
 use super::window::{
@@ -62,6 +62,10 @@ pub struct AggregatePlan {
     pub emit_text: String,
     /// The window as written, for EXPLAIN.
     pub window_text: Option<String>,
+    /// The input's keyed watermark when the GROUP BY includes its key column: the position
+    /// of that column among `keys` and the settings. Windows of each key then close by that
+    /// key's watermark.
+    pub keyed_watermark: Option<(usize, KeyedWatermark)>,
 }
 
 /// Lowers `plan` when it aggregates: `None` when there is no top-level aggregation.
@@ -117,6 +121,8 @@ fn lower_aggregate(
     let event_time = event_time_index.and_then(|i| {
         EventTimeKind::for_type(input_schema.field(i).data_type()).map(|kind| (i, kind))
     });
+    let input_keyed = super::lower::common_keyed_watermark(&branches);
+    let mut keyed_watermark = None;
 
     // The window among the GROUP BY expressions.
     let mut window = None;
@@ -144,6 +150,12 @@ fn lower_aggregate(
         }
         if mentions_window(expr) {
             return Err(window_outside_aggregation());
+        }
+        if let (Some((index, k)), Expr::Column(c)) = (&input_keyed, expr)
+            && input_df.index_of_column(c).ok() == Some(*index)
+            && keyed_watermark.is_none()
+        {
+            keyed_watermark = Some((keys.len(), k.clone()));
         }
         keys.push(compile(expr, input_df)?);
     }
@@ -352,6 +364,7 @@ fn lower_aggregate(
         chains: branches.into_iter().map(|b: Branch| b.steps).collect(),
         output_schema,
         event_time: output_event_time,
+        keyed_watermark: None,
         logical_plan: plan.clone(),
         aggregate: Some(AggregatePlan {
             input_schema,
@@ -373,6 +386,7 @@ fn lower_aggregate(
             output_time,
             emit_text,
             window_text,
+            keyed_watermark: keyed_watermark.filter(|_| window.is_some()),
         }),
     })
 }

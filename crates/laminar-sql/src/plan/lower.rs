@@ -16,6 +16,7 @@ use super::{SchemaCatalog, StreamPlan};
 use crate::error::SqlError;
 use crate::parser::StreamingClauses;
 use laminar_core::operator::Step;
+use laminar_core::time::KeyedWatermark;
 
 /// A chain being built for one input.
 pub(super) struct Branch {
@@ -24,6 +25,36 @@ pub(super) struct Branch {
     pub(super) descriptions: Vec<String>,
     /// Index of the event-time column in the branch's current output, if it survives.
     pub(super) event_time: Option<usize>,
+    /// The input's keyed watermark and the index of its key column in the branch's current
+    /// output, if it survives.
+    pub(super) keyed_watermark: Option<(usize, KeyedWatermark)>,
+}
+
+impl Branch {
+    /// Follows the tracked columns through a projection: a column survives when it is
+    /// selected unchanged.
+    fn project(&mut self, exprs: &[Expr], input_schema: &DFSchema) {
+        let follow = |index: usize| {
+            exprs.iter().position(|e| match e.clone().unalias() {
+                Expr::Column(c) => input_schema.index_of_column(&c).ok() == Some(index),
+                _ => false,
+            })
+        };
+        self.event_time = self.event_time.and_then(follow);
+        self.keyed_watermark = self
+            .keyed_watermark
+            .take()
+            .and_then(|(index, k)| follow(index).map(|i| (i, k)));
+    }
+}
+
+/// The keyed watermark shared by every branch (by key column position), if any.
+pub(super) fn common_keyed_watermark(branches: &[Branch]) -> Option<(usize, KeyedWatermark)> {
+    let first = branches.first()?.keyed_watermark.clone()?;
+    branches
+        .iter()
+        .all(|b| b.keyed_watermark.as_ref() == Some(&first))
+        .then_some(first)
 }
 
 /// True when the plan reads any catalog relation.
@@ -74,12 +105,17 @@ pub(crate) fn lower(
         }
         _ => None,
     };
+    let keyed_watermark = common_keyed_watermark(&branches).map(|(index, k)| KeyedWatermark {
+        column: output_schema.field(index).name().clone(),
+        ..k
+    });
     Ok(StreamPlan {
         inputs: branches.iter().map(|b| b.input.clone()).collect(),
         chain_descriptions: branches.iter().map(|b| b.descriptions.clone()).collect(),
         chains: branches.into_iter().map(|b| b.steps).collect(),
         output_schema,
         event_time,
+        keyed_watermark,
         logical_plan: plan.clone(),
         aggregate: None,
     })
@@ -110,6 +146,10 @@ pub(super) fn lower_node(
                     .event_time
                     .as_ref()
                     .and_then(|c| info.schema.index_of(c).ok()),
+                keyed_watermark: info
+                    .keyed_watermark
+                    .as_ref()
+                    .and_then(|k| Some((info.schema.index_of(&k.column).ok()?, k.clone()))),
             };
             if !scan.filters.is_empty() {
                 return Err(SqlError::Plan(
@@ -126,6 +166,10 @@ pub(super) fn lower_node(
                 branch.event_time = branch
                     .event_time
                     .and_then(|et| projection.iter().position(|&i| i == et));
+                branch.keyed_watermark = branch
+                    .keyed_watermark
+                    .take()
+                    .and_then(|(key, k)| projection.iter().position(|&i| i == key).map(|i| (i, k)));
                 branch.descriptions.push(format!(
                     "Scan {table} columns [{}]",
                     projection
@@ -162,15 +206,7 @@ pub(super) fn lower_node(
                 .collect::<Result<Vec<_>, _>>()?;
             let schema: SchemaRef = Arc::new(projection.schema.as_arrow().clone());
             for b in &mut branches {
-                b.event_time = b.event_time.and_then(|et| {
-                    projection
-                        .expr
-                        .iter()
-                        .position(|e| match e.clone().unalias() {
-                            Expr::Column(c) => input_schema.index_of_column(&c).ok() == Some(et),
-                            _ => false,
-                        })
-                });
+                b.project(&projection.expr, input_schema);
                 b.descriptions.push(format!(
                     "Project {}",
                     projection

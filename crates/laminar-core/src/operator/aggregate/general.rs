@@ -18,9 +18,13 @@ use super::{AggregateOperator, AggregateSpec, EmitMode, OutputTime, Prepared, wi
 use crate::error::{CoreError, Result};
 use crate::message::{END_OF_TIME, NO_WATERMARK};
 use crate::operator::StateSize;
+use crate::time::KeyClocks;
+
+/// A window's key in the window map: `(end, start)`.
+type WindowKey = (i64, i64);
 
 /// The window key of unwindowed aggregation.
-const GLOBAL: (i64, i64) = (END_OF_TIME, NO_WATERMARK);
+const GLOBAL: WindowKey = (END_OF_TIME, NO_WATERMARK);
 
 struct Group {
     accumulators: Vec<Box<dyn Accumulator>>,
@@ -29,20 +33,72 @@ struct Group {
     /// The output row last emitted for this group (after HAVING and the SELECT list).
     last: Option<Vec<ScalarValue>>,
     dirty: bool,
+    /// The watermark passed the group's window end (its first ON WATERMARK / EVERY
+    /// emission happened; later changes are corrections).
+    emitted: bool,
+    /// The group's watermark key (keyed watermarks only).
+    watermark_key: Option<Box<[u8]>>,
 }
 
 #[derive(Default)]
 struct Window {
     groups: HashMap<Box<[u8]>, Group>,
-    /// The window's first emission happened (ON WATERMARK, EVERY).
-    emitted: bool,
 }
 
 struct Session {
     start: i64,
     end: i64,
     group: Group,
-    emitted: bool,
+}
+
+/// The watermark each input row is judged by: one for all rows, or per row (keyed
+/// watermarks).
+pub(crate) enum RowWatermarks<'a> {
+    /// Every row.
+    All(i64),
+    /// Per row, with the encoded watermark key of each row.
+    PerRow(&'a [i64], &'a Rows),
+}
+
+impl RowWatermarks<'_> {
+    fn of(&self, row: usize) -> i64 {
+        match self {
+            RowWatermarks::All(w) => *w,
+            RowWatermarks::PerRow(w, _) => w[row],
+        }
+    }
+
+    fn key(&self, row: usize) -> Option<Box<[u8]>> {
+        match self {
+            RowWatermarks::All(_) => None,
+            RowWatermarks::PerRow(_, keys) => Some(keys.row(row).data().into()),
+        }
+    }
+}
+
+/// The watermark each group is closed by: the input's, or its key's (keyed watermarks).
+pub(crate) struct GroupWatermarks<'a> {
+    /// The input watermark.
+    pub input: i64,
+    /// Per-key clocks, when keyed.
+    pub clocks: Option<&'a KeyClocks>,
+}
+
+impl GroupWatermarks<'_> {
+    fn of(&self, group: &Group) -> i64 {
+        match (self.clocks, &group.watermark_key) {
+            (Some(clocks), Some(key)) => clocks.effective(key, self.input),
+            _ => self.input,
+        }
+    }
+
+    /// No group's watermark exceeds this.
+    fn bound(&self) -> i64 {
+        match self.clocks {
+            Some(c) if self.input != END_OF_TIME => c.max_watermark().max(self.input),
+            _ => self.input,
+        }
+    }
 }
 
 pub(crate) struct GeneralState {
@@ -84,7 +140,7 @@ impl GeneralState {
         spec: &AggregateSpec,
         converter: Option<&RowConverter>,
         prepared: &Prepared,
-        watermark: i64,
+        watermarks: &RowWatermarks<'_>,
     ) -> Result<Option<BooleanArray>> {
         let rows = prepared.batch.num_rows();
         let keys: Option<Rows> = match converter {
@@ -108,9 +164,8 @@ impl GeneralState {
         if let Some(window) = spec.window
             && window.is_session()
         {
-            return self.ingest_sessions(spec, prepared, &key_of, watermark);
+            return self.ingest_sessions(spec, prepared, &key_of, watermarks);
         }
-        let open = |end: i64| end.saturating_add(spec.lateness) > watermark;
         // (window, key) -> (rows adding, rows retracting)
         type Slot = (Vec<u32>, Vec<u32>);
         let mut slots: HashMap<((i64, i64), &[u8]), Slot> = HashMap::new();
@@ -119,6 +174,8 @@ impl GeneralState {
         for (row, is_late) in late.iter_mut().enumerate() {
             let weight = prepared.weights.as_ref().map_or(1, |w| w[row]);
             let key = key_of(row);
+            let watermark = watermarks.of(row);
+            let open = |end: i64| end.saturating_add(spec.lateness) > watermark;
             let mut add = |target: (i64, i64)| {
                 let slot = slots.entry((target, key)).or_default();
                 if weight > 0 {
@@ -147,7 +204,12 @@ impl GeneralState {
         for ((target, key), (adds, retracts)) in slots {
             let window = self.windows.entry(target).or_default();
             if !window.groups.contains_key(key) {
-                let group = new_group(spec, self.changelog)?;
+                let first = adds.first().or(retracts.first()).copied().unwrap_or(0) as usize;
+                let mut group = new_group(spec, self.changelog)?;
+                // A group created after the watermark passed its window's end only ever
+                // emits corrections.
+                group.emitted = target != GLOBAL && target.0 <= watermarks.of(first);
+                group.watermark_key = watermarks.key(first);
                 window.groups.insert(key.into(), group);
             }
             let group = window.groups.get_mut(key).expect("inserted");
@@ -162,7 +224,7 @@ impl GeneralState {
         spec: &AggregateSpec,
         prepared: &Prepared,
         key_of: &dyn Fn(usize) -> &'k [u8],
-        watermark: i64,
+        watermarks: &RowWatermarks<'_>,
     ) -> Result<Option<BooleanArray>> {
         let gap = spec.window.expect("session").span();
         let times = prepared.times.as_ref().expect("event time");
@@ -182,6 +244,7 @@ impl GeneralState {
             let mut touching: Vec<usize> = Vec::new();
             for row in key_rows {
                 let t = times[row as usize];
+                let watermark = watermarks.of(row as usize);
                 let (lo, hi) = (t, t.saturating_add(gap));
                 // Sessions the row's interval [t, t+gap) overlaps or touches.
                 touching.clear();
@@ -199,13 +262,15 @@ impl GeneralState {
                         continue;
                     }
                     let position = sessions.partition_point(|s| s.start < lo);
+                    let mut group = new_group(spec, self.changelog)?;
+                    group.emitted = hi <= watermark;
+                    group.watermark_key = watermarks.key(row as usize);
                     sessions.insert(
                         position,
                         Session {
                             start: lo,
                             end: hi,
-                            group: new_group(spec, self.changelog)?,
-                            emitted: false,
+                            group,
                         },
                     );
                     self.session_min_end = self.session_min_end.min(hi);
@@ -221,9 +286,10 @@ impl GeneralState {
                         self.retractions.push(last);
                     }
                     let session = &mut sessions[target];
+                    let emitted = merged.group.emitted;
                     merge_groups(spec, &mut session.group, merged.group)?;
                     session.end = session.end.max(merged.end);
-                    session.emitted |= merged.emitted;
+                    session.group.emitted |= emitted;
                 }
                 let session = &mut sessions[target];
                 session.start = session.start.min(lo);
@@ -246,11 +312,8 @@ impl GeneralState {
     ) -> Result<Option<RecordBatch>> {
         let mut entries = Vec::new();
         for (&(end, start), window) in self.windows.iter_mut() {
-            if only_emitted && !window.emitted {
-                continue;
-            }
             for (key, group) in window.groups.iter_mut() {
-                if group.dirty {
+                if group.dirty && (group.emitted || !only_emitted) {
                     entries.push(Entry {
                         key,
                         start,
@@ -262,7 +325,7 @@ impl GeneralState {
         }
         for (key, sessions) in self.sessions.iter_mut() {
             for session in sessions.iter_mut() {
-                if (session.emitted || !only_emitted) && session.group.dirty {
+                if (session.group.emitted || !only_emitted) && session.group.dirty {
                     entries.push(Entry {
                         key,
                         start: session.start,
@@ -293,35 +356,49 @@ impl GeneralState {
     }
 
     /// Handles a watermark advance: first emissions (ON WATERMARK, EVERY), final emissions
-    /// (ON WINDOW CLOSE, FINAL) and freeing of windows past `end + lateness`.
+    /// (ON WINDOW CLOSE, FINAL) and freeing of groups past `end + lateness` — each group by
+    /// its own watermark (the input's, or its key's when keyed).
     pub(crate) fn advance(
         &mut self,
         spec: &AggregateSpec,
         converter: Option<&RowConverter>,
         output: &SchemaRef,
-        watermark: i64,
+        watermarks: &GroupWatermarks<'_>,
     ) -> Result<Vec<RecordBatch>> {
         let updating = spec.emit.is_updating(spec.lateness);
+        let keyed = watermarks.clocks.is_some();
+        let bound = watermarks.bound();
+        let decide = |group: &mut Group, end: i64| -> (bool, bool) {
+            let watermark = watermarks.of(group);
+            if end > watermark {
+                return (false, false);
+            }
+            let closing = end.saturating_add(spec.lateness) <= watermark;
+            let first = !group.emitted;
+            group.emitted = true;
+            let emit = match spec.emit {
+                EmitMode::OnWatermark => first || group.dirty,
+                EmitMode::Every(_) => group.dirty,
+                EmitMode::OnWindowClose | EmitMode::Final => closing,
+                EmitMode::OnUpdate | EmitMode::Changes => false,
+            };
+            (emit, closing)
+        };
         let mut out = Vec::new();
         let mut emit_now: Vec<Entry<'_>> = Vec::new();
         let mut closed: Vec<(i64, i64)> = Vec::new();
+        let mut closed_groups: Vec<(WindowKey, Box<[u8]>)> = Vec::new();
         for (&(end, start), window) in self.windows.iter_mut() {
-            if (end, start) == GLOBAL || end > watermark {
+            if (end, start) == GLOBAL || end > bound {
                 break;
             }
-            let closing = end.saturating_add(spec.lateness) <= watermark;
-            let first = !window.emitted;
-            window.emitted = true;
-            if closing {
-                closed.push((end, start));
-            }
+            let mut all_closed = true;
             for (key, group) in window.groups.iter_mut() {
-                let emit = match spec.emit {
-                    EmitMode::OnWatermark => first || group.dirty,
-                    EmitMode::Every(_) => group.dirty,
-                    EmitMode::OnWindowClose | EmitMode::Final => closing,
-                    EmitMode::OnUpdate | EmitMode::Changes => false,
-                };
+                let (emit, closing) = decide(group, end);
+                all_closed &= closing;
+                if closing && keyed {
+                    closed_groups.push(((end, start), key.clone()));
+                }
                 if emit {
                     emit_now.push(Entry {
                         key,
@@ -331,28 +408,23 @@ impl GeneralState {
                     });
                 }
             }
+            if all_closed {
+                closed.push((end, start));
+            }
         }
         let mut closed_sessions: Vec<(Box<[u8]>, i64)> = Vec::new();
-        if watermark >= self.session_min_end {
+        if bound >= self.session_min_end {
             let mut min_end = END_OF_TIME;
             for (key, sessions) in self.sessions.iter_mut() {
                 for session in sessions.iter_mut() {
                     min_end = min_end.min(session.end);
-                    if session.end > watermark {
+                    if session.end > bound {
                         continue;
                     }
-                    let closing = session.end.saturating_add(spec.lateness) <= watermark;
-                    let first = !session.emitted;
-                    session.emitted = true;
+                    let (emit, closing) = decide(&mut session.group, session.end);
                     if closing {
                         closed_sessions.push((key.clone(), session.start));
                     }
-                    let emit = match spec.emit {
-                        EmitMode::OnWatermark => first || session.group.dirty,
-                        EmitMode::Every(_) => session.group.dirty,
-                        EmitMode::OnWindowClose | EmitMode::Final => closing,
-                        EmitMode::OnUpdate | EmitMode::Changes => false,
-                    };
                     if emit {
                         emit_now.push(Entry {
                             key,
@@ -374,6 +446,14 @@ impl GeneralState {
         out.extend(batch);
         for key in closed {
             self.windows.remove(&key);
+        }
+        for (window, key) in closed_groups {
+            if let Some(w) = self.windows.get_mut(&window) {
+                w.groups.remove(&key);
+                if w.groups.is_empty() {
+                    self.windows.remove(&window);
+                }
+            }
         }
         for (key, start) in closed_sessions {
             if let Some(sessions) = self.sessions.get_mut(&key) {
@@ -462,6 +542,8 @@ fn new_group(spec: &AggregateSpec, changelog: bool) -> Result<Group> {
         weight: 0,
         last: None,
         dirty: false,
+        emitted: false,
+        watermark_key: None,
     })
 }
 

@@ -69,6 +69,7 @@ fn operator(emit: EmitMode, lateness: i64, window: WindowSpec) -> AggregateOpera
         late_rows: None,
         output_time: OutputTime::WindowStart,
         metrics: Arc::new(NodeMetrics::default()),
+        keyed_watermark: None,
     })
     .unwrap()
 }
