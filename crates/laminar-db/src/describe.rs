@@ -239,6 +239,22 @@ impl LaminarDB {
                         rows.push((k, value.clone()));
                     }
                 }
+                let reads_files = c
+                    .connector
+                    .as_ref()
+                    .is_some_and(|spec| spec.name.eq_ignore_ascii_case("files"));
+                if reads_files
+                    && c.watermark.is_some()
+                    && !rows.iter().any(|(k, _)| k == "alignment.group")
+                {
+                    rows.push((
+                        "alignment.group".into(),
+                        format!(
+                            "{} (max_drift 10 s, pause: FILES sources replay in event-time alignment)",
+                            crate::execute::FILES_ALIGNMENT_GROUP
+                        ),
+                    ));
+                }
                 rows.push((
                     "connector".into(),
                     c.connector

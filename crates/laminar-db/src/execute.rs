@@ -451,7 +451,21 @@ impl LaminarDB {
             ))
             .into());
         }
-        let alignment = match alignment.finish(&c.name, event_time.is_some())? {
+        let reads_files = c
+            .connector
+            .as_ref()
+            .is_some_and(|spec| spec.name.eq_ignore_ascii_case("files"));
+        let declared_alignment = match alignment.finish(&c.name, event_time.is_some())? {
+            // FILES sources replay in event-time alignment by default (SPEC 5.9), so reading
+            // several files keeps window and join state as bounded as live operation does.
+            None if reads_files && event_time.is_some() => Some((
+                FILES_ALIGNMENT_GROUP.to_string(),
+                FILES_ALIGNMENT_DRIFT_MS,
+                AlignmentMode::Pause,
+            )),
+            declared => declared,
+        };
+        let alignment = match declared_alignment {
             None => None,
             Some((group, max_drift_ms, mode)) => {
                 let mut groups = self.inner.alignment_groups.lock();
@@ -1270,6 +1284,11 @@ impl LateRows for LateStream {
             .map_err(|_| "the side-output stream's queue is full".to_string())
     }
 }
+
+/// The alignment group FILES sources with a watermark join unless they name their own.
+pub(crate) const FILES_ALIGNMENT_GROUP: &str = "files (default)";
+/// Drift of the default FILES alignment group: 10 s of event time.
+const FILES_ALIGNMENT_DRIFT_MS: i64 = 10_000;
 
 /// `alignment.*` source options as written, validated together by [`AlignmentOptions::finish`].
 #[derive(Debug, Default)]

@@ -204,15 +204,18 @@ impl Node {
         }
         let started = Instant::now();
         let mut st = self.state.lock();
-        if st.operator.paused() {
-            return visit;
-        }
         let mut handled = 0usize;
         'drain: loop {
             let mut any = false;
             for index in 0..st.inputs.len() {
                 if st.inputs[index].ended {
                     continue;
+                }
+                // A paused operator (a source held by its alignment group) takes nothing
+                // more; asked before every message, so it stops right after the batch
+                // that carried it past its limit.
+                if st.operator.paused() {
+                    break 'drain;
                 }
                 let received = st.inputs[index].rx.try_recv();
                 let (msg, counted) = match received {

@@ -1,10 +1,11 @@
 //! Watermark alignment groups (SPEC 3, `alignment.group`): sources of one group stay within
 //! `alignment.max_drift` of the slowest member's watermark.
 //!
-//! Each member publishes its watermark into the shared [`AlignmentGroup`]; the group's
-//! floor is the lowest watermark of the members that have one and are not idle (a source
-//! that has produced nothing yet, or went idle, does not hold the others back). A member
-//! whose watermark is more than `max_drift` ahead of the floor:
+//! Each member publishes its watermark into the shared [`AlignmentGroup`]; a member's floor
+//! is the lowest watermark of the *other* members that have one and are not idle (a source
+//! that has produced nothing yet, or went idle, does not hold the others back; the slowest
+//! member is never held back by itself). A member whose watermark is more than `max_drift`
+//! ahead of its floor:
 //!
 //! - `pause` (default): stops taking input until the floor catches up — its queue fills and
 //!   backpressure reaches its producer (connector reader or `push`), nothing is buffered
@@ -125,12 +126,14 @@ impl AlignmentGroup {
         self.len() == 0
     }
 
-    /// The lowest watermark of the live, non-idle members that have one.
-    pub fn floor(&self) -> Option<i64> {
+    /// The lowest watermark of the live, non-idle members that have one, other than
+    /// `except` (a member asking about the rest of its group).
+    pub fn floor(&self, except: Option<&Arc<AlignmentMember>>) -> Option<i64> {
         self.members
             .lock()
             .iter()
             .filter_map(Weak::upgrade)
+            .filter(|m| except.is_none_or(|e| !Arc::ptr_eq(e, m)))
             .filter(|m| !m.idle.load(Ordering::Relaxed))
             .map(|m| m.watermark.load(Ordering::Relaxed))
             .filter(|&w| w != NO_WATERMARK)
@@ -152,10 +155,11 @@ pub struct Alignment {
 }
 
 impl Alignment {
-    /// The highest event time this source may reach now (`None`: unconstrained).
+    /// The highest event time this source may reach now: the slowest other member plus the
+    /// drift (`None`: unconstrained).
     pub fn limit(&self) -> Option<i64> {
         self.group
-            .floor()
+            .floor(Some(&self.member))
             .map(|floor| floor.saturating_add(self.max_drift_ms))
     }
 
@@ -192,6 +196,14 @@ mod tests {
         assert!(alignment.is_ahead());
         b.set_watermark(625 * MIN);
         assert!(!alignment.is_ahead());
+        // The slowest member is never held back by itself.
+        let b_alignment = Alignment {
+            group: group.clone(),
+            member: b.clone(),
+            max_drift_ms: 5 * MIN,
+            mode: AlignmentMode::Drop,
+        };
+        assert_eq!(b_alignment.limit(), Some(635 * MIN));
     }
 
     #[test]
@@ -201,12 +213,18 @@ mod tests {
         let b = group.join("b");
         a.set_watermark(100 * MIN);
         b.set_watermark(10 * MIN);
-        assert_eq!(group.floor(), Some(10 * MIN));
+        assert_eq!(group.floor(None), Some(10 * MIN));
+        assert_eq!(
+            group.floor(Some(&b)),
+            Some(100 * MIN),
+            "b is not its own floor"
+        );
         b.set_idle(true);
-        assert_eq!(group.floor(), Some(100 * MIN));
+        assert_eq!(group.floor(None), Some(100 * MIN));
         b.set_idle(false);
         drop(b);
-        assert_eq!(group.floor(), Some(100 * MIN));
+        assert_eq!(group.floor(None), Some(100 * MIN));
+        assert_eq!(group.floor(Some(&a)), None, "alone, a is unconstrained");
         assert_eq!(group.len(), 1);
     }
 }

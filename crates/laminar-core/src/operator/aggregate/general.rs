@@ -242,6 +242,10 @@ impl GeneralState {
             }
             let sessions = self.sessions.get_mut(key).expect("inserted");
             let mut touching: Vec<usize> = Vec::new();
+            // Rows headed for the same session are fed in one accumulator call: a key's rows
+            // are sorted by time, so consecutive rows mostly extend the same session.
+            let mut run: Vec<u32> = Vec::new();
+            let mut run_target = usize::MAX;
             for row in key_rows {
                 let t = times[row as usize];
                 let watermark = watermarks.of(row as usize);
@@ -261,6 +265,8 @@ impl GeneralState {
                         any_late = true;
                         continue;
                     }
+                    // The insertion shifts session indices: feed the pending run first.
+                    feed_run(spec, sessions, run_target, prepared, &mut run)?;
                     let position = sessions.partition_point(|s| s.start < lo);
                     let mut group = new_group(spec, self.changelog)?;
                     group.emitted = hi <= watermark;
@@ -274,10 +280,14 @@ impl GeneralState {
                         },
                     );
                     self.session_min_end = self.session_min_end.min(hi);
-                    update_group(spec, &mut sessions[position].group, prepared, &[row], false)?;
+                    run_target = position;
+                    run.push(row);
                     continue;
                 }
                 let target = touching[0];
+                if touching.len() > 1 || target != run_target {
+                    feed_run(spec, sessions, run_target, prepared, &mut run)?;
+                }
                 // Merge the other touched sessions into the first one (highest index first so
                 // removal keeps the remaining indices valid).
                 for &other in touching[1..].iter().rev() {
@@ -295,8 +305,15 @@ impl GeneralState {
                 session.start = session.start.min(lo);
                 session.end = session.end.max(hi);
                 let weight = prepared.weights.as_ref().map_or(1, |w| w[row as usize]);
-                update_group(spec, &mut session.group, prepared, &[row], weight < 0)?;
+                if weight < 0 {
+                    feed_run(spec, sessions, run_target, prepared, &mut run)?;
+                    update_group(spec, &mut sessions[target].group, prepared, &[row], true)?;
+                    continue;
+                }
+                run_target = target;
+                run.push(row);
             }
+            feed_run(spec, sessions, run_target, prepared, &mut run)?;
         }
         Ok(any_late.then(|| BooleanArray::from(late)))
     }
@@ -545,6 +562,25 @@ fn new_group(spec: &AggregateSpec, changelog: bool) -> Result<Group> {
         emitted: false,
         watermark_key: None,
     })
+}
+
+/// Feeds a run of rows into session `target` and empties the run.
+fn feed_run(
+    spec: &AggregateSpec,
+    sessions: &mut [Session],
+    target: usize,
+    prepared: &Prepared,
+    run: &mut Vec<u32>,
+) -> Result<()> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let session = sessions.get_mut(target).ok_or_else(|| {
+        CoreError::Internal(format!("{}: session run lost its session", spec.name))
+    })?;
+    update_group(spec, &mut session.group, prepared, run, false)?;
+    run.clear();
+    Ok(())
 }
 
 /// Feeds (or retracts) the given rows of `prepared` into a group.

@@ -188,3 +188,58 @@ fn hop_counts_a_row_in_every_window() {
     op.on_watermark(15000, &mut out).unwrap();
     assert_eq!(emitted(&out), vec!["a,0,1", "a,5000,1"]);
 }
+
+#[test]
+fn session_merge_across_lateness_retracts_the_merged_away_session() {
+    // Two sessions were emitted (ON WATERMARK); rows within the allowed lateness bridge them:
+    // the merged-away session is retracted and the surviving one updated.
+    let mut op = operator(
+        EmitMode::OnWatermark,
+        10_000,
+        WindowSpec::Session { gap: 2000 },
+    );
+    let mut out = Vec::new();
+    op.on_batch(0, rows(&["a", "a"], &[1000, 6000]), &mut out)
+        .unwrap();
+    op.on_watermark(9000, &mut out).unwrap();
+    let mut first = emitted(&out);
+    first.sort();
+    assert_eq!(first, vec!["a,1000,1,I", "a,6000,1,I"]);
+    out.clear();
+    op.on_batch(0, rows(&["a", "a"], &[4500, 3000]), &mut out)
+        .unwrap();
+    assert_eq!(
+        emitted(&out),
+        vec!["a,6000,1,D", "a,1000,1,U-", "a,1000,4,U+"]
+    );
+    out.clear();
+    // The merged session closes at end + lateness (8000 + 10000).
+    op.on_watermark(17_999, &mut out).unwrap();
+    assert_eq!(op.state_size().rows, 1);
+    op.on_watermark(18_000, &mut out).unwrap();
+    assert!(emitted(&out).is_empty(), "nothing changed since the update");
+    assert_eq!(op.state_size().rows, 0);
+}
+
+#[test]
+fn session_rows_of_one_batch_in_any_order_form_the_same_sessions() {
+    let mut op = operator(
+        EmitMode::OnWindowClose,
+        0,
+        WindowSpec::Session { gap: 2500 },
+    );
+    let mut out = Vec::new();
+    op.on_batch(
+        0,
+        rows(
+            &["a", "b", "a", "a", "b", "a", "a"],
+            &[9000, 100, 1000, 20_000, 2000, 9500, 1500],
+        ),
+        &mut out,
+    )
+    .unwrap();
+    op.on_watermark(30_000, &mut out).unwrap();
+    let mut got = emitted(&out);
+    got.sort();
+    assert_eq!(got, vec!["a,1000,2", "a,20000,1", "a,9000,2", "b,100,2"]);
+}
