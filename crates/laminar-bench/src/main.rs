@@ -5,7 +5,7 @@
 //! laminar-bench filter --source parquet --parquet /var/tmp/laminar-bids-10m.parquet
 //! laminar-bench gen-parquet --events 10000000 --out /var/tmp/laminar-bids-10m.parquet
 //! laminar-bench latency --rate 100000 --batch 100 --seconds 10
-//! laminar-bench rss --events 100000000
+//! laminar-bench rss --events 100000000 [--workload tumble]
 //! ```
 //!
 //! Every run prints one `name: value` line per metric; `--json` adds one JSON line.
@@ -62,7 +62,7 @@ enum Command {
     GenParquet(GenParquetArgs),
     /// Push-to-subscriber latency of the projection at a fixed offered rate.
     Latency(LatencyArgs),
-    /// Resident memory over a long projection run (re-pushing the same batches).
+    /// Resident memory over a long run (re-pushing the same batches, event time advancing).
     Rss(RssArgs),
 }
 
@@ -158,6 +158,9 @@ struct LatencyArgs {
 
 #[derive(clap::Args, Debug)]
 struct RssArgs {
+    /// The query: projection (stateless) or a windowed aggregation.
+    #[arg(long, value_enum, default_value = "projection")]
+    workload: RssWorkload,
     /// Events to push in total.
     #[arg(long, default_value_t = 100_000_000)]
     events: u64,
@@ -176,6 +179,25 @@ struct RssArgs {
     /// Generator seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RssWorkload {
+    Projection,
+    Tumble,
+    Hop,
+    Session,
+}
+
+impl RssWorkload {
+    fn workload(self) -> Workload {
+        match self {
+            RssWorkload::Projection => Workload::Projection,
+            RssWorkload::Tumble => Workload::Tumble,
+            RssWorkload::Hop => Workload::Hop,
+            RssWorkload::Session => Workload::Session,
+        }
+    }
 }
 
 /// Metrics of one run, printed as `name: value unit` lines and optionally one JSON line.
@@ -301,13 +323,19 @@ fn fail_on_failures(db: &LaminarDB) -> Result<()> {
 }
 
 /// Pushes `events` rows, cycling through `pool` (slicing the last batch); returns rows pushed.
+/// Pushes `events` rows from `pool` (re-pushing it as needed). Each pass after the first shifts
+/// the `ts` column by the pool's time span, so event time keeps advancing: windows keep
+/// closing and no re-pushed row is late.
 fn push_cycling(
     source: &laminar_db::SourceHandle,
     pool: &[RecordBatch],
     events: u64,
     mut on_push: impl FnMut(u64),
 ) -> Result<u64> {
+    let pool_rows: u64 = pool.iter().map(|b| b.num_rows() as u64).sum();
+    let span_ns = pool_rows as i64 * laminar_bench::TS_STEP_NS;
     let mut pushed = 0u64;
+    let mut pass = 0i64;
     'outer: loop {
         for batch in pool {
             if pushed >= events {
@@ -319,6 +347,11 @@ fn push_cycling(
             } else {
                 batch.slice(0, rows)
             };
+            let batch = if pass == 0 {
+                batch
+            } else {
+                shift_ts(&batch, pass * span_ns)?
+            };
             source.push_arrow(batch)?;
             pushed += rows as u64;
             on_push(pushed);
@@ -326,8 +359,32 @@ fn push_cycling(
         if pool.is_empty() {
             break;
         }
+        pass += 1;
     }
     Ok(pushed)
+}
+
+/// `batch` with its `ts` column moved `shift_ns` nanoseconds later (in the column's unit).
+fn shift_ts(batch: &RecordBatch, shift_ns: i64) -> Result<RecordBatch> {
+    use arrow::datatypes::{DataType, TimeUnit};
+    let Ok(index) = batch.schema().index_of("ts") else {
+        return Ok(batch.clone());
+    };
+    let column = batch.column(index);
+    let data_type = column.data_type().clone();
+    let shift = match &data_type {
+        DataType::Timestamp(TimeUnit::Second, _) => shift_ns / 1_000_000_000,
+        DataType::Timestamp(TimeUnit::Millisecond, _) | DataType::Int64 => shift_ns / 1_000_000,
+        DataType::Timestamp(TimeUnit::Microsecond, _) => shift_ns / 1_000,
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => shift_ns,
+        other => bail!("cannot shift a ts column of type {other}"),
+    };
+    let raw = arrow::compute::cast(column, &DataType::Int64)?;
+    let shifted: Int64Array = raw.as_primitive::<Int64Type>().unary(|v: i64| v + shift);
+    let shifted = arrow::compute::cast(&(Arc::new(shifted) as ArrayRef), &data_type)?;
+    let mut columns = batch.columns().to_vec();
+    columns[index] = shifted;
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
 fn throughput(workload: Workload, args: &ThroughputArgs) -> Result<Report> {
@@ -624,12 +681,8 @@ fn latency(args: &LatencyArgs) -> Result<Report> {
 }
 
 fn rss(args: &RssArgs) -> Result<Report> {
-    let db = open_pipeline(
-        args.workers,
-        Workload::Projection,
-        None,
-        Consumer::Blackhole,
-    )?;
+    let workload = args.workload.workload();
+    let db = open_pipeline(args.workers, workload, None, Consumer::Blackhole)?;
     let source = db.source_untyped("bids")?;
     let pool = generate_bids(
         &source.schema(),
@@ -659,7 +712,7 @@ fn rss(args: &RssArgs) -> Result<Report> {
                     }
                     next += period;
                     let rss = rss_kb().unwrap_or(0);
-                    let processed = db.sink_metrics("out").map(|m| m.rows_in).unwrap_or(0);
+                    let processed = db.stream_metrics("q").map(|m| m.rows_in).unwrap_or(0);
                     eprintln!(
                         "t={:>6.1}s pushed={:>12} processed={:>12} rss={:>8} kB",
                         started.elapsed().as_secs_f64(),
@@ -692,8 +745,15 @@ fn rss(args: &RssArgs) -> Result<Report> {
     let mut r = Report::default();
     r.text(
         "workload",
-        "rss (projection, memory, re-pushing the same batches)",
+        format!(
+            "rss ({}, memory, re-pushing the same batches with event time shifted each pass)",
+            workload.name()
+        ),
     );
+    r.text("sql", workload.sql());
+    if let Ok(m) = db.stream_metrics("q") {
+        r.int("state_rows_at_end", m.state_rows, "rows");
+    }
     r.text("build", build_profile());
     r.int("workers", args.workers as u64, "");
     r.int("events", total, "rows");

@@ -62,6 +62,45 @@ pub(crate) struct StreamEntry {
     pub(crate) active: Arc<AtomicBool>,
     /// For a `LATE DATA TO` stream: the aggregation feeding it.
     pub(crate) side_output_of: Option<String>,
+    /// Parallel instances of the stream's aggregation (empty: `node` runs it alone); `node`
+    /// then merges their outputs.
+    pub(crate) instances: Vec<(Arc<Node>, Arc<NodeMetrics>)>,
+}
+
+impl StreamEntry {
+    /// State held by the stream (summed over parallel instances).
+    pub(crate) fn state_size(&self) -> laminar_core::operator::StateSize {
+        let mut size = self.node.state_size();
+        for (node, _) in &self.instances {
+            let s = node.state_size();
+            size.rows += s.rows;
+            size.bytes += s.bytes;
+        }
+        size
+    }
+
+    /// Rows that entered the stream (every parallel instance reads every input row).
+    pub(crate) fn rows_in(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        match self.instances.first() {
+            Some((_, m)) => m.rows_in.load(Ordering::Relaxed),
+            None => self.metrics.rows_in.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A counter summed over the stream's node and its instances.
+    pub(crate) fn counter(
+        &self,
+        field: impl Fn(&NodeMetrics) -> &std::sync::atomic::AtomicU64,
+    ) -> u64 {
+        use std::sync::atomic::Ordering;
+        field(&self.metrics).load(Ordering::Relaxed)
+            + self
+                .instances
+                .iter()
+                .map(|(_, m)| field(m).load(Ordering::Relaxed))
+                .sum::<u64>()
+    }
 }
 
 /// A sink.

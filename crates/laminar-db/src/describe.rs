@@ -203,11 +203,11 @@ impl LaminarDB {
         let rows = match statement {
             StreamingStatement::CreateStream(c) => {
                 let plan = self.plan(&c.query, &c.clauses)?;
-                explain_stream(&c.name, &plan)
+                self.with_parallelism(explain_stream(&c.name, &plan), &plan)
             }
             StreamingStatement::Query { query, clauses } => {
                 let plan = self.plan(&query, &clauses)?;
-                explain_stream("query", &plan)
+                self.with_parallelism(explain_stream("query", &plan), &plan)
             }
             StreamingStatement::CreateSource(c) => {
                 let schema = self.inner.planner.build_schema(&c.columns)?;
@@ -293,6 +293,32 @@ impl LaminarDB {
         pairs(rows)
     }
 
+    /// Adds the parallelism of an aggregation (after its `operator` row) when it runs as
+    /// several instances.
+    fn with_parallelism(
+        &self,
+        mut rows: Vec<(String, String)>,
+        plan: &laminar_sql::StreamPlan,
+    ) -> Vec<(String, String)> {
+        let instances = crate::execute::aggregation_instances(plan, self.inner.runtime.workers());
+        if instances > 1 {
+            let at = rows
+                .iter()
+                .position(|(k, _)| k == "operator")
+                .map_or(rows.len(), |i| i + 1);
+            rows.insert(
+                at,
+                (
+                    "parallelism".into(),
+                    format!(
+                        "{instances} instances (one per worker); each reads every input row and keeps the groups whose key hashes to it; outputs merged"
+                    ),
+                ),
+            );
+        }
+        rows
+    }
+
     fn explain_analyze(&self, name: &str) -> Result<RecordBatch, DbError> {
         let catalog = self.inner.catalog.read();
         let Some(stream) = catalog.streams.get(name) else {
@@ -315,17 +341,30 @@ impl LaminarDB {
                 ));
             }
         }
-        let size = stream.node.state_size();
+        let size = stream.state_size();
+        for (index, (node, metrics)) in stream.instances.iter().enumerate() {
+            let size = node.state_size();
+            rows.push((
+                format!("instance {}[{index}]", stream.name),
+                format!(
+                    "AggregateOperator rows_in={} rows_out={} state_rows={} state_bytes={}",
+                    metrics.rows_in.load(Ordering::Relaxed),
+                    metrics.rows_out.load(Ordering::Relaxed),
+                    size.rows,
+                    size.bytes
+                ),
+            ));
+        }
         rows.push((
             format!("operator {}", stream.name),
             format!(
                 "{} rows_in={} rows_out={} state_rows={} state_bytes={} watermark={}",
-                if stream.plan.aggregate.is_some() {
-                    "AggregateOperator"
-                } else {
-                    "StatelessOperator"
+                match (stream.plan.aggregate.is_some(), stream.instances.len()) {
+                    (true, 0) => "AggregateOperator".to_string(),
+                    (true, n) => format!("AggregateOperator x{n} (merged)"),
+                    _ => "StatelessOperator".to_string(),
                 },
-                stream.metrics.rows_in.load(Ordering::Relaxed),
+                stream.rows_in(),
                 stream.metrics.rows_out.load(Ordering::Relaxed),
                 size.rows,
                 size.bytes,

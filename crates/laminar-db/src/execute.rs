@@ -554,6 +554,7 @@ impl LaminarDB {
         plan: &StreamPlan,
         metrics: &Arc<NodeMetrics>,
         late_rows: Option<Box<dyn LateRows>>,
+        partition: Option<(usize, usize)>,
     ) -> Result<Box<dyn Operator>, DbError> {
         let Some(a) = &plan.aggregate else {
             return Ok(Box::new(StatelessOperator::new(
@@ -580,6 +581,7 @@ impl LaminarDB {
             output_time: a.output_time,
             metrics: metrics.clone(),
             keyed_watermark: a.keyed_watermark.clone(),
+            partition,
         };
         let operator = AggregateOperator::new(spec).map_err(|e| DbError::Engine(e.to_string()))?;
         Ok(Box::new(operator))
@@ -672,27 +674,79 @@ impl LaminarDB {
             }
             _ => None,
         };
-        let late_rows = late.as_ref().map(|(_, input, _, _)| {
-            Box::new(LateStream {
-                input: input.clone(),
-            }) as Box<dyn LateRows>
-        });
-        let operator = match self.make_operator(name, &plan, &metrics, late_rows) {
-            Ok(op) => op,
+        let late_rows = || {
+            late.as_ref().map(|(_, input, _, _)| {
+                Box::new(LateStream {
+                    input: input.clone(),
+                }) as Box<dyn LateRows>
+            })
+        };
+        let instances = aggregation_instances(&plan, self.inner.runtime.workers());
+        let mut instance_nodes: Vec<(Arc<laminar_core::runtime::Node>, Arc<NodeMetrics>)> =
+            Vec::new();
+        let built = if instances > 1 {
+            // Parallel instances: each reads every input row and keeps the groups whose key
+            // hashes to it; a pass-through node merges their outputs (watermark = minimum).
+            let mut failed = None;
+            for index in 0..instances {
+                let instance_metrics = Arc::new(NodeMetrics::default());
+                match self.make_operator(
+                    name,
+                    &plan,
+                    &instance_metrics,
+                    late_rows(),
+                    Some((index, instances)),
+                ) {
+                    Ok(op) => {
+                        let node = self.inner.runtime.add_node(
+                            &format!("{name}[{index}]"),
+                            op,
+                            instance_metrics.clone(),
+                            &upstreams,
+                        );
+                        instance_nodes.push((node, instance_metrics));
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            match failed {
+                Some(e) => Err(e),
+                None => {
+                    let schema = instance_nodes[0].0.schema();
+                    let merge = StatelessOperator::new(name, vec![Vec::new(); instances], schema);
+                    let inputs: Vec<_> = instance_nodes.iter().map(|(n, _)| n.clone()).collect();
+                    Ok(self
+                        .inner
+                        .runtime
+                        .add_node(name, Box::new(merge), metrics.clone(), &inputs))
+                }
+            }
+        } else {
+            self.make_operator(name, &plan, &metrics, late_rows(), None)
+                .map(|operator| {
+                    self.inner
+                        .runtime
+                        .add_node(name, operator, metrics.clone(), &upstreams)
+                })
+        };
+        let node = match built {
+            Ok(node) => node,
             Err(e) => {
+                for (node, _) in &instance_nodes {
+                    self.inner.runtime.remove_node(node);
+                }
                 if let Some((late_node, ..)) = &late {
                     self.inner.runtime.remove_node(late_node);
                 }
                 return Err(e);
             }
         };
-        let node = self
-            .inner
-            .runtime
-            .add_node(name, operator, metrics.clone(), &upstreams);
         if let (Some(late_name), Some((late_node, _, late_metrics, schema))) = (late_name, late) {
             if let Some(old) = catalog.streams.remove(&late_name) {
-                self.inner.runtime.remove_node(&old.node);
+                self.remove_stream_nodes(&old);
             }
             catalog.streams.insert(
                 late_name.clone(),
@@ -705,6 +759,7 @@ impl LaminarDB {
                     query_id: None,
                     active: Arc::new(AtomicBool::new(true)),
                     side_output_of: Some(name.to_string()),
+                    instances: Vec::new(),
                 },
             );
         }
@@ -720,6 +775,7 @@ impl LaminarDB {
                 query_id,
                 active: active.clone(),
                 side_output_of: None,
+                instances: instance_nodes,
             },
         );
         Ok((node, active))
@@ -772,7 +828,7 @@ impl LaminarDB {
             });
         };
         entry.active.store(false, Ordering::SeqCst);
-        self.inner.runtime.remove_node(&entry.node);
+        self.remove_stream_nodes(&entry);
         catalog.finished_queries.insert(id, entry.sql);
         Ok(())
     }
@@ -874,7 +930,7 @@ impl LaminarDB {
                     .iter()
                     .filter_map(|i| catalog.relation_node(i))
                     .collect::<Vec<_>>();
-                let op = self.make_operator(&c.name, &plan, &metrics, None)?;
+                let op = self.make_operator(&c.name, &plan, &metrics, None, None)?;
                 Some(
                     self.inner
                         .runtime
@@ -997,6 +1053,14 @@ impl LaminarDB {
         Ok(name.to_string())
     }
 
+    /// Stops a stream's nodes: its output node and its parallel aggregation instances.
+    fn remove_stream_nodes(&self, stream: &StreamEntry) {
+        self.inner.runtime.remove_node(&stream.node);
+        for (node, _) in &stream.instances {
+            self.inner.runtime.remove_node(node);
+        }
+    }
+
     /// Removes an object (no dependency checks) and stops what runs for it.
     fn remove_object(&self, name: &str) {
         let mut catalog = self.inner.catalog.write();
@@ -1007,7 +1071,7 @@ impl LaminarDB {
             self.inner.runtime.remove_node(&source.node);
         } else if let Some(stream) = catalog.streams.remove(name) {
             stream.active.store(false, Ordering::SeqCst);
-            self.inner.runtime.remove_node(&stream.node);
+            self.remove_stream_nodes(&stream);
             // Its LATE DATA TO stream goes with it.
             let side: Vec<String> = catalog
                 .streams
@@ -1017,7 +1081,7 @@ impl LaminarDB {
                 .collect();
             for side in side {
                 if let Some(s) = catalog.streams.remove(&side) {
-                    self.inner.runtime.remove_node(&s.node);
+                    self.remove_stream_nodes(&s);
                 }
             }
         } else if let Some(sink) = catalog.sinks.remove(name) {
@@ -1282,6 +1346,15 @@ impl LateRows for LateStream {
         self.input
             .try_send(Message::Batch(batch))
             .map_err(|_| "the side-output stream's queue is full".to_string())
+    }
+}
+
+/// Parallel instances of a stream's aggregation: one per worker when it groups by keys (the
+/// key hash spreads groups over the instances), otherwise one.
+pub(crate) fn aggregation_instances(plan: &StreamPlan, workers: usize) -> usize {
+    match &plan.aggregate {
+        Some(a) if !a.keys.is_empty() => workers.max(1),
+        _ => 1,
     }
 }
 

@@ -260,17 +260,17 @@ impl LaminarDB {
             name: name.to_string(),
             suggestion: laminar_sql::did_you_mean(name, catalog.streams.keys().map(String::as_str)),
         })?;
-        let size = s.node.state_size();
+        let size = s.state_size();
         Ok(StreamMetrics {
             name: s.name.clone(),
             total_events: s.metrics.rows_out.load(Ordering::Relaxed),
-            rows_in: s.metrics.rows_in.load(Ordering::Relaxed),
+            rows_in: s.rows_in(),
             watermark: s.node.output_watermark(),
             sql: s.sql.clone(),
-            late_total: s.metrics.late_total.load(Ordering::Relaxed),
-            late_dropped: s.metrics.late_dropped.load(Ordering::Relaxed),
-            late_side_output: s.metrics.late_side_output.load(Ordering::Relaxed),
-            invalid_rows: s.metrics.errors.load(Ordering::Relaxed),
+            late_total: s.counter(|m| &m.late_total),
+            late_dropped: s.counter(|m| &m.late_dropped),
+            late_side_output: s.counter(|m| &m.late_side_output),
+            invalid_rows: s.counter(|m| &m.errors),
             state_rows: size.rows,
             state_bytes: size.bytes,
         })

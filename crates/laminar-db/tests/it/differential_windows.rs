@@ -3,7 +3,9 @@
 //! streams; the rows emitted for closed windows (or the consolidated changelog, for EMIT
 //! CHANGES) must equal DataFusion batch SQL computing the same windows over the whole input.
 //! Each case also picks whether the source has a keyed watermark on `auction` (then the
-//! windows of queries grouped by auction close per auction, by that auction's watermark).
+//! windows of queries grouped by auction close per auction, by that auction's watermark) and
+//! how many workers run the pipeline (aggregations with group keys then run as that many
+//! hash-partitioned instances).
 //! `PROPTEST_CASES` scales the number of cases (default 64 cases over all queries).
 
 use std::collections::BTreeMap;
@@ -104,8 +106,9 @@ fn streaming(
     splits: &[usize],
     watermarks: &[bool],
     keyed: bool,
+    workers: usize,
 ) -> Vec<Vec<String>> {
-    let db = LaminarDB::builder().workers(1).build_sync().unwrap();
+    let db = LaminarDB::builder().workers(workers).build_sync().unwrap();
     let with = if keyed {
         " WITH (watermark.key = 'auction')"
     } else {
@@ -190,9 +193,10 @@ fn check(
     splits: &[usize],
     watermarks: &[bool],
     keyed: bool,
+    workers: usize,
 ) -> Result<(), TestCaseError> {
     let (stream_sql, batch_sql, changelog) = QUERIES[query_index];
-    let mut got = streaming(stream_sql, input, splits, watermarks, keyed);
+    let mut got = streaming(stream_sql, input, splits, watermarks, keyed, workers);
     if changelog {
         got = consolidate(got);
     }
@@ -219,8 +223,9 @@ proptest! {
         watermarks in proptest::collection::vec(any::<bool>(), 0..8),
         query_index in 0..QUERIES.len(),
         keyed in any::<bool>(),
+        workers in 1usize..=3,
     ) {
-        check(query_index, &input, &splits, &watermarks, keyed)?;
+        check(query_index, &input, &splits, &watermarks, keyed, workers)?;
     }
 }
 
@@ -237,13 +242,14 @@ fn every_query_on_a_fixed_input() {
         })
         .collect();
     for q in 0..QUERIES.len() {
-        for keyed in [false, true] {
+        for (keyed, workers) in [(false, 1), (true, 1), (false, 2), (true, 3)] {
             check(
                 q,
                 &input,
                 &[17, 100, 101, 250, 399],
                 &[true, false, true],
                 keyed,
+                workers,
             )
             .unwrap();
         }
