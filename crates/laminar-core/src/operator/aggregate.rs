@@ -154,8 +154,8 @@ pub struct AggregateSpec {
     pub keyed_watermark: Option<(usize, KeyedWatermark)>,
     /// `(index, count)` when this operator is one of `count` parallel instances of the
     /// aggregation: every instance receives every input row and keeps the rows whose group
-    /// key hashes to `index` (the key decides the instance, so each group lives in exactly
-    /// one). `None`: the only instance.
+    /// key (the watermark key, when keyed) hashes to `index`, so each group lives in exactly
+    /// one instance. `None`: the only instance.
     pub partition: Option<(usize, usize)>,
 }
 
@@ -365,7 +365,13 @@ impl AggregateOperator {
         if let Some(partition) = self.spec.partition
             && batch.num_rows() > 0
         {
-            batch = partition_rows(&self.spec.name, &self.spec.keys, batch, partition)?;
+            // With a keyed watermark the instances split by the watermark key alone, so each
+            // key's clock sees every row of that key.
+            let keys = match &self.spec.keyed_watermark {
+                Some((index, _)) => std::slice::from_ref(&self.spec.keys[*index]),
+                None => self.spec.keys.as_slice(),
+            };
+            batch = partition_rows(&self.spec.name, keys, batch, partition)?;
         }
         if batch.num_rows() == 0 {
             return Ok(None);
