@@ -289,6 +289,10 @@ fn escape(s: &str) -> String {
     out
 }
 
+/// The same allocator as the `laminardb` binary (see its `main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let report = match cli.command {

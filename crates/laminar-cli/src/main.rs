@@ -37,6 +37,12 @@ use clap::Parser;
 use crate::args::{Cli, Command};
 use crate::exit::CliError;
 
+/// mimalloc keeps freed memory for reuse: with the system allocator, every closing window's
+/// output columns (often hundreds of KiB each) are fresh mappings whose page faults dominate
+/// the window-close latency (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

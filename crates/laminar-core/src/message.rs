@@ -37,6 +37,9 @@ pub enum Message {
     Idle,
     /// The sender will send nothing more.
     End,
+    /// Rows split by a hash exchange: element `i` (if any) goes to the sender's `i`-th
+    /// outgoing edge as a `Batch`. Only an operator emits it; it never travels on an edge.
+    Partitioned(Vec<Option<RecordBatch>>),
 }
 
 impl Message {
@@ -44,6 +47,7 @@ impl Message {
     pub fn num_rows(&self) -> usize {
         match self {
             Message::Batch(b) => b.num_rows(),
+            Message::Partitioned(parts) => parts.iter().flatten().map(|b| b.num_rows()).sum(),
             Message::Watermark(_) | Message::Barrier(_) | Message::Idle | Message::End => 0,
         }
     }

@@ -5,6 +5,7 @@
 //! what it emits to an output buffer. Operators never block and never do I/O.
 
 pub mod aggregate;
+mod exchange;
 mod source;
 mod stateless;
 
@@ -16,6 +17,7 @@ use arrow::record_batch::RecordBatch;
 use crate::error::Result;
 use crate::message::Message;
 
+pub use exchange::ExchangeOperator;
 pub use source::{SourceOperator, SourceSettings};
 pub use stateless::{StatelessOperator, Step};
 

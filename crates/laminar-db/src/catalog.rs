@@ -65,6 +65,8 @@ pub(crate) struct StreamEntry {
     /// Parallel instances of the stream's aggregation (empty: `node` runs it alone); `node`
     /// then merges their outputs.
     pub(crate) instances: Vec<(Arc<Node>, Arc<NodeMetrics>)>,
+    /// The hash exchange in front of the instances (runs the input chain once).
+    pub(crate) exchange: Option<(Arc<Node>, Arc<NodeMetrics>)>,
 }
 
 impl StreamEntry {
@@ -79,10 +81,10 @@ impl StreamEntry {
         size
     }
 
-    /// Rows that entered the stream (every parallel instance reads every input row).
+    /// Rows that entered the stream (at the exchange, when there are parallel instances).
     pub(crate) fn rows_in(&self) -> u64 {
         use std::sync::atomic::Ordering;
-        match self.instances.first() {
+        match &self.exchange {
             Some((_, m)) => m.rows_in.load(Ordering::Relaxed),
             None => self.metrics.rows_in.load(Ordering::Relaxed),
         }
@@ -98,6 +100,7 @@ impl StreamEntry {
             + self
                 .instances
                 .iter()
+                .chain(&self.exchange)
                 .map(|(_, m)| field(m).load(Ordering::Relaxed))
                 .sum::<u64>()
     }

@@ -311,7 +311,7 @@ impl LaminarDB {
                 (
                     "parallelism".into(),
                     format!(
-                        "{instances} instances (one per worker); each reads every input row and keeps the groups whose key hashes to it; outputs merged"
+                        "{instances} instances (one per worker) behind a hash exchange on the group keys; outputs merged"
                     ),
                 ),
             );
@@ -342,6 +342,16 @@ impl LaminarDB {
             }
         }
         let size = stream.state_size();
+        if let Some((_, metrics)) = &stream.exchange {
+            rows.push((
+                format!("exchange {}", stream.name),
+                format!(
+                    "hash exchange rows_in={} rows_routed={}",
+                    metrics.rows_in.load(Ordering::Relaxed),
+                    metrics.rows_out.load(Ordering::Relaxed)
+                ),
+            ));
+        }
         for (index, (node, metrics)) in stream.instances.iter().enumerate() {
             let size = node.state_size();
             rows.push((

@@ -13,7 +13,9 @@ use laminar_connectors::{ConnectorOptions, create_sink, create_source};
 use laminar_core::Message;
 use laminar_core::metrics::NodeMetrics;
 use laminar_core::operator::aggregate::{AggregateOperator, AggregateSpec, LateRows};
-use laminar_core::operator::{Operator, SourceOperator, SourceSettings, StatelessOperator, Step};
+use laminar_core::operator::{
+    ExchangeOperator, Operator, SourceOperator, SourceSettings, StatelessOperator, Step,
+};
 use laminar_core::runtime::EdgeReceiver;
 use laminar_core::runtime::SourceInput;
 use laminar_core::time::{
@@ -554,7 +556,7 @@ impl LaminarDB {
         plan: &StreamPlan,
         metrics: &Arc<NodeMetrics>,
         late_rows: Option<Box<dyn LateRows>>,
-        partition: Option<(usize, usize)>,
+        behind_exchange: bool,
     ) -> Result<Box<dyn Operator>, DbError> {
         let Some(a) = &plan.aggregate else {
             return Ok(Box::new(StatelessOperator::new(
@@ -565,7 +567,12 @@ impl LaminarDB {
         };
         let spec = AggregateSpec {
             name: name.to_string(),
-            chains: plan.chains.clone(),
+            // Behind a hash exchange the input chain already ran (in the exchange).
+            chains: if behind_exchange {
+                vec![Vec::new()]
+            } else {
+                plan.chains.clone()
+            },
             input_schema: a.input_schema.clone(),
             event_time: a.event_time,
             window: a.window,
@@ -581,7 +588,6 @@ impl LaminarDB {
             output_time: a.output_time,
             metrics: metrics.clone(),
             keyed_watermark: a.keyed_watermark.clone(),
-            partition,
         };
         let operator = AggregateOperator::new(spec).map_err(|e| DbError::Engine(e.to_string()))?;
         Ok(Box::new(operator))
@@ -684,25 +690,42 @@ impl LaminarDB {
         let instances = aggregation_instances(&plan, self.inner.runtime.workers());
         let mut instance_nodes: Vec<(Arc<laminar_core::runtime::Node>, Arc<NodeMetrics>)> =
             Vec::new();
-        let built = if instances > 1 {
-            // Parallel instances: each reads every input row and keeps the groups whose key
-            // hashes to it; a pass-through node merges their outputs (watermark = minimum).
+        let mut exchange: Option<(Arc<laminar_core::runtime::Node>, Arc<NodeMetrics>)> = None;
+        let built = if let (true, Some(a)) = (instances > 1, &plan.aggregate) {
+            // Parallel instances behind a hash exchange: the exchange runs the input chain
+            // and routes each row to the instance its group key hashes to; a pass-through
+            // node merges the instances' outputs (watermark = minimum).
+            let keys = match &a.keyed_watermark {
+                // Keyed watermarks: split by the watermark key, so each key's clock sees
+                // every row of that key.
+                Some((index, _)) => vec![a.keys[*index].clone()],
+                None => a.keys.clone(),
+            };
+            let exchange_metrics = Arc::new(NodeMetrics::default());
+            let exchange_node = self.inner.runtime.add_node(
+                &format!("{name}[exchange]"),
+                Box::new(ExchangeOperator::new(
+                    name,
+                    plan.chains.clone(),
+                    keys,
+                    instances,
+                    a.input_schema.clone(),
+                )),
+                exchange_metrics.clone(),
+                &upstreams,
+            );
+            exchange = Some((exchange_node.clone(), exchange_metrics));
             let mut failed = None;
             for index in 0..instances {
                 let instance_metrics = Arc::new(NodeMetrics::default());
-                match self.make_operator(
-                    name,
-                    &plan,
-                    &instance_metrics,
-                    late_rows(),
-                    Some((index, instances)),
-                ) {
+                match self.make_operator(name, &plan, &instance_metrics, late_rows(), true) {
                     Ok(op) => {
+                        // Edge `index` of the exchange leads to instance `index`.
                         let node = self.inner.runtime.add_node(
                             &format!("{name}[{index}]"),
                             op,
                             instance_metrics.clone(),
-                            &upstreams,
+                            std::slice::from_ref(&exchange_node),
                         );
                         instance_nodes.push((node, instance_metrics));
                     }
@@ -725,7 +748,7 @@ impl LaminarDB {
                 }
             }
         } else {
-            self.make_operator(name, &plan, &metrics, late_rows(), None)
+            self.make_operator(name, &plan, &metrics, late_rows(), false)
                 .map(|operator| {
                     self.inner
                         .runtime
@@ -735,7 +758,7 @@ impl LaminarDB {
         let node = match built {
             Ok(node) => node,
             Err(e) => {
-                for (node, _) in &instance_nodes {
+                for (node, _) in instance_nodes.iter().chain(&exchange) {
                     self.inner.runtime.remove_node(node);
                 }
                 if let Some((late_node, ..)) = &late {
@@ -760,6 +783,7 @@ impl LaminarDB {
                     active: Arc::new(AtomicBool::new(true)),
                     side_output_of: Some(name.to_string()),
                     instances: Vec::new(),
+                    exchange: None,
                 },
             );
         }
@@ -776,6 +800,7 @@ impl LaminarDB {
                 active: active.clone(),
                 side_output_of: None,
                 instances: instance_nodes,
+                exchange,
             },
         );
         Ok((node, active))
@@ -930,7 +955,7 @@ impl LaminarDB {
                     .iter()
                     .filter_map(|i| catalog.relation_node(i))
                     .collect::<Vec<_>>();
-                let op = self.make_operator(&c.name, &plan, &metrics, None, None)?;
+                let op = self.make_operator(&c.name, &plan, &metrics, None, false)?;
                 Some(
                     self.inner
                         .runtime
@@ -1056,7 +1081,7 @@ impl LaminarDB {
     /// Stops a stream's nodes: its output node and its parallel aggregation instances.
     fn remove_stream_nodes(&self, stream: &StreamEntry) {
         self.inner.runtime.remove_node(&stream.node);
-        for (node, _) in &stream.instances {
+        for (node, _) in stream.instances.iter().chain(&stream.exchange) {
             self.inner.runtime.remove_node(node);
         }
     }
@@ -1349,8 +1374,8 @@ impl LateRows for LateStream {
     }
 }
 
-/// Parallel instances of a stream's aggregation: one per worker when it groups by keys (the
-/// key hash spreads groups over the instances), otherwise one.
+/// Parallel instances of a stream's aggregation: one per worker when it groups by keys (a hash
+/// exchange routes each row to the instance of its key), otherwise one.
 pub(crate) fn aggregation_instances(plan: &StreamPlan, workers: usize) -> usize {
     match &plan.aggregate {
         Some(a) if !a.keys.is_empty() => workers.max(1),

@@ -238,7 +238,10 @@ fn write_loop(
                         metrics.watermark.fetch_max(*w, Ordering::Relaxed);
                         Ok(())
                     }
-                    Message::Barrier(_) | Message::Idle | Message::End => Ok(()),
+                    Message::Barrier(_)
+                    | Message::Idle
+                    | Message::End
+                    | Message::Partitioned(_) => Ok(()),
                 };
                 rx.done();
                 result?;

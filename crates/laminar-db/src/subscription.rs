@@ -544,7 +544,7 @@ fn dispatch(
             }
             Message::Watermark(w) => vec![ChangeEvent::Watermark(w)],
             Message::End => break,
-            Message::Barrier(_) | Message::Idle => continue,
+            Message::Barrier(_) | Message::Idle | Message::Partitioned(_) => continue,
         };
         for ev in events {
             seen += 1;

@@ -152,50 +152,6 @@ pub struct AggregateSpec {
     /// its position in `keys` and the settings. Each key's windows then close by that key's
     /// watermark (SPEC 3).
     pub keyed_watermark: Option<(usize, KeyedWatermark)>,
-    /// `(index, count)` when this operator is one of `count` parallel instances of the
-    /// aggregation: every instance receives every input row and keeps the rows whose group
-    /// key (the watermark key, when keyed) hashes to `index`, so each group lives in exactly
-    /// one instance. `None`: the only instance.
-    pub partition: Option<(usize, usize)>,
-}
-
-/// Seed of the hash that assigns group keys to parallel instances (fixed, so the
-/// assignment is deterministic and independent of the group tables' own hashing).
-const PARTITION_SEED: u64 = 0x1A31_9A7D_B0C5_5EED;
-
-/// Keeps the rows of `batch` whose `keys` hash to partition `index` of `count`.
-fn partition_rows(
-    name: &str,
-    keys: &[Arc<dyn PhysicalExpr>],
-    batch: RecordBatch,
-    (index, count): (usize, usize),
-) -> Result<RecordBatch> {
-    let rows = batch.num_rows();
-    let arrays = keys
-        .iter()
-        .map(|k| k.evaluate(&batch).and_then(|v| v.into_array(rows)))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|source| CoreError::Evaluation {
-            operator: name.to_string(),
-            source,
-        })?;
-    let mut hashes = vec![0u64; rows];
-    let state = datafusion::common::hash_utils::RandomState::with_seed(PARTITION_SEED);
-    datafusion::common::hash_utils::create_hashes(&arrays, &state, &mut hashes).map_err(
-        |source| CoreError::Evaluation {
-            operator: name.to_string(),
-            source,
-        },
-    )?;
-    let keep = BooleanArray::from_iter(
-        hashes
-            .iter()
-            .map(|h| Some((h % count as u64) as usize == index)),
-    );
-    filter_record_batch(&batch, &keep).map_err(|source| CoreError::Arrow {
-        operator: name.to_string(),
-        source,
-    })
 }
 
 /// Per-key clocks of a keyed aggregation.
@@ -362,17 +318,6 @@ impl AggregateOperator {
             ))
         })?;
         let mut batch = run_steps(&self.spec.name, chain, batch, None)?;
-        if let Some(partition) = self.spec.partition
-            && batch.num_rows() > 0
-        {
-            // With a keyed watermark the instances split by the watermark key alone, so each
-            // key's clock sees every row of that key.
-            let keys = match &self.spec.keyed_watermark {
-                Some((index, _)) => std::slice::from_ref(&self.spec.keys[*index]),
-                None => self.spec.keys.as_slice(),
-            };
-            batch = partition_rows(&self.spec.name, keys, batch, partition)?;
-        }
         if batch.num_rows() == 0 {
             return Ok(None);
         }

@@ -331,6 +331,10 @@ impl Node {
                 }
                 Ok(())
             }
+            Message::Partitioned(_) => Err(crate::error::CoreError::Internal(format!(
+                "node '{}' received a partitioned message, which never travels on an edge",
+                self.name
+            ))),
             Message::End => {
                 if let Some(i) = st.inputs.get_mut(input) {
                     i.ended = true;
@@ -362,6 +366,18 @@ impl Node {
 
     fn dispatch(&self, shared: &RuntimeShared, outputs: &mut [OutEdge], out: Vec<Message>) {
         for msg in out {
+            if let Message::Partitioned(parts) = msg {
+                // A hash exchange: sub-batch `i` goes to edge `i` only.
+                for (edge, part) in outputs.iter_mut().zip(parts) {
+                    if let Some(batch) = part {
+                        self.metrics
+                            .rows_out
+                            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                        edge.offer(shared, Message::Batch(batch));
+                    }
+                }
+                continue;
+            }
             match &msg {
                 Message::Batch(b) => {
                     self.metrics
@@ -372,7 +388,7 @@ impl Node {
                     self.metrics.watermark.fetch_max(*w, Ordering::Relaxed);
                 }
                 Message::End => self.finished.store(true, Ordering::SeqCst),
-                Message::Barrier(_) | Message::Idle => {}
+                Message::Barrier(_) | Message::Idle | Message::Partitioned(_) => {}
             }
             if let Some((last, rest)) = outputs.split_last_mut() {
                 for edge in rest {

@@ -1,7 +1,9 @@
 //! Vectorized window state: per open window, DataFusion's `GroupValues` maps key columns to
 //! group indices and `GroupsAccumulator`s fold whole columns into per-group state. Windows
 //! live in an ordered map by `(end, start)`, so a watermark closes exactly the windows it
-//! passes, emits each once and frees it.
+//! passes, emits each once and frees it. The hash table of a closed window (emptied by its
+//! emission) is kept for the next window to open: closing a window then frees no large
+//! allocation before its rows are sent, and a new window does not grow its table again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,7 +32,12 @@ pub(crate) struct FastState {
     key_schema: Arc<Schema>,
     windows: BTreeMap<(i64, i64), Window>,
     group_indices: Vec<usize>,
+    /// Emptied group tables of closed windows, reused by new windows.
+    spare_groups: Vec<Box<dyn GroupValues>>,
 }
+
+/// Most emptied group tables kept for reuse.
+const SPARE_GROUP_TABLES: usize = 4;
 
 impl FastState {
     pub(crate) fn new(spec: &AggregateSpec, key_types: &[DataType]) -> Result<FastState> {
@@ -41,23 +48,27 @@ impl FastState {
                 .map(|(i, t)| Field::new(format!("k{i}"), t.clone(), true))
                 .collect::<Vec<_>>(),
         ));
-        let state = FastState {
+        let mut state = FastState {
             key_schema,
             windows: BTreeMap::new(),
             group_indices: Vec::new(),
+            spare_groups: Vec::new(),
         };
         // Fail at CREATE time, not on the first row, when an accumulator cannot be built.
-        state.new_window(spec)?;
+        let probe = state.new_window(spec)?;
+        state.spare_groups.extend(probe.groups);
         Ok(state)
     }
 
-    fn new_window(&self, spec: &AggregateSpec) -> Result<Window> {
+    fn new_window(&mut self, spec: &AggregateSpec) -> Result<Window> {
         let df = |source| CoreError::Evaluation {
             operator: spec.name.clone(),
             source,
         };
         let groups = if self.key_schema.fields().is_empty() {
             None
+        } else if let Some(spare) = self.spare_groups.pop() {
+            Some(spare)
         } else {
             Some(new_group_values(self.key_schema.clone(), &GroupOrdering::None).map_err(df)?)
         };
@@ -228,7 +239,14 @@ impl FastState {
                 break;
             }
             let window = entry.remove();
-            out.push(emit_window(spec, window, start, end)?);
+            let (batch, groups) = emit_window(spec, window, start, end)?;
+            out.push(batch);
+            if let Some(groups) = groups
+                && self.spare_groups.len() < SPARE_GROUP_TABLES
+            {
+                // Emitting everything left the table empty (its capacity stays).
+                self.spare_groups.push(groups);
+            }
         }
         Ok(out)
     }
@@ -252,16 +270,23 @@ impl FastState {
                 .map(|a| a.size() as u64)
                 .sum::<u64>();
         }
+        // Emptied tables kept for reuse hold memory, not rows.
+        size.bytes += self
+            .spare_groups
+            .iter()
+            .map(|g| g.size() as u64)
+            .sum::<u64>();
         size
     }
 }
 
+/// The window's rows, and its group table, emptied, for reuse.
 fn emit_window(
     spec: &AggregateSpec,
     mut window: Window,
     start: i64,
     end: i64,
-) -> Result<RecordBatch> {
+) -> Result<(RecordBatch, Option<Box<dyn GroupValues>>)> {
     let df = |source| CoreError::Evaluation {
         operator: spec.name.clone(),
         source,
@@ -282,5 +307,5 @@ fn emit_window(
     let batch =
         AggregateOperator::aggregate_batch(spec, keys, Some((&starts, &ends)), values, rows)?;
     let (out, _) = AggregateOperator::post(spec, batch)?;
-    Ok(out)
+    Ok((out, window.groups.take()))
 }

@@ -3,8 +3,10 @@
 //! COUNT, SUM, AVG, the variance family and COUNT DISTINCT use DataFusion's own retracting
 //! ("sliding") accumulators. DataFusion's sliding MIN/MAX assume rows leave in arrival order
 //! (a moving window), which a changelog does not guarantee, so MIN and MAX keep an ordered
-//! multiset of values here: retracting the current extreme yields the next one. Aggregates
-//! without a retraction rule are refused, naming the function.
+//! multiset of values here: retracting the current extreme yields the next one. FIRST_VALUE
+//! and LAST_VALUE (ordered by event time unless the query orders them) keep a multiset of
+//! (ordering key, value) pairs the same way. Aggregates without a retraction rule are
+//! refused, naming the function.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -42,6 +44,22 @@ pub fn retractable(function: &AggregateFunctionExpr) -> Result<Box<dyn Accumulat
             name.to_ascii_uppercase()
         )
     };
+    if (name == "first_value" || name == "last_value")
+        && !function.is_distinct()
+        && !function.order_bys().is_empty()
+    {
+        return Ok(Box::new(MultisetOrdered {
+            entries: BTreeMap::new(),
+            directions: function
+                .order_bys()
+                .iter()
+                .map(|s| (s.options.descending, s.options.nulls_first))
+                .collect(),
+            last: name == "last_value",
+            ignore_nulls: function.ignore_nulls(),
+            data_type: function.field().data_type().clone(),
+        }));
+    }
     if !function.order_bys().is_empty() {
         return Err(refuse());
     }
@@ -140,5 +158,212 @@ impl Accumulator for MultisetExtreme {
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
         self.apply(&states[0], true)
+    }
+}
+
+/// One ORDER BY value with its direction: ascending or descending, NULLs first or last.
+#[derive(Debug, Clone, PartialEq)]
+struct SortPart {
+    value: ScalarValue,
+    descending: bool,
+    nulls_first: bool,
+}
+
+impl Eq for SortPart {}
+
+impl PartialOrd for SortPart {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SortPart {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self.value.is_null(), other.value.is_null()) {
+            (true, true) => Ordering::Equal,
+            (true, false) => {
+                if self.nulls_first {
+                    Ordering::Less
+                } else {
+                    Ordering::Greater
+                }
+            }
+            (false, true) => {
+                if self.nulls_first {
+                    Ordering::Greater
+                } else {
+                    Ordering::Less
+                }
+            }
+            (false, false) => {
+                let order = self
+                    .value
+                    .partial_cmp(&other.value)
+                    .unwrap_or(Ordering::Equal);
+                if self.descending {
+                    order.reverse()
+                } else {
+                    order
+                }
+            }
+        }
+    }
+}
+
+/// FIRST_VALUE / LAST_VALUE over a multiset of (ORDER BY key, value) pairs with counts:
+/// the value of the smallest (first) or largest (last) key; retracting it yields the next.
+/// Ties on the key are broken by the value, so the result does not depend on arrival order.
+#[derive(Debug)]
+struct MultisetOrdered {
+    entries: BTreeMap<(Vec<SortPart>, Ordered), u64>,
+    /// `(descending, nulls_first)` per ORDER BY expression.
+    directions: Vec<(bool, bool)>,
+    last: bool,
+    ignore_nulls: bool,
+    data_type: DataType,
+}
+
+impl MultisetOrdered {
+    /// `columns`: the value, then one column per ORDER BY expression.
+    fn apply(&mut self, columns: &[ArrayRef], add: bool) -> DfResult<()> {
+        let Some(values) = columns.first() else {
+            return Ok(());
+        };
+        for row in 0..values.len() {
+            if self.ignore_nulls && values.is_null(row) {
+                continue;
+            }
+            let key = self
+                .directions
+                .iter()
+                .zip(&columns[1..])
+                .map(|(&(descending, nulls_first), column)| {
+                    Ok(SortPart {
+                        value: ScalarValue::try_from_array(column, row)?,
+                        descending,
+                        nulls_first,
+                    })
+                })
+                .collect::<DfResult<Vec<_>>>()?;
+            let entry = (key, Ordered(ScalarValue::try_from_array(values, row)?));
+            if add {
+                *self.entries.entry(entry).or_insert(0) += 1;
+            } else if let Some(count) = self.entries.get_mut(&entry) {
+                *count -= 1;
+                if *count == 0 {
+                    self.entries.remove(&entry);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn extreme(&self) -> Option<&(Vec<SortPart>, Ordered)> {
+        if self.last {
+            self.entries.keys().next_back()
+        } else {
+            self.entries.keys().next()
+        }
+    }
+}
+
+impl Accumulator for MultisetOrdered {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
+        self.apply(values, true)
+    }
+
+    fn retract_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
+        self.apply(values, false)
+    }
+
+    fn supports_retract_batch(&self) -> bool {
+        true
+    }
+
+    fn evaluate(&mut self) -> DfResult<ScalarValue> {
+        match self.extreme() {
+            Some((_, value)) => Ok(value.0.clone()),
+            None => ScalarValue::try_from(&self.data_type),
+        }
+    }
+
+    fn size(&self) -> usize {
+        size_of::<Self>()
+            + self.entries.len()
+                * (size_of::<Ordered>() + (1 + self.directions.len()) * size_of::<SortPart>() + 16)
+    }
+
+    /// The extreme entry: its value, then its ORDER BY values.
+    fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
+        match self.extreme() {
+            Some((key, value)) => {
+                let mut state = vec![value.0.clone()];
+                state.extend(key.iter().map(|p| p.value.clone()));
+                Ok(state)
+            }
+            None => Err(datafusion::error::DataFusionError::Internal(
+                "the state of an empty FIRST_VALUE/LAST_VALUE multiset".into(),
+            )),
+        }
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
+        self.apply(states, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, StringArray};
+
+    use super::*;
+
+    fn ordered(last: bool, descending: bool) -> MultisetOrdered {
+        MultisetOrdered {
+            entries: BTreeMap::new(),
+            directions: vec![(descending, false)],
+            last,
+            ignore_nulls: false,
+            data_type: DataType::Utf8,
+        }
+    }
+
+    fn rows(values: &[&str], ts: &[i64]) -> Vec<ArrayRef> {
+        vec![
+            Arc::new(StringArray::from(values.to_vec())),
+            Arc::new(Int64Array::from(ts.to_vec())),
+        ]
+    }
+
+    #[test]
+    fn first_and_last_value_retract_to_the_next_in_order() {
+        let mut first = ordered(false, false);
+        let mut last = ordered(true, false);
+        for acc in [&mut first, &mut last] {
+            acc.update_batch(&rows(&["b", "a", "c"], &[20, 10, 30]))
+                .unwrap();
+        }
+        assert_eq!(first.evaluate().unwrap(), ScalarValue::from("a"));
+        assert_eq!(last.evaluate().unwrap(), ScalarValue::from("c"));
+        first.retract_batch(&rows(&["a"], &[10])).unwrap();
+        last.retract_batch(&rows(&["c"], &[30])).unwrap();
+        assert_eq!(first.evaluate().unwrap(), ScalarValue::from("b"));
+        assert_eq!(last.evaluate().unwrap(), ScalarValue::from("b"));
+        first.retract_batch(&rows(&["b", "c"], &[20, 30])).unwrap();
+        assert_eq!(first.evaluate().unwrap(), ScalarValue::Utf8(None));
+        // Retracting a row that is not there changes nothing.
+        last.retract_batch(&rows(&["zz"], &[99])).unwrap();
+        assert_eq!(last.evaluate().unwrap(), ScalarValue::from("b"));
+    }
+
+    #[test]
+    fn descending_order_reverses_first_and_last() {
+        let mut first_desc = ordered(false, true);
+        first_desc
+            .update_batch(&rows(&["b", "a", "c"], &[20, 10, 30]))
+            .unwrap();
+        assert_eq!(first_desc.evaluate().unwrap(), ScalarValue::from("c"));
     }
 }

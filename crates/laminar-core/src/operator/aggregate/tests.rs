@@ -70,7 +70,6 @@ fn operator(emit: EmitMode, lateness: i64, window: WindowSpec) -> AggregateOpera
         output_time: OutputTime::WindowStart,
         metrics: Arc::new(NodeMetrics::default()),
         keyed_watermark: None,
-        partition: None,
     })
     .unwrap()
 }
