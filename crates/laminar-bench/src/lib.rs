@@ -144,7 +144,24 @@ pub fn open_pipeline_with(
     parquet: Option<&str>,
     consumer: Consumer,
 ) -> Result<LaminarDB> {
-    let db = LaminarDB::builder().workers(workers).build_sync()?;
+    open_pipeline_buffered(columns, workers, workload, parquet, consumer, None)
+}
+
+/// [`open_pipeline_with`] with the source queue bounded to `buffer_size` messages (the
+/// engine default when `None`).
+pub fn open_pipeline_buffered(
+    columns: &str,
+    workers: usize,
+    workload: Workload,
+    parquet: Option<&str>,
+    consumer: Consumer,
+    buffer_size: Option<usize>,
+) -> Result<LaminarDB> {
+    let mut builder = LaminarDB::builder().workers(workers);
+    if let Some(slots) = buffer_size {
+        builder = builder.buffer_size(slots);
+    }
+    let db = builder.build_sync()?;
     block_on(async {
         db.execute(&source_ddl_with(columns, parquet))
             .await

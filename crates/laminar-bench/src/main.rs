@@ -176,6 +176,10 @@ struct RssArgs {
     /// Sampling period in milliseconds.
     #[arg(long, default_value_t = 1000)]
     sample_ms: u64,
+    /// Source queue bound in messages (engine default when absent). A small bound keeps the
+    /// pusher from queueing input far ahead of the query, so RSS shows the query's state.
+    #[arg(long)]
+    buffer_size: Option<usize>,
     /// Generator seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -686,7 +690,14 @@ fn latency(args: &LatencyArgs) -> Result<Report> {
 
 fn rss(args: &RssArgs) -> Result<Report> {
     let workload = args.workload.workload();
-    let db = open_pipeline(args.workers, workload, None, Consumer::Blackhole)?;
+    let db = laminar_bench::open_pipeline_buffered(
+        SOURCE_COLUMNS,
+        args.workers,
+        workload,
+        None,
+        Consumer::Blackhole,
+        args.buffer_size,
+    )?;
     let source = db.source_untyped("bids")?;
     let pool = generate_bids(
         &source.schema(),
@@ -755,6 +766,11 @@ fn rss(args: &RssArgs) -> Result<Report> {
         ),
     );
     r.text("sql", workload.sql());
+    r.text(
+        "source_buffer",
+        args.buffer_size
+            .map_or("engine default".to_string(), |n| format!("{n} messages")),
+    );
     if let Ok(m) = db.stream_metrics("q") {
         r.int("state_rows_at_end", m.state_rows, "rows");
     }

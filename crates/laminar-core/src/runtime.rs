@@ -159,6 +159,17 @@ impl Runtime {
         node
     }
 
+    /// Connects more upstreams to an existing node (its inputs `n..` in order). Used to wire a
+    /// node's inputs only after its downstream nodes exist, so nothing it emits is lost.
+    pub fn connect_inputs(&self, node: &Arc<Node>, upstreams: &[Arc<Node>]) {
+        for upstream in upstreams {
+            let receiver =
+                upstream.connect(&self.shared, Some(node), self.shared.config.edge_capacity);
+            node.add_input(receiver, upstream.output_watermark());
+        }
+        self.wake_node(node);
+    }
+
     /// Attaches an external consumer (subscription, sink runner) to a node's output.
     ///
     /// `counted` consumers take part in [`Runtime::wait_idle`]: they must call

@@ -311,7 +311,12 @@ impl LaminarDB {
                 (
                     "parallelism".into(),
                     format!(
-                        "{instances} instances (one per worker) behind a hash exchange on the group keys; outputs merged"
+                        "{instances} instances (one per worker) behind a hash exchange on the {}; outputs merged",
+                        if plan.aggregate.as_ref().is_some_and(|a| a.keyed_watermark.is_some()) {
+                            "watermark key"
+                        } else {
+                            "group keys"
+                        }
                     ),
                 ),
             );

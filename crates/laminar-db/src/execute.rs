@@ -712,7 +712,9 @@ impl LaminarDB {
                     a.input_schema.clone(),
                 )),
                 exchange_metrics.clone(),
-                &upstreams,
+                // Upstreams are connected once every instance is attached (below), so no
+                // routed row can find its instance missing.
+                &[],
             );
             exchange = Some((exchange_node.clone(), exchange_metrics));
             let mut failed = None;
@@ -741,10 +743,16 @@ impl LaminarDB {
                     let schema = instance_nodes[0].0.schema();
                     let merge = StatelessOperator::new(name, vec![Vec::new(); instances], schema);
                     let inputs: Vec<_> = instance_nodes.iter().map(|(n, _)| n.clone()).collect();
-                    Ok(self
-                        .inner
+                    let merged = self.inner.runtime.add_node(
+                        name,
+                        Box::new(merge),
+                        metrics.clone(),
+                        &inputs,
+                    );
+                    self.inner
                         .runtime
-                        .add_node(name, Box::new(merge), metrics.clone(), &inputs))
+                        .connect_inputs(&exchange_node, &upstreams);
+                    Ok(merged)
                 }
             }
         } else {
@@ -1080,10 +1088,11 @@ impl LaminarDB {
 
     /// Stops a stream's nodes: its output node and its parallel aggregation instances.
     fn remove_stream_nodes(&self, stream: &StreamEntry) {
-        self.inner.runtime.remove_node(&stream.node);
-        for (node, _) in stream.instances.iter().chain(&stream.exchange) {
+        // Upstream first: the exchange stops routing before its instances go.
+        for (node, _) in stream.exchange.iter().chain(&stream.instances) {
             self.inner.runtime.remove_node(node);
         }
+        self.inner.runtime.remove_node(&stream.node);
     }
 
     /// Removes an object (no dependency checks) and stops what runs for it.

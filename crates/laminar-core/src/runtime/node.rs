@@ -367,7 +367,8 @@ impl Node {
     fn dispatch(&self, shared: &RuntimeShared, outputs: &mut [OutEdge], out: Vec<Message>) {
         for msg in out {
             if let Message::Partitioned(parts) = msg {
-                // A hash exchange: sub-batch `i` goes to edge `i` only.
+                // A hash exchange: sub-batch `i` goes to edge `i` only (the exchange's edges
+                // are its instances, all connected before its inputs).
                 for (edge, part) in outputs.iter_mut().zip(parts) {
                     if let Some(batch) = part {
                         self.metrics
