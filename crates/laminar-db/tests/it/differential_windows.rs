@@ -1,7 +1,8 @@
 //! Differential test of streaming aggregation: random bids with bounded disorder, random
 //! batch splits and random watermark cadence go through windowed and unwindowed GROUP BY
-//! streams; the rows emitted for closed windows (or the consolidated changelog, for EMIT
-//! CHANGES) must equal DataFusion batch SQL computing the same windows over the whole input.
+//! streams (and a window TVF without GROUP BY, which emits each row once per window); the rows
+//! emitted for closed windows (or the consolidated changelog, for EMIT CHANGES) must equal
+//! DataFusion batch SQL computing the same windows over the whole input.
 //! Each case also picks whether the source has a keyed watermark on `auction` (then the
 //! windows of queries grouped by auction close per auction, by that auction's watermark) and
 //! how many workers run the pipeline (aggregations with group keys then run as that many
@@ -49,6 +50,11 @@ const QUERIES: &[(&str, &str, bool)] = &[
     (
         "SELECT auction, session(ts, INTERVAL '300' MILLISECOND) AS s, session_end(ts, INTERVAL '300' MILLISECOND) AS e, COUNT(*) AS n, MAX(price) AS hi FROM bids GROUP BY auction, session(ts, INTERVAL '300' MILLISECOND) EMIT ON WINDOW CLOSE",
         "SELECT auction, MIN(ts) AS s, MAX(ts) + 300 AS e, COUNT(*) AS n, MAX(price) AS hi FROM (SELECT auction, ts, price, SUM(brk) OVER (PARTITION BY auction ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid FROM (SELECT auction, ts, price, CASE WHEN ts - LAG(ts) OVER (PARTITION BY auction ORDER BY ts) <= 300 THEN 0 ELSE 1 END AS brk FROM bids) AS a) AS b GROUP BY auction, sid",
+        false,
+    ),
+    (
+        "SELECT auction, price, ts, window_start, window_end FROM HOP(TABLE bids, DESCRIPTOR(ts), INTERVAL '500' MILLISECOND, INTERVAL '2' SECOND)",
+        "SELECT auction, price, ts, w AS window_start, w + 2000 AS window_end FROM (SELECT auction, price, ts, (ts / 500) * 500 - k * 500 AS w FROM bids CROSS JOIN (VALUES (0), (1), (2), (3)) AS o(k)) AS x WHERE w + 2000 > ts",
         false,
     ),
     (

@@ -87,6 +87,7 @@ pub(crate) fn lower(
             "ALLOW LATENESS and LATE DATA TO apply to windowed aggregations; this query has no window".into(),
         ));
     }
+    super::window::validate_tvf_windows(plan)?;
     if super::window::plan_mentions_window(plan) {
         return Err(SqlError::Invalid(
             "window functions (tumble, hop, session, cumulate, window_start, window_end) need a GROUP BY over the window".into(),

@@ -24,7 +24,7 @@ use datafusion::logical_expr::{
 use laminar_core::operator::aggregate::{EmitMode, WindowSpec};
 use sqlparser::ast::{
     Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, ObjectName, Query,
-    Select, SetExpr, TableFactor, visit_expressions_mut,
+    Select, SelectItem, SetExpr, TableFactor, visit_expressions_mut,
 };
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
@@ -76,6 +76,88 @@ impl ScalarUDFImpl for WindowFunction {
     }
 }
 
+/// Name of the internal function giving a row's k-th window of a window TVF used without
+/// GROUP BY: `__tvf_window('start'|'end', '<function>', k, ts, params..)`, NULL when the row
+/// has fewer than k+1 windows.
+pub(crate) const TVF_WINDOW: &str = "__tvf_window";
+
+/// Most windows per row a window TVF without GROUP BY may produce (hop: size / slide,
+/// cumulate: size / step); each is one branch of a UNION ALL.
+const MAX_ROW_WINDOWS: i64 = 64;
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct TvfWindowFunction {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for TvfWindowFunction {
+    fn name(&self) -> &str {
+        TVF_WINDOW
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        arg_types.get(3).cloned().ok_or_else(|| {
+            DataFusionError::Plan(format!("{TVF_WINDOW}() needs an event-time column"))
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let rows = args.number_rows;
+        let literal = |i: usize| match args.args.get(i) {
+            Some(ColumnarValue::Scalar(s)) => Ok(s.clone()),
+            _ => Err(DataFusionError::Plan(format!(
+                "{TVF_WINDOW}(): argument {i} must be a constant"
+            ))),
+        };
+        let which = literal(0)?.to_string();
+        let function = literal(1)?.to_string();
+        let k = match literal(2)? {
+            ScalarValue::Int64(Some(k)) => k,
+            other => {
+                return Err(DataFusionError::Plan(format!(
+                    "{TVF_WINDOW}(): bad window index {other}"
+                )));
+            }
+        };
+        let params = (4..args.args.len())
+            .map(|i| literal(i).map(|s| DfExpr::Literal(s, None)))
+            .collect::<DfResult<Vec<_>>>()?;
+        let mut spec_args = vec![DfExpr::Literal(ScalarValue::Null, None)];
+        spec_args.extend(params);
+        let spec =
+            window_spec(&function, &spec_args).map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        let ts = args.args[3].clone().into_array(rows)?;
+        let data_type = ts.data_type().clone();
+        let kind = laminar_core::time::EventTimeKind::for_type(&data_type).ok_or_else(|| {
+            DataFusionError::Plan(format!(
+                "{function}: the time column has type {data_type}, not TIMESTAMP or BIGINT"
+            ))
+        })?;
+        let raw = arrow::compute::cast(&ts, &DataType::Int64)?;
+        let raw = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(&raw);
+        let mut windows: Vec<(i64, i64)> = Vec::new();
+        let out: arrow::array::Int64Array = raw
+            .iter()
+            .map(|value| {
+                let t = kind.to_millis(value?);
+                windows.clear();
+                spec.for_each_window(spec.anchor(t), |start, end| windows.push((start, end)));
+                windows.sort_unstable();
+                let (start, end) = *windows.get(usize::try_from(k).ok()?)?;
+                Some(kind.from_millis(if which == "end" { end } else { start }))
+            })
+            .collect();
+        let out: arrow::array::ArrayRef = Arc::new(out);
+        Ok(ColumnarValue::Array(arrow::compute::cast(
+            &out, &data_type,
+        )?))
+    }
+}
+
 /// The window functions, for registration with the planner.
 pub(crate) fn udfs() -> Vec<Arc<ScalarUDF>> {
     let make = |name: &'static str, aliases: &[&str]| {
@@ -91,7 +173,38 @@ pub(crate) fn udfs() -> Vec<Arc<ScalarUDF>> {
         make("session", &[]),
         make("cumulate", &[]),
         make(WINDOW_END, &[]),
+        Arc::new(ScalarUDF::new_from_impl(TvfWindowFunction {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        })),
     ]
+}
+
+/// Checks the window definitions of row-level window TVFs (`__tvf_window` calls) at CREATE
+/// time, so that a bad size is an error then, not on the first row.
+pub(crate) fn validate_tvf_windows(
+    plan: &datafusion::logical_expr::LogicalPlan,
+) -> Result<(), SqlError> {
+    let mut error = None;
+    let _ = plan.apply(|node| {
+        for expr in node.expressions() {
+            let _ = expr.apply(|e| {
+                if let DfExpr::ScalarFunction(f) = e
+                    && f.func.name() == TVF_WINDOW
+                    && error.is_none()
+                    && let Some(DfExpr::Literal(function, _)) = f.args.get(1)
+                {
+                    let mut spec_args = vec![DfExpr::Literal(ScalarValue::Null, None)];
+                    spec_args.extend(f.args.iter().skip(4).cloned());
+                    if let Err(e) = window_spec(&function.to_string(), &spec_args) {
+                        error = Some(e);
+                    }
+                }
+                Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+            });
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    error.map_or(Ok(()), Err)
 }
 
 /// The window function a planned expression calls, if any: (name, arguments).
@@ -317,7 +430,12 @@ pub(crate) fn rewrite_query(query: &mut Query) -> Result<(), SqlError> {
 
 fn rewrite_set_expr(body: &mut SetExpr) -> Result<(), SqlError> {
     match body {
-        SetExpr::Select(select) => rewrite_select(select),
+        SetExpr::Select(select) => {
+            if let Some(replacement) = rewrite_select(select)? {
+                *body = replacement;
+            }
+            Ok(())
+        }
         SetExpr::Query(q) => rewrite_query(q),
         SetExpr::SetOperation { left, right, .. } => {
             rewrite_set_expr(left)?;
@@ -345,9 +463,16 @@ struct TvfWindow {
     start: Expr,
     end: Expr,
     alias: Option<String>,
+    /// The function (`tumble`, `hop`, `session`, `cumulate`), the time column and the
+    /// parameters as written, for the row-level form.
+    function: String,
+    time_column: Ident,
+    params: Vec<String>,
 }
 
-fn rewrite_select(select: &mut Select) -> Result<(), SqlError> {
+/// Rewrites window TVFs in the FROM of `select`; returns a replacement for the whole SELECT
+/// when a TVF without GROUP BY expands rows into several windows (a UNION ALL).
+fn rewrite_select(select: &mut Select) -> Result<Option<SetExpr>, SqlError> {
     let mut window: Option<TvfWindow> = None;
     for table in &mut select.from {
         if let TableFactor::Derived { subquery, .. } = &mut table.relation {
@@ -420,13 +545,23 @@ fn rewrite_select(select: &mut Select) -> Result<(), SqlError> {
             end: wrap_window_end(start.clone()),
             start,
             alias: alias.as_ref().map(|a| a.name.value.to_lowercase()),
+            function: if function == "slide" {
+                "hop".into()
+            } else {
+                function.clone()
+            },
+            time_column,
+            params,
         });
         *args = None;
         *name = table_name;
     }
     let Some(window) = window else {
-        return Ok(());
+        return Ok(None);
     };
+    if matches!(&select.group_by, GroupByExpr::Expressions(g, _) if g.is_empty()) {
+        return row_level_windows(select, &window).map(Some);
+    }
     let replace = |expr: &mut Expr| {
         let _ = visit_expressions_mut(expr, |e| {
             let column = match e {
@@ -448,7 +583,7 @@ fn rewrite_select(select: &mut Select) -> Result<(), SqlError> {
     };
     for item in &mut select.projection {
         match item {
-            sqlparser::ast::SelectItem::UnnamedExpr(e) => {
+            SelectItem::UnnamedExpr(e) => {
                 // Keep the column name users expect.
                 if let Expr::Identifier(i) = e {
                     let name = i.value.to_lowercase();
@@ -478,12 +613,6 @@ fn rewrite_select(select: &mut Select) -> Result<(), SqlError> {
     let GroupByExpr::Expressions(group_by, _) = &mut select.group_by else {
         return Err(SqlError::not_supported("GROUP BY ALL with a window", None));
     };
-    if group_by.is_empty() {
-        return Err(SqlError::not_supported(
-            "a window table-valued function without GROUP BY",
-            Some("aggregate it with GROUP BY window_start, window_end[, keys]"),
-        ));
-    }
     for e in group_by.iter_mut() {
         replace(e);
     }
@@ -497,5 +626,166 @@ fn rewrite_select(select: &mut Select) -> Result<(), SqlError> {
                 .into(),
         ));
     }
-    Ok(())
+    Ok(None)
+}
+
+/// Milliseconds of a constant window parameter as written (INTERVAL or a number).
+fn written_millis(text: &str) -> Option<i64> {
+    let expr = Parser::new(&GenericDialect {})
+        .try_with_sql(text)
+        .and_then(|mut p| p.parse_expr())
+        .ok()?;
+    match expr {
+        Expr::Interval(i) => crate::parser::interval_to_millis(&i).ok(),
+        Expr::Value(v) => match v.value {
+            sqlparser::ast::Value::Number(n, _) => n.parse().ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A window TVF without GROUP BY: every input row with the `window_start` / `window_end` of
+/// each window it belongs to (one row per window, as Flink's window TVFs). Tumble gives one
+/// row; hop and cumulate one UNION ALL branch per possible window of a row, each keeping the
+/// rows that have that window.
+fn row_level_windows(select: &Select, window: &TvfWindow) -> Result<SetExpr, SqlError> {
+    let upper = window.function.to_uppercase();
+    let millis = |i: usize, what: &str| {
+        window
+            .params
+            .get(i)
+            .and_then(|p| written_millis(p))
+            .filter(|ms| *ms > 0)
+            .ok_or_else(|| {
+                SqlError::Invalid(format!(
+                    "{upper}: the window {what} must be a positive constant INTERVAL (or milliseconds)"
+                ))
+            })
+    };
+    let branches = match window.function.as_str() {
+        "tumble" => 1,
+        "hop" => {
+            let (slide, size) = (millis(0, "slide")?, millis(1, "size")?);
+            (size + slide - 1) / slide
+        }
+        "cumulate" => {
+            let (step, size) = (millis(0, "step")?, millis(1, "size")?);
+            (size + step - 1) / step
+        }
+        _ => {
+            return Err(SqlError::not_supported(
+                format!("{upper} without GROUP BY"),
+                Some(
+                    "session windows exist only in aggregation: GROUP BY window_start, window_end[, keys]",
+                ),
+            ));
+        }
+    };
+    if branches > MAX_ROW_WINDOWS {
+        return Err(SqlError::Invalid(format!(
+            "{upper} without GROUP BY gives each row {branches} windows; at most {MAX_ROW_WINDOWS} are supported (aggregate with GROUP BY window_start, window_end instead)"
+        )));
+    }
+    let call = |which: &str, k: i64| -> Result<Expr, SqlError> {
+        let text = format!(
+            "{TVF_WINDOW}('{which}', '{}', {k}, {}, {})",
+            window.function,
+            window.time_column,
+            window.params.join(", ")
+        );
+        Parser::new(&GenericDialect {})
+            .try_with_sql(&text)
+            .and_then(|mut p| p.parse_expr())
+            .map_err(|e| SqlError::Invalid(format!("{upper}: {e}")))
+    };
+    let mut selects = Vec::new();
+    for k in 0..branches {
+        let (start, end) = (call("start", k)?, call("end", k)?);
+        let mut branch = select.clone();
+        let replace = |expr: &mut Expr| {
+            let _ = visit_expressions_mut(expr, |e| {
+                let column = match e {
+                    Expr::Identifier(i) => Some(i.value.to_lowercase()),
+                    Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
+                        let qualifier = parts[0].value.to_lowercase();
+                        (window.alias.as_deref() == Some(qualifier.as_str()))
+                            .then(|| parts[1].value.to_lowercase())
+                    }
+                    _ => None,
+                };
+                match column.as_deref() {
+                    Some("window_start") => *e = start.clone(),
+                    Some("window_end") => *e = end.clone(),
+                    _ => {}
+                }
+                ControlFlow::<()>::Continue(())
+            });
+        };
+        let mut projection = Vec::new();
+        for item in branch.projection.drain(..) {
+            match item {
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                    projection.push(item);
+                    projection.push(SelectItem::ExprWithAlias {
+                        expr: start.clone(),
+                        alias: Ident::new("window_start"),
+                    });
+                    projection.push(SelectItem::ExprWithAlias {
+                        expr: end.clone(),
+                        alias: Ident::new("window_end"),
+                    });
+                }
+                SelectItem::UnnamedExpr(mut e) => {
+                    let name = match &e {
+                        Expr::Identifier(i) => Some(i.clone()),
+                        Expr::CompoundIdentifier(parts) => parts.last().cloned(),
+                        _ => None,
+                    }
+                    .filter(|i| {
+                        matches!(
+                            i.value.to_lowercase().as_str(),
+                            "window_start" | "window_end"
+                        )
+                    });
+                    replace(&mut e);
+                    projection.push(match name {
+                        Some(alias) => SelectItem::ExprWithAlias { expr: e, alias },
+                        None => SelectItem::UnnamedExpr(e),
+                    });
+                }
+                SelectItem::ExprWithAlias { mut expr, alias } => {
+                    replace(&mut expr);
+                    projection.push(SelectItem::ExprWithAlias { expr, alias });
+                }
+                other => projection.push(other),
+            }
+        }
+        branch.projection = projection;
+        if let Some(selection) = &mut branch.selection {
+            replace(selection);
+        }
+        // Only rows that have a k-th window.
+        let has_window = Expr::IsNotNull(Box::new(start.clone()));
+        branch.selection = Some(match branch.selection.take() {
+            Some(existing) => Expr::BinaryOp {
+                left: Box::new(Expr::Nested(Box::new(existing))),
+                op: sqlparser::ast::BinaryOperator::And,
+                right: Box::new(has_window),
+            },
+            None => has_window,
+        });
+        selects.push(SetExpr::Select(Box::new(branch)));
+    }
+    let mut iter = selects.into_iter();
+    let mut union = iter.next().expect("at least one branch");
+    for next in iter {
+        union = SetExpr::SetOperation {
+            op: sqlparser::ast::SetOperator::Union,
+            set_quantifier: sqlparser::ast::SetQuantifier::All,
+            left: Box::new(union),
+            right: Box::new(next),
+        };
+    }
+    Ok(union)
 }
