@@ -311,6 +311,7 @@ impl LaminarDB {
         Ok(Subscription {
             inner: self.subscribe_arrow(name)?,
             buffered: Default::default(),
+            error: None,
             _marker: PhantomData,
         })
     }

@@ -112,6 +112,7 @@ impl QueryHandle {
         Ok(Subscription {
             inner: self.subscribe_arrow()?,
             buffered: Default::default(),
+            error: None,
             _marker: std::marker::PhantomData,
         })
     }

@@ -112,9 +112,15 @@ impl Iterator for ArrowSubscription {
 }
 
 /// A poll subscription delivering rows converted with [`FromRow`] (by column name).
+///
+/// A batch whose rows cannot be converted (for example a NULL into a field that is not an
+/// `Option`) is an error naming the column and row, returned by `poll`, `recv`,
+/// `recv_timeout` and `poll_each`; the iterator stops at it and keeps it for
+/// [`Subscription::take_error`].
 pub struct Subscription<T: FromRow> {
     pub(crate) inner: ArrowSubscription,
     pub(crate) buffered: VecDeque<T>,
+    pub(crate) error: Option<DbError>,
     pub(crate) _marker: PhantomData<fn() -> T>,
 }
 
@@ -126,13 +132,16 @@ impl<T: FromRow> Subscription<T> {
         })
     }
 
-    /// The rows of the next ready batch (non-blocking).
-    pub fn poll(&mut self) -> Option<Vec<T>> {
+    /// The rows of the next ready batch (non-blocking): `Ok(None)` when no batch is ready, an
+    /// error when its rows cannot be converted.
+    pub fn poll(&mut self) -> Result<Option<Vec<T>>, DbError> {
         if !self.buffered.is_empty() {
-            return Some(self.buffered.drain(..).collect());
+            return Ok(Some(self.buffered.drain(..).collect()));
         }
-        let batch = self.inner.poll()?;
-        self.convert(&batch).ok()
+        match self.inner.poll() {
+            Some(batch) => self.convert(&batch).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The rows of the next batch, waiting until one arrives.
@@ -156,16 +165,21 @@ impl<T: FromRow> Subscription<T> {
     }
 
     /// Calls `f` on up to `max` ready rows without collecting them; `f` returns false to stop.
-    /// Returns the number of rows handed to `f`.
-    pub fn poll_each(&mut self, max: usize, mut f: impl FnMut(T) -> bool) -> usize {
+    /// Returns the number of rows handed to `f`, or the conversion error of the next batch
+    /// (rows handed to `f` before it stay handed).
+    pub fn poll_each(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(T) -> bool,
+    ) -> Result<usize, DbError> {
         let mut n = 0;
         while n < max {
             if self.buffered.is_empty() {
                 match self.inner.poll() {
-                    Some(batch) => match self.convert(&batch) {
-                        Ok(rows) => self.buffered.extend(rows),
-                        Err(_) => break,
-                    },
+                    Some(batch) => {
+                        let rows = self.convert(&batch)?;
+                        self.buffered.extend(rows);
+                    }
                     None => break,
                 }
             }
@@ -177,7 +191,12 @@ impl<T: FromRow> Subscription<T> {
                 break;
             }
         }
-        n
+        Ok(n)
+    }
+
+    /// The conversion error that stopped the iterator, if any.
+    pub fn take_error(&mut self) -> Option<DbError> {
+        self.error.take()
     }
 
     /// Output schema.
@@ -189,15 +208,21 @@ impl<T: FromRow> Subscription<T> {
 impl<T: FromRow> Iterator for Subscription<T> {
     type Item = T;
 
-    /// Blocks for the next row; `None` once the stream ended.
+    /// Blocks for the next row; `None` once the stream ended, or at a batch whose rows cannot
+    /// be converted (see [`Subscription::take_error`]).
     fn next(&mut self) -> Option<T> {
         loop {
             if let Some(row) = self.buffered.pop_front() {
                 return Some(row);
             }
             let batch = self.inner.recv().ok()?;
-            let rows = self.convert(&batch).ok()?;
-            self.buffered.extend(rows);
+            match self.convert(&batch) {
+                Ok(rows) => self.buffered.extend(rows),
+                Err(e) => {
+                    self.error = Some(e);
+                    return None;
+                }
+            }
         }
     }
 }

@@ -89,7 +89,7 @@ async fn quickstart_open_execute_push_subscribe_shutdown() {
     .unwrap();
     assert!(db.wait_idle(WAIT));
     let mut got = Vec::new();
-    while let Some(rows) = hot.poll() {
+    while let Some(rows) = hot.poll().unwrap() {
         got.extend(rows);
     }
     assert_eq!(
@@ -1063,4 +1063,34 @@ async fn files_sources_replay_in_event_time_alignment_and_complete() {
     assert_eq!(total, 4000);
     assert_eq!(db.stream_metrics("per_minute").unwrap().late_total, 0);
     db.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn typed_subscription_reports_rows_it_cannot_convert() {
+    // `Hot::sensor` is a String; a NULL sensor cannot become one. The typed poll reports it
+    // (column and row) instead of returning "no rows" and losing the batch.
+    #[derive(FromRow, Debug)]
+    struct Named {
+        #[allow(dead_code)]
+        name: String,
+    }
+    let db = db();
+    db.execute(
+        "CREATE SOURCE people (name VARCHAR); CREATE STREAM named AS SELECT name FROM people",
+    )
+    .await
+    .unwrap();
+    let mut typed = db.subscribe::<Named>("named").unwrap();
+    let mut iterated = db.subscribe::<Named>("named").unwrap();
+    db.execute("INSERT INTO people VALUES ('ok'), (NULL)")
+        .await
+        .unwrap();
+    assert!(db.wait_idle(WAIT));
+    let err = typed.poll().expect_err("a conversion error");
+    assert!(err.to_string().contains("name"), "{err}");
+    assert_eq!(typed.poll().unwrap().map(|r| r.len()), None);
+    assert!(iterated.next().is_none());
+    let err = iterated.take_error().expect("the iterator keeps its error");
+    assert!(err.to_string().contains("name"), "{err}");
+    db.shutdown_sync();
 }
