@@ -229,21 +229,12 @@ impl LaminarDB {
                 ];
                 let connector_options = c.connector.iter().flat_map(|spec| spec.options.iter());
                 for (key, value) in c.options.iter().chain(connector_options) {
-                    let k = key.to_ascii_lowercase().replace('-', "_");
-                    if k.starts_with("alignment.")
-                        || matches!(
-                            k.as_str(),
-                            "watermark.key" | "watermark.max_keys" | "watermark.eviction"
-                        )
-                    {
+                    let k = crate::execute::normalized_option(key);
+                    if crate::execute::is_time_option(&k) {
                         rows.push((k, value.clone()));
                     }
                 }
-                let reads_files = c
-                    .connector
-                    .as_ref()
-                    .is_some_and(|spec| spec.name.eq_ignore_ascii_case("files"));
-                if reads_files
+                if crate::execute::reads_files(&c)
                     && c.watermark.is_some()
                     && !rows.iter().any(|(k, _)| k == "alignment.group")
                 {

@@ -255,22 +255,15 @@ impl LaminarDB {
         ];
         // Keyed-watermark and alignment options may also be written among the connector's
         // options (SPEC 5.1); they mean the same there.
-        let is_runtime_key = |k: &str| {
-            k.starts_with("alignment.")
-                || matches!(
-                    k,
-                    "watermark.key" | "watermark.max_keys" | "watermark.eviction"
-                )
-        };
         let connector_runtime: Vec<(String, String)> = c
             .connector
             .iter()
             .flat_map(|spec| spec.options.iter())
-            .filter(|(k, _)| is_runtime_key(&k.to_ascii_lowercase().replace('-', "_")))
+            .filter(|(k, _)| is_time_option(&normalized_option(k)))
             .cloned()
             .collect();
         for (key, value) in c.options.iter().chain(connector_runtime.iter()) {
-            let k = key.to_ascii_lowercase().replace('-', "_");
+            let k = normalized_option(key);
             let invalid = |reason: &str| {
                 DbError::from(SqlError::Invalid(format!(
                     "source option {key} = '{value}': {reason}"
@@ -352,7 +345,7 @@ impl LaminarDB {
         let schema: SchemaRef = match &c.connector {
             Some(spec) => {
                 for (key, value) in &spec.options {
-                    let k = key.to_ascii_lowercase().replace('-', "_");
+                    let k = normalized_option(key);
                     if k == "watermark.idle_timeout" || k == "idle.timeout.ms" {
                         idle_timeout = laminar_connectors::parse_duration(value).map_err(|e| {
                             DbError::from(SqlError::Invalid(format!(
@@ -454,10 +447,7 @@ impl LaminarDB {
             ))
             .into());
         }
-        let reads_files = c
-            .connector
-            .as_ref()
-            .is_some_and(|spec| spec.name.eq_ignore_ascii_case("files"));
+        let reads_files = reads_files(&c);
         let declared_alignment = match alignment.finish(&c.name, event_time.is_some())? {
             // FILES sources replay in event-time alignment by default (SPEC 5.9), so reading
             // several files keeps window and join state as bounded as live operation does.
@@ -1391,6 +1381,28 @@ pub(crate) fn aggregation_instances(plan: &StreamPlan, workers: usize) -> usize 
         Some(a) if !a.keys.is_empty() => workers.max(1),
         _ => 1,
     }
+}
+
+/// An option key as matched: lowercase, `-` as `_`.
+pub(crate) fn normalized_option(key: &str) -> String {
+    key.to_ascii_lowercase().replace('-', "_")
+}
+
+/// Keyed-watermark and alignment options (SPEC 3), which a source also accepts among its
+/// connector's options.
+pub(crate) fn is_time_option(key: &str) -> bool {
+    key.starts_with("alignment.")
+        || matches!(
+            key,
+            "watermark.key" | "watermark.max_keys" | "watermark.eviction"
+        )
+}
+
+/// True when the source reads through the FILES connector.
+pub(crate) fn reads_files(c: &CreateSource) -> bool {
+    c.connector
+        .as_ref()
+        .is_some_and(|spec| spec.name.eq_ignore_ascii_case("files"))
 }
 
 /// The alignment group FILES sources with a watermark join unless they name their own.

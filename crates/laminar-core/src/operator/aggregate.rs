@@ -40,7 +40,7 @@ use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use crate::error::{CoreError, Result};
 use crate::message::{END_OF_TIME, Message, NO_WATERMARK, OP_COLUMN, change_ops};
 use crate::metrics::NodeMetrics;
-use crate::operator::stateless::run_steps;
+use crate::operator::stateless::{run_chain, run_steps};
 use crate::operator::{Operator, StateSize, Step};
 use crate::time::{EventTimeKind, KeyClocks, KeyedWatermark};
 
@@ -310,14 +310,7 @@ impl AggregateOperator {
     }
 
     fn prepare(&mut self, input: usize, batch: RecordBatch) -> Result<Option<Prepared>> {
-        let chain = self.spec.chains.get(input).ok_or_else(|| {
-            CoreError::Internal(format!(
-                "aggregation '{}' received input {input} but has {} chains",
-                self.spec.name,
-                self.spec.chains.len()
-            ))
-        })?;
-        let mut batch = run_steps(&self.spec.name, chain, batch, None)?;
+        let mut batch = run_chain(&self.spec.name, &self.spec.chains, input, batch)?;
         if batch.num_rows() == 0 {
             return Ok(None);
         }

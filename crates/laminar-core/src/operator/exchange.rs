@@ -14,7 +14,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use crate::error::{CoreError, Result};
 use crate::message::Message;
-use crate::operator::stateless::run_steps;
+use crate::operator::stateless::run_chain;
 use crate::operator::{Operator, Step};
 
 /// Seed of the partitioning hash (fixed, so the assignment of keys to instances is
@@ -100,14 +100,7 @@ impl Operator for ExchangeOperator {
     }
 
     fn on_batch(&mut self, input: usize, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
-        let chain = self.chains.get(input).ok_or_else(|| {
-            CoreError::Internal(format!(
-                "exchange '{}' received input {input} but has {} chains",
-                self.name,
-                self.chains.len()
-            ))
-        })?;
-        let batch = run_steps(&self.name, chain, batch, None)?;
+        let batch = run_chain(&self.name, &self.chains, input, batch)?;
         if batch.num_rows() == 0 {
             return Ok(());
         }

@@ -275,11 +275,10 @@ impl Operator for SourceOperator {
     }
 
     fn paused(&self) -> bool {
-        let paused = self
-            .settings
-            .alignment
-            .as_ref()
-            .is_some_and(|a| a.mode == AlignmentMode::Pause && a.is_ahead());
+        let Some(alignment) = &self.settings.alignment else {
+            return false;
+        };
+        let paused = alignment.mode == AlignmentMode::Pause && alignment.is_ahead();
         self.metrics
             .alignment_paused
             .store(paused, Ordering::Relaxed);

@@ -46,15 +46,25 @@ impl StatelessOperator {
     }
 
     fn apply(&self, input: usize, batch: RecordBatch) -> Result<RecordBatch> {
-        let chain = self.chains.get(input).ok_or_else(|| {
-            CoreError::Internal(format!(
-                "operator '{}' received input {input} but has {} chains",
-                self.name,
-                self.chains.len()
-            ))
-        })?;
-        run_steps(&self.name, chain, batch, None)
+        run_chain(&self.name, &self.chains, input, batch)
     }
+}
+
+/// Runs input `input`'s chain of `chains` over `batch` (the per-input chains of a query
+/// below its operator).
+pub(crate) fn run_chain(
+    operator: &str,
+    chains: &[Vec<Step>],
+    input: usize,
+    batch: RecordBatch,
+) -> Result<RecordBatch> {
+    let chain = chains.get(input).ok_or_else(|| {
+        CoreError::Internal(format!(
+            "operator '{operator}' received input {input} but has {} chains",
+            chains.len()
+        ))
+    })?;
+    run_steps(operator, chain, batch, None)
 }
 
 impl Operator for StatelessOperator {

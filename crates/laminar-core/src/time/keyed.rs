@@ -227,6 +227,7 @@ impl KeyClocks {
     /// Observes one batch: the encoded keys and event times (epoch ms) of its rows.
     pub fn observe(&mut self, keys: &Rows, times: &[i64], now: Instant) -> Observed {
         let mut observed = Observed::default();
+        let evicted_before = self.evicted;
         let delay = self.settings.delay_ms;
         for (row, &time) in times.iter().enumerate() {
             let key = keys.row(row);
@@ -271,7 +272,7 @@ impl KeyClocks {
             );
             observed.advanced = true;
         }
-        observed.evicted = self.evicted;
+        observed.evicted = self.evicted - evicted_before;
         observed
     }
 

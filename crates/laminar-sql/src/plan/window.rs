@@ -563,23 +563,7 @@ fn rewrite_select(select: &mut Select) -> Result<Option<SetExpr>, SqlError> {
         return row_level_windows(select, &window).map(Some);
     }
     let replace = |expr: &mut Expr| {
-        let _ = visit_expressions_mut(expr, |e| {
-            let column = match e {
-                Expr::Identifier(i) => Some(i.value.to_lowercase()),
-                Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
-                    let qualifier = parts[0].value.to_lowercase();
-                    (window.alias.as_deref() == Some(qualifier.as_str()))
-                        .then(|| parts[1].value.to_lowercase())
-                }
-                _ => None,
-            };
-            match column.as_deref() {
-                Some("window_start") => *e = window.start.clone(),
-                Some("window_end") => *e = window.end.clone(),
-                _ => {}
-            }
-            ControlFlow::<()>::Continue(())
-        });
+        replace_window_columns(expr, window.alias.as_deref(), &window.start, &window.end)
     };
     for item in &mut select.projection {
         match item {
@@ -627,6 +611,27 @@ fn rewrite_select(select: &mut Select) -> Result<Option<SetExpr>, SqlError> {
         ));
     }
     Ok(None)
+}
+
+/// Replaces references to `window_start` / `window_end` (bare, or qualified by the TVF's
+/// `alias`) in `expr` with `start` / `end`.
+fn replace_window_columns(expr: &mut Expr, alias: Option<&str>, start: &Expr, end: &Expr) {
+    let _ = visit_expressions_mut(expr, |e| {
+        let column = match e {
+            Expr::Identifier(i) => Some(i.value.to_lowercase()),
+            Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
+                let qualifier = parts[0].value.to_lowercase();
+                (alias == Some(qualifier.as_str())).then(|| parts[1].value.to_lowercase())
+            }
+            _ => None,
+        };
+        match column.as_deref() {
+            Some("window_start") => *e = start.clone(),
+            Some("window_end") => *e = end.clone(),
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
 }
 
 /// Milliseconds of a constant window parameter as written (INTERVAL or a number).
@@ -703,25 +708,8 @@ fn row_level_windows(select: &Select, window: &TvfWindow) -> Result<SetExpr, Sql
     for k in 0..branches {
         let (start, end) = (call("start", k)?, call("end", k)?);
         let mut branch = select.clone();
-        let replace = |expr: &mut Expr| {
-            let _ = visit_expressions_mut(expr, |e| {
-                let column = match e {
-                    Expr::Identifier(i) => Some(i.value.to_lowercase()),
-                    Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
-                        let qualifier = parts[0].value.to_lowercase();
-                        (window.alias.as_deref() == Some(qualifier.as_str()))
-                            .then(|| parts[1].value.to_lowercase())
-                    }
-                    _ => None,
-                };
-                match column.as_deref() {
-                    Some("window_start") => *e = start.clone(),
-                    Some("window_end") => *e = end.clone(),
-                    _ => {}
-                }
-                ControlFlow::<()>::Continue(())
-            });
-        };
+        let replace =
+            |expr: &mut Expr| replace_window_columns(expr, window.alias.as_deref(), &start, &end);
         let mut projection = Vec::new();
         for item in branch.projection.drain(..) {
             match item {

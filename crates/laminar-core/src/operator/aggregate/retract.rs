@@ -95,6 +95,19 @@ impl Ord for Ordered {
     }
 }
 
+/// Adds one occurrence of `key` to a counted multiset, or removes one (a key that is not
+/// there is ignored: retracting a row never seen changes nothing).
+fn adjust<K: Ord>(multiset: &mut BTreeMap<K, u64>, key: K, add: bool) {
+    if add {
+        *multiset.entry(key).or_insert(0) += 1;
+    } else if let Some(count) = multiset.get_mut(&key) {
+        *count -= 1;
+        if *count == 0 {
+            multiset.remove(&key);
+        }
+    }
+}
+
 /// MIN or MAX over a multiset of values with counts.
 #[derive(Debug)]
 struct MultisetExtreme {
@@ -110,14 +123,7 @@ impl MultisetExtreme {
                 continue;
             }
             let value = Ordered(ScalarValue::try_from_array(values, row)?);
-            if add {
-                *self.values.entry(value).or_insert(0) += 1;
-            } else if let Some(count) = self.values.get_mut(&value) {
-                *count -= 1;
-                if *count == 0 {
-                    self.values.remove(&value);
-                }
-            }
+            adjust(&mut self.values, value, add);
         }
         Ok(())
     }
@@ -246,14 +252,7 @@ impl MultisetOrdered {
                 })
                 .collect::<DfResult<Vec<_>>>()?;
             let entry = (key, Ordered(ScalarValue::try_from_array(values, row)?));
-            if add {
-                *self.entries.entry(entry).or_insert(0) += 1;
-            } else if let Some(count) = self.entries.get_mut(&entry) {
-                *count -= 1;
-                if *count == 0 {
-                    self.entries.remove(&entry);
-                }
-            }
+            adjust(&mut self.entries, entry, add);
         }
         Ok(())
     }
