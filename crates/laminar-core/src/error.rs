@@ -43,6 +43,10 @@ pub enum CoreError {
         /// What failed.
         reason: String,
     },
+    /// Data a caller handed in breaks a rule of its target (a NULL primary key, a table
+    /// beyond its row bound); nothing was changed.
+    #[error("{0}")]
+    InvalidData(String),
     /// The runtime is shut down.
     #[error("the runtime is shut down")]
     Shutdown,

@@ -6,6 +6,7 @@
 
 pub mod aggregate;
 mod exchange;
+pub mod join;
 mod source;
 mod stateless;
 
@@ -53,6 +54,22 @@ pub trait Operator: Send {
 
     /// Handles an advance of the input watermark.
     fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Message>) -> Result<()>;
+
+    /// Handles a new watermark of one input (`END_OF_TIME` when it ended), before the merged
+    /// watermark is computed. Operators that need each input's own time (joins) override it.
+    fn on_input_watermark(
+        &mut self,
+        _input: usize,
+        _watermark: i64,
+        _out: &mut Vec<Message>,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Handles one input going idle (see [`on_input_watermark`](Operator::on_input_watermark)).
+    fn on_input_idle(&mut self, _input: usize, _out: &mut Vec<Message>) -> Result<()> {
+        Ok(())
+    }
 
     /// Handles an aligned checkpoint barrier.
     fn on_barrier(&mut self, epoch: u64, out: &mut Vec<Message>) -> Result<()>;

@@ -125,6 +125,7 @@ pub(crate) struct Catalog {
     pub(crate) sources: BTreeMap<String, SourceEntry>,
     pub(crate) streams: BTreeMap<String, StreamEntry>,
     pub(crate) sinks: BTreeMap<String, SinkEntry>,
+    pub(crate) tables: BTreeMap<String, crate::tables::TableEntry>,
     /// Cancelled queries kept for `SHOW QUERIES` (id -> sql).
     pub(crate) finished_queries: BTreeMap<u64, String>,
 }
@@ -138,6 +139,8 @@ impl Catalog {
             Some("stream")
         } else if self.sinks.contains_key(name) {
             Some("sink")
+        } else if self.tables.contains_key(name) {
+            Some("table")
         } else {
             None
         }
@@ -156,7 +159,13 @@ impl Catalog {
         let mut out: Vec<String> = self
             .streams
             .values()
-            .filter(|s| s.plan.inputs.iter().any(|i| i == name))
+            .filter(|s| {
+                s.plan.inputs.iter().any(|i| i == name)
+                    || s.plan
+                        .join
+                        .as_ref()
+                        .is_some_and(|j| j.tables.iter().any(|t| t == name))
+            })
             .map(|s| match s.query_id {
                 Some(id) => format!("query {id}"),
                 None => format!("stream {}", s.name),
@@ -186,6 +195,15 @@ impl SchemaCatalog for Catalog {
                 schema: s.schema.clone(),
                 event_time: s.event_time.as_ref().map(|e| e.name.clone()),
                 keyed_watermark: s.keyed_watermark.clone(),
+                table: None,
+            });
+        }
+        if let Some(t) = self.tables.get(name) {
+            return Some(RelationInfo {
+                schema: t.store.schema().clone(),
+                event_time: None,
+                keyed_watermark: None,
+                table: Some(t.store.clone()),
             });
         }
         self.streams
@@ -195,12 +213,14 @@ impl SchemaCatalog for Catalog {
                 schema: s.plan.output_schema.clone(),
                 event_time: s.plan.event_time.clone(),
                 keyed_watermark: s.plan.keyed_watermark.clone(),
+                table: None,
             })
     }
 
     fn relation_names(&self) -> Vec<String> {
         self.sources
             .keys()
+            .chain(self.tables.keys())
             .chain(
                 self.streams
                     .iter()

@@ -124,6 +124,8 @@ impl LaminarDB {
                 s.sql.clone(),
                 s.connector.as_ref(),
             )
+        } else if let Some(t) = catalog.tables.get(name) {
+            (t.store.schema().clone(), None, None, t.sql.clone(), None)
         } else {
             return Err(DbError::NotFound {
                 kind: "object",

@@ -171,6 +171,11 @@ impl LaminarDB {
             StreamingStatement::CreateSource(c) => self.create_source(c, sql).map(ddl),
             StreamingStatement::CreateStream(c) => self.create_stream(c, sql).map(ddl),
             StreamingStatement::CreateSink(c) => self.create_sink(*c, sql).map(ddl),
+            StreamingStatement::CreateTable(c) => self.create_table(c, sql).map(ddl),
+            StreamingStatement::Delete { table, selection } => self
+                .delete_from_table(&table, selection.as_ref())
+                .await
+                .map(ExecuteResult::RowsAffected),
             StreamingStatement::Drop {
                 kind,
                 name,
@@ -192,13 +197,39 @@ impl LaminarDB {
                 .insert(&table, &columns, &source)
                 .await
                 .map(ExecuteResult::RowsAffected),
-            StreamingStatement::Query { query, clauses } => self
-                .start_query(&query, &clauses, sql)
-                .map(ExecuteResult::Query),
+            StreamingStatement::Query { query, clauses } => {
+                if clauses.is_empty() && self.reads_only_tables(&query)? {
+                    let batches = self.snapshot_query(&query).await?;
+                    let schema = batches
+                        .first()
+                        .map(|b| b.schema())
+                        .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()));
+                    let all = arrow::compute::concat_batches(&schema, &batches)
+                        .map_err(|e| DbError::Engine(e.to_string()))?;
+                    return Ok(ExecuteResult::Metadata(all));
+                }
+                self.start_query(&query, &clauses, sql)
+                    .map(ExecuteResult::Query)
+            }
         }
     }
 
-    fn not_exists_or(
+    /// True when a query reads at least one table and no source or stream (a snapshot
+    /// query).
+    fn reads_only_tables(&self, query: &Query) -> Result<bool, DbError> {
+        let catalog = self.inner.catalog.read();
+        if catalog.tables.is_empty() {
+            return Ok(false);
+        }
+        let Ok(plan) = self.inner.planner.logical_plan(query, &*catalog) else {
+            // Planning errors are reported by the continuous path with its own checks.
+            return Ok(false);
+        };
+        Ok(laminar_sql::plan::reads_relations(&plan)
+            && !laminar_sql::plan::reads_streams(&plan, &*catalog))
+    }
+
+    pub(crate) fn not_exists_or(
         &self,
         name: &str,
         kind: &'static str,
@@ -549,6 +580,29 @@ impl LaminarDB {
         late_rows: Option<Box<dyn LateRows>>,
         behind_exchange: bool,
     ) -> Result<Box<dyn Operator>, DbError> {
+        if let Some(j) = &plan.join {
+            let spec = laminar_core::operator::join::JoinSpec {
+                name: name.to_string(),
+                inputs: j
+                    .relations
+                    .iter()
+                    .zip(&plan.chains)
+                    .map(
+                        |(&relation, chain)| laminar_core::operator::join::JoinInput {
+                            relation,
+                            chain: chain.clone(),
+                        },
+                    )
+                    .collect(),
+                steps: j.steps.clone(),
+                post: j.post.clone(),
+                output_schema: plan.output_schema.clone(),
+                metrics: metrics.clone(),
+            };
+            let operator = laminar_core::operator::join::JoinOperator::new(spec)
+                .map_err(|e| DbError::Engine(e.to_string()))?;
+            return Ok(Box::new(operator));
+        }
         let Some(a) = &plan.aggregate else {
             return Ok(Box::new(StatelessOperator::new(
                 name,
@@ -1034,7 +1088,8 @@ impl LaminarDB {
                 .get(name)
                 .is_some_and(|s| s.query_id.is_none()),
             ObjectKind::Sink => catalog.sinks.contains_key(name),
-            ObjectKind::Table | ObjectKind::MaterializedView => false,
+            ObjectKind::Table => catalog.tables.contains_key(name),
+            ObjectKind::MaterializedView => false,
         };
         if !exists {
             if if_exists {
@@ -1049,6 +1104,7 @@ impl LaminarDB {
                     .map(|(k, _)| k.clone())
                     .collect(),
                 ObjectKind::Sink => catalog.sinks.keys().cloned().collect(),
+                ObjectKind::Table => catalog.tables.keys().cloned().collect(),
                 _ => Vec::new(),
             };
             return Err(DbError::NotFound {
@@ -1109,6 +1165,8 @@ impl LaminarDB {
                     self.remove_stream_nodes(&s);
                 }
             }
+        } else if catalog.tables.remove(name).is_some() {
+            // Nothing runs for a table; lookups hold their own reference until they stop.
         } else if let Some(sink) = catalog.sinks.remove(name) {
             sink.runner.stop();
             if let Some(node) = &sink.node {
@@ -1125,6 +1183,9 @@ impl LaminarDB {
         columns: &[String],
         source: &Query,
     ) -> Result<u64, DbError> {
+        if self.inner.catalog.read().tables.contains_key(table) {
+            return self.insert_into_table(table, columns, source).await;
+        }
         let handle = self.source_untyped(table).map_err(|e| match e {
             DbError::NotFound {
                 name, suggestion, ..
@@ -1165,20 +1226,10 @@ impl LaminarDB {
                     .collect(),
             ),
             ShowKind::Sinks => single_column("name", catalog.sinks.keys().cloned().collect()),
-            ShowKind::Tables => batch(
-                &[
-                    ("name", DataType::Utf8),
-                    ("primary_key", DataType::Utf8),
-                    ("row_count", DataType::UInt64),
-                    ("connector", DataType::Utf8),
-                ],
-                vec![
-                    strings(vec![]),
-                    strings(vec![]),
-                    Arc::new(UInt64Array::from(Vec::<u64>::new())),
-                    strings(vec![]),
-                ],
-            ),
+            ShowKind::Tables => {
+                drop(catalog);
+                self.show_tables()
+            }
             ShowKind::MaterializedViews => batch(
                 &[
                     ("view_name", DataType::Utf8),
@@ -1305,6 +1356,7 @@ pub(crate) fn compile_predicate(
                 schema: self.0.clone(),
                 event_time: None,
                 keyed_watermark: None,
+                table: None,
             })
         }
         fn relation_names(&self) -> Vec<String> {
@@ -1347,18 +1399,13 @@ pub(crate) async fn bounded_query(db: &LaminarDB, sql: &str) -> Result<Vec<Recor
         let catalog = db.inner.catalog.read();
         db.inner.planner.logical_plan(&query, &*catalog)?
     };
-    if laminar_sql::plan::reads_relations(&plan) {
+    if laminar_sql::plan::reads_streams(&plan, &*db.inner.catalog.read()) {
         return Err(DbError::InvalidOperation(
             "this query reads a source or stream, which is unbounded: run it with execute() to get a continuous QueryHandle".into(),
         ));
     }
-    let ctx = datafusion::prelude::SessionContext::new_with_state(db.inner.planner.state().clone());
-    ctx.execute_logical_plan(plan)
-        .await
-        .map_err(|e| DbError::from(SqlError::Plan(e)))?
-        .collect()
-        .await
-        .map_err(|e| DbError::Engine(e.to_string()))
+    // Tables (and constants) only: a snapshot query.
+    db.snapshot_query(&query).await
 }
 
 /// Delivers too-late rows to the `LATE DATA TO` stream's queue without blocking the worker.

@@ -41,6 +41,7 @@ mod ingest;
 mod metrics;
 mod runners;
 mod subscription;
+mod tables;
 
 pub use config::{BackpressureStrategy, DbConfig, LaminarDbBuilder, default_workers};
 pub use db::{LaminarDB, PipelineState};

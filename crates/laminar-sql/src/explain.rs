@@ -18,7 +18,30 @@ pub fn explain_stream(name: &str, plan: &StreamPlan) -> Vec<(String, String)> {
         };
         rows.push((format!("input_{}", i + 1), format!("{input}: {chain}")));
     }
+    if let Some(j) = &plan.join {
+        rows.push((
+            "operator".to_string(),
+            format!(
+                "JoinOperator ({} step{}, left-deep in written order), state: rows kept until the other side's watermark passes their bound",
+                j.steps.len(),
+                if j.steps.len() == 1 { "" } else { "s" }
+            ),
+        ));
+        for (i, d) in j.step_descriptions.iter().enumerate() {
+            let (key, text) = d.split_once(": ").unwrap_or(("", d));
+            let key = if key.is_empty() {
+                format!("join_step_{}", i + 1)
+            } else {
+                key.to_string()
+            };
+            rows.push((key, text.to_string()));
+        }
+        if !j.post_descriptions.is_empty() {
+            rows.push(("after_join".to_string(), j.post_descriptions.join(" -> ")));
+        }
+    }
     match &plan.aggregate {
+        None if plan.join.is_some() => {}
         None => rows.push((
             "operator".to_string(),
             format!(

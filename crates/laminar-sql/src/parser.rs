@@ -4,6 +4,7 @@
 //! `LATE DATA TO`) are cut off the token stream before the query is parsed.
 
 mod ddl;
+mod joins;
 mod split;
 mod vars;
 
@@ -13,6 +14,7 @@ use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 pub use ddl::interval_to_millis;
+pub use joins::{ASOF_MARKER, PROCTIME_VERSION, TEMPORAL_MARKER};
 pub use split::{StatementText, split_statements};
 pub use vars::substitute_vars;
 
@@ -126,6 +128,23 @@ pub struct CreateStream {
     pub clauses: StreamingClauses,
 }
 
+/// `CREATE TABLE`: a keyed reference table.
+#[derive(Debug, Clone)]
+pub struct CreateTable {
+    /// Table name (normalized).
+    pub name: String,
+    /// `OR REPLACE`.
+    pub or_replace: bool,
+    /// `IF NOT EXISTS`.
+    pub if_not_exists: bool,
+    /// Column definitions (the primary-key option removed).
+    pub columns: Vec<sqlparser::ast::ColumnDef>,
+    /// Primary-key columns (normalized), in key order.
+    pub primary_key: Vec<String>,
+    /// `WITH (...)` options.
+    pub options: Vec<(String, String)>,
+}
+
 /// Input of a sink.
 #[derive(Debug, Clone)]
 pub enum SinkInput {
@@ -180,6 +199,15 @@ pub enum StreamingStatement {
     CreateStream(CreateStream),
     /// `CREATE SINK`.
     CreateSink(Box<CreateSink>),
+    /// `CREATE TABLE`.
+    CreateTable(CreateTable),
+    /// `DELETE FROM table [WHERE ...]`.
+    Delete {
+        /// Target (normalized).
+        table: String,
+        /// The `WHERE` condition.
+        selection: Option<Expr>,
+    },
     /// `DROP <kind> [IF EXISTS] name [CASCADE]`.
     Drop {
         /// Object kind.
@@ -232,6 +260,8 @@ impl StreamingStatement {
             StreamingStatement::CreateSource(_) => "CREATE SOURCE",
             StreamingStatement::CreateStream(_) => "CREATE STREAM",
             StreamingStatement::CreateSink(_) => "CREATE SINK",
+            StreamingStatement::CreateTable(_) => "CREATE TABLE",
+            StreamingStatement::Delete { .. } => "DELETE",
             StreamingStatement::Drop { kind, .. } => match kind {
                 ObjectKind::Source => "DROP SOURCE",
                 ObjectKind::Stream => "DROP STREAM",

@@ -5,12 +5,14 @@
 //! LIMIT, DISTINCT) are rejected here with an error naming them.
 
 mod aggregate;
+mod join;
 mod lower;
 mod provider;
 mod window;
 
 pub use aggregate::AggregatePlan;
-pub use lower::reads_relations;
+pub use join::JoinPlan;
+pub use lower::{reads_relations, reads_streams};
 pub use window::{parse_emit, parse_lateness};
 
 use std::sync::Arc;
@@ -45,6 +47,9 @@ pub struct RelationInfo {
     pub event_time: Option<String>,
     /// Its keyed watermark (`watermark.key`), if any; the column is in `schema`.
     pub keyed_watermark: Option<KeyedWatermark>,
+    /// For a reference table (`CREATE TABLE`): its store. Tables are bounded: they can be
+    /// queried as snapshots and joined, not read as streams.
+    pub table: Option<laminar_core::table::TableRef>,
 }
 
 /// The catalog as the planner sees it.
@@ -75,6 +80,8 @@ pub struct StreamPlan {
     pub logical_plan: LogicalPlan,
     /// The aggregation, when the query aggregates (the chains then feed it).
     pub aggregate: Option<AggregatePlan>,
+    /// The joins, when the query joins (the chains then feed its relations).
+    pub join: Option<JoinPlan>,
 }
 
 impl StreamPlan {
@@ -96,6 +103,7 @@ impl StreamPlan {
                 ),
             }),
             aggregate: None,
+            join: None,
         }
     }
 
@@ -129,7 +137,7 @@ impl Planner {
             .with_default_features()
             .with_optimizer_rules(vec![Arc::new(SimplifyExpressions::new())])
             .build();
-        for udf in window::udfs() {
+        for udf in window::udfs().into_iter().chain(join_markers()) {
             // Registering a new name cannot fail.
             let _ = datafusion::execution::FunctionRegistry::register_udf(&mut state, udf);
         }
@@ -196,7 +204,18 @@ impl Planner {
     ) -> Result<StreamPlan, SqlError> {
         let mut query = query.clone();
         window::rewrite_query(&mut query)?;
-        let logical = self.logical_plan(&query, catalog)?;
+        let logical = match self.logical_plan(&query, catalog) {
+            Ok(plan) => plan,
+            Err(e) => {
+                // BIGINT (epoch-ms) event times: INTERVAL constants in join conditions count
+                // milliseconds.
+                let mut retry = query.clone();
+                if !join::join_intervals_as_millis(&mut retry) {
+                    return Err(e);
+                }
+                self.logical_plan(&retry, catalog).map_err(|_| e)?
+            }
+        };
         lower::lower(&logical, catalog, clauses)
     }
 
@@ -206,7 +225,15 @@ impl Planner {
         query: &Query,
         catalog: &dyn SchemaCatalog,
     ) -> Result<LogicalPlan, SqlError> {
-        let provider = CatalogProvider::new(catalog, &self.state);
+        self.plan_with(CatalogProvider::new(catalog, &self.state), query, catalog)
+    }
+
+    fn plan_with(
+        &self,
+        provider: CatalogProvider<'_>,
+        query: &Query,
+        catalog: &dyn SchemaCatalog,
+    ) -> Result<LogicalPlan, SqlError> {
         let planner = SqlToRel::new(&provider);
         let plan = planner
             .sql_statement_to_plan(Statement::Query(Box::new(query.clone())))
@@ -214,6 +241,20 @@ impl Planner {
         self.state
             .optimize(&plan)
             .map_err(|e| map_plan_error(e, &provider, catalog))
+    }
+
+    /// Plans a bounded query over tables (and constants) for execution: every table it reads
+    /// is a snapshot of its rows taken now.
+    pub fn snapshot_plan(
+        &self,
+        query: &Query,
+        catalog: &dyn SchemaCatalog,
+    ) -> Result<LogicalPlan, SqlError> {
+        self.plan_with(
+            CatalogProvider::new(catalog, &self.state).with_snapshots(),
+            query,
+            catalog,
+        )
     }
 
     /// Plans the rows of `INSERT INTO target [(columns)] <query>` (VALUES or a constant
@@ -314,6 +355,67 @@ impl Planner {
                 .collect::<Vec<_>>(),
         ));
         RecordBatch::try_new(relaxed, out).map_err(|e| SqlError::Invalid(e.to_string()))
+    }
+}
+
+/// The marker functions of join syntax (`__asof`, `__temporal`, `nearest`): they only carry
+/// the join's definition from the parser to the join planner and fail if evaluated.
+fn join_markers() -> Vec<Arc<datafusion::logical_expr::ScalarUDF>> {
+    [
+        crate::parser::ASOF_MARKER,
+        crate::parser::TEMPORAL_MARKER,
+        "nearest",
+    ]
+    .into_iter()
+    .map(|name| {
+        Arc::new(datafusion::logical_expr::ScalarUDF::new_from_impl(
+            JoinMarker::new(name),
+        ))
+    })
+    .collect()
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JoinMarker {
+    name: &'static str,
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl JoinMarker {
+    fn new(name: &'static str) -> JoinMarker {
+        JoinMarker {
+            name,
+            signature: datafusion::logical_expr::Signature::variadic_any(
+                datafusion::logical_expr::Volatility::Immutable,
+            ),
+        }
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for JoinMarker {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(
+        &self,
+        _: &[arrow::datatypes::DataType],
+    ) -> datafusion::error::Result<arrow::datatypes::DataType> {
+        Ok(arrow::datatypes::DataType::Boolean)
+    }
+
+    fn invoke_with_args(
+        &self,
+        _: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::error::Result<datafusion::logical_expr::ColumnarValue> {
+        Err(DataFusionError::Plan(format!(
+            "{}() belongs in the match condition of an ASOF JOIN (MATCH_CONDITION(NEAREST(l.ts, r.ts)))",
+            self.name
+        )))
     }
 }
 

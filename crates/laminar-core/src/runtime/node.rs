@@ -306,11 +306,15 @@ impl Node {
                 st.merger.mark_active(input);
                 st.operator.on_batch(input, batch, out)
             }
-            Message::Watermark(w) => match st.merger.update(input, w) {
-                Some(advanced) => st.operator.on_watermark(advanced, out),
-                None => Ok(()),
-            },
+            Message::Watermark(w) => {
+                st.operator.on_input_watermark(input, w, out)?;
+                match st.merger.update(input, w) {
+                    Some(advanced) => st.operator.on_watermark(advanced, out),
+                    None => Ok(()),
+                }
+            }
             Message::Idle => {
+                st.operator.on_input_idle(input, out)?;
                 if let Some(advanced) = st.merger.set_idle(input) {
                     st.operator.on_watermark(advanced, out)?;
                 }
@@ -340,6 +344,8 @@ impl Node {
                     i.ended = true;
                 }
                 // An ended input no longer holds the watermark back.
+                st.operator
+                    .on_input_watermark(input, crate::message::END_OF_TIME, out)?;
                 if let Some(advanced) = st.merger.update(input, crate::message::END_OF_TIME)
                     && st.inputs.iter().any(|i| !i.ended)
                 {

@@ -47,6 +47,11 @@ impl WatermarkMerger {
         self.inputs.len() - 1
     }
 
+    /// Number of inputs.
+    pub fn inputs(&self) -> usize {
+        self.inputs.len()
+    }
+
     /// True when every input is idle.
     pub fn all_idle(&self) -> bool {
         !self.inputs.is_empty() && self.inputs.iter().all(|i| i.idle)

@@ -7,8 +7,8 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
 use super::{
-    ConnectorSpec, CreateSink, CreateSource, CreateStream, ObjectKind, ShowKind, SinkInput,
-    StreamingClauses, StreamingStatement, TokenStream, WatermarkSpec, normalize_ident,
+    ConnectorSpec, CreateSink, CreateSource, CreateStream, CreateTable, ObjectKind, ShowKind,
+    SinkInput, StreamingClauses, StreamingStatement, TokenStream, WatermarkSpec, normalize_ident,
     normalize_name, parse_error,
 };
 use crate::error::SqlError;
@@ -74,6 +74,7 @@ fn parse_from(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement>
             })
         }
         Some("INSERT") => parse_insert(ts, start),
+        Some("DELETE") => parse_delete(ts, start),
         Some("SELECT") | Some("WITH") | Some("VALUES") => parse_query_statement(ts, start),
         _ if matches!(ts.token(start).map(|t| &t.token), Some(Token::LParen)) => {
             parse_query_statement(ts, start)
@@ -268,10 +269,7 @@ fn parse_create(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatemen
             "CREATE MATERIALIZED VIEW",
             Some("use CREATE STREAM for an append-only continuous query"),
         )),
-        Some("TABLE") => Err(SqlError::not_supported(
-            "CREATE TABLE (reference tables)",
-            Some("declare an append-only input with CREATE SOURCE"),
-        )),
+        Some("TABLE") => parse_create_table(ts, start),
         _ => {
             let mut p = ts.parser(start, ts.len());
             match p.parse_statement() {
@@ -370,6 +368,7 @@ fn parse_create_source(ts: &mut TokenStream, start: usize) -> PResult<StreamingS
 
 fn parse_create_stream(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
     rewrite_window_tvfs(ts, start)?;
+    let hints = super::joins::rewrite_join_syntax(ts, start)?;
     let cut = clause_cut(ts, start);
     let clauses = parse_clauses(ts, cut)?;
     let mut p = ts.parser(start, cut);
@@ -380,8 +379,9 @@ fn parse_create_stream(ts: &mut TokenStream, start: usize) -> PResult<StreamingS
         Vec::new()
     };
     p.expect_keyword(Keyword::AS).map_err(pe(&p))?;
-    let query = p.parse_query().map_err(pe(&p))?;
+    let mut query = p.parse_query().map_err(pe(&p))?;
     expect_end(&p)?;
+    hints.apply(&mut query)?;
     Ok(StreamingStatement::CreateStream(CreateStream {
         name,
         or_replace,
@@ -394,11 +394,13 @@ fn parse_create_stream(ts: &mut TokenStream, start: usize) -> PResult<StreamingS
 
 fn parse_create_sink(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
     rewrite_window_tvfs(ts, start)?;
+    let hints = super::joins::rewrite_join_syntax(ts, start)?;
     let mut p = ts.parser(start, ts.len());
     let (or_replace, if_not_exists, name) = parse_create_prefix(&mut p, "SINK")?;
     p.expect_keyword(Keyword::FROM).map_err(pe(&p))?;
     let input = if p.consume_token(&Token::LParen) {
-        let q = p.parse_query().map_err(pe(&p))?;
+        let mut q = p.parse_query().map_err(pe(&p))?;
+        hints.apply(&mut q)?;
         p.expect_token(&Token::RParen).map_err(pe(&p))?;
         SinkInput::Query(q)
     } else {
@@ -589,6 +591,118 @@ fn parse_describe(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatem
     Ok(StreamingStatement::Describe { name, extended })
 }
 
+fn parse_create_table(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
+    use sqlparser::ast::ColumnOption;
+    let mut p = ts.parser(start, ts.len());
+    let (or_replace, if_not_exists, name) = parse_create_prefix(&mut p, "TABLE")?;
+    let mut columns = Vec::new();
+    let mut primary_key: Vec<String> = Vec::new();
+    p.expect_token(&Token::LParen).map_err(pe(&p))?;
+    loop {
+        if p.parse_keywords(&[Keyword::PRIMARY, Keyword::KEY]) {
+            if !primary_key.is_empty() {
+                return Err(err(&p, "a table has one PRIMARY KEY"));
+            }
+            p.expect_token(&Token::LParen).map_err(pe(&p))?;
+            loop {
+                primary_key.push(normalize_ident(&p.parse_identifier().map_err(pe(&p))?));
+                if !p.consume_token(&Token::Comma) {
+                    break;
+                }
+            }
+            p.expect_token(&Token::RParen).map_err(pe(&p))?;
+        } else if p.peek_keyword(Keyword::CONSTRAINT) || p.peek_keyword(Keyword::UNIQUE) {
+            return Err(err(
+                &p,
+                "tables take PRIMARY KEY (columns) as their only constraint",
+            ));
+        } else if parse_word(&mut p, "WATERMARK") {
+            return Err(err(
+                &p,
+                "tables have no watermark; declare a SOURCE for event-time data",
+            ));
+        } else {
+            let mut column = p.parse_column_def().map_err(pe(&p))?;
+            let mut inline_key = false;
+            column.options.retain(|o| {
+                let key = matches!(o.option, ColumnOption::PrimaryKey(_));
+                inline_key |= key;
+                !key
+            });
+            if inline_key {
+                if !primary_key.is_empty() {
+                    return Err(err(&p, "a table has one PRIMARY KEY"));
+                }
+                primary_key.push(normalize_ident(&column.name));
+            }
+            columns.push(column);
+        }
+        if p.consume_token(&Token::Comma) {
+            continue;
+        }
+        p.expect_token(&Token::RParen).map_err(pe(&p))?;
+        break;
+    }
+    let options = if p.parse_keyword(Keyword::WITH) {
+        parse_options(&mut p)?
+    } else {
+        Vec::new()
+    };
+    expect_end(&p)?;
+    if primary_key.is_empty() {
+        return Err(SqlError::Invalid(format!(
+            "table '{name}' needs a PRIMARY KEY (a column option, or PRIMARY KEY (a, b) for a composite key)"
+        )));
+    }
+    Ok(StreamingStatement::CreateTable(CreateTable {
+        name,
+        or_replace,
+        if_not_exists,
+        columns,
+        primary_key,
+        options,
+    }))
+}
+
+fn parse_delete(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
+    let mut p = ts.parser(start, ts.len());
+    let stmt = p.parse_statement().map_err(pe(&p))?;
+    expect_end(&p)?;
+    let Statement::Delete(delete) = stmt else {
+        return Err(SqlError::not_supported("this form of DELETE", None));
+    };
+    let from = match &delete.from {
+        sqlparser::ast::FromTable::WithFromKeyword(f)
+        | sqlparser::ast::FromTable::WithoutKeyword(f) => f,
+    };
+    let table = match from.as_slice() {
+        [
+            sqlparser::ast::TableWithJoins {
+                relation: sqlparser::ast::TableFactor::Table { name, .. },
+                joins,
+            },
+        ] if joins.is_empty() && delete.using.is_none() && delete.tables.is_empty() => {
+            normalize_name(name)?
+        }
+        _ => {
+            return Err(SqlError::not_supported(
+                "DELETE from several tables or with USING",
+                Some("DELETE FROM table WHERE <primary key> = value"),
+            ));
+        }
+    };
+    if delete.returning.is_some() || delete.limit.is_some() || !delete.order_by.is_empty() {
+        return Err(SqlError::not_supported(
+            "DELETE with RETURNING, ORDER BY or LIMIT",
+            None,
+        ));
+    }
+    Ok(StreamingStatement::Delete {
+        table,
+        selection: delete.selection,
+    })
+}
+
 fn parse_insert(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
     let mut p = ts.parser(start, ts.len());
     let stmt = p.parse_statement().map_err(pe(&p))?;
@@ -622,11 +736,13 @@ fn parse_insert(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatemen
 
 fn parse_query_statement(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
     rewrite_window_tvfs(ts, start)?;
+    let hints = super::joins::rewrite_join_syntax(ts, start)?;
     let cut = clause_cut(ts, start);
     let clauses = parse_clauses(ts, cut)?;
     let mut p = ts.parser(start, cut);
-    let query = p.parse_query().map_err(pe(&p))?;
+    let mut query = p.parse_query().map_err(pe(&p))?;
     expect_end(&p)?;
+    hints.apply(&mut query)?;
     Ok(StreamingStatement::Query { query, clauses })
 }
 

@@ -20,7 +20,7 @@ use laminar_core::operator::aggregate::{
 };
 use laminar_core::time::{EventTimeKind, KeyedWatermark};
 
-use super::lower::{Branch, compile, conform, lower_node};
+use super::lower::{Branch, compile, conform, lower_node, peel_stateless};
 use super::window::{
     WINDOW_END, mentions_window, parse_emit, parse_lateness, plan_mentions_window, window_call,
     window_spec,
@@ -74,25 +74,10 @@ pub(crate) fn lower_aggregation(
     catalog: &dyn SchemaCatalog,
     clauses: &StreamingClauses,
 ) -> Result<Option<StreamPlan>, SqlError> {
-    // Nodes above the aggregation, top-down.
-    let mut post_nodes: Vec<&LogicalPlan> = Vec::new();
-    let mut node = plan;
-    let aggregate = loop {
-        match node {
-            LogicalPlan::Projection(p) => {
-                post_nodes.push(node);
-                node = &p.input;
-            }
-            LogicalPlan::Filter(f) => {
-                post_nodes.push(node);
-                node = &f.input;
-            }
-            LogicalPlan::SubqueryAlias(a) => node = &a.input,
-            LogicalPlan::Aggregate(a) => break a,
-            _ => return Ok(None),
-        }
+    let (post_nodes, core) = peel_stateless(plan);
+    let LogicalPlan::Aggregate(aggregate) = core else {
+        return Ok(None);
     };
-    post_nodes.reverse();
     lower_aggregate(plan, aggregate, &post_nodes, catalog, clauses).map(Some)
 }
 
@@ -366,6 +351,7 @@ fn lower_aggregate(
         event_time: output_event_time,
         keyed_watermark: None,
         logical_plan: plan.clone(),
+        join: None,
         aggregate: Some(AggregatePlan {
             input_schema,
             event_time,

@@ -57,6 +57,45 @@ pub(super) fn common_keyed_watermark(branches: &[Branch]) -> Option<(usize, Keye
         .then_some(first)
 }
 
+/// Splits off the filters, projections and aliases at the top of a plan: returns them in
+/// execution order (bottom-up) and the node below them.
+pub(super) fn peel_stateless(plan: &LogicalPlan) -> (Vec<&LogicalPlan>, &LogicalPlan) {
+    let mut post_nodes: Vec<&LogicalPlan> = Vec::new();
+    let mut node = plan;
+    loop {
+        match node {
+            LogicalPlan::Projection(p) => {
+                post_nodes.push(node);
+                node = &p.input;
+            }
+            LogicalPlan::Filter(f) => {
+                post_nodes.push(node);
+                node = &f.input;
+            }
+            LogicalPlan::SubqueryAlias(a) => node = &a.input,
+            _ => break,
+        }
+    }
+    post_nodes.reverse();
+    (post_nodes, node)
+}
+
+/// True when the plan reads a source or stream (tables are bounded and do not count).
+pub fn reads_streams(plan: &LogicalPlan, catalog: &dyn SchemaCatalog) -> bool {
+    let mut found = false;
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && catalog
+                .relation(scan.table_name.table())
+                .is_none_or(|r| r.table.is_none())
+        {
+            found = true;
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    found
+}
+
 /// True when the plan reads any catalog relation.
 pub fn reads_relations(plan: &LogicalPlan) -> bool {
     let mut found = false;
@@ -74,6 +113,9 @@ pub(crate) fn lower(
     catalog: &dyn SchemaCatalog,
     clauses: &StreamingClauses,
 ) -> Result<StreamPlan, SqlError> {
+    if let Some(plan) = super::join::lower_join(plan, catalog, clauses)? {
+        return Ok(plan);
+    }
     if let Some(plan) = super::aggregate::lower_aggregation(plan, catalog, clauses)? {
         return Ok(plan);
     }
@@ -119,6 +161,7 @@ pub(crate) fn lower(
         keyed_watermark,
         logical_plan: plan.clone(),
         aggregate: None,
+        join: None,
     })
 }
 
@@ -139,6 +182,11 @@ pub(super) fn lower_node(
                     name: table.clone(),
                     suggestion: None,
                 })?;
+            if info.table.is_some() {
+                return Err(SqlError::Invalid(format!(
+                    "'{table}' is a table: a continuous query can join it (FROM stream s JOIN {table} t ON ..), not read it as a stream; query its current contents with a SELECT over tables only"
+                )));
+            }
             let mut branch = Branch {
                 input: table.clone(),
                 steps: Vec::new(),
@@ -241,7 +289,10 @@ pub(super) fn lower_node(
             "an aggregation below another operator (for example an aggregated subquery in FROM, or an aggregation inside UNION ALL)",
             Some("create a stream for the inner aggregation and read it"),
         )),
-        LogicalPlan::Join(_) => Err(not_supported("JOIN", None)),
+        LogicalPlan::Join(_) => Err(not_supported(
+            "a JOIN below an aggregation, UNION ALL or subquery",
+            Some("create a stream for the join and aggregate or union that stream"),
+        )),
         LogicalPlan::Window(_) => Err(not_supported("window functions (OVER ...)", None)),
         LogicalPlan::Sort(_) => Err(not_supported(
             "ORDER BY",

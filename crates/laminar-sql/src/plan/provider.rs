@@ -20,6 +20,8 @@ pub(crate) struct CatalogProvider<'a> {
     catalog: &'a dyn SchemaCatalog,
     state: &'a SessionState,
     missing: RefCell<Option<String>>,
+    /// Tables carry their current rows (for snapshot queries that execute the plan).
+    snapshots: bool,
 }
 
 impl<'a> CatalogProvider<'a> {
@@ -28,7 +30,14 @@ impl<'a> CatalogProvider<'a> {
             catalog,
             state,
             missing: RefCell::new(None),
+            snapshots: false,
         }
+    }
+
+    /// A provider whose tables carry a snapshot of their rows taken now.
+    pub(crate) fn with_snapshots(mut self) -> Self {
+        self.snapshots = true;
+        self
     }
 
     /// The first relation name that was looked up and not found.
@@ -41,7 +50,19 @@ impl ContextProvider for CatalogProvider<'_> {
     fn get_table_source(&self, name: TableReference) -> Result<Arc<dyn TableSource>> {
         let table = name.table();
         match self.catalog.relation(table) {
-            Some(info) => Ok(provider_as_source(Arc::new(EmptyTable::new(info.schema)))),
+            Some(info) => match (&info.table, self.snapshots) {
+                (Some(store), true) => {
+                    let rows = store
+                        .snapshot()
+                        .map_err(|e| DataFusionError::Execution(e.to_string()))?;
+                    let table = datafusion::datasource::MemTable::try_new(
+                        info.schema.clone(),
+                        vec![vec![rows]],
+                    )?;
+                    Ok(provider_as_source(Arc::new(table)))
+                }
+                _ => Ok(provider_as_source(Arc::new(EmptyTable::new(info.schema)))),
+            },
             None => {
                 self.missing
                     .borrow_mut()

@@ -1,0 +1,395 @@
+use std::sync::Arc;
+
+use arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
+
+use super::*;
+use crate::metrics::NodeMetrics;
+use crate::table::TableStore;
+use crate::time::EventTimeKind;
+
+fn schema(fields: &[(&str, DataType)], nullable: bool) -> SchemaRef {
+    Arc::new(Schema::new(
+        fields
+            .iter()
+            .map(|(n, t)| Field::new(*n, t.clone(), nullable))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn col(name: &str, i: usize) -> Arc<dyn PhysicalExpr> {
+    Arc::new(Column::new(name, i))
+}
+
+fn time(index: usize) -> TimeColumn {
+    TimeColumn {
+        index,
+        kind: EventTimeKind::EpochMillis,
+    }
+}
+
+fn joined_schema(left: &SchemaRef, right: &SchemaRef, join_type: JoinType) -> SchemaRef {
+    let mut fields: Vec<Field> = left
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    fields.extend(
+        right
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true)),
+    );
+    let _ = join_type;
+    Arc::new(Schema::new(fields))
+}
+
+fn operator(
+    left: SchemaRef,
+    right: SchemaRef,
+    join_type: JoinType,
+    kind: JoinKind,
+) -> JoinOperator {
+    let joined = joined_schema(&left, &right, join_type);
+    JoinOperator::new(JoinSpec {
+        name: "j".into(),
+        inputs: vec![
+            JoinInput {
+                relation: 0,
+                chain: Vec::new(),
+            },
+            JoinInput {
+                relation: 1,
+                chain: Vec::new(),
+            },
+        ],
+        steps: vec![JoinStepSpec {
+            join_type,
+            left_keys: vec![col("k", 0)],
+            right_keys: vec![col("k", 0)],
+            condition: None,
+            left_schema: left,
+            right_schema: right,
+            joined_schema: joined.clone(),
+            kind,
+            right_relation: Some(1),
+        }],
+        post: Vec::new(),
+        output_schema: joined,
+        metrics: Arc::new(NodeMetrics::default()),
+    })
+    .unwrap()
+}
+
+fn kv(s: &SchemaRef, rows: &[(&str, i64)]) -> RecordBatch {
+    RecordBatch::try_new(
+        s.clone(),
+        vec![
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+/// Rows of every batch in `out` as strings, "a|b|c", sorted.
+fn rows(out: &[Message]) -> Vec<String> {
+    let mut v = Vec::new();
+    for m in out {
+        if let Message::Batch(b) = m {
+            for r in 0..b.num_rows() {
+                let cells: Vec<String> = b
+                    .columns()
+                    .iter()
+                    .map(|c| {
+                        if c.is_null(r) {
+                            "NULL".into()
+                        } else {
+                            arrow::util::display::array_value_to_string(c, r).unwrap()
+                        }
+                    })
+                    .collect();
+                v.push(cells.join("|"));
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+fn kt() -> SchemaRef {
+    schema(&[("k", DataType::Utf8), ("ts", DataType::Int64)], false)
+}
+
+fn interval(lower: i64, upper: i64) -> JoinKind {
+    JoinKind::Interval {
+        left_time: time(1),
+        right_time: time(1),
+        lower,
+        upper,
+    }
+}
+
+#[test]
+fn interval_inner_matches_within_bound_only() {
+    let s = kt();
+    let mut op = operator(s.clone(), s.clone(), JoinType::Inner, interval(0, 600_000));
+    let mut out = Vec::new();
+    op.on_batch(0, kv(&s, &[("1", 0)]), &mut out).unwrap();
+    op.on_batch(
+        1,
+        kv(&s, &[("1", 300_000), ("1", 660_000), ("2", 1)]),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(rows(&out), vec!["1|0|1|300000"]);
+}
+
+#[test]
+fn interval_left_emits_unmatched_once_at_expiry() {
+    let s = kt();
+    let mut op = operator(s.clone(), s.clone(), JoinType::Left, interval(0, 600_000));
+    let mut out = Vec::new();
+    op.on_batch(0, kv(&s, &[("1", 0), ("2", 0)]), &mut out)
+        .unwrap();
+    op.on_batch(1, kv(&s, &[("1", 300_000)]), &mut out).unwrap();
+    assert_eq!(rows(&out), vec!["1|0|1|300000"]);
+    out.clear();
+    // Only the left watermark moves: the unmatched order is still waiting.
+    op.on_input_watermark(0, 700_000, &mut out).unwrap();
+    assert!(rows(&out).is_empty());
+    op.on_input_watermark(1, 600_000, &mut out).unwrap();
+    assert!(rows(&out).is_empty(), "{:?}", rows(&out));
+    op.on_input_watermark(1, 700_000, &mut out).unwrap();
+    assert_eq!(rows(&out), vec!["2|0|NULL|NULL"]);
+    out.clear();
+    op.on_input_watermark(1, 900_000, &mut out).unwrap();
+    assert!(rows(&out).is_empty());
+    assert_eq!(op.state_size().rows, 0);
+}
+
+#[test]
+fn interval_full_pads_both_sides_and_drops_late_rows() {
+    let s = kt();
+    let mut op = operator(s.clone(), s.clone(), JoinType::Full, interval(-10, 10));
+    let mut out = Vec::new();
+    op.on_batch(0, kv(&s, &[("a", 100)]), &mut out).unwrap();
+    op.on_batch(1, kv(&s, &[("b", 100)]), &mut out).unwrap();
+    op.on_input_watermark(0, 200, &mut out).unwrap();
+    op.on_input_watermark(1, 200, &mut out).unwrap();
+    assert_eq!(rows(&out), vec!["NULL|NULL|b|100", "a|100|NULL|NULL"]);
+    out.clear();
+    // Below its own watermark: late, dropped and counted.
+    op.on_batch(0, kv(&s, &[("b", 150)]), &mut out).unwrap();
+    assert!(rows(&out).is_empty());
+}
+
+#[test]
+fn interval_output_watermark_holds_back_for_kept_left_rows() {
+    let s = kt();
+    let mut op = operator(s.clone(), s.clone(), JoinType::Inner, interval(0, 1000));
+    let mut out = Vec::new();
+    op.on_batch(0, kv(&s, &[("a", 100)]), &mut out).unwrap();
+    op.on_input_watermark(0, 5000, &mut out).unwrap();
+    op.on_input_watermark(1, 500, &mut out).unwrap();
+    // The left row at 100 can still match right rows up to 1100.
+    let last = out.iter().rev().find_map(|m| match m {
+        Message::Watermark(w) => Some(*w),
+        _ => None,
+    });
+    assert_eq!(last, Some(100));
+}
+
+fn quotes() -> SchemaRef {
+    schema(
+        &[
+            ("k", DataType::Utf8),
+            ("ts", DataType::Int64),
+            ("bid", DataType::Float64),
+        ],
+        false,
+    )
+}
+
+fn quote(s: &SchemaRef, rows: &[(&str, i64, f64)]) -> RecordBatch {
+    RecordBatch::try_new(
+        s.clone(),
+        vec![
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+            Arc::new(Float64Array::from(
+                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+fn asof(direction: AsofDirection, tolerance: Option<i64>) -> JoinKind {
+    JoinKind::Asof {
+        left_time: time(1),
+        right_time: time(1),
+        direction,
+        tolerance,
+    }
+}
+
+/// SPEC 2.13 AC: quotes X @1000 bid 10, @3000 bid 11; fill @2500 -> 10 backward, 11 forward.
+#[test]
+fn asof_backward_and_forward() {
+    for (direction, expected) in [
+        (
+            AsofDirection::Backward { strict: false },
+            "X|2500|X|1000|10.0",
+        ),
+        (
+            AsofDirection::Forward { strict: false },
+            "X|2500|X|3000|11.0",
+        ),
+        (AsofDirection::Nearest, "X|2500|X|3000|11.0"),
+    ] {
+        let (f, q) = (kt(), quotes());
+        let mut op = operator(f.clone(), q.clone(), JoinType::Inner, asof(direction, None));
+        let mut out = Vec::new();
+        // Fill first: it waits for the quotes' watermark.
+        op.on_batch(0, kv(&f, &[("X", 2500)]), &mut out).unwrap();
+        op.on_batch(
+            1,
+            quote(&q, &[("X", 1000, 10.0), ("X", 3000, 11.0)]),
+            &mut out,
+        )
+        .unwrap();
+        assert!(rows(&out).is_empty(), "{direction:?} emitted early");
+        op.on_input_watermark(1, 3001, &mut out).unwrap();
+        assert_eq!(rows(&out), vec![expected.to_string()], "{direction:?}");
+    }
+}
+
+/// SPEC 2.13 AC: tolerance 1000, fill @4500, quotes' W -> 5000: inner none, LEFT NULL bid.
+#[test]
+fn asof_tolerance_inner_and_left() {
+    for (join_type, expected) in [
+        (JoinType::Inner, vec![]),
+        (JoinType::Left, vec!["X|4500|NULL|NULL|NULL".to_string()]),
+    ] {
+        let (f, q) = (kt(), quotes());
+        let mut op = operator(
+            f.clone(),
+            q.clone(),
+            join_type,
+            asof(AsofDirection::Backward { strict: false }, Some(1000)),
+        );
+        let mut out = Vec::new();
+        op.on_batch(
+            1,
+            quote(&q, &[("X", 1000, 10.0), ("X", 3000, 11.0)]),
+            &mut out,
+        )
+        .unwrap();
+        op.on_batch(0, kv(&f, &[("X", 4500)]), &mut out).unwrap();
+        op.on_input_watermark(1, 5000, &mut out).unwrap();
+        assert_eq!(rows(&out), expected, "{join_type:?}");
+    }
+}
+
+#[test]
+fn asof_result_is_independent_of_interleaving() {
+    let (f, q) = (kt(), quotes());
+    let run = |quotes_first: bool| {
+        let mut op = operator(
+            f.clone(),
+            q.clone(),
+            JoinType::Inner,
+            asof(AsofDirection::Backward { strict: false }, None),
+        );
+        let mut out = Vec::new();
+        let fills = kv(&f, &[("A", 30_000), ("A", 90_000)]);
+        let rates = quote(&q, &[("A", 0, 1.10), ("A", 60_000, 1.12)]);
+        if quotes_first {
+            op.on_batch(1, rates, &mut out).unwrap();
+            op.on_batch(0, fills, &mut out).unwrap();
+        } else {
+            op.on_batch(0, fills, &mut out).unwrap();
+            op.on_batch(1, rates, &mut out).unwrap();
+        }
+        op.on_input_watermark(0, 100_000, &mut out).unwrap();
+        op.on_input_watermark(1, 100_000, &mut out).unwrap();
+        rows(&out)
+    };
+    assert_eq!(run(true), run(false));
+    assert_eq!(
+        run(true),
+        vec![
+            "A|30000|A|0|1.1".to_string(),
+            "A|90000|A|60000|1.12".to_string()
+        ]
+    );
+}
+
+#[test]
+fn lookup_uses_current_table_row() {
+    let s = kt();
+    let table_schema = schema(&[("k", DataType::Utf8), ("tier", DataType::Utf8)], false);
+    let table = Arc::new(TableStore::new("t", table_schema.clone(), vec![0], None).unwrap());
+    let put = |k: &str, tier: &str| {
+        table
+            .upsert(
+                &RecordBatch::try_new(
+                    table_schema.clone(),
+                    vec![
+                        Arc::new(StringArray::from(vec![k])),
+                        Arc::new(StringArray::from(vec![tier])),
+                    ],
+                )
+                .unwrap(),
+            )
+            .unwrap();
+    };
+    put("7", "gold");
+    for (join_type, expected) in [
+        (JoinType::Inner, vec!["7|1|7|gold"]),
+        (JoinType::Left, vec!["7|1|7|gold", "8|2|NULL|NULL"]),
+    ] {
+        let joined = joined_schema(&s, &table_schema, join_type);
+        let mut op = JoinOperator::new(JoinSpec {
+            name: "j".into(),
+            inputs: vec![JoinInput {
+                relation: 0,
+                chain: Vec::new(),
+            }],
+            steps: vec![JoinStepSpec {
+                join_type,
+                left_keys: vec![col("k", 0)],
+                right_keys: Vec::new(),
+                condition: None,
+                left_schema: s.clone(),
+                right_schema: table_schema.clone(),
+                joined_schema: joined.clone(),
+                kind: JoinKind::Lookup {
+                    table: table.clone(),
+                },
+                right_relation: None,
+            }],
+            post: Vec::new(),
+            output_schema: joined,
+            metrics: Arc::new(NodeMetrics::default()),
+        })
+        .unwrap();
+        let mut out = Vec::new();
+        op.on_batch(0, kv(&s, &[("7", 1), ("8", 2)]), &mut out)
+            .unwrap();
+        assert_eq!(rows(&out), expected);
+    }
+    put("7", "silver");
+    assert_eq!(table.len(), 1);
+}

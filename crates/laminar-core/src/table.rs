@@ -1,0 +1,465 @@
+//! In-memory reference tables keyed by a primary key (`CREATE TABLE`): upserts, deletes by
+//! key, point lookups for lookup joins and consistent snapshots for ad-hoc queries.
+//!
+//! Rows live in immutable Arrow chunks (one per upserted batch); an index maps each
+//! row-encoded primary key to the chunk and row of its current version. A replaced or deleted
+//! version stays in its chunk until the table is compacted, which happens once dead rows
+//! outnumber live ones.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
+use arrow::compute::{cast, interleave};
+use arrow::datatypes::SchemaRef;
+use arrow::row::{RowConverter, Rows, SortField};
+use parking_lot::RwLock;
+
+use crate::error::{CoreError, Result};
+
+type HashMap<K, V> = std::collections::HashMap<K, V, datafusion::common::hash_utils::RandomState>;
+
+/// Where a row version lives: chunk and row within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    chunk: u32,
+    row: u32,
+}
+
+struct TableData {
+    chunks: Vec<RecordBatch>,
+    index: HashMap<Box<[u8]>, Slot>,
+    dead: usize,
+    converter: RowConverter,
+}
+
+/// A keyed in-memory table, shared between the catalog (writes, snapshots) and the lookup
+/// joins that read it.
+pub struct TableStore {
+    name: String,
+    schema: SchemaRef,
+    key_columns: Vec<usize>,
+    max_rows: Option<usize>,
+    data: RwLock<TableData>,
+}
+
+impl std::fmt::Debug for TableStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableStore")
+            .field("name", &self.name)
+            .field("rows", &self.len())
+            .finish()
+    }
+}
+
+/// Result of probing a table with a batch of keys.
+#[derive(Debug)]
+pub struct LookupResult {
+    /// Probe row of each match, ascending.
+    pub probe_rows: Vec<u32>,
+    /// The matching table rows, one per entry of `probe_rows`.
+    pub rows: RecordBatch,
+}
+
+impl TableStore {
+    /// An empty table; `key_columns` are indices into `schema`.
+    pub fn new(
+        name: impl Into<String>,
+        schema: SchemaRef,
+        key_columns: Vec<usize>,
+        max_rows: Option<usize>,
+    ) -> Result<TableStore> {
+        let name = name.into();
+        if key_columns.is_empty() {
+            return Err(CoreError::Internal(format!(
+                "table '{name}' has no primary key"
+            )));
+        }
+        let fields = key_columns
+            .iter()
+            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+            .collect();
+        let converter = RowConverter::new(fields).map_err(|e| {
+            CoreError::Internal(format!("table '{name}': unsupported key type: {e}"))
+        })?;
+        Ok(TableStore {
+            name,
+            schema,
+            key_columns,
+            max_rows,
+            data: RwLock::new(TableData {
+                chunks: Vec::new(),
+                index: HashMap::default(),
+                dead: 0,
+                converter,
+            }),
+        })
+    }
+
+    /// Table name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Table schema.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Indices of the primary-key columns.
+    pub fn key_columns(&self) -> &[usize] {
+        &self.key_columns
+    }
+
+    /// Configured maximum number of rows.
+    pub fn max_rows(&self) -> Option<usize> {
+        self.max_rows
+    }
+
+    /// Number of live rows.
+    pub fn len(&self) -> usize {
+        self.data.read().index.len()
+    }
+
+    /// True when the table holds no row.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Approximate bytes held by the table's chunks.
+    pub fn bytes(&self) -> usize {
+        self.data
+            .read()
+            .chunks
+            .iter()
+            .map(|c| c.get_array_memory_size())
+            .sum()
+    }
+
+    fn keys_of(&self, data: &TableData, batch: &RecordBatch) -> Result<Rows> {
+        let columns: Vec<ArrayRef> = self
+            .key_columns
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        for (&i, column) in self.key_columns.iter().zip(&columns) {
+            if column.null_count() > 0 {
+                return Err(CoreError::InvalidData(format!(
+                    "table '{}': primary-key column '{}' is NULL",
+                    self.name,
+                    self.schema.field(i).name()
+                )));
+            }
+        }
+        data.converter
+            .convert_columns(&columns)
+            .map_err(|e| CoreError::Internal(e.to_string()))
+    }
+
+    /// Inserts or replaces rows by primary key (the last of several rows with the same key
+    /// wins). Fails without changing the table when a key is NULL or the table would exceed
+    /// its `max_rows`. Returns the number of rows written.
+    pub fn upsert(&self, batch: &RecordBatch) -> Result<usize> {
+        if batch.num_rows() == 0 {
+            return Ok(0);
+        }
+        let batch = self.conform(batch)?;
+        let mut data = self.data.write();
+        let keys = self.keys_of(&data, &batch)?;
+        if let Some(max) = self.max_rows {
+            let mut fresh: std::collections::HashSet<
+                &[u8],
+                datafusion::common::hash_utils::RandomState,
+            > = Default::default();
+            for i in 0..keys.num_rows() {
+                let key = keys.row(i).data();
+                if !data.index.contains_key(key) {
+                    fresh.insert(key);
+                }
+            }
+            if data.index.len() + fresh.len() > max {
+                return Err(CoreError::InvalidData(format!(
+                    "table '{}' would hold {} rows, above its max_rows of {max}; nothing was written",
+                    self.name,
+                    data.index.len() + fresh.len()
+                )));
+            }
+        }
+        let chunk = u32::try_from(data.chunks.len())
+            .map_err(|_| CoreError::Internal("too many table chunks".into()))?;
+        let mut replaced = 0;
+        for (row, key) in keys.iter().enumerate() {
+            let slot = Slot {
+                chunk,
+                row: row as u32,
+            };
+            if data.index.insert(key.as_ref().into(), slot).is_some() {
+                replaced += 1;
+            }
+        }
+        data.dead += replaced;
+        data.chunks.push(batch);
+        let rows = keys.num_rows();
+        drop(keys);
+        if data.dead > data.index.len().max(1024) {
+            self.compact(&mut data)?;
+        }
+        Ok(rows)
+    }
+
+    /// Deletes the rows whose primary key appears in `keys` (one column per key column, in
+    /// key order). Returns the number of rows removed.
+    pub fn delete(&self, keys: &[ArrayRef]) -> Result<usize> {
+        let mut data = self.data.write();
+        let columns = self.cast_keys(keys)?;
+        let rows = data
+            .converter
+            .convert_columns(&columns)
+            .map_err(|e| CoreError::Internal(e.to_string()))?;
+        let mut removed = 0;
+        for row in rows.iter() {
+            if data.index.remove(row.as_ref()).is_some() {
+                removed += 1;
+            }
+        }
+        data.dead += removed;
+        if data.dead > data.index.len().max(1024) {
+            self.compact(&mut data)?;
+        }
+        Ok(removed)
+    }
+
+    /// Every live row, in no particular order.
+    pub fn snapshot(&self) -> Result<RecordBatch> {
+        let data = self.data.read();
+        let slots: Vec<Slot> = data.index.values().copied().collect();
+        gather(&self.schema, &data.chunks, &slots)
+    }
+
+    /// Probes the table with key columns (one per key column, in key order, cast to the key
+    /// types as needed): the current row of every key found. NULL keys find nothing.
+    pub fn lookup(&self, keys: &[ArrayRef]) -> Result<LookupResult> {
+        let columns = self.cast_keys(keys)?;
+        let rows = {
+            let data = self.data.read();
+            data.converter
+                .convert_columns(&columns)
+                .map_err(|e| CoreError::Internal(e.to_string()))?
+        };
+        let nulls: Vec<bool> = (0..rows.num_rows())
+            .map(|i| columns.iter().any(|c| c.is_null(i)))
+            .collect();
+        let data = self.data.read();
+        let mut probe_rows = Vec::new();
+        let mut slots = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            if nulls[i] {
+                continue;
+            }
+            if let Some(slot) = data.index.get(row.as_ref()) {
+                probe_rows.push(i as u32);
+                slots.push(*slot);
+            }
+        }
+        let rows = gather(&self.schema, &data.chunks, &slots)?;
+        Ok(LookupResult { probe_rows, rows })
+    }
+
+    fn cast_keys(&self, keys: &[ArrayRef]) -> Result<Vec<ArrayRef>> {
+        if keys.len() != self.key_columns.len() {
+            return Err(CoreError::Internal(format!(
+                "table '{}' has {} key columns, got {}",
+                self.name,
+                self.key_columns.len(),
+                keys.len()
+            )));
+        }
+        keys.iter()
+            .zip(&self.key_columns)
+            .map(|(k, &i)| {
+                let want = self.schema.field(i).data_type();
+                if k.data_type() == want {
+                    Ok(k.clone())
+                } else {
+                    cast(k, want).map_err(|e| CoreError::Internal(e.to_string()))
+                }
+            })
+            .collect()
+    }
+
+    /// Casts a batch to the table schema (same columns by position).
+    fn conform(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        if batch.schema().fields() == self.schema.fields() {
+            return Ok(batch.clone());
+        }
+        if batch.num_columns() != self.schema.fields().len() {
+            return Err(CoreError::InvalidData(format!(
+                "table '{}' has {} columns, got {}",
+                self.name,
+                self.schema.fields().len(),
+                batch.num_columns()
+            )));
+        }
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(self.schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c.clone())
+                } else {
+                    cast(c, f.data_type()).map_err(|e| CoreError::InvalidData(e.to_string()))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(|e| CoreError::InvalidData(format!("table '{}': {e}", self.name)))
+    }
+
+    fn compact(&self, data: &mut TableData) -> Result<()> {
+        let entries: Vec<(Box<[u8]>, Slot)> = data.index.drain().collect();
+        let slots: Vec<Slot> = entries.iter().map(|(_, s)| *s).collect();
+        let merged = gather(&self.schema, &data.chunks, &slots)?;
+        data.chunks = vec![merged];
+        data.dead = 0;
+        for (row, (key, _)) in entries.into_iter().enumerate() {
+            data.index.insert(
+                key,
+                Slot {
+                    chunk: 0,
+                    row: row as u32,
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The rows at `slots`, in order, as one batch of `schema`.
+fn gather(schema: &SchemaRef, chunks: &[RecordBatch], slots: &[Slot]) -> Result<RecordBatch> {
+    if slots.is_empty() {
+        return Ok(RecordBatch::new_empty(schema.clone()));
+    }
+    let indices: Vec<(usize, usize)> = slots
+        .iter()
+        .map(|s| (s.chunk as usize, s.row as usize))
+        .collect();
+    let columns = (0..schema.fields().len())
+        .map(|c| {
+            let arrays: Vec<&dyn Array> = chunks.iter().map(|b| b.column(c).as_ref()).collect();
+            interleave(&arrays, &indices).map_err(|e| CoreError::Internal(e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| CoreError::Internal(e.to_string()))
+}
+
+/// A batch of `rows` NULLs of `schema` (every field made nullable).
+pub fn null_batch(schema: &SchemaRef, rows: usize) -> Vec<ArrayRef> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| new_null_array(f.data_type(), rows))
+        .collect()
+}
+
+/// Shared handle to a table.
+pub type TableRef = Arc<TableStore>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("tier", DataType::Utf8, true),
+        ]))
+    }
+
+    fn rows(ids: &[i64], tiers: &[&str]) -> RecordBatch {
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(Int64Array::from(ids.to_vec())),
+                Arc::new(StringArray::from(tiers.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn upsert_replaces_and_delete_removes() {
+        let t = TableStore::new("c", schema(), vec![0], None).unwrap();
+        t.upsert(&rows(&[7, 8], &["gold", "silver"])).unwrap();
+        t.upsert(&rows(&[7], &["platinum"])).unwrap();
+        assert_eq!(t.len(), 2);
+        let keys: ArrayRef = Arc::new(Int64Array::from(vec![7, 9, 8]));
+        let found = t.lookup(&[keys]).unwrap();
+        assert_eq!(found.probe_rows, vec![0, 2]);
+        let tiers = found
+            .rows
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(tiers.value(0), "platinum");
+        assert_eq!(tiers.value(1), "silver");
+        let gone: ArrayRef = Arc::new(Int64Array::from(vec![8, 100]));
+        assert_eq!(t.delete(&[gone]).unwrap(), 1);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.snapshot().unwrap().num_rows(), 1);
+    }
+
+    #[test]
+    fn max_rows_rejects_without_change() {
+        let t = TableStore::new("c", schema(), vec![0], Some(2)).unwrap();
+        t.upsert(&rows(&[1, 2], &["a", "b"])).unwrap();
+        // Replacing an existing key is fine at the bound.
+        t.upsert(&rows(&[2], &["c"])).unwrap();
+        let err = t.upsert(&rows(&[3], &["d"])).unwrap_err();
+        assert!(err.to_string().contains("max_rows"), "{err}");
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn compaction_keeps_current_versions() {
+        let t = TableStore::new("c", schema(), vec![0], None).unwrap();
+        for round in 0..50 {
+            let ids: Vec<i64> = (0..100).collect();
+            let tier = format!("r{round}");
+            let tiers: Vec<&str> = ids.iter().map(|_| tier.as_str()).collect();
+            t.upsert(&rows(&ids, &tiers)).unwrap();
+        }
+        assert_eq!(t.len(), 100);
+        let keys: ArrayRef = Arc::new(Int64Array::from(vec![5]));
+        let found = t.lookup(&[keys]).unwrap();
+        let tiers = found
+            .rows
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(tiers.value(0), "r49");
+        assert!(t.data.read().chunks.len() < 50);
+    }
+
+    #[test]
+    fn null_key_is_rejected() {
+        let s = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("tier", DataType::Utf8, true),
+        ]));
+        let t = TableStore::new("c", s.clone(), vec![0], None).unwrap();
+        let b = RecordBatch::try_new(
+            s,
+            vec![
+                Arc::new(Int64Array::from(vec![None, Some(1)])),
+                Arc::new(StringArray::from(vec!["a", "b"])),
+            ],
+        )
+        .unwrap();
+        assert!(t.upsert(&b).is_err());
+        assert!(t.is_empty());
+    }
+}
