@@ -16,6 +16,8 @@ use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use laminar_db::LaminarDB;
 
+pub mod joins;
+
 /// The bids source as the benchmarks declare it (push API).
 pub const SOURCE_COLUMNS: &str = "(auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, ts TIMESTAMP, \
      WATERMARK FOR ts AS ts)";

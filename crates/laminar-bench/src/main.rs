@@ -64,6 +64,44 @@ enum Command {
     Latency(LatencyArgs),
     /// Resident memory over a long run (re-pushing the same batches, event time advancing).
     Rss(RssArgs),
+    /// Join throughput: lookup, q3, interval, asof, temporal or window (q8) join.
+    Join(JoinArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum JoinKindArg {
+    Lookup,
+    Q3,
+    Interval,
+    Asof,
+    Temporal,
+    Window,
+}
+
+#[derive(clap::Args, Debug)]
+struct JoinArgs {
+    /// Which join.
+    #[arg(long, value_enum)]
+    kind: JoinKindArg,
+    /// Stream events to push (all inputs together).
+    #[arg(long, default_value_t = 10_000_000)]
+    events: u64,
+    /// Distinct events generated up front; more events re-push them with event time (and
+    /// stream ids) shifted.
+    #[arg(long, default_value_t = 4_000_000)]
+    pool_events: u64,
+    /// Rows per generated batch (before splitting between inputs).
+    #[arg(long, default_value_t = 8192)]
+    batch_size: usize,
+    /// Worker threads of the engine.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Rows of the reference table (lookup, q3).
+    #[arg(long, default_value_t = 1_000_000)]
+    table_rows: u64,
+    /// Generator seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -309,6 +347,7 @@ fn main() -> Result<()> {
         Command::WindowLatency(args) => window_latency(&args)?,
         Command::Latency(args) => latency(&args)?,
         Command::Rss(args) => rss(&args)?,
+        Command::Join(args) => join(&args)?,
     };
     report.print(cli.json);
     Ok(())
@@ -493,6 +532,134 @@ fn throughput(workload: Workload, args: &ThroughputArgs) -> Result<Report> {
     );
     r.int("peak_rss_kb", peak_rss_kb().unwrap_or(0), "kB");
     Ok(r)
+}
+
+fn join(args: &JoinArgs) -> Result<Report> {
+    use laminar_bench::joins::{JoinWorkload, generate};
+    let workload = match args.kind {
+        JoinKindArg::Lookup => JoinWorkload::Lookup,
+        JoinKindArg::Q3 => JoinWorkload::Q3,
+        JoinKindArg::Interval => JoinWorkload::Interval,
+        JoinKindArg::Asof => JoinWorkload::Asof,
+        JoinKindArg::Temporal => JoinWorkload::Temporal,
+        JoinKindArg::Window => JoinWorkload::Window,
+    };
+    let mut r = Report::default();
+    r.text("workload", format!("join-{}", workload.name()));
+    r.text("sql", workload.sql());
+    r.text("build", build_profile());
+    r.int("workers", args.workers as u64, "");
+    let db = LaminarDB::builder().workers(args.workers).build_sync()?;
+    block_on(db.execute(workload.setup_sql()))?;
+    block_on(db.execute(&format!(
+        "CREATE STREAM q AS {}; CREATE SINK out FROM q INTO BLACKHOLE",
+        workload.sql()
+    )))?;
+    let gen_started = Instant::now();
+    let pool_events = args.pool_events.min(args.events).max(1);
+    let input = generate(
+        workload,
+        pool_events,
+        args.batch_size,
+        args.table_rows,
+        args.seed,
+    )?;
+    r.float(
+        "generate_seconds",
+        gen_started.elapsed().as_secs_f64(),
+        "s (not timed)",
+    );
+    if let Some((table, rows)) = &input.table {
+        let load = Instant::now();
+        db.table(table)?.upsert_arrow(rows.clone())?;
+        r.int("table_rows", rows.num_rows() as u64, "rows");
+        r.float(
+            "table_load_seconds",
+            load.elapsed().as_secs_f64(),
+            "s (not timed)",
+        );
+    }
+    // Stream-side ids that must not repeat across passes (keys into a table or symbols do).
+    let shifted: &[&str] = match workload {
+        JoinWorkload::Interval => &["id", "auction"],
+        JoinWorkload::Window => &["id", "seller"],
+        _ => &[],
+    };
+    let mut handles = std::collections::HashMap::new();
+    for (name, _) in &input.batches {
+        if !handles.contains_key(name) {
+            handles.insert(*name, db.source_untyped(name)?);
+        }
+    }
+    let rss_before = rss_kb().unwrap_or(0);
+    r.int("rss_before_run_kb", rss_before, "kB");
+    let mut rss_samples = Vec::new();
+    let started = Instant::now();
+    let mut pushed = 0u64;
+    let mut pass = 0i64;
+    'outer: loop {
+        for (name, batch) in &input.batches {
+            if pushed >= args.events {
+                break 'outer;
+            }
+            let batch = if pass == 0 {
+                batch.clone()
+            } else {
+                shift_columns(batch, pass * input.span_ms, pass * 1_000_000_000, shifted)?
+            };
+            pushed += batch.num_rows() as u64;
+            handles[name].push_arrow(batch)?;
+        }
+        pass += 1;
+        rss_samples.push(rss_kb().unwrap_or(0));
+    }
+    for handle in handles.values() {
+        handle.watermark(i64::MAX / 2)?;
+    }
+    if !db.wait_idle(Duration::from_secs(3600)) {
+        bail!("the pipeline did not drain within an hour");
+    }
+    let elapsed = started.elapsed();
+    fail_on_failures(&db)?;
+    let stream = db.stream_metrics("q")?;
+    r.int("input_rows", pushed, "rows");
+    r.int("output_rows", stream.total_events, "rows");
+    r.int("state_rows_at_end", stream.state_rows, "rows");
+    r.float("elapsed_seconds", elapsed.as_secs_f64(), "s");
+    r.float(
+        "events_per_second",
+        pushed as f64 / elapsed.as_secs_f64(),
+        "events/s",
+    );
+    r.list("rss_per_pass_kb", rss_samples, "kB");
+    r.int("peak_rss_kb", peak_rss_kb().unwrap_or(0), "kB");
+    db.shutdown_sync();
+    Ok(r)
+}
+
+/// `batch` with `ts` moved `shift_ms` later and the `ids` columns moved by `id_shift`.
+fn shift_columns(
+    batch: &RecordBatch,
+    shift_ms: i64,
+    id_shift: i64,
+    ids: &[&str],
+) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let mut columns = batch.columns().to_vec();
+    for (i, field) in schema.fields().iter().enumerate() {
+        let by = if field.name() == "ts" {
+            shift_ms
+        } else if ids.contains(&field.name().as_str()) {
+            id_shift
+        } else {
+            continue;
+        };
+        let values: Int64Array = columns[i]
+            .as_primitive::<Int64Type>()
+            .unary(|v: i64| v + by);
+        columns[i] = Arc::new(values) as ArrayRef;
+    }
+    Ok(RecordBatch::try_new(schema, columns)?)
 }
 
 fn output_rows(db: &LaminarDB, r: &mut Report) -> Result<()> {

@@ -112,6 +112,8 @@ pub(crate) struct SinkEntry {
     pub(crate) sql: String,
     /// The relation it reads.
     pub(crate) input: String,
+    /// Every relation and table its `FROM (SELECT ..)` reads (joins, UNION ALL).
+    pub(crate) reads: Vec<String>,
     /// The filter/projection node in front of the sink (`WHERE`, `FROM (SELECT ..)`).
     pub(crate) node: Option<Arc<Node>>,
     pub(crate) connector: Option<ConnectorSpec>,
@@ -174,7 +176,7 @@ impl Catalog {
         out.extend(
             self.sinks
                 .values()
-                .filter(|s| s.input == name)
+                .filter(|s| s.input == name || s.reads.iter().any(|r| r == name))
                 .map(|s| format!("sink {}", s.name)),
         );
         out

@@ -370,6 +370,7 @@ impl LaminarDB {
                 match (stream.plan.aggregate.is_some(), stream.instances.len()) {
                     (true, 0) => "AggregateOperator".to_string(),
                     (true, n) => format!("AggregateOperator x{n} (merged)"),
+                    _ if stream.plan.join.is_some() => "JoinOperator".to_string(),
                     _ => "StatelessOperator".to_string(),
                 },
                 stream.rows_in(),

@@ -171,7 +171,7 @@ impl LaminarDB {
             StreamingStatement::CreateSource(c) => self.create_source(c, sql).map(ddl),
             StreamingStatement::CreateStream(c) => self.create_stream(c, sql).map(ddl),
             StreamingStatement::CreateSink(c) => self.create_sink(*c, sql).map(ddl),
-            StreamingStatement::CreateTable(c) => self.create_table(c, sql).map(ddl),
+            StreamingStatement::CreateTable(c) => self.create_table(c, sql).await.map(ddl),
             StreamingStatement::Delete { table, selection } => self
                 .delete_from_table(&table, selection.as_ref())
                 .await
@@ -954,6 +954,15 @@ impl LaminarDB {
             Some(p) if input.is_empty() => p.inputs.first().cloned().unwrap_or_default(),
             _ => input,
         };
+        let reads: Vec<String> = plan
+            .iter()
+            .flat_map(|p| {
+                p.inputs
+                    .iter()
+                    .cloned()
+                    .chain(p.join.iter().flat_map(|j| j.tables.iter().cloned()))
+            })
+            .collect();
         let schema = match &plan {
             Some(p) => p.output_schema.clone(),
             None => self
@@ -1057,6 +1066,7 @@ impl LaminarDB {
                 name: c.name.clone(),
                 sql: sql.to_string(),
                 input,
+                reads,
                 node,
                 connector: c.connector,
                 metrics,
@@ -1277,7 +1287,7 @@ impl LaminarDB {
 
 /// Connector options merged with the `FORMAT x WITH (...)` options (a key given in both is an
 /// error).
-fn connector_options(
+pub(crate) fn connector_options(
     object: &str,
     spec: &laminar_sql::parser::ConnectorSpec,
     format: Option<&laminar_sql::parser::ConnectorSpec>,

@@ -56,6 +56,7 @@ pub use subscription::{
     ArrowSubscription, CallbackHandle, ChangeEvent, EventData, PushSubscription, Subscription,
     SubscriptionBackpressure, SubscriptionConfig,
 };
+pub use tables::TableHandle;
 
 /// Typed rows: the [`record::Record`] and [`record::FromRow`] traits.
 pub use laminar_core::record;

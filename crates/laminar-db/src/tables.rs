@@ -3,6 +3,8 @@
 //! [`laminar_core::table::TableStore`] that lookup joins read directly.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -21,10 +23,44 @@ pub(crate) struct TableEntry {
     pub(crate) sql: String,
     pub(crate) primary_key: Vec<String>,
     pub(crate) store: TableRef,
+    /// The connector it is read from (`FROM FILES (...)`), if any.
+    pub(crate) connector: Option<String>,
+    /// Stops a watching connector's reader when the table is dropped.
+    pub(crate) stop: Arc<AtomicBool>,
+}
+
+impl Drop for TableEntry {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Rows per poll of a table's connector.
+const POLL_ROWS: usize = 8192;
+
+/// Reads a connector into a table until it ends or has nothing more for now; returns
+/// whether it ended.
+fn load(
+    name: &str,
+    connector: &mut Box<dyn laminar_connectors::SourceConnector>,
+    store: &TableStore,
+) -> Result<bool, String> {
+    loop {
+        match connector.poll_batch(POLL_ROWS).map_err(|e| e.to_string())? {
+            laminar_connectors::SourcePoll::Batch(batch) => {
+                let rows = crate::ingest::validate_batch(name, store.schema(), None, &batch)
+                    .map_err(|e| e.to_string())?;
+                check_not_null(name, store.schema(), &rows).map_err(|e| e.to_string())?;
+                store.upsert(&rows).map_err(|e| e.to_string())?;
+            }
+            laminar_connectors::SourcePoll::Pending => return Ok(false),
+            laminar_connectors::SourcePoll::End => return Ok(true),
+        }
+    }
 }
 
 impl LaminarDB {
-    pub(crate) fn create_table(&self, c: CreateTable, sql: &str) -> Result<String, DbError> {
+    pub(crate) async fn create_table(&self, c: CreateTable, sql: &str) -> Result<String, DbError> {
         if !self.not_exists_or(&c.name, "table", c.if_not_exists, c.or_replace)? {
             return Ok(c.name);
         }
@@ -85,8 +121,79 @@ impl LaminarDB {
             })
             .collect();
         let schema = Arc::new(Schema::new(fields));
-        let store = TableStore::new(&c.name, schema, key_columns, max_rows)
-            .map_err(|e| SqlError::Invalid(e.to_string()))?;
+        let store = Arc::new(
+            TableStore::new(&c.name, schema.clone(), key_columns, max_rows)
+                .map_err(|e| SqlError::Invalid(e.to_string()))?,
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        if c.format.is_some() && c.connector.is_none() {
+            return Err(
+                SqlError::Invalid("FORMAT needs a connector (FROM FILES (...))".into()).into(),
+            );
+        }
+        if let Some(spec) = c
+            .connector
+            .as_ref()
+            .filter(|s| s.name != "FILES" && s.name != "FILE")
+        {
+            return Err(SqlError::not_supported(
+                format!("tables read from the {} connector", spec.name),
+                Some("a table is filled by INSERT, the Rust API (LaminarDB::table) or FROM FILES (...)"),
+            )
+            .into());
+        }
+        if let Some(spec) = &c.connector {
+            // The rows present now are loaded before CREATE TABLE returns, so no lookup
+            // sees a half-loaded table; a watching connector keeps upserting afterwards.
+            let options = crate::execute::connector_options(&c.name, spec, c.format.as_ref())?;
+            let format = c.format.as_ref().map(|f| f.name.as_str());
+            let mut connector =
+                laminar_connectors::create_source(&spec.name, &options, format, schema.clone())
+                    .map_err(|source| DbError::Connector {
+                        object: c.name.clone(),
+                        source: Box::new(source),
+                    })?;
+            let (name, target) = (c.name.clone(), store.clone());
+            let (connector, ended) = self
+                .inner
+                .io_handle
+                .spawn_blocking(move || {
+                    let ended = load(&name, &mut connector, &target);
+                    (connector, ended)
+                })
+                .await
+                .map_err(|e| DbError::Engine(e.to_string()))?;
+            let ended = ended.map_err(|detail| DbError::InsertError {
+                object: c.name.clone(),
+                detail: format!(
+                    "loading from {}: {detail}; the table was not created",
+                    spec.name
+                ),
+            })?;
+            if !ended {
+                let (name, target, stop, failures) = (
+                    c.name.clone(),
+                    store.clone(),
+                    stop.clone(),
+                    self.inner.failures.clone(),
+                );
+                let mut connector = connector;
+                self.inner.io_handle.spawn_blocking(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        match load(&name, &mut connector, &target) {
+                            Ok(true) => break,
+                            Ok(false) => std::thread::sleep(Duration::from_millis(50)),
+                            Err(message) => {
+                                tracing::error!(table = %name, %message, "table reader failed");
+                                failures.lock().push(format!("table '{name}': {message}"));
+                                break;
+                            }
+                        }
+                    }
+                    let _ = connector.close();
+                });
+            }
+        }
         if c.or_replace {
             self.inner.catalog.write().tables.remove(&c.name);
         }
@@ -96,7 +203,9 @@ impl LaminarDB {
                 name: c.name.clone(),
                 sql: sql.to_string(),
                 primary_key: c.primary_key.clone(),
-                store: Arc::new(store),
+                store,
+                connector: c.connector.as_ref().map(|s| s.name.clone()),
+                stop,
             },
         );
         Ok(c.name)
@@ -243,7 +352,12 @@ impl LaminarDB {
                         .map(|t| t.store.len() as u64)
                         .collect::<Vec<_>>(),
                 )),
-                Arc::new(StringArray::from(vec![None::<String>; tables.len()])),
+                Arc::new(StringArray::from(
+                    tables
+                        .iter()
+                        .map(|t| t.connector.clone())
+                        .collect::<Vec<_>>(),
+                )),
             ],
         )
     }
@@ -317,4 +431,116 @@ fn check_not_null(table: &str, schema: &Schema, rows: &RecordBatch) -> Result<()
         }
     }
     Ok(())
+}
+
+/// A handle for writing a reference table from Rust: upserts and deletes by primary key,
+/// applied immediately (lookup joins see them on their next row).
+#[derive(Clone)]
+pub struct TableHandle {
+    name: String,
+    store: TableRef,
+}
+
+impl std::fmt::Debug for TableHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableHandle")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl TableHandle {
+    /// Table name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The table's schema (primary-key columns are NOT NULL).
+    pub fn schema(&self) -> arrow::datatypes::SchemaRef {
+        self.store.schema().clone()
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.store.len()
+    }
+
+    /// True when the table has no row.
+    pub fn is_empty(&self) -> bool {
+        self.store.is_empty()
+    }
+
+    /// Inserts or replaces rows by primary key; columns are matched by name. All or nothing:
+    /// a NULL in a NOT NULL column or exceeding `max_rows` changes nothing.
+    pub fn upsert_arrow(&self, batch: RecordBatch) -> Result<usize, DbError> {
+        let rows = crate::ingest::validate_batch(&self.name, self.store.schema(), None, &batch)?;
+        check_not_null(&self.name, self.store.schema(), &rows)?;
+        self.store.upsert(&rows).map_err(|e| DbError::InsertError {
+            object: self.name.clone(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Inserts or replaces typed rows (see [`TableHandle::upsert_arrow`]).
+    pub fn upsert<T: laminar_core::record::Record>(&self, rows: &[T]) -> Result<usize, DbError> {
+        let batch = T::to_record_batch(rows).map_err(|e| DbError::SchemaMismatch {
+            object: self.name.clone(),
+            detail: e.to_string(),
+        })?;
+        self.upsert_arrow(batch)
+    }
+
+    /// Deletes the rows whose keys are given: one column per primary-key column, by name.
+    /// Keys that are not in the table are ignored. Returns the number of rows removed.
+    pub fn delete_arrow(&self, keys: RecordBatch) -> Result<usize, DbError> {
+        let schema = self.store.schema();
+        let columns = self
+            .store
+            .key_columns()
+            .iter()
+            .map(|&i| {
+                let name = schema.field(i).name();
+                keys.column_by_name(name)
+                    .cloned()
+                    .ok_or_else(|| DbError::SchemaMismatch {
+                        object: self.name.clone(),
+                        detail: format!("key column '{name}' is missing from the batch"),
+                    })
+            })
+            .collect::<Result<Vec<ArrayRef>, _>>()?;
+        self.store
+            .delete(&columns)
+            .map_err(|e| DbError::InsertError {
+                object: self.name.clone(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// The current rows (a consistent snapshot, in no particular order).
+    pub fn snapshot(&self) -> Result<RecordBatch, DbError> {
+        self.store
+            .snapshot()
+            .map_err(|e| DbError::Engine(e.to_string()))
+    }
+}
+
+impl LaminarDB {
+    /// A handle to write the reference table `name` from Rust.
+    pub fn table(&self, name: &str) -> Result<TableHandle, DbError> {
+        let catalog = self.inner.catalog.read();
+        match catalog.tables.get(name) {
+            Some(t) => Ok(TableHandle {
+                name: t.name.clone(),
+                store: t.store.clone(),
+            }),
+            None => Err(DbError::NotFound {
+                kind: "table",
+                name: name.to_string(),
+                suggestion: laminar_sql::error::did_you_mean(
+                    name,
+                    catalog.tables.keys().map(String::as_str),
+                ),
+            }),
+        }
+    }
 }

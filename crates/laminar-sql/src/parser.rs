@@ -141,6 +141,10 @@ pub struct CreateTable {
     pub columns: Vec<sqlparser::ast::ColumnDef>,
     /// Primary-key columns (normalized), in key order.
     pub primary_key: Vec<String>,
+    /// `FROM <connector> (...)`: where the rows come from (upserted by key).
+    pub connector: Option<ConnectorSpec>,
+    /// `FORMAT <fmt> [WITH (...)]`.
+    pub format: Option<ConnectorSpec>,
     /// `WITH (...)` options.
     pub options: Vec<(String, String)>,
 }

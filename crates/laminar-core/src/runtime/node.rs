@@ -120,8 +120,15 @@ impl Node {
         st.inputs.push(Input { rx, ended: false });
         if let Some(w) = upstream_watermark {
             // Seed with the upstream's current watermark so a node added to a running graph
-            // does not wait for the next advance.
+            // does not wait for the next advance. Whatever the operator emits for it goes
+            // out on the next visit.
             st.merger.update(index, w);
+            let mut out = std::mem::take(&mut st.out);
+            let seeded = st.operator.on_input_watermark(index, w, &mut out);
+            st.out = out;
+            if let Err(e) = seeded {
+                tracing::warn!(node = %self.name, error = %e, "seeding an input watermark failed");
+            }
         }
     }
 

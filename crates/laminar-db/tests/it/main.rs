@@ -4,10 +4,13 @@
 //! - `api`: the embedded API and the acceptance checks of the spec.
 //! - `differential`: streaming output equals DataFusion batch execution.
 //! - `robustness`: hostile SQL and batches never panic.
+//! - `tables`: reference tables through the Rust API and loaded from files.
 
 mod api;
 mod differential;
+mod differential_joins;
 mod differential_windows;
 mod robustness;
 mod slt;
+mod tables;
 mod util;

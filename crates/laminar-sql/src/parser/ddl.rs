@@ -86,7 +86,7 @@ fn parse_from(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement>
                 Ok(stmt) => Err(SqlError::not_supported(
                     format!("the statement '{}'", statement_head(&stmt)),
                     Some(
-                        "LaminarDB runs CREATE SOURCE/STREAM/SINK, DROP, SHOW, DESCRIBE, EXPLAIN, INSERT and SELECT",
+                        "LaminarDB runs CREATE SOURCE/STREAM/SINK/TABLE, DROP, SHOW, DESCRIBE, EXPLAIN, INSERT, DELETE and SELECT",
                     ),
                 )),
                 Err(e) => Err(parse_error(e, ts.token(start))),
@@ -643,11 +643,23 @@ fn parse_create_table(ts: &mut TokenStream, start: usize) -> PResult<StreamingSt
         p.expect_token(&Token::RParen).map_err(pe(&p))?;
         break;
     }
-    let options = if p.parse_keyword(Keyword::WITH) {
-        parse_options(&mut p)?
-    } else {
-        Vec::new()
-    };
+    let mut connector = None;
+    let mut format = None;
+    let mut options = Vec::new();
+    loop {
+        if p.parse_keyword(Keyword::FROM) {
+            if connector.is_some() {
+                return Err(err(&p, "FROM given twice"));
+            }
+            connector = Some(parse_connector(&mut p)?);
+        } else if p.parse_keyword(Keyword::FORMAT) {
+            format = Some(parse_format(&mut p)?);
+        } else if p.parse_keyword(Keyword::WITH) {
+            options.extend(parse_options(&mut p)?);
+        } else {
+            break;
+        }
+    }
     expect_end(&p)?;
     if primary_key.is_empty() {
         return Err(SqlError::Invalid(format!(
@@ -660,6 +672,8 @@ fn parse_create_table(ts: &mut TokenStream, start: usize) -> PResult<StreamingSt
         if_not_exists,
         columns,
         primary_key,
+        connector,
+        format,
         options,
     }))
 }

@@ -90,6 +90,40 @@ pub(crate) fn lower_join(
     for b in &mut base_branches {
         conform(b, base.schema(), &base_schema)?;
     }
+    refuse_changelog(base.schema())?;
+    // WHERE conjuncts over the leftmost relation alone filter its rows before any join when
+    // every join keeps only matched or left rows (INNER, LEFT): same result, less work.
+    let keeps_left_only = joins
+        .iter()
+        .all(|p| matches!(p.join.join_type, DfJoinType::Inner | DfJoinType::Left));
+    let mut pushed: Vec<Expr> = Vec::new();
+    let mut leading_filters = 0;
+    for node in &post_nodes {
+        let LogicalPlan::Filter(f) = node else {
+            break;
+        };
+        leading_filters += 1;
+        let mut conjuncts = Vec::new();
+        split_and(&f.predicate, &mut conjuncts);
+        for c in conjuncts {
+            let columns = columns_of(&c);
+            if keeps_left_only
+                && !columns.is_empty()
+                && columns.iter().all(|col| base.schema().has_column(col))
+                && !c.is_volatile()
+            {
+                pushed.push(c);
+            }
+        }
+    }
+    for c in &pushed {
+        let predicate = compile(c, base.schema())?;
+        for b in &mut base_branches {
+            b.descriptions
+                .push(format!("Filter {c} (before the joins)"));
+            b.steps.push(Step::Filter(predicate.clone()));
+        }
+    }
     let mut left_time = common_time(&base_branches, &base_schema);
     let mut inputs: Vec<String> = Vec::new();
     let mut chains = Vec::new();
@@ -231,6 +265,7 @@ pub(crate) fn lower_join(
                     Some("joins are planned left-deep in written order: write a JOIN b JOIN c"),
                 ));
             }
+            refuse_changelog(right_df)?;
             let mut branches = lower_node(right_plan, catalog)?;
             let right_schema: SchemaRef = Arc::new(right_df.as_arrow().clone());
             for b in &mut branches {
@@ -472,11 +507,18 @@ pub(crate) fn lower_join(
     let mut post = Vec::new();
     let mut post_descriptions = Vec::new();
     let mut time_index = left_time.map(|t| t.index);
-    for node in &post_nodes {
+    for (position, node) in post_nodes.iter().enumerate() {
         match node {
             LogicalPlan::Filter(f) => {
-                post_descriptions.push(format!("Filter {}", f.predicate));
-                post.push(Step::Filter(compile(&f.predicate, f.input.schema())?));
+                let mut conjuncts = Vec::new();
+                split_and(&f.predicate, &mut conjuncts);
+                if position < leading_filters {
+                    conjuncts.retain(|c| !pushed.contains(c));
+                }
+                if let Some(rest) = and_all(&conjuncts) {
+                    post_descriptions.push(format!("Filter {rest}"));
+                    post.push(Step::Filter(compile(&rest, f.input.schema())?));
+                }
             }
             LogicalPlan::Projection(p) => {
                 let input_schema = p.input.schema();
@@ -532,6 +574,23 @@ pub(crate) fn lower_join(
             tables,
         }),
     }))
+}
+
+/// Joins over time read append-only inputs; a changelog (`_op`) input needs updating joins.
+fn refuse_changelog(schema: &DFSchema) -> Result<(), SqlError> {
+    if schema
+        .fields()
+        .iter()
+        .any(|f| f.name() == laminar_core::message::OP_COLUMN)
+    {
+        return Err(SqlError::not_supported(
+            "a join over an updating (changelog) input",
+            Some(
+                "joins over time read append-only streams; updating joins come with materialized views (emit the aggregation ON WINDOW CLOSE to join its final rows)",
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn duplicate_name(schema: &SchemaRef) -> Option<String> {

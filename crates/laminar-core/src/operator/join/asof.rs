@@ -408,6 +408,14 @@ impl StepState for AsofStep {
                 }
             }
         }
+        if time.left == END_OF_TIME && self.pending.is_empty() {
+            // No left row can come: the right side's rows are of no further use.
+            for (_, rows) in self.by_key.drain() {
+                for r in rows.into_values() {
+                    self.right.kill(r);
+                }
+            }
+        }
         let right_rows = self.right.size().rows as usize;
         if right_rows > 2 * self.right_rows_after_prune + 1024 {
             let horizon = self.horizon(time);
