@@ -102,6 +102,10 @@ struct JoinArgs {
     /// Generator seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Source queue bound in messages (`WITH (buffer_size = N)`; engine default when
+    /// absent). A small bound keeps queued input out of the RSS readings.
+    #[arg(long)]
+    buffer_size: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -550,7 +554,17 @@ fn join(args: &JoinArgs) -> Result<Report> {
     r.text("build", build_profile());
     r.int("workers", args.workers as u64, "");
     let db = LaminarDB::builder().workers(args.workers).build_sync()?;
-    block_on(db.execute(workload.setup_sql()))?;
+    let setup = match args.buffer_size {
+        Some(n) => workload.setup_sql().replace(
+            "WATERMARK FOR ts AS ts)",
+            &format!("WATERMARK FOR ts AS ts) WITH (buffer_size = {n})"),
+        ),
+        None => workload.setup_sql().to_string(),
+    };
+    if let Some(n) = args.buffer_size {
+        r.int("source_buffer_size", n as u64, "messages");
+    }
+    block_on(db.execute(&setup))?;
     block_on(db.execute(&format!(
         "CREATE STREAM q AS {}; CREATE SINK out FROM q INTO BLACKHOLE",
         workload.sql()

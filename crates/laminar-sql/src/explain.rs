@@ -22,9 +22,14 @@ pub fn explain_stream(name: &str, plan: &StreamPlan) -> Vec<(String, String)> {
         rows.push((
             "operator".to_string(),
             format!(
-                "JoinOperator ({} step{}, left-deep in written order), state: rows kept until the other side's watermark passes their bound",
+                "JoinOperator ({} step{}, left-deep in written order), state: {}",
                 j.steps.len(),
-                if j.steps.len() == 1 { "" } else { "s" }
+                if j.steps.len() == 1 { "" } else { "s" },
+                if j.steps.iter().all(|s| s.right_relation.is_none()) {
+                    "none (lookups read the current table rows)"
+                } else {
+                    "rows kept until the other input's watermark rules out further matches"
+                }
             ),
         ));
         for (i, d) in j.step_descriptions.iter().enumerate() {

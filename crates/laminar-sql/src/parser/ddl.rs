@@ -336,23 +336,7 @@ fn parse_create_source(ts: &mut TokenStream, start: usize) -> PResult<StreamingS
             break;
         }
     }
-    let mut connector = None;
-    let mut format = None;
-    let mut options = Vec::new();
-    loop {
-        if p.parse_keyword(Keyword::FROM) {
-            if connector.is_some() {
-                return Err(err(&p, "FROM given twice"));
-            }
-            connector = Some(parse_connector(&mut p)?);
-        } else if p.parse_keyword(Keyword::FORMAT) {
-            format = Some(parse_format(&mut p)?);
-        } else if p.parse_keyword(Keyword::WITH) {
-            options.extend(parse_options(&mut p)?);
-        } else {
-            break;
-        }
-    }
+    let (connector, format, options) = parse_input_clauses(&mut p)?;
     expect_end(&p)?;
     Ok(StreamingStatement::CreateSource(CreateSource {
         name,
@@ -433,6 +417,36 @@ fn parse_create_sink(ts: &mut TokenStream, start: usize) -> PResult<StreamingSta
         connector,
         format,
     })))
+}
+
+/// `FROM` connector, `FORMAT` and `WITH` options of a source or table.
+type InputClauses = (
+    Option<ConnectorSpec>,
+    Option<ConnectorSpec>,
+    Vec<(String, String)>,
+);
+
+/// `[FROM <connector> (..)] [FORMAT <fmt> [WITH (..)]] [WITH (..)]` in any order, as sources
+/// and tables take them.
+fn parse_input_clauses(p: &mut Parser<'_>) -> PResult<InputClauses> {
+    let mut connector = None;
+    let mut format = None;
+    let mut options = Vec::new();
+    loop {
+        if p.parse_keyword(Keyword::FROM) {
+            if connector.is_some() {
+                return Err(err(p, "FROM given twice"));
+            }
+            connector = Some(parse_connector(p)?);
+        } else if p.parse_keyword(Keyword::FORMAT) {
+            format = Some(parse_format(p)?);
+        } else if p.parse_keyword(Keyword::WITH) {
+            options.extend(parse_options(p)?);
+        } else {
+            break;
+        }
+    }
+    Ok((connector, format, options))
 }
 
 fn parse_connector(p: &mut Parser<'_>) -> PResult<ConnectorSpec> {
@@ -643,23 +657,7 @@ fn parse_create_table(ts: &mut TokenStream, start: usize) -> PResult<StreamingSt
         p.expect_token(&Token::RParen).map_err(pe(&p))?;
         break;
     }
-    let mut connector = None;
-    let mut format = None;
-    let mut options = Vec::new();
-    loop {
-        if p.parse_keyword(Keyword::FROM) {
-            if connector.is_some() {
-                return Err(err(&p, "FROM given twice"));
-            }
-            connector = Some(parse_connector(&mut p)?);
-        } else if p.parse_keyword(Keyword::FORMAT) {
-            format = Some(parse_format(&mut p)?);
-        } else if p.parse_keyword(Keyword::WITH) {
-            options.extend(parse_options(&mut p)?);
-        } else {
-            break;
-        }
-    }
+    let (connector, format, options) = parse_input_clauses(&mut p)?;
     expect_end(&p)?;
     if primary_key.is_empty() {
         return Err(SqlError::Invalid(format!(
