@@ -5,10 +5,11 @@
 //! must be emitted. The rows a stream emitted must equal a batch computation over all rows:
 //!
 //! - interval joins, INNER / LEFT / RIGHT / FULL: DataFusion runs the same SELECT;
-//! - ASOF LEFT JOIN backward (`f.ts >= q.ts`): per left row, the right row of the same key
-//!   with the greatest `ts <= f.ts`, NULL-padded when there is none;
-//! - temporal join (`FOR SYSTEM_TIME AS OF o.ts`, inner): per left row, the latest version of
-//!   its key at or before `o.ts`; rows without one are dropped;
+//! - ASOF LEFT JOIN backward (`f.ts >= q.ts`): DataFusion runs the equivalent batch query (the
+//!   left join on `q.ts <= f.ts`, keeping per left row the match with the greatest `q.ts` by
+//!   `ROW_NUMBER()`), NULL-padded when there is none;
+//! - temporal join (`FOR SYSTEM_TIME AS OF o.ts`, inner): the same batch query as an inner
+//!   join: per left row, the latest version of its key at or before `o.ts`;
 //! - lookup joins (INNER and LEFT) against a TABLE filled by INSERTs (upserts: the last row of
 //!   a key wins) before any stream row is pushed: DataFusion runs the same SELECT over the
 //!   final table.
@@ -51,6 +52,13 @@ const SOURCES: [&str; 2] = [
 const INTERVAL_JOIN_TYPES: [&str; 4] = ["INNER", "LEFT", "RIGHT", "FULL"];
 
 const ASOF: &str = "SELECT f.k, f.ts AS fts, f.v AS fv, q.ts AS qts, q.v AS qv FROM a f ASOF LEFT JOIN b q MATCH_CONDITION(f.ts >= q.ts) ON f.k = q.k";
+
+/// ASOF backward as a batch query: the left join on `q.ts <= f.ts`, keeping per left row the
+/// match with the greatest `q.ts`.
+const ASOF_BATCH: &str = "SELECT k, fts, fv, qts, qv FROM (SELECT f.k AS k, f.ts AS fts, f.v AS fv, q.ts AS qts, q.v AS qv, ROW_NUMBER() OVER (PARTITION BY f.v ORDER BY q.ts DESC NULLS LAST) AS rn FROM a f LEFT JOIN b q ON f.k = q.k AND q.ts <= f.ts) WHERE rn = 1";
+
+/// The temporal join as a batch query: the latest version at or before each order.
+const TEMPORAL_BATCH: &str = "SELECT k, ots, ov, rv FROM (SELECT o.k AS k, o.ts AS ots, o.v AS ov, r.v AS rv, ROW_NUMBER() OVER (PARTITION BY o.v ORDER BY r.ts DESC) AS rn FROM a o JOIN b r ON o.k = r.k AND r.ts <= o.ts) WHERE rn = 1";
 
 const TEMPORAL: &str = "SELECT o.k, o.ts AS ots, o.v AS ov, r.v AS rv FROM a o JOIN b FOR SYSTEM_TIME AS OF o.ts AS r ON o.k = r.k";
 
@@ -334,19 +342,6 @@ fn batch_sql(tables: &[(&str, RecordBatch)], query: &str) -> Vec<Vec<String>> {
     })
 }
 
-fn cell(v: Option<i64>) -> String {
-    v.map_or_else(|| "NULL".to_string(), |v| v.to_string())
-}
-
-/// The right row of key `k` with the greatest ts <= `ts` (NULL keys never match).
-fn latest_at_or_before(right: &[Row], k: Option<i64>, ts: i64) -> Option<&Row> {
-    let k = k?;
-    right
-        .iter()
-        .filter(|r| r.0 == Some(k) && r.1 <= ts)
-        .max_by_key(|r| r.1)
-}
-
 /// Compares two multisets of rows, reporting the differences.
 fn same_rows(
     what: &str,
@@ -427,19 +422,10 @@ fn check_asof(a: &[Row], b: &[Row], schedule: &Schedule) -> Result<(), TestCaseE
         schedule,
     );
     no_late_rows(&run, &["q"])?;
-    let want = a
-        .iter()
-        .map(|&(k, ts, v)| {
-            let m = latest_at_or_before(&b, k, ts);
-            vec![
-                cell(k),
-                ts.to_string(),
-                v.to_string(),
-                cell(m.map(|r| r.1)),
-                cell(m.map(|r| r.2)),
-            ]
-        })
-        .collect();
+    // The batch answer: per left row (v is unique), the joined right row with the greatest ts
+    // at or before it.
+    let tables = [("a", to_batch(a)), ("b", to_batch(&b))];
+    let want = batch_sql(&tables, ASOF_BATCH);
     same_rows(
         &format!("{ASOF} (workers {})", schedule.workers),
         run.emitted[0].clone(),
@@ -458,18 +444,8 @@ fn check_temporal(a: &[Row], b: &[Row], schedule: &Schedule) -> Result<(), TestC
         schedule,
     );
     no_late_rows(&run, &["q"])?;
-    let want = a
-        .iter()
-        .filter_map(|&(k, ts, v)| {
-            let version = latest_at_or_before(&b, k, ts)?;
-            Some(vec![
-                cell(k),
-                ts.to_string(),
-                v.to_string(),
-                version.2.to_string(),
-            ])
-        })
-        .collect();
+    let tables = [("a", to_batch(a)), ("b", to_batch(&b))];
+    let want = batch_sql(&tables, TEMPORAL_BATCH);
     same_rows(
         &format!("{TEMPORAL} (workers {})", schedule.workers),
         run.emitted[0].clone(),
