@@ -265,7 +265,11 @@ pub(crate) fn lower_join(
                     Some("joins are planned left-deep in written order: write a JOIN b JOIN c"),
                 ));
             }
-            refuse_changelog(right_df)?;
+            // A temporal join's versioned side may be a changelog: each change is a version,
+            // a `D` / `U-` ends the key's version.
+            if temporal.is_none() {
+                refuse_changelog(right_df)?;
+            }
             let mut branches = lower_node(right_plan, catalog)?;
             let right_schema: SchemaRef = Arc::new(right_df.as_arrow().clone());
             for b in &mut branches {
@@ -550,6 +554,16 @@ pub(crate) fn lower_join(
         }
     }
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+    if output_schema
+        .fields()
+        .iter()
+        .any(|f| f.name() == laminar_core::message::OP_COLUMN)
+    {
+        return Err(SqlError::Invalid(format!(
+            "a join's output is append-only: do not select the versioned side's {} column",
+            laminar_core::message::OP_COLUMN
+        )));
+    }
     if let Some(duplicate) = duplicate_name(&output_schema) {
         return Err(SqlError::Invalid(format!(
             "the join's output has two columns named '{duplicate}'; give one an alias (for example SELECT a.{duplicate} AS a_{duplicate}, b.{duplicate} AS b_{duplicate})"

@@ -19,7 +19,7 @@ use super::{
     take_rows, times_ms,
 };
 use crate::error::{CoreError, Result};
-use crate::message::END_OF_TIME;
+use crate::message::{END_OF_TIME, change_ops};
 use crate::operator::StateSize;
 
 type HashMap<K, V> = std::collections::HashMap<K, V, RandomState>;
@@ -74,7 +74,9 @@ pub(super) struct AsofStep {
     pending: BTreeMap<(i64, u64), Pending>,
     sequence: u64,
     right: RowStore,
-    by_key: HashMap<Box<[u8]>, BTreeMap<i64, RowRef>>,
+    /// Right rows per key by event time; `None` is a deletion (a changelog's `D` or `U-`):
+    /// the key has no version from that time on.
+    by_key: HashMap<Box<[u8]>, BTreeMap<i64, Option<RowRef>>>,
     right_rows_after_prune: usize,
 }
 
@@ -148,7 +150,7 @@ impl AsofStep {
                 let best = rows
                     .and_then(|m| m.range((Bound::Unbounded, upper)).next_back())
                     .filter(|(qt, _)| within(**qt))
-                    .map(|(_, r)| *r);
+                    .and_then(|(_, r)| *r);
                 Some(best)
             }
             AsofDirection::Forward { strict } => {
@@ -161,7 +163,7 @@ impl AsofStep {
                     .and_then(|m| m.range((lower, Bound::Unbounded)).next())
                     .filter(|(qt, _)| within(**qt));
                 match candidate {
-                    Some((qt, r)) if right_watermark > *qt || end => Some(Some(*r)),
+                    Some((qt, r)) if right_watermark > *qt || end => Some(*r),
                     Some(_) => None,
                     None if tolerance_passed || end => Some(None),
                     None => None,
@@ -185,7 +187,7 @@ impl AsofStep {
                     Some((qt, r)) => {
                         let distance = (ts - *qt).abs();
                         if right_watermark > ts.saturating_add(distance) || end {
-                            Some(Some(*r))
+                            Some(*r)
                         } else {
                             None
                         }
@@ -209,14 +211,14 @@ impl AsofStep {
         let direction = self.direction;
         let tolerance = self.tolerance;
         let mut dead = Vec::new();
-        let mut prune_one = |rows: &mut BTreeMap<i64, RowRef>| {
+        let mut prune_one = |rows: &mut BTreeMap<i64, Option<RowRef>>| {
             let older: Vec<i64> = rows.range(..horizon).map(|(t, _)| *t).collect();
             let keep_newest_older = !matches!(direction, AsofDirection::Forward { .. });
             for (i, t) in older.iter().enumerate() {
                 let newest = i + 1 == older.len();
                 let out_of_tolerance = tolerance.is_some_and(|tol| t.saturating_add(tol) < horizon);
                 if (!keep_newest_older || !newest || out_of_tolerance)
-                    && let Some(r) = rows.remove(t)
+                    && let Some(Some(r)) = rows.remove(t)
                 {
                     dead.push(r);
                 }
@@ -326,6 +328,16 @@ impl StepState for AsofStep {
         let Some(rows) = self.admit(&batch, Side::Right, time)? else {
             return Ok(Vec::new());
         };
+        // A changelog's retracting rows (`D`, `U-`) end their key's current version.
+        let deletes: Option<Vec<bool>> = match change_ops(&rows.batch) {
+            Some(ops) => Some(
+                ops.map_err(CoreError::InvalidData)?
+                    .into_iter()
+                    .map(|op| op.weight() < 0)
+                    .collect(),
+            ),
+            None => None,
+        };
         let (keys, kept, stored_times) = (rows.keys, rows.kept, rows.times);
         let chunk = self.right.push(rows.batch, stored_times.clone());
         let mut touched = Vec::new();
@@ -337,9 +349,15 @@ impl StepState for AsofStep {
                 chunk,
                 row: row as u32,
             };
+            let version = if deletes.as_ref().is_some_and(|d| d[row]) {
+                self.right.kill(r);
+                None
+            } else {
+                Some(r)
+            };
             let rows = self.by_key.entry(Box::from(key)).or_default();
             // A later row at the same time replaces the earlier one (last version wins).
-            if let Some(old) = rows.insert(t, r) {
+            if let Some(Some(old)) = rows.insert(t, version) {
                 self.right.kill(old);
             }
             if rows.len() > 2 {
@@ -411,7 +429,7 @@ impl StepState for AsofStep {
         if time.left == END_OF_TIME && self.pending.is_empty() {
             // No left row can come: the right side's rows are of no further use.
             for (_, rows) in self.by_key.drain() {
-                for r in rows.into_values() {
+                for r in rows.into_values().flatten() {
                     self.right.kill(r);
                 }
             }
