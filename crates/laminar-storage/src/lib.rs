@@ -1,0 +1,16 @@
+//! # laminar-storage
+//!
+//! Durable storage for LaminarDB: the [`backend::Storage`] trait with a local file-system
+//! backend and a fault-injecting in-memory backend for crash tests, and the write-ahead log
+//! ([`wal::Wal`]) whose records carry an epoch and CRC32C checksums.
+//!
+//! Read first: the durability contract in [`backend`], then the record format and recovery
+//! rules in [`wal`].
+
+pub mod backend;
+pub mod error;
+pub mod wal;
+
+pub use backend::{FaultyMemory, LocalFs, Storage};
+pub use error::{Result, StorageError};
+pub use wal::{Recovery, Wal, WalOptions, WalRecord};
