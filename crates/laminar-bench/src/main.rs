@@ -66,6 +66,25 @@ enum Command {
     Rss(RssArgs),
     /// Join throughput: lookup, q3, interval, asof, temporal or window (q8) join.
     Join(JoinArgs),
+    /// Write-ahead log append throughput: Arrow IPC batches, synced by group commit.
+    Wal(WalArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct WalArgs {
+    /// Events to append.
+    #[arg(long, default_value_t = 10_000_000)]
+    events: u64,
+    /// Rows per record (one pushed batch per record).
+    #[arg(long, default_value_t = 100)]
+    batch_rows: usize,
+    /// Group commit: sync when this many microseconds passed since the last sync (0 = sync
+    /// after every record).
+    #[arg(long, default_value_t = 1000)]
+    commit_interval_us: u64,
+    /// Directory of the log (emptied first).
+    #[arg(long, default_value = "/var/tmp/laminar-wal-bench")]
+    dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -352,6 +371,7 @@ fn main() -> Result<()> {
         Command::Latency(args) => latency(&args)?,
         Command::Rss(args) => rss(&args)?,
         Command::Join(args) => join(&args)?,
+        Command::Wal(args) => wal(&args)?,
     };
     report.print(cli.json);
     Ok(())
@@ -648,6 +668,62 @@ fn join(args: &JoinArgs) -> Result<Report> {
     r.list("rss_per_pass_kb", rss_samples, "kB");
     r.int("peak_rss_kb", peak_rss_kb().unwrap_or(0), "kB");
     db.shutdown_sync();
+    Ok(r)
+}
+
+fn wal(args: &WalArgs) -> Result<Report> {
+    use laminar_storage::{LocalFs, Storage, Wal, WalOptions};
+    let mut r = Report::default();
+    r.text("workload", "wal-append");
+    r.text("build", build_profile());
+    r.text("dir", args.dir.display().to_string());
+    let _ = std::fs::remove_dir_all(&args.dir);
+    let storage: Arc<dyn Storage> = Arc::new(LocalFs::new(&args.dir)?);
+    let (mut log, _) = Wal::open(storage, "wal", WalOptions::default())?;
+    // The payload of a record: one pushed batch in the Arrow IPC stream format.
+    let schema = laminar_bench::declared_bids_schema()?;
+    let batch = laminar_bench::BidGenerator::new(42).next_batch(&schema, args.batch_rows)?;
+    let mut payload = Vec::new();
+    {
+        let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut payload, &schema)?;
+        writer.write(&batch)?;
+        writer.finish()?;
+    }
+    r.int("batch_rows", args.batch_rows as u64, "rows");
+    r.int("record_bytes", payload.len() as u64, "B (payload)");
+    r.int("commit_interval_us", args.commit_interval_us, "µs");
+    let interval = Duration::from_micros(args.commit_interval_us);
+    let records = args.events.div_ceil(args.batch_rows as u64);
+    let started = Instant::now();
+    let mut last_sync = Instant::now();
+    let mut syncs = 0u64;
+    for _ in 0..records {
+        log.append(1, &payload)?;
+        if last_sync.elapsed() >= interval {
+            log.sync()?;
+            syncs += 1;
+            last_sync = Instant::now();
+        }
+    }
+    log.sync()?;
+    syncs += 1;
+    let elapsed = started.elapsed();
+    let events = records * args.batch_rows as u64;
+    r.int("events", events, "");
+    r.int("records", records, "");
+    r.int("syncs", syncs, "");
+    r.float("elapsed_seconds", elapsed.as_secs_f64(), "s");
+    r.float(
+        "events_per_second",
+        events as f64 / elapsed.as_secs_f64(),
+        "events/s",
+    );
+    r.float(
+        "mib_per_second",
+        (records * payload.len() as u64) as f64 / elapsed.as_secs_f64() / (1 << 20) as f64,
+        "MiB/s",
+    );
+    let _ = std::fs::remove_dir_all(&args.dir);
     Ok(r)
 }
 
