@@ -67,6 +67,31 @@ const FRAGMENTS: &[&str] = &[
     "/*",
     "*/",
     "\"q\"",
+    "JOIN",
+    "LEFT",
+    "FULL",
+    "ON",
+    "=",
+    "AND",
+    "BETWEEN",
+    "base",
+    "base.x",
+    "b",
+    "b.x",
+    "b.ts",
+    "dim",
+    "dim.x",
+    "TABLE",
+    "PRIMARY",
+    "KEY",
+    "ASOF",
+    "MATCH_CONDITION",
+    ">=",
+    "NEAREST",
+    "SYSTEM_TIME",
+    "OF",
+    "PROCTIME()",
+    "DELETE",
 ];
 
 fn sql_strategy() -> impl Strategy<Value = String> {
@@ -134,7 +159,8 @@ proptest! {
     fn arbitrary_sql_never_panics(statements in proptest::collection::vec(sql_strategy(), 1..4)) {
         let db = LaminarDB::builder().workers(1).build_sync().unwrap();
         futures::executor::block_on(async {
-            db.execute("CREATE SOURCE base (x BIGINT NOT NULL, s VARCHAR, ts BIGINT, WATERMARK FOR ts AS ts)").await.unwrap();
+            db.execute("CREATE SOURCE base (x BIGINT NOT NULL, s VARCHAR, ts BIGINT, WATERMARK FOR ts AS ts); \
+                        CREATE TABLE dim (x BIGINT PRIMARY KEY, s VARCHAR)").await.unwrap();
             for sql in &statements {
                 let _ = db.execute(sql).await;
             }
@@ -159,6 +185,48 @@ proptest! {
         }
         prop_assert!(db.wait_idle(Duration::from_secs(10)));
         prop_assert_eq!(db.source_metrics("s").unwrap().total_events, accepted);
+        db.shutdown_sync();
+    }
+
+    /// Extreme event times and keys through every kind of join: no panic, no failure.
+    #[test]
+    fn extreme_values_through_joins_never_panic(
+        left in proptest::collection::vec((proptest::option::of(-2i64..3), prop_oneof![Just(i64::MIN), Just(i64::MAX), Just(0i64), -5i64..5, Just(i64::MAX - 1)]), 0..8),
+        right in proptest::collection::vec((proptest::option::of(-2i64..3), prop_oneof![Just(i64::MIN), Just(i64::MAX), Just(0i64), -5i64..5, Just(i64::MAX - 1)]), 0..8),
+    ) {
+        let db = LaminarDB::builder().workers(1).build_sync().unwrap();
+        futures::executor::block_on(async {
+            db.execute("CREATE SOURCE l (k BIGINT, ts BIGINT NOT NULL, WATERMARK FOR ts AS ts); \
+                        CREATE SOURCE r (k BIGINT, ts BIGINT NOT NULL, WATERMARK FOR ts AS ts); \
+                        CREATE TABLE d (k BIGINT PRIMARY KEY, v VARCHAR); \
+                        INSERT INTO d VALUES (1, 'one'), (2, 'two'); \
+                        CREATE STREAM j1 AS SELECT a.k, a.ts AS lts, b.ts AS rts FROM l a FULL JOIN r b ON a.k = b.k AND b.ts BETWEEN a.ts - 3 AND a.ts + 3; \
+                        CREATE STREAM j2 AS SELECT a.k, b.ts AS rts FROM l a ASOF LEFT JOIN r b MATCH_CONDITION(NEAREST(a.ts, b.ts, 2)) ON a.k = b.k; \
+                        CREATE STREAM j3 AS SELECT a.k, b.ts AS rts FROM l a JOIN r FOR SYSTEM_TIME AS OF a.ts AS b ON a.k = b.k; \
+                        CREATE STREAM j4 AS SELECT a.k, d.v FROM l a LEFT JOIN d ON a.k = d.k").await.unwrap();
+        });
+        let batch = |rows: &[(Option<i64>, i64)]| {
+            RecordBatch::try_new(
+                Arc::new(Schema::new(vec![
+                    Field::new("k", arrow::datatypes::DataType::Int64, true),
+                    Field::new("ts", arrow::datatypes::DataType::Int64, false),
+                ])),
+                vec![
+                    Arc::new(Int64Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())) as ArrayRef,
+                    Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
+                ],
+            )
+            .unwrap()
+        };
+        let (ls, rs) = (db.source_untyped("l").unwrap(), db.source_untyped("r").unwrap());
+        for (a, b) in left.chunks(3).zip(right.chunks(3)) {
+            ls.push_arrow(batch(a)).unwrap();
+            rs.push_arrow(batch(b)).unwrap();
+        }
+        ls.watermark(i64::MAX).unwrap();
+        rs.watermark(i64::MAX).unwrap();
+        prop_assert!(db.wait_idle(Duration::from_secs(10)));
+        prop_assert!(db.failures().is_empty(), "{:?}", db.failures());
         db.shutdown_sync();
     }
 }

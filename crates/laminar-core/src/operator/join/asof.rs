@@ -131,7 +131,7 @@ impl AsofStep {
         let rows = key.and_then(|k| self.by_key.get(k));
         let within = |qt: i64| {
             self.tolerance
-                .is_none_or(|tol| (qt - ts).unsigned_abs() <= tol.unsigned_abs())
+                .is_none_or(|tol| qt.abs_diff(ts) <= tol.unsigned_abs())
         };
         let tolerance_passed = self
             .tolerance
@@ -174,7 +174,7 @@ impl AsofStep {
                 let after = rows.and_then(|m| m.range(ts..).next());
                 let best = match (before, after) {
                     (Some(b), Some(a)) => {
-                        if ts - *b.0 <= *a.0 - ts {
+                        if ts.abs_diff(*b.0) <= a.0.abs_diff(ts) {
                             Some(b)
                         } else {
                             Some(a)
@@ -185,7 +185,7 @@ impl AsofStep {
                 .filter(|(qt, _)| within(**qt));
                 match best {
                     Some((qt, r)) => {
-                        let distance = (ts - *qt).abs();
+                        let distance = i64::try_from(ts.abs_diff(*qt)).unwrap_or(i64::MAX);
                         if right_watermark > ts.saturating_add(distance) || end {
                             Some(*r)
                         } else {
