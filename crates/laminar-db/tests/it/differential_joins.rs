@@ -181,11 +181,13 @@ struct Schedule {
 
 fn schedule_strategy() -> impl Strategy<Value = Schedule> {
     (
-        proptest::collection::vec(0usize..1000, 0..10),
-        proptest::collection::vec(0usize..1000, 0..10),
-        proptest::collection::vec(any::<bool>(), 0..24),
-        proptest::collection::vec(any::<bool>(), 0..24),
-        proptest::collection::vec(proptest::bool::weighted(0.15), 0..24),
+        // Up to 40 cuts: batches as small as a few rows, so watermarks move often and one
+        // source can run ahead of the other.
+        proptest::collection::vec(0usize..1000, 0..40),
+        proptest::collection::vec(0usize..1000, 0..40),
+        proptest::collection::vec(any::<bool>(), 0..48),
+        proptest::collection::vec(any::<bool>(), 0..48),
+        proptest::collection::vec(proptest::bool::weighted(0.15), 0..48),
         1usize..=2,
     )
         .prop_map(|(cuts_a, cuts_b, order, marks, pauses, workers)| Schedule {
