@@ -5,9 +5,10 @@
 //! must be emitted. The rows a stream emitted must equal a batch computation over all rows:
 //!
 //! - interval joins, INNER / LEFT / RIGHT / FULL: DataFusion runs the same SELECT;
-//! - ASOF LEFT JOIN backward (`f.ts >= q.ts`): DataFusion runs the equivalent batch query (the
-//!   left join on `q.ts <= f.ts`, keeping per left row the match with the greatest `q.ts` by
-//!   `ROW_NUMBER()`), NULL-padded when there is none;
+//! - ASOF LEFT JOIN backward (`f.ts >= q.ts`), forward within a tolerance and nearest within a
+//!   tolerance: DataFusion runs the equivalent batch query (the left join on the allowed
+//!   range, keeping per left row the best match by `ROW_NUMBER()`), NULL-padded when there is
+//!   none;
 //! - temporal join (`FOR SYSTEM_TIME AS OF o.ts`, inner): the same batch query as an inner
 //!   join: per left row, the latest version of its key at or before `o.ts`;
 //! - lookup joins (INNER and LEFT) against a TABLE filled by INSERTs (upserts: the last row of
@@ -58,6 +59,19 @@ const ASOF: &str = "SELECT f.k, f.ts AS fts, f.v AS fv, q.ts AS qts, q.v AS qv F
 const ASOF_BATCH: &str = "SELECT k, fts, fv, qts, qv FROM (SELECT f.k AS k, f.ts AS fts, f.v AS fv, q.ts AS qts, q.v AS qv, ROW_NUMBER() OVER (PARTITION BY f.v ORDER BY q.ts DESC NULLS LAST) AS rn FROM a f LEFT JOIN b q ON f.k = q.k AND q.ts <= f.ts) WHERE rn = 1";
 
 /// The temporal join as a batch query: the latest version at or before each order.
+/// ASOF forward within 1500 ms and nearest within 500 ms (ties to the earlier row), each with
+/// its batch query.
+const ASOF_MORE: [(&str, &str); 2] = [
+    (
+        "SELECT f.k, f.ts AS fts, f.v AS fv, q.ts AS qts, q.v AS qv FROM a f ASOF LEFT JOIN b q MATCH_CONDITION(f.ts <= q.ts AND q.ts - f.ts <= 1500) ON f.k = q.k",
+        "SELECT k, fts, fv, qts, qv FROM (SELECT f.k AS k, f.ts AS fts, f.v AS fv, q.ts AS qts, q.v AS qv, ROW_NUMBER() OVER (PARTITION BY f.v ORDER BY q.ts ASC NULLS LAST) AS rn FROM a f LEFT JOIN b q ON f.k = q.k AND q.ts >= f.ts AND q.ts - f.ts <= 1500) WHERE rn = 1",
+    ),
+    (
+        "SELECT f.k, f.ts AS fts, f.v AS fv, q.ts AS qts, q.v AS qv FROM a f ASOF LEFT JOIN b q MATCH_CONDITION(NEAREST(f.ts, q.ts, 500)) ON f.k = q.k",
+        "SELECT k, fts, fv, qts, qv FROM (SELECT f.k AS k, f.ts AS fts, f.v AS fv, q.ts AS qts, q.v AS qv, ROW_NUMBER() OVER (PARTITION BY f.v ORDER BY abs(q.ts - f.ts) ASC NULLS LAST, q.ts ASC) AS rn FROM a f LEFT JOIN b q ON f.k = q.k AND abs(q.ts - f.ts) <= 500) WHERE rn = 1",
+    ),
+];
+
 const TEMPORAL_BATCH: &str = "SELECT k, ots, ov, rv FROM (SELECT o.k AS k, o.ts AS ots, o.v AS ov, r.v AS rv, ROW_NUMBER() OVER (PARTITION BY o.v ORDER BY r.ts DESC) AS rn FROM a o JOIN b r ON o.k = r.k AND r.ts <= o.ts) WHERE rn = 1";
 
 const TEMPORAL: &str = "SELECT o.k, o.ts AS ots, o.v AS ov, r.v AS rv FROM a o JOIN b FOR SYSTEM_TIME AS OF o.ts AS r ON o.k = r.k";
@@ -416,23 +430,31 @@ fn check_interval(a: &[Row], b: &[Row], schedule: &Schedule) -> Result<(), TestC
 fn check_asof(a: &[Row], b: &[Row], schedule: &Schedule) -> Result<(), TestCaseError> {
     let b = unique_key_times(b);
     let mut statements: Vec<String> = SOURCES.iter().map(|s| s.to_string()).collect();
-    statements.push(create_stream("q", ASOF));
+    let cases: Vec<(&str, &str)> = std::iter::once((ASOF, ASOF_BATCH))
+        .chain(ASOF_MORE)
+        .collect();
+    let names = ["q0", "q1", "q2"];
+    for (name, (query, _)) in names.iter().zip(&cases) {
+        statements.push(create_stream(name, query));
+    }
     let run = streaming(
         &statements,
-        &["q"],
+        &names,
         &[("a", a), ("b", b.as_slice())],
         schedule,
     );
-    no_late_rows(&run, &["q"])?;
-    // The batch answer: per left row (v is unique), the joined right row with the greatest ts
-    // at or before it.
+    no_late_rows(&run, &names)?;
+    // The batch answer: per left row (v is unique), the joined right row the ORDER BY of the
+    // batch query puts first.
     let tables = [("a", to_batch(a)), ("b", to_batch(&b))];
-    let want = batch_sql(&tables, ASOF_BATCH);
-    same_rows(
-        &format!("{ASOF} (workers {})", schedule.workers),
-        run.emitted[0].clone(),
-        want,
-    )
+    for (i, (query, batch)) in cases.iter().enumerate() {
+        same_rows(
+            &format!("{query} (workers {})", schedule.workers),
+            run.emitted[i].clone(),
+            batch_sql(&tables, batch),
+        )?;
+    }
+    Ok(())
 }
 
 fn check_temporal(a: &[Row], b: &[Row], schedule: &Schedule) -> Result<(), TestCaseError> {
@@ -536,7 +558,7 @@ proptest! {
     }
 
     #[test]
-    fn asof_backward_join_equals_latest_earlier_row(
+    fn asof_joins_equal_batch(
         a in rows_strategy(1..=5, 0),
         b in rows_strategy(2..=6, 100_000),
         schedule in schedule_strategy(),
