@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod operator;
 pub mod record;
 pub mod runtime;
+pub mod snapshot;
 pub mod table;
 pub mod time;
 

@@ -92,4 +92,17 @@ pub trait Operator: Send {
     fn state_size(&self) -> StateSize {
         StateSize::default()
     }
+
+    /// The operator's state as bytes (see [`crate::snapshot`]), `None` when it holds no
+    /// state that a restart would need.
+    fn snapshot(&self) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+
+    /// Restores a [`Operator::snapshot`] of an operator built from the same definition.
+    fn restore(&mut self, _snapshot: &[u8]) -> Result<()> {
+        Err(crate::error::CoreError::InvalidData(
+            "this operator holds no state to restore".into(),
+        ))
+    }
 }

@@ -28,6 +28,7 @@ use crate::message::{END_OF_TIME, Message, NO_WATERMARK};
 use crate::metrics::NodeMetrics;
 use crate::operator::stateless::run_steps;
 use crate::operator::{Operator, StateSize, Step};
+use crate::snapshot::{SnapshotReader, SnapshotWriter};
 use crate::table::TableRef;
 use crate::time::{EventTimeKind, WatermarkMerger};
 
@@ -161,6 +162,9 @@ pub struct JoinSpec {
     pub metrics: Arc<NodeMetrics>,
 }
 
+/// Tag of join snapshots.
+const SNAPSHOT_TAG: &str = "laminar.join";
+
 /// The per-step state machines.
 trait StepState: Send {
     /// Left rows arrive; returns joined rows ready now.
@@ -173,6 +177,10 @@ trait StepState: Send {
     fn output_watermark(&self, time: &StepTime) -> i64;
     /// State held.
     fn state_size(&self) -> StateSize;
+    /// Writes the state.
+    fn snapshot(&self, w: &mut SnapshotWriter) -> Result<()>;
+    /// Replaces the state with a snapshot's.
+    fn restore(&mut self, r: &mut SnapshotReader<'_>) -> Result<()>;
 }
 
 /// Watermarks seen by one step, and where late rows are counted.
@@ -206,6 +214,8 @@ pub struct JoinOperator {
     relations: Vec<WatermarkMerger>,
     steps: Vec<Box<dyn StepState>>,
     right_relations: Vec<Option<usize>>,
+    /// Each step's algorithm, as recorded in snapshots.
+    kinds: Vec<&'static str>,
     times: Vec<StepTime>,
     post: Vec<Step>,
     output_schema: SchemaRef,
@@ -258,6 +268,15 @@ impl JoinOperator {
             local,
             relations,
             right_relations: spec.steps.iter().map(|s| s.right_relation).collect(),
+            kinds: spec
+                .steps
+                .iter()
+                .map(|s| match s.kind {
+                    JoinKind::Interval { .. } => "interval",
+                    JoinKind::Asof { .. } => "asof",
+                    JoinKind::Lookup { .. } => "lookup",
+                })
+                .collect(),
             steps,
             times,
             post: spec.post,
@@ -406,6 +425,71 @@ impl Operator for JoinOperator {
         }
         self.merged = END_OF_TIME;
         self.advance(out)
+    }
+
+    fn snapshot(&self) -> Result<Option<Vec<u8>>> {
+        let mut w = SnapshotWriter::new(SNAPSHOT_TAG, 1);
+        w.u64(self.relations.len() as u64);
+        for merger in &self.relations {
+            let (inputs, output) = merger.state();
+            w.u64(inputs.len() as u64);
+            for (watermark, idle) in inputs {
+                w.i64(watermark);
+                w.bool(idle);
+            }
+            w.i64(output);
+        }
+        w.i64(self.merged);
+        w.i64(self.emitted_watermark);
+        w.u64(self.steps.len() as u64);
+        for ((step, time), spec) in self.steps.iter().zip(&self.times).zip(&self.kinds) {
+            w.bytes(spec.as_bytes());
+            w.i64(time.left);
+            w.i64(time.right);
+            step.snapshot(&mut w)?;
+        }
+        Ok(Some(w.finish()))
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<()> {
+        let mut r = SnapshotReader::new(snapshot, SNAPSHOT_TAG, 1)?;
+        let mismatch = |what: &str| {
+            CoreError::InvalidData(format!(
+                "snapshot of join '{}' has a different {what}: the query changed",
+                self.name
+            ))
+        };
+        if r.count()? != self.relations.len() {
+            return Err(mismatch("number of inputs"));
+        }
+        for merger in &mut self.relations {
+            let n = r.count()?;
+            let mut inputs = Vec::with_capacity(n);
+            for _ in 0..n {
+                inputs.push((r.i64()?, r.bool()?));
+            }
+            let output = r.i64()?;
+            if !merger.restore(&inputs, output) {
+                return Err(mismatch("number of input edges"));
+            }
+        }
+        self.merged = r.i64()?;
+        self.emitted_watermark = r.i64()?;
+        if r.count()? != self.steps.len() {
+            return Err(mismatch("number of join steps"));
+        }
+        for ((step, time), kind) in self.steps.iter_mut().zip(&mut self.times).zip(&self.kinds) {
+            if r.bytes()? != kind.as_bytes() {
+                return Err(mismatch("kind of join step"));
+            }
+            time.left = r.i64()?;
+            time.right = r.i64()?;
+            step.restore(&mut r)?;
+        }
+        if !r.is_done() {
+            return Err(mismatch("layout (bytes left over)"));
+        }
+        Ok(())
     }
 
     fn state_size(&self) -> StateSize {

@@ -47,6 +47,27 @@ impl WatermarkMerger {
         self.inputs.len() - 1
     }
 
+    /// Each input's watermark and idleness, and the output (for snapshots).
+    pub fn state(&self) -> (Vec<(i64, bool)>, i64) {
+        (
+            self.inputs.iter().map(|i| (i.watermark, i.idle)).collect(),
+            self.output,
+        )
+    }
+
+    /// Restores [`WatermarkMerger::state`]; the input count must match.
+    pub fn restore(&mut self, inputs: &[(i64, bool)], output: i64) -> bool {
+        if inputs.len() != self.inputs.len() {
+            return false;
+        }
+        for (state, &(watermark, idle)) in self.inputs.iter_mut().zip(inputs) {
+            state.watermark = watermark;
+            state.idle = idle;
+        }
+        self.output = output;
+        true
+    }
+
     /// Number of inputs.
     pub fn inputs(&self) -> usize {
         self.inputs.len()

@@ -21,6 +21,7 @@ use super::{
 use crate::error::{CoreError, Result};
 use crate::message::{END_OF_TIME, change_ops};
 use crate::operator::StateSize;
+use crate::snapshot::{SnapshotReader, SnapshotWriter};
 
 type HashMap<K, V> = std::collections::HashMap<K, V, RandomState>;
 
@@ -70,6 +71,8 @@ pub(super) struct AsofStep {
     direction: AsofDirection,
     tolerance: Option<i64>,
     encoder: KeyEncoder,
+    left_schema: SchemaRef,
+    right_schema: SchemaRef,
     left: RowStore,
     pending: BTreeMap<(i64, u64), Pending>,
     sequence: u64,
@@ -115,6 +118,8 @@ impl AsofStep {
             right_time,
             direction,
             tolerance,
+            left_schema: spec.left_schema.clone(),
+            right_schema: spec.right_schema.clone(),
             left: RowStore::new(spec.left_schema.clone()),
             pending: BTreeMap::new(),
             sequence: 0,
@@ -445,6 +450,104 @@ impl StepState for AsofStep {
 
     fn output_watermark(&self, time: &StepTime) -> i64 {
         self.horizon(time)
+    }
+
+    fn snapshot(&self, w: &mut SnapshotWriter) -> Result<()> {
+        w.u64(self.sequence);
+        w.u64(self.right_rows_after_prune as u64);
+        // Waiting left rows, in (time, arrival) order, with their keys.
+        let refs: Vec<RowRef> = self.pending.values().map(|p| p.row).collect();
+        w.batch(&self.left.gather(&refs)?)?;
+        w.u64(self.pending.len() as u64);
+        for ((t, seq), p) in &self.pending {
+            w.i64(*t);
+            w.u64(*seq);
+            w.bool(p.key.is_some());
+            w.bytes(p.key.as_deref().unwrap_or_default());
+        }
+        // Right versions per key; deletions have no row.
+        let mut entries: Vec<(&[u8], i64, Option<RowRef>)> = Vec::new();
+        for (key, rows) in &self.by_key {
+            for (t, r) in rows {
+                entries.push((key, *t, *r));
+            }
+        }
+        let rows: Vec<RowRef> = entries.iter().filter_map(|e| e.2).collect();
+        w.batch(&self.right.gather(&rows)?)?;
+        w.u64(entries.len() as u64);
+        for (key, t, r) in &entries {
+            w.bytes(key);
+            w.i64(*t);
+            w.bool(r.is_some());
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, r: &mut SnapshotReader<'_>) -> Result<()> {
+        let invalid =
+            || CoreError::InvalidData("ASOF join snapshot does not match the join's inputs".into());
+        self.sequence = r.u64()?;
+        self.right_rows_after_prune = r.u64()? as usize;
+        let left = r.batch()?;
+        let n = r.count()?;
+        if n != left.num_rows() {
+            return Err(invalid());
+        }
+        let mut pending = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = r.i64()?;
+            let seq = r.u64()?;
+            let has_key = r.bool()?;
+            let key = r.bytes()?;
+            pending.push((t, seq, has_key.then(|| Box::<[u8]>::from(key))));
+        }
+        self.left = RowStore::new(self.left_schema.clone());
+        self.pending = BTreeMap::new();
+        if n > 0 {
+            let chunk = self.left.push(left, pending.iter().map(|p| p.0).collect());
+            for (row, (t, seq, key)) in pending.into_iter().enumerate() {
+                self.pending.insert(
+                    (t, seq),
+                    Pending {
+                        row: RowRef {
+                            chunk,
+                            row: row as u32,
+                        },
+                        key,
+                    },
+                );
+            }
+        }
+        let right = r.batch()?;
+        let m = r.count()?;
+        let mut entries = Vec::with_capacity(m);
+        for _ in 0..m {
+            let key = Box::<[u8]>::from(r.bytes()?);
+            let t = r.i64()?;
+            entries.push((key, t, r.bool()?));
+        }
+        if entries.iter().filter(|e| e.2).count() != right.num_rows() {
+            return Err(invalid());
+        }
+        self.right = RowStore::new(self.right_schema.clone());
+        self.by_key = HashMap::default();
+        let times: Vec<i64> = entries.iter().filter(|e| e.2).map(|e| e.1).collect();
+        let chunk = (right.num_rows() > 0).then(|| self.right.push(right, times));
+        let mut row = 0u32;
+        for (key, t, has_row) in entries {
+            let version = match (has_row, chunk) {
+                (true, Some(chunk)) => {
+                    row += 1;
+                    Some(RowRef {
+                        chunk,
+                        row: row - 1,
+                    })
+                }
+                _ => None,
+            };
+            self.by_key.entry(key).or_default().insert(t, version);
+        }
+        Ok(())
     }
 
     fn state_size(&self) -> StateSize {

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::error::{CoreError, Result};
 use crate::operator::StateSize;
+use crate::snapshot::{SnapshotReader, SnapshotWriter};
 
 type HashMap<K, V> = std::collections::HashMap<K, V, RandomState>;
 
@@ -356,6 +357,73 @@ impl StepState for IntervalStep {
             JoinType::Right => right,
             JoinType::Full => left.min(right),
         }
+    }
+
+    fn snapshot(&self, w: &mut SnapshotWriter) -> Result<()> {
+        for side in &self.sides {
+            // Live rows in event-time order, with their times and matched flags.
+            let refs: Vec<RowRef> = side
+                .expiry
+                .values()
+                .flatten()
+                .copied()
+                .filter(|r| side.store.is_live(*r))
+                .collect();
+            w.batch(&side.store.gather(&refs)?)?;
+            w.u64(refs.len() as u64);
+            for r in &refs {
+                w.i64(side.store.time(*r).unwrap_or_default());
+                w.bool(side.store.is_matched(*r));
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, r: &mut SnapshotReader<'_>) -> Result<()> {
+        for s in 0..2 {
+            let batch = r.batch()?;
+            let n = r.count()?;
+            if n != batch.num_rows() || batch.schema().fields() != self.sides[s].schema.fields() {
+                return Err(CoreError::InvalidData(
+                    "interval join snapshot does not match the join's inputs".into(),
+                ));
+            }
+            let mut times = Vec::with_capacity(n);
+            let mut matched = Vec::with_capacity(n);
+            for _ in 0..n {
+                times.push(r.i64()?);
+                matched.push(r.bool()?);
+            }
+            let keys = super::cast_columns(
+                eval_keys(&self.sides[s].keys, &batch)?,
+                &self.sides[s].key_types,
+            )?;
+            let keys = self.encoder.encode(&keys, n)?;
+            let hashes: Vec<u64> = (0..n)
+                .map(|i| keys.key(i).map_or(0, |k| self.hasher.hash_one(k)))
+                .collect();
+            let side = &mut self.sides[s];
+            side.store = RowStore::new(side.schema.clone());
+            side.index = HashMap::default();
+            side.expiry = BTreeMap::new();
+            side.dead_entries = 0;
+            if n == 0 {
+                continue;
+            }
+            let chunk = side.store.push(batch, times.clone());
+            for (row, (&t, &m)) in times.iter().zip(&matched).enumerate() {
+                let rr = RowRef {
+                    chunk,
+                    row: row as u32,
+                };
+                if m {
+                    side.store.set_matched(rr);
+                }
+                side.index.entry(hashes[row]).or_default().push(rr);
+                side.expiry.entry(t).or_default().push(rr);
+            }
+        }
+        Ok(())
     }
 
     fn state_size(&self) -> StateSize {

@@ -116,4 +116,12 @@ impl StepState for LookupStep {
     fn state_size(&self) -> StateSize {
         StateSize::default()
     }
+
+    fn snapshot(&self, _w: &mut crate::snapshot::SnapshotWriter) -> Result<()> {
+        Ok(())
+    }
+
+    fn restore(&mut self, _r: &mut crate::snapshot::SnapshotReader<'_>) -> Result<()> {
+        Ok(())
+    }
 }
