@@ -239,20 +239,16 @@ impl TableStore {
     /// types as needed): the current row of every key found. NULL keys find nothing.
     pub fn lookup(&self, keys: &[ArrayRef]) -> Result<LookupResult> {
         let columns = self.cast_keys(keys)?;
-        let rows = {
-            let data = self.data.read();
-            data.converter
-                .convert_columns(&columns)
-                .map_err(|e| CoreError::Internal(e.to_string()))?
-        };
-        let nulls: Vec<bool> = (0..rows.num_rows())
-            .map(|i| columns.iter().any(|c| c.is_null(i)))
-            .collect();
+        let has_nulls = columns.iter().any(|c| c.null_count() > 0);
         let data = self.data.read();
+        let rows = data
+            .converter
+            .convert_columns(&columns)
+            .map_err(|e| CoreError::Internal(e.to_string()))?;
         let mut probe_rows = Vec::new();
         let mut slots = Vec::new();
         for (i, row) in rows.iter().enumerate() {
-            if nulls[i] {
+            if has_nulls && columns.iter().any(|c| c.is_null(i)) {
                 continue;
             }
             if let Some(slot) = data.index.get(row.as_ref()) {

@@ -50,8 +50,7 @@ fn load(
             laminar_connectors::SourcePoll::Batch(batch) => {
                 let rows = crate::ingest::validate_batch(name, store.schema(), None, &batch)
                     .map_err(|e| e.to_string())?;
-                check_not_null(name, store.schema(), &rows).map_err(|e| e.to_string())?;
-                store.upsert(&rows).map_err(|e| e.to_string())?;
+                upsert_checked(name, store, &rows).map_err(|e| e.to_string())?;
             }
             laminar_connectors::SourcePoll::Pending => return Ok(false),
             laminar_connectors::SourcePoll::End => return Ok(true),
@@ -232,11 +231,7 @@ impl LaminarDB {
             .planner
             .evaluate_insert(table, store.schema(), columns, plan)
             .await?;
-        check_not_null(table, store.schema(), &rows)?;
-        store.upsert(&rows).map_err(|e| DbError::InsertError {
-            object: table.to_string(),
-            detail: e.to_string(),
-        })?;
+        upsert_checked(table, &store, &rows)?;
         Ok(rows.num_rows() as u64)
     }
 
@@ -414,6 +409,16 @@ fn split_and(expr: &Expr, out: &mut Vec<(String, Expr)>) {
     }
 }
 
+/// Upserts rows already in the table's column order: NULL into a NOT NULL column, or past
+/// `max_rows`, rejects them all.
+fn upsert_checked(table: &str, store: &TableStore, rows: &RecordBatch) -> Result<usize, DbError> {
+    check_not_null(table, store.schema(), rows)?;
+    store.upsert(rows).map_err(|e| DbError::InsertError {
+        object: table.to_string(),
+        detail: e.to_string(),
+    })
+}
+
 /// NULL into a NOT NULL column names the column and row.
 fn check_not_null(table: &str, schema: &Schema, rows: &RecordBatch) -> Result<(), DbError> {
     for (i, field) in schema.fields().iter().enumerate() {
@@ -474,11 +479,7 @@ impl TableHandle {
     /// a NULL in a NOT NULL column or exceeding `max_rows` changes nothing.
     pub fn upsert_arrow(&self, batch: RecordBatch) -> Result<usize, DbError> {
         let rows = crate::ingest::validate_batch(&self.name, self.store.schema(), None, &batch)?;
-        check_not_null(&self.name, self.store.schema(), &rows)?;
-        self.store.upsert(&rows).map_err(|e| DbError::InsertError {
-            object: self.name.clone(),
-            detail: e.to_string(),
-        })
+        upsert_checked(&self.name, &self.store, &rows)
     }
 
     /// Inserts or replaces typed rows (see [`TableHandle::upsert_arrow`]).

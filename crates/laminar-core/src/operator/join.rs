@@ -418,11 +418,7 @@ impl Operator for JoinOperator {
     }
 
     fn on_end(&mut self, out: &mut Vec<Message>) -> Result<()> {
-        for merger in &mut self.relations {
-            for i in 0..merger_inputs(merger) {
-                merger.update(i, END_OF_TIME);
-            }
-        }
+        // Every input already reported END_OF_TIME through `on_input_watermark`.
         self.merged = END_OF_TIME;
         self.advance(out)
     }
@@ -501,10 +497,6 @@ impl Operator for JoinOperator {
         }
         size
     }
-}
-
-fn merger_inputs(merger: &WatermarkMerger) -> usize {
-    merger.inputs()
 }
 
 // ---------------------------------------------------------------------------------------

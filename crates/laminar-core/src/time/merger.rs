@@ -68,11 +68,6 @@ impl WatermarkMerger {
         true
     }
 
-    /// Number of inputs.
-    pub fn inputs(&self) -> usize {
-        self.inputs.len()
-    }
-
     /// True when every input is idle.
     pub fn all_idle(&self) -> bool {
         !self.inputs.is_empty() && self.inputs.iter().all(|i| i.idle)

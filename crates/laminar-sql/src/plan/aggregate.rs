@@ -20,7 +20,7 @@ use laminar_core::operator::aggregate::{
 };
 use laminar_core::time::{EventTimeKind, KeyedWatermark};
 
-use super::lower::{Branch, compile, conform, lower_node, peel_stateless};
+use super::lower::{Branch, compile, conform, describe_projection, lower_node, peel_stateless};
 use super::window::{
     WINDOW_END, mentions_window, parse_emit, parse_lateness, plan_mentions_window, window_call,
     window_spec,
@@ -276,14 +276,7 @@ fn lower_aggregate(
                             _ => None,
                         })
                 });
-                descriptions.push(format!(
-                    "Project {}",
-                    p.expr
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
+                descriptions.push(describe_projection(&p.expr));
                 post.push(Step::Project {
                     exprs,
                     schema: relaxed(&Arc::new(p.schema.as_arrow().clone())),

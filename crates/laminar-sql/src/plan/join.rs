@@ -24,7 +24,9 @@ use laminar_core::operator::Step;
 use laminar_core::operator::join::{AsofDirection, JoinKind, JoinStepSpec, JoinType, TimeColumn};
 use laminar_core::time::EventTimeKind;
 
-use super::lower::{Branch, compile, conform, lower_node, peel_stateless};
+use super::lower::{
+    Branch, compile, conform, describe_projection, follow_column, lower_node, peel_stateless,
+};
 use super::{SchemaCatalog, StreamPlan};
 use crate::error::SqlError;
 use crate::parser::{ASOF_MARKER, PROCTIME_VERSION, StreamingClauses, TEMPORAL_MARKER};
@@ -49,11 +51,6 @@ pub struct JoinPlan {
 /// Compiled key expressions of the left and right inputs.
 type KeyExprs = (Vec<Arc<dyn PhysicalExpr>>, Vec<Arc<dyn PhysicalExpr>>);
 
-/// A join step being planned.
-struct Planned<'a> {
-    join: &'a datafusion::logical_expr::Join,
-}
-
 pub(crate) fn lower_join(
     plan: &LogicalPlan,
     catalog: &dyn SchemaCatalog,
@@ -69,12 +66,12 @@ pub(crate) fn lower_join(
         ));
     }
     // Flatten the left-deep tree.
-    let mut joins = vec![Planned { join: top }];
+    let mut joins = vec![top];
     let mut left = top.left.as_ref();
     loop {
         match left {
             LogicalPlan::Join(j) => {
-                joins.push(Planned { join: j });
+                joins.push(j);
                 left = j.left.as_ref();
             }
             LogicalPlan::SubqueryAlias(a) if matches!(a.input.as_ref(), LogicalPlan::Join(_)) => {
@@ -95,7 +92,7 @@ pub(crate) fn lower_join(
     // every join keeps only matched or left rows (INNER, LEFT): same result, less work.
     let keeps_left_only = joins
         .iter()
-        .all(|p| matches!(p.join.join_type, DfJoinType::Inner | DfJoinType::Left));
+        .all(|j| matches!(j.join_type, DfJoinType::Inner | DfJoinType::Left));
     let mut pushed: Vec<Expr> = Vec::new();
     let mut leading_filters = 0;
     for node in &post_nodes {
@@ -139,8 +136,7 @@ pub(crate) fn lower_join(
     let mut step_descriptions = Vec::new();
     let mut tables = Vec::new();
     let mut next_relation = 1;
-    for (number, planned) in joins.iter().enumerate() {
-        let join = planned.join;
+    for (number, &join) in joins.iter().enumerate() {
         let join_type = match join.join_type {
             DfJoinType::Inner => JoinType::Inner,
             DfJoinType::Left => JoinType::Left,
@@ -531,20 +527,9 @@ pub(crate) fn lower_join(
                     .iter()
                     .map(|e| compile(e, input_schema))
                     .collect::<Result<Vec<_>, _>>()?;
-                time_index = time_index.and_then(|index| {
-                    p.expr.iter().position(|e| match e.clone().unalias() {
-                        Expr::Column(c) => input_schema.index_of_column(&c).ok() == Some(index),
-                        _ => false,
-                    })
-                });
-                post_descriptions.push(format!(
-                    "Project {}",
-                    p.expr
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
+                time_index =
+                    time_index.and_then(|index| follow_column(&p.expr, input_schema, index));
+                post_descriptions.push(describe_projection(&p.expr));
                 post.push(Step::Project {
                     exprs,
                     schema: Arc::new(p.schema.as_arrow().clone()),

@@ -34,18 +34,38 @@ impl Branch {
     /// Follows the tracked columns through a projection: a column survives when it is
     /// selected unchanged.
     fn project(&mut self, exprs: &[Expr], input_schema: &DFSchema) {
-        let follow = |index: usize| {
-            exprs.iter().position(|e| match e.clone().unalias() {
-                Expr::Column(c) => input_schema.index_of_column(&c).ok() == Some(index),
-                _ => false,
-            })
-        };
+        let follow = |index: usize| follow_column(exprs, input_schema, index);
         self.event_time = self.event_time.and_then(follow);
         self.keyed_watermark = self
             .keyed_watermark
             .take()
             .and_then(|(index, k)| follow(index).map(|i| (i, k)));
     }
+}
+
+/// Position in a projection's output of input column `index`, when it is selected unchanged
+/// (possibly renamed).
+pub(super) fn follow_column(
+    exprs: &[Expr],
+    input_schema: &DFSchema,
+    index: usize,
+) -> Option<usize> {
+    exprs.iter().position(|e| match e.clone().unalias() {
+        Expr::Column(c) => input_schema.index_of_column(&c).ok() == Some(index),
+        _ => false,
+    })
+}
+
+/// `Project a, b, ..` for EXPLAIN.
+pub(super) fn describe_projection(exprs: &[Expr]) -> String {
+    format!(
+        "Project {}",
+        exprs
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// The keyed watermark shared by every branch (by key column position), if any.
@@ -256,15 +276,7 @@ pub(super) fn lower_node(
             let schema: SchemaRef = Arc::new(projection.schema.as_arrow().clone());
             for b in &mut branches {
                 b.project(&projection.expr, input_schema);
-                b.descriptions.push(format!(
-                    "Project {}",
-                    projection
-                        .expr
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
+                b.descriptions.push(describe_projection(&projection.expr));
                 b.steps.push(Step::Project {
                     exprs: exprs.clone(),
                     schema: schema.clone(),
