@@ -68,6 +68,35 @@ enum Command {
     Join(JoinArgs),
     /// Write-ahead log append throughput: Arrow IPC batches, synced by group commit.
     Wal(WalArgs),
+    /// Checkpoints: duration and size for an aggregation with many groups, restore time,
+    /// and the tumble workload's throughput with periodic checkpoints vs none.
+    Checkpoint(CheckpointArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CheckpointArgs {
+    /// Groups of the checkpointed aggregation.
+    #[arg(long, default_value_t = 1_000_000)]
+    groups: u64,
+    /// `window`: a tumbling window holding every group (vectorized state); `updating`: an
+    /// unwindowed `EMIT CHANGES` aggregation (row-accumulator state).
+    #[arg(long, value_enum, default_value = "window")]
+    layout: CheckpointLayout,
+    /// Events of the throughput comparison (tumble workload); 0 skips it.
+    #[arg(long, default_value_t = 20_000_000)]
+    events: u64,
+    /// Checkpoint interval of the throughput comparison, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Storage directory (emptied first).
+    #[arg(long, default_value = "/var/tmp/laminar-bench-checkpoint")]
+    dir: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CheckpointLayout {
+    Window,
+    Updating,
 }
 
 #[derive(clap::Args, Debug)]
@@ -372,6 +401,7 @@ fn main() -> Result<()> {
         Command::Rss(args) => rss(&args)?,
         Command::Join(args) => join(&args)?,
         Command::Wal(args) => wal(&args)?,
+        Command::Checkpoint(args) => checkpoint(&args)?,
     };
     report.print(cli.json);
     Ok(())
@@ -723,6 +753,150 @@ fn wal(args: &WalArgs) -> Result<Report> {
         (records * payload.len() as u64) as f64 / elapsed.as_secs_f64() / (1 << 20) as f64,
         "MiB/s",
     );
+    let _ = std::fs::remove_dir_all(&args.dir);
+    Ok(r)
+}
+
+fn checkpoint(args: &CheckpointArgs) -> Result<Report> {
+    let mut r = Report::default();
+    r.text("workload", "checkpoint");
+    r.text("build", build_profile());
+    let _ = std::fs::remove_dir_all(&args.dir);
+    let state_dir = args.dir.join("state");
+    let (stream, layout) = match args.layout {
+        CheckpointLayout::Window => (
+            "CREATE STREAM agg AS SELECT k, tumble(ts, INTERVAL '1' HOUR) AS w, COUNT(*) AS n, SUM(v) AS total, MAX(v) AS hi FROM s GROUP BY k, tumble(ts, INTERVAL '1' HOUR) EMIT ON WINDOW CLOSE",
+            "window",
+        ),
+        CheckpointLayout::Updating => (
+            "CREATE STREAM agg AS SELECT k, COUNT(*) AS n, SUM(v) AS total, MAX(v) AS hi FROM s GROUP BY k EMIT CHANGES",
+            "updating",
+        ),
+    };
+    r.text("layout", layout);
+    r.text("sql", stream);
+    let source = "CREATE SOURCE s (k BIGINT, v BIGINT, ts BIGINT, WATERMARK FOR ts AS ts)";
+    let open = || -> Result<LaminarDB> {
+        let db = LaminarDB::builder()
+            .workers(1)
+            .storage_dir(&state_dir)
+            .checkpoint_interval(None)?
+            .build_sync()?;
+        block_on(async {
+            db.execute(source).await?;
+            db.execute(stream).await?;
+            anyhow::Ok(())
+        })?;
+        Ok(db)
+    };
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("k", arrow::datatypes::DataType::Int64, false),
+        arrow::datatypes::Field::new("v", arrow::datatypes::DataType::Int64, false),
+        arrow::datatypes::Field::new("ts", arrow::datatypes::DataType::Int64, false),
+    ]));
+    let batch_of = |keys: std::ops::Range<u64>| -> Result<RecordBatch> {
+        let k: Vec<i64> = keys.clone().map(|k| k as i64).collect();
+        let v: Vec<i64> = keys.map(|k| (k % 1000) as i64).collect();
+        let ts = vec![1_000i64; k.len()];
+        Ok(RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(arrow::array::Int64Array::from(k)),
+                Arc::new(arrow::array::Int64Array::from(v)),
+                Arc::new(arrow::array::Int64Array::from(ts)),
+            ],
+        )?)
+    };
+    let db = open()?;
+    let handle = db.source_untyped("s")?;
+    for start in (0..args.groups).step_by(65_536) {
+        handle.push_arrow(batch_of(start..(start + 65_536).min(args.groups))?)?;
+    }
+    if !db.wait_idle(Duration::from_secs(3600)) {
+        bail!("the pipeline did not drain");
+    }
+    r.int("groups", args.groups, "");
+    r.int("state_rows", db.stream_metrics("agg")?.state_rows, "rows");
+    let started = Instant::now();
+    db.checkpoint()?;
+    let full = started.elapsed();
+    let stats = db.checkpoint_stats().context("durable")?;
+    r.float("full_checkpoint_seconds", full.as_secs_f64(), "s");
+    r.int("full_checkpoint_bytes", stats.last_bytes, "B");
+    // 1% of the groups change; checkpoints are full snapshots, so this costs the same.
+    let changed = (args.groups / 100).max(1);
+    handle.push_arrow(batch_of(0..changed)?)?;
+    if !db.wait_idle(Duration::from_secs(3600)) {
+        bail!("the pipeline did not drain");
+    }
+    let started = Instant::now();
+    db.checkpoint()?;
+    let after_change = started.elapsed();
+    let stats = db.checkpoint_stats().context("durable")?;
+    r.float(
+        "checkpoint_after_1pct_change_seconds",
+        after_change.as_secs_f64(),
+        "s (full snapshot)",
+    );
+    r.int("checkpoint_after_1pct_change_bytes", stats.last_bytes, "B");
+    // Crash: no shutdown checkpoint.
+    std::mem::forget(db);
+    let started = Instant::now();
+    let restored = open()?;
+    let restore = started.elapsed();
+    r.float(
+        "restore_seconds",
+        restore.as_secs_f64(),
+        "s (open + re-create with the state loaded)",
+    );
+    r.int(
+        "restored_state_rows",
+        restored.stream_metrics("agg")?.state_rows,
+        "rows",
+    );
+    std::mem::forget(restored);
+
+    if args.events > 0 {
+        for (label, durable) in [("no_checkpoints", false), ("with_checkpoints", true)] {
+            let dir = args.dir.join(label);
+            let mut builder = LaminarDB::builder().workers(1);
+            if durable {
+                builder = builder
+                    .storage_dir(&dir)
+                    .checkpoint_interval(Some(Duration::from_millis(args.interval_ms)))?;
+            }
+            let db = builder.build_sync()?;
+            block_on(async {
+                db.execute(&laminar_bench::source_ddl_with(SOURCE_COLUMNS, None))
+                    .await?;
+                db.execute(&format!("CREATE STREAM q AS {}", Workload::Tumble.sql()))
+                    .await?;
+                db.execute("CREATE SINK out FROM q INTO BLACKHOLE").await?;
+                db.start().await?;
+                anyhow::Ok(())
+            })?;
+            let source = db.source_untyped("bids")?;
+            let pool = generate_bids(&source.schema(), args.events.min(10_000_000), 8192, 42)?;
+            let started = Instant::now();
+            let pushed = push_cycling(&source, &pool, args.events, |_| {})?;
+            source.watermark(i64::MAX / 2)?;
+            if !db.wait_idle(Duration::from_secs(3600)) {
+                bail!("the pipeline did not drain");
+            }
+            let elapsed = started.elapsed();
+            fail_on_failures(&db)?;
+            r.float(
+                &format!("tumble_events_per_second_{label}"),
+                pushed as f64 / elapsed.as_secs_f64(),
+                "events/s",
+            );
+            if let Some(stats) = db.checkpoint_stats() {
+                r.int("tumble_checkpoints_completed", stats.completed, "");
+                r.int("tumble_checkpoints_failed", stats.failed, "");
+            }
+            db.shutdown_sync();
+        }
+    }
     let _ = std::fs::remove_dir_all(&args.dir);
     Ok(r)
 }

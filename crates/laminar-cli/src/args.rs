@@ -68,13 +68,19 @@ pub(crate) struct RunArgs {
     #[arg(value_name = "FILE.sql")]
     pub(crate) file: PathBuf,
 
-    /// Directory for the write-ahead log and checkpoints (not supported yet).
+    /// Directory for checkpoints: the run resumes from the newest one found there, and
+    /// exactly-once sinks commit what each checkpoint covers.
     #[arg(long, value_name = "DIR")]
     pub(crate) storage_dir: Option<PathBuf>,
 
-    /// Checkpoint interval, e.g. `1s` (needs --storage-dir; not supported yet).
+    /// Time between checkpoints, e.g. `1s` (needs --storage-dir; default 10s).
     #[arg(long, value_name = "DURATION")]
     pub(crate) checkpoint_interval: Option<String>,
+
+    /// Discard the checkpointed state of this source, stream or table instead of restoring
+    /// it (after changing its definition); `*` for all. Repeatable; needs --storage-dir.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) reset_state: Vec<String>,
 }
 
 /// The `--format` choices.

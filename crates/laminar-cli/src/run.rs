@@ -32,15 +32,24 @@ pub(crate) fn run(
 ) -> Result<ExitCode, CliError> {
     let mut builder = database::builder(cli);
     if let Some(dir) = &args.storage_dir {
-        builder = builder
-            .storage_dir(dir)
-            .map_err(|e| CliError::user(format!("--storage-dir {}: {e}", dir.display())))?;
-    }
-    if let Some(interval) = &args.checkpoint_interval {
-        return Err(CliError::user(format!(
-            "--checkpoint-interval {interval}: checkpoints need durable storage (--storage-dir), \
-             which is not supported yet; this build runs in memory only"
-        )));
+        builder = builder.storage_dir(dir);
+        if let Some(interval) = &args.checkpoint_interval {
+            let interval = laminar_db::parse_duration(interval)
+                .map_err(|e| CliError::user(format!("--checkpoint-interval {interval}: {e}")))?;
+            builder = builder
+                .checkpoint_interval(Some(interval))
+                .map_err(|e| CliError::user(format!("--checkpoint-interval: {e}")))?;
+        }
+        for name in &args.reset_state {
+            builder = builder
+                .reset_state(name.clone())
+                .map_err(|e| CliError::user(format!("--reset-state {name}: {e}")))?;
+        }
+    } else if args.checkpoint_interval.is_some() || !args.reset_state.is_empty() {
+        return Err(CliError::user(
+            "--checkpoint-interval and --reset-state need durable storage: add --storage-dir DIR"
+                .to_string(),
+        ));
     }
     let label = args.file.display().to_string();
     let text = std::fs::read_to_string(&args.file)
@@ -57,6 +66,17 @@ pub(crate) fn run(
             return Err(CliError::db(&e, Some(&label)));
         }
     };
+    if let Some(stats) = db.checkpoint_stats() {
+        for skipped in &stats.skipped {
+            eprintln!("skipped {skipped}");
+        }
+        if let Some(epoch) = stats.recovered_epoch {
+            eprintln!(
+                "resumed from checkpoint {epoch} (state restored in {:.1} ms)",
+                stats.recovery_time.as_secs_f64() * 1000.0
+            );
+        }
+    }
     let mut tails = Vec::new();
     // Dropping a query handle cancels its query: keep it until the end.
     let mut queries = Vec::new();

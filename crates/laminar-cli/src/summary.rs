@@ -55,5 +55,28 @@ pub(crate) fn summary(db: &LaminarDB, ended: &str, elapsed: Duration) -> String 
             let _ = write!(out, ", {}", units::plural(s.errors, "error"));
         }
     }
+    if let Some(stats) = db.checkpoint_stats() {
+        let _ = write!(
+            out,
+            "\n  checkpoints: {} completed",
+            units::count(stats.completed)
+        );
+        if let (Some(epoch), Some(took)) = (stats.last_epoch, stats.last_duration) {
+            let _ = write!(
+                out,
+                " (last: epoch {epoch}, {} in {})",
+                units::bytes(stats.last_bytes),
+                units::duration(took)
+            );
+        }
+        if stats.failed > 0 {
+            let _ = write!(
+                out,
+                ", {} failed (last: {})",
+                units::count(stats.failed),
+                stats.last_error.as_deref().unwrap_or("?")
+            );
+        }
+    }
     out
 }

@@ -25,6 +25,21 @@ pub(crate) fn plural(n: u64, noun: &str) -> String {
 }
 
 /// `1.234s`, `2m 05s`.
+/// `512 B`, `12.3 KiB`, `4.0 MiB`, `1.2 GiB`.
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 pub(crate) fn duration(d: Duration) -> String {
     let secs = d.as_secs();
     if secs < 60 {

@@ -202,35 +202,64 @@ fn run_with_bad_input_rows_exits_2() {
 }
 
 #[test]
-fn run_refuses_storage_dir_and_checkpoint_interval() {
+fn durable_rerun_resumes_without_repeating_output() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("orders.csv");
     write(&input, ORDERS_CSV);
     let sql = dir.path().join("pipeline.sql");
     write(&sql, &orders_pipeline(dir.path(), &input));
     let state = dir.path().join("state");
+    let state_arg = state.to_str().unwrap();
 
+    let out = run(&["run", "--storage-dir", state_arg, sql.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let expected = vec!["2,bob,75", "3,carol,120", "5,erin,51"];
+    assert_eq!(committed_csv_rows(&dir.path().join("out")), expected);
+    assert!(state.join("checkpoints").join("LATEST").exists());
+
+    // The rerun resumes after the input it already read: nothing is written twice.
+    let out = run(&["run", "--storage-dir", state_arg, sql.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(committed_csv_rows(&dir.path().join("out")), expected);
+
+    // A changed stream is refused with its name, until its state is reset.
+    let changed = orders_pipeline(dir.path(), &input).replace("amount > 50", "amount > 60");
+    write(&sql, &changed);
+    let out = run(&["run", "--storage-dir", state_arg, sql.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("big_orders") && err.contains("--reset-state"),
+        "{err}"
+    );
     let out = run(&[
         "run",
         "--storage-dir",
-        state.to_str().unwrap(),
+        state_arg,
+        "--reset-state",
+        "big_orders",
         sql.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
-    assert!(
-        err.contains("--storage-dir") && err.contains("not supported yet"),
-        "{err}"
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
     let out = run(&["run", "--checkpoint-interval", "1s", sql.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
+    assert!(err.contains("--storage-dir"), "{err}");
+    let out = run(&[
+        "run",
+        "--storage-dir",
+        state_arg,
+        "--checkpoint-interval",
+        "soon",
+        sql.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
     assert!(
-        err.contains("--checkpoint-interval") && err.contains("not supported yet"),
-        "{err}"
+        stderr(&out).contains("--checkpoint-interval soon"),
+        "{}",
+        stderr(&out)
     );
-    assert!(!dir.path().join("out").exists(), "nothing may run");
 }
 
 #[cfg(unix)]

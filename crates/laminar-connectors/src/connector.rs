@@ -54,6 +54,20 @@ pub trait SourceConnector: Send {
     /// Current counters.
     fn metrics(&self) -> SourceConnectorMetrics;
 
+    /// Where the source is now, as text a later [`SourceConnector::seek`] accepts: a
+    /// checkpoint records it so that a restart resumes right after the last row returned.
+    /// `None` when the source cannot resume (a restart reads from its beginning).
+    fn position(&self) -> Option<String> {
+        None
+    }
+
+    /// Resumes at a position from [`SourceConnector::position`], before the first poll.
+    fn seek(&mut self, position: &str) -> Result<(), ConnectorError> {
+        Err(ConnectorError::Unsupported(format!(
+            "this source cannot resume at a checkpointed position ({position})"
+        )))
+    }
+
     /// Releases resources; polling after `close` is not supported.
     fn close(&mut self) -> Result<(), ConnectorError> {
         Ok(())
@@ -105,6 +119,14 @@ pub trait SinkConnector: Send {
 
     /// Accepts one batch in the input schema given at creation.
     fn write_batch(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError>;
+
+    /// Settles what a previous run left behind, before anything is written: output
+    /// pre-committed for an epoch up to `committed` (the last epoch whose checkpoint
+    /// completed) is committed, everything else uncommitted is discarded. `None`: no
+    /// checkpoint completed, discard everything uncommitted.
+    fn recover(&mut self, _committed: Option<u64>) -> Result<(), ConnectorError> {
+        Ok(())
+    }
 
     /// Epoch `epoch` starts.
     fn begin_epoch(&mut self, _epoch: u64) -> Result<(), ConnectorError> {

@@ -95,7 +95,7 @@ pub trait Operator: Send {
 
     /// The operator's state as bytes (see [`crate::snapshot`]), `None` when it holds no
     /// state that a restart would need.
-    fn snapshot(&self) -> Result<Option<Vec<u8>>> {
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
         Ok(None)
     }
 

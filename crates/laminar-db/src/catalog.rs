@@ -67,6 +67,8 @@ pub(crate) struct StreamEntry {
     pub(crate) instances: Vec<(Arc<Node>, Arc<NodeMetrics>)>,
     /// The hash exchange in front of the instances (runs the input chain once).
     pub(crate) exchange: Option<(Arc<Node>, Arc<NodeMetrics>)>,
+    /// The ingestion queue of a `LATE DATA TO` side output (checkpoint barriers enter it).
+    pub(crate) late_input: Option<laminar_core::runtime::SourceInput>,
 }
 
 impl StreamEntry {

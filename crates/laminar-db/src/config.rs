@@ -44,6 +44,38 @@ pub struct DbConfig {
     pub config_vars: HashMap<String, String>,
     /// Capacity of subscription queues (messages).
     pub subscription_buffer: usize,
+    /// Durable storage; `None` runs purely in memory.
+    pub storage: Option<StorageConfig>,
+}
+
+/// Durability settings (`LaminarDbBuilder::storage_dir` and friends).
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Directory holding the checkpoints.
+    pub dir: std::path::PathBuf,
+    /// Time between automatic checkpoints once the pipeline runs; `None`: only
+    /// `checkpoint()` takes them.
+    pub checkpoint_interval: Option<Duration>,
+    /// Checkpoints kept (the newest ones).
+    pub max_retained: usize,
+    /// How long a checkpoint may take from its barriers to the last snapshot before it is
+    /// abandoned (processing continues).
+    pub alignment_timeout: Duration,
+    /// Objects whose checkpointed state is discarded instead of restored (`"*"`: all).
+    pub reset_state: Vec<String>,
+}
+
+impl StorageConfig {
+    /// Defaults of SPEC 4.3: a checkpoint every 10 s, 3 kept, 30 s alignment timeout.
+    pub fn new(dir: impl Into<std::path::PathBuf>) -> StorageConfig {
+        StorageConfig {
+            dir: dir.into(),
+            checkpoint_interval: Some(Duration::from_secs(10)),
+            max_retained: 3,
+            alignment_timeout: Duration::from_secs(30),
+            reset_state: Vec::new(),
+        }
+    }
 }
 
 impl Default for DbConfig {
@@ -55,6 +87,7 @@ impl Default for DbConfig {
             idle_timeout: Duration::from_secs(30),
             config_vars: HashMap::new(),
             subscription_buffer: 1024,
+            storage: None,
         }
     }
 }
@@ -115,12 +148,51 @@ impl LaminarDbBuilder {
         self
     }
 
-    /// Durable storage is not available in this version: asking for it is an error rather
-    /// than a silent in-memory database.
-    pub fn storage_dir(self, _dir: impl AsRef<std::path::Path>) -> Result<Self, DbError> {
-        Err(DbError::InvalidOperation(
-            "storage_dir (durability, checkpoints and recovery) is not supported yet; this build runs in memory only".into(),
-        ))
+    /// Turns durability on: checkpoints go to `dir`, and opening a database on a `dir` that
+    /// holds checkpoints restores the state of every object the application creates again
+    /// with the same definition (see `docs/DURABILITY.md`).
+    pub fn storage_dir(mut self, dir: impl AsRef<std::path::Path>) -> Self {
+        self.config.storage = Some(StorageConfig::new(dir.as_ref()));
+        self
+    }
+
+    fn storage(&mut self) -> Result<&mut StorageConfig, DbError> {
+        self.config.storage.as_mut().ok_or_else(|| {
+            DbError::InvalidOperation(
+                "checkpoint settings need durable storage: call storage_dir first".into(),
+            )
+        })
+    }
+
+    /// Time between automatic checkpoints (`None`: manual `checkpoint()` only). Needs
+    /// `storage_dir`.
+    pub fn checkpoint_interval(mut self, interval: Option<Duration>) -> Result<Self, DbError> {
+        if interval.is_some_and(|d| d.is_zero()) {
+            return Err(DbError::InvalidOperation(
+                "the checkpoint interval must be positive".into(),
+            ));
+        }
+        self.storage()?.checkpoint_interval = interval;
+        Ok(self)
+    }
+
+    /// Number of checkpoints kept (at least 1). Needs `storage_dir`.
+    pub fn max_retained_checkpoints(mut self, n: usize) -> Result<Self, DbError> {
+        self.storage()?.max_retained = n.max(1);
+        Ok(self)
+    }
+
+    /// How long a checkpoint may wait for its barriers and snapshots. Needs `storage_dir`.
+    pub fn alignment_timeout(mut self, timeout: Duration) -> Result<Self, DbError> {
+        self.storage()?.alignment_timeout = timeout;
+        Ok(self)
+    }
+
+    /// Discards the checkpointed state of object `name` (`"*"`: of every object) instead
+    /// of restoring it, e.g. after changing its definition. Needs `storage_dir`.
+    pub fn reset_state(mut self, name: impl Into<String>) -> Result<Self, DbError> {
+        self.storage()?.reset_state.push(name.into());
+        Ok(self)
     }
 
     /// Opens the database.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use laminar_core::message::Message;
 use laminar_core::record::{FromRow, Record};
 use laminar_core::runtime::{Node, Runtime, RuntimeConfig};
 use laminar_sql::{Planner, did_you_mean};
@@ -14,6 +15,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::catalog::Catalog;
 use crate::config::{DbConfig, LaminarDbBuilder};
+use crate::durability::{Durability, Participants};
 use crate::error::DbError;
 use crate::ingest::{SourceHandle, TypedSourceHandle, check_record_schema};
 use crate::runners::Failures;
@@ -50,6 +52,8 @@ pub(crate) struct DbInner {
     pub(crate) started_at: Instant,
     pub(crate) next_query_id: AtomicU64,
     pub(crate) failures: Failures,
+    /// Checkpoints and recovery, when a storage directory is configured.
+    pub(crate) durability: Option<Arc<Durability>>,
     /// Watermark alignment groups by name (members hold them alive).
     pub(crate) alignment_groups: Mutex<
         std::collections::HashMap<String, std::sync::Weak<laminar_core::time::AlignmentGroup>>,
@@ -87,7 +91,11 @@ impl LaminarDB {
             .build()
             .map_err(|e| DbError::Engine(format!("cannot start the connector runtime: {e}")))?;
         let io_handle = io.handle().clone();
-        Ok(LaminarDB {
+        let durability = match &config.storage {
+            Some(storage) => Some(Arc::new(Durability::open(storage.clone())?)),
+            None => None,
+        };
+        let db = LaminarDB {
             inner: Arc::new(DbInner {
                 config,
                 runtime,
@@ -100,9 +108,20 @@ impl LaminarDB {
                 started_at: Instant::now(),
                 next_query_id: AtomicU64::new(1),
                 failures: Arc::new(Mutex::new(Vec::new())),
+                durability,
                 alignment_groups: Mutex::new(std::collections::HashMap::new()),
             }),
-        })
+        };
+        if let Some(interval) = db
+            .inner
+            .config
+            .storage
+            .as_ref()
+            .and_then(|s| s.checkpoint_interval)
+        {
+            spawn_periodic_checkpoints(Arc::downgrade(&db.inner), interval)?;
+        }
+        Ok(db)
     }
 
     /// The configuration in force.
@@ -178,6 +197,26 @@ impl LaminarDB {
             }
             *state = PipelineState::ShuttingDown;
         }
+        if self.inner.durability.is_some() {
+            // Stop reading, let what was read reach the sinks, and checkpoint it: the
+            // sinks commit it, and a restart resumes after it.
+            {
+                let catalog = self.inner.catalog.read();
+                for source in catalog.sources.values() {
+                    if let Some(runner) = &source.runner {
+                        runner.pause();
+                    }
+                }
+            }
+            self.inner.runtime.wait_idle(Duration::from_secs(10));
+            if let Err(e) = self.run_checkpoint() {
+                tracing::error!(error = %e, "the checkpoint at shutdown failed; a restart resumes from the previous one");
+                self.inner
+                    .failures
+                    .lock()
+                    .push(format!("checkpoint at shutdown: {e}"));
+            }
+        }
         {
             let catalog = self.inner.catalog.read();
             for source in catalog.sources.values() {
@@ -203,10 +242,105 @@ impl LaminarDB {
         *self.inner.state.lock() = PipelineState::Stopped;
     }
 
-    /// Checkpointing needs a storage directory, which this version does not support: always
-    /// `None`.
+    /// Takes a checkpoint now and returns its epoch once it is durable; `None` without a
+    /// storage directory. A checkpoint that cannot complete (alignment timeout, a failed
+    /// snapshot or pre-commit, an I/O error) is an error; processing continues either way.
     pub fn checkpoint(&self) -> Result<Option<u64>, DbError> {
-        Ok(None)
+        if self.inner.durability.is_none() {
+            return Ok(None);
+        }
+        self.ensure_open()?;
+        self.run_checkpoint()
+    }
+
+    /// One checkpoint round (`None` without durability).
+    fn run_checkpoint(&self) -> Result<Option<u64>, DbError> {
+        let Some(durability) = self.inner.durability.clone() else {
+            return Ok(None);
+        };
+        durability
+            .checkpoint(
+                |_| Ok(self.checkpoint_participants()),
+                |epoch| {
+                    self.inject_barriers(epoch);
+                    Ok(())
+                },
+                |epoch| {
+                    for sink in self.inner.catalog.read().sinks.values() {
+                        sink.runner.commit(epoch);
+                    }
+                },
+            )
+            .map(Some)
+    }
+
+    /// Checkpoint and recovery counters; `None` without a storage directory.
+    pub fn checkpoint_stats(&self) -> Option<crate::durability::CheckpointStats> {
+        self.inner.durability.as_ref().map(|d| d.stats())
+    }
+
+    fn checkpoint_participants(&self) -> Participants {
+        let catalog = self.inner.catalog.read();
+        let mut nodes: Vec<Arc<Node>> = Vec::new();
+        let mut objects = Vec::new();
+        for source in catalog.sources.values() {
+            nodes.push(source.node.clone());
+            objects.push((source.name.clone(), source.sql.clone()));
+        }
+        for stream in catalog.streams.values() {
+            nodes.push(stream.node.clone());
+            nodes.extend(stream.instances.iter().map(|(n, _)| n.clone()));
+            nodes.extend(stream.exchange.iter().map(|(n, _)| n.clone()));
+            if stream.side_output_of.is_none() && stream.query_id.is_none() {
+                objects.push((stream.name.clone(), stream.sql.clone()));
+            }
+        }
+        for sink in catalog.sinks.values() {
+            nodes.extend(sink.node.clone());
+        }
+        nodes.retain(|n| !n.is_finished() && !n.is_retired());
+        let mut tables = Vec::new();
+        for table in catalog.tables.values() {
+            objects.push((table.name.clone(), table.sql.clone()));
+            match table.store.snapshot_bytes() {
+                Ok(bytes) => tables.push((table.name.clone(), bytes)),
+                Err(e) => tracing::error!(table = %table.name, error = %e, "table snapshot failed"),
+            }
+        }
+        Participants {
+            nodes,
+            objects,
+            sources: catalog
+                .sources
+                .values()
+                .filter(|s| s.runner.is_some())
+                .map(|s| s.name.clone())
+                .collect(),
+            sinks: catalog
+                .sinks
+                .values()
+                .filter(|s| s.runner.has_task() && !s.runner.is_done())
+                .map(|s| s.name.clone())
+                .collect(),
+            tables,
+        }
+    }
+
+    fn inject_barriers(&self, epoch: u64) {
+        let catalog = self.inner.catalog.read();
+        for source in catalog.sources.values() {
+            match &source.runner {
+                Some(runner) => runner.request_barrier(epoch, &source.ingest_target()),
+                None => {
+                    let _ = source.input.send_blocking(Message::Barrier(epoch));
+                }
+            }
+        }
+        for stream in catalog.streams.values() {
+            if let Some(input) = &stream.late_input {
+                let _ = input.send_blocking(Message::Barrier(epoch));
+            }
+        }
     }
 
     /// Waits until every message pushed so far has reached subscriptions and sinks (or the
@@ -224,6 +358,11 @@ impl LaminarDB {
                 .sources
                 .values()
                 .all(|s| s.runner.as_ref().is_some_and(|r| r.is_ended()));
+        if self.inner.durability.is_some() {
+            // Durable sources stay open after their input ends (for checkpoints): finished
+            // means ended and everything read has been handled.
+            return sources_done && self.inner.runtime.wait_idle(Duration::ZERO);
+        }
         sources_done
             && catalog
                 .sinks
@@ -374,6 +513,38 @@ impl LaminarDB {
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, DbError> {
         crate::execute::bounded_query(self, sql).await
     }
+}
+
+/// Takes a checkpoint every `interval` while the pipeline runs (after `start()`: before it,
+/// the application may still be creating objects whose state a checkpoint would miss).
+fn spawn_periodic_checkpoints(
+    inner: std::sync::Weak<DbInner>,
+    interval: Duration,
+) -> Result<(), DbError> {
+    std::thread::Builder::new()
+        .name("laminar-checkpoint".into())
+        .spawn(move || {
+            let mut last = Instant::now();
+            loop {
+                std::thread::sleep(Duration::from_millis(20).min(interval));
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                let state = *inner.state.lock();
+                match state {
+                    PipelineState::ShuttingDown | PipelineState::Stopped => return,
+                    PipelineState::Running if last.elapsed() >= interval => {
+                        last = Instant::now();
+                        let db = LaminarDB { inner };
+                        // Failures are counted in the stats and logged.
+                        let _ = db.checkpoint();
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| DbError::Engine(format!("cannot start the checkpoint thread: {e}")))
 }
 
 impl Drop for DbInner {

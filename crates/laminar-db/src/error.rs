@@ -94,6 +94,10 @@ pub enum DbError {
     /// Checkpointing is not available or failed.
     #[error("checkpoint error: {0}")]
     Checkpoint(String),
+    /// An object was defined differently from the one whose state the storage directory
+    /// holds (or that state no longer fits it).
+    #[error("{0}")]
+    StateMismatch(String),
     /// An engine error (DataFusion execution of a bounded query, internal failures).
     #[error("engine error: {0}")]
     Engine(String),
@@ -125,6 +129,7 @@ impl DbError {
             DbError::Connector { .. } => "CONNECTOR",
             DbError::Pipeline(_) => "PIPELINE",
             DbError::Checkpoint(_) => "CHECKPOINT",
+            DbError::StateMismatch(_) => "STATE_MISMATCH",
             DbError::Engine(_) => "ENGINE",
         }
     }

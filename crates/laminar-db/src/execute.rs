@@ -33,6 +33,7 @@ use sqlparser::ast::{Expr, Query};
 use crate::catalog::{SinkEntry, SourceEntry, StreamEntry};
 use crate::config::BackpressureStrategy;
 use crate::db::LaminarDB;
+use crate::durability::Restored;
 use crate::error::DbError;
 use crate::runners::{SinkRunner, SourceRunner};
 use crate::subscription::{ArrowSubscription, Subscription};
@@ -265,7 +266,14 @@ impl LaminarDB {
             return Ok(c.name);
         }
         // Source options.
-        let mut buffer_size = self.inner.config.buffer_size;
+        // A connector reads batches of thousands of rows: a short queue keeps the backlog
+        // (and with it the time a checkpoint barrier waits behind it) small, where pushes
+        // of single rows need a long one.
+        let mut buffer_size = if c.connector.is_some() {
+            self.inner.config.buffer_size.min(CONNECTOR_QUEUE_BATCHES)
+        } else {
+            self.inner.config.buffer_size
+        };
         let mut backpressure = self.inner.config.backpressure;
         let mut idle_timeout = self.inner.config.idle_timeout;
         let mut watermark_key: Option<String> = None;
@@ -514,8 +522,19 @@ impl LaminarDB {
         if c.or_replace {
             self.remove_object(&c.name);
         }
+        let mut restored =
+            self.restore_object("source", &c.name, sql, std::slice::from_ref(&c.name))?;
+        let runner = connector.map(|c| SourceRunner::new(c, self.inner.durability.clone()));
+        if let (Some(position), Some(runner)) = (&restored.position, &runner) {
+            runner.seek(position).map_err(|e| {
+                DbError::Checkpoint(format!(
+                    "source '{}': cannot resume at the checkpointed position '{position}': {e}",
+                    c.name
+                ))
+            })?;
+        }
         let metrics = Arc::new(NodeMetrics::default());
-        let operator = SourceOperator::new(
+        let mut operator = SourceOperator::new(
             SourceSettings {
                 name: c.name.clone(),
                 schema: schema.clone(),
@@ -528,6 +547,14 @@ impl LaminarDB {
             metrics.clone(),
         )
         .map_err(|e| DbError::Engine(e.to_string()))?;
+        if let Some(state) = restored.state(&c.name) {
+            laminar_core::operator::Operator::restore(&mut operator, &state).map_err(|e| {
+                DbError::Checkpoint(format!(
+                    "source '{}': cannot restore its checkpointed watermark: {e}",
+                    c.name
+                ))
+            })?;
+        }
         let (node, input) = self.inner.runtime.add_source(
             &c.name,
             Box::new(operator),
@@ -547,7 +574,7 @@ impl LaminarDB {
             node,
             input,
             metrics,
-            runner: connector.map(SourceRunner::new),
+            runner,
         };
         let running = matches!(self.pipeline_state(), crate::db::PipelineState::Running);
         let target = entry.ingest_target();
@@ -560,6 +587,20 @@ impl LaminarDB {
             .sources
             .insert(c.name.clone(), entry);
         Ok(c.name)
+    }
+
+    /// The checkpointed state of an object created again (nothing without durability).
+    pub(crate) fn restore_object(
+        &self,
+        kind: &str,
+        name: &str,
+        sql: &str,
+        nodes: &[String],
+    ) -> Result<Restored, DbError> {
+        match &self.inner.durability {
+            Some(d) => d.restore_object(kind, name, sql, nodes),
+            None => Ok(Restored::default()),
+        }
     }
 
     pub(crate) fn plan(
@@ -733,6 +774,27 @@ impl LaminarDB {
             })
         };
         let instances = aggregation_instances(&plan, self.inner.runtime.workers());
+        // Checkpointed state of a named stream: its single node, or its instances.
+        let stateful_nodes: Vec<String> = if instances > 1 && plan.aggregate.is_some() {
+            (0..instances).map(|i| format!("{name}[{i}]")).collect()
+        } else {
+            vec![name.to_string()]
+        };
+        let mut restored = match query_id {
+            None => self.restore_object("stream", name, sql, &stateful_nodes)?,
+            Some(_) => Restored::default(),
+        };
+        let mut restore =
+            |node: &str, op: &mut Box<dyn laminar_core::operator::Operator>| match restored
+                .state(node)
+            {
+                Some(state) => op.restore(&state).map_err(|e| {
+                    DbError::Checkpoint(format!(
+                        "stream '{name}': cannot restore the checkpointed state of '{node}': {e}"
+                    ))
+                }),
+                None => Ok(()),
+            };
         let mut instance_nodes: Vec<(Arc<laminar_core::runtime::Node>, Arc<NodeMetrics>)> =
             Vec::new();
         let mut exchange: Option<(Arc<laminar_core::runtime::Node>, Arc<NodeMetrics>)> = None;
@@ -765,7 +827,13 @@ impl LaminarDB {
             let mut failed = None;
             for index in 0..instances {
                 let instance_metrics = Arc::new(NodeMetrics::default());
-                match self.make_operator(name, &plan, &instance_metrics, late_rows(), true) {
+                let made = self
+                    .make_operator(name, &plan, &instance_metrics, late_rows(), true)
+                    .and_then(|mut op| {
+                        restore(&format!("{name}[{index}]"), &mut op)?;
+                        Ok(op)
+                    });
+                match made {
                     Ok(op) => {
                         // Edge `index` of the exchange leads to instance `index`.
                         let node = self.inner.runtime.add_node(
@@ -802,6 +870,10 @@ impl LaminarDB {
             }
         } else {
             self.make_operator(name, &plan, &metrics, late_rows(), false)
+                .and_then(|mut op| {
+                    restore(name, &mut op)?;
+                    Ok(op)
+                })
                 .map(|operator| {
                     self.inner
                         .runtime
@@ -820,7 +892,9 @@ impl LaminarDB {
                 return Err(e);
             }
         };
-        if let (Some(late_name), Some((late_node, _, late_metrics, schema))) = (late_name, late) {
+        if let (Some(late_name), Some((late_node, late_input, late_metrics, schema))) =
+            (late_name, late)
+        {
             if let Some(old) = catalog.streams.remove(&late_name) {
                 self.remove_stream_nodes(&old);
             }
@@ -837,6 +911,7 @@ impl LaminarDB {
                     side_output_of: Some(name.to_string()),
                     instances: Vec::new(),
                     exchange: None,
+                    late_input: Some(late_input),
                 },
             );
         }
@@ -854,6 +929,7 @@ impl LaminarDB {
                 side_output_of: None,
                 instances: instance_nodes,
                 exchange,
+                late_input: None,
             },
         );
         Ok((node, active))
@@ -1056,6 +1132,7 @@ impl LaminarDB {
                     rx,
                     metrics.clone(),
                     self.inner.failures.clone(),
+                    self.inner.durability.clone(),
                 )
             }
             None => SinkRunner::none(),
@@ -1433,6 +1510,9 @@ impl LateRows for LateStream {
 
 /// Parallel instances of a stream's aggregation: one per worker when it groups by keys (a hash
 /// exchange routes each row to the instance of its key), otherwise one.
+/// Default ingestion queue length (batches) of a connector source.
+const CONNECTOR_QUEUE_BATCHES: usize = 16;
+
 pub(crate) fn aggregation_instances(plan: &StreamPlan, workers: usize) -> usize {
     match &plan.aggregate {
         Some(a) if !a.keys.is_empty() => workers.max(1),

@@ -35,6 +35,7 @@ mod catalog;
 mod config;
 mod db;
 mod describe;
+mod durability;
 mod error;
 mod execute;
 mod ingest;
@@ -43,8 +44,11 @@ mod runners;
 mod subscription;
 mod tables;
 
-pub use config::{BackpressureStrategy, DbConfig, LaminarDbBuilder, default_workers};
+pub use config::{
+    BackpressureStrategy, DbConfig, LaminarDbBuilder, StorageConfig, default_workers,
+};
 pub use db::{LaminarDB, PipelineState};
+pub use durability::CheckpointStats;
 pub use error::DbError;
 pub use execute::{DdlInfo, ExecuteResult, QueryHandle};
 pub use ingest::{SourceHandle, TypedSourceHandle};
@@ -69,4 +73,4 @@ pub use arrow;
 pub use laminar_core::message::{ChangeOp, Message, OP_COLUMN};
 
 /// Connector registry (names, options) for tooling.
-pub use laminar_connectors::{ConnectorInfo, sink_connectors, source_connectors};
+pub use laminar_connectors::{ConnectorInfo, parse_duration, sink_connectors, source_connectors};

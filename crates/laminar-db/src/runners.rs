@@ -16,6 +16,7 @@ use laminar_core::runtime::EdgeReceiver;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
+use crate::durability::Durability;
 use crate::ingest::{IngestTarget, validate_batch};
 
 /// Failures reported by runners, shared with the database.
@@ -29,15 +30,33 @@ pub(crate) struct SourceRunner {
     connector: Arc<Mutex<Box<dyn SourceConnector>>>,
     stop: Arc<AtomicBool>,
     ended: Arc<AtomicBool>,
+    /// Durable mode: stop polling but keep serving barriers (shutdown's last checkpoint).
+    paused: Arc<AtomicBool>,
+    barrier: Arc<Mutex<BarrierRequest>>,
+    durable: Option<Arc<Durability>>,
     handle: Option<JoinHandle<()>>,
 }
 
+/// A checkpoint barrier the read loop is asked to inject, and whether the loop still runs
+/// (when it does not, the requester injects the barrier itself).
+#[derive(Default)]
+struct BarrierRequest {
+    epoch: Option<u64>,
+    loop_running: bool,
+}
+
 impl SourceRunner {
-    pub(crate) fn new(connector: Box<dyn SourceConnector>) -> Self {
+    pub(crate) fn new(
+        connector: Box<dyn SourceConnector>,
+        durable: Option<Arc<Durability>>,
+    ) -> Self {
         SourceRunner {
             connector: Arc::new(Mutex::new(connector)),
             stop: Arc::new(AtomicBool::new(false)),
             ended: Arc::new(AtomicBool::new(false)),
+            paused: Arc::new(AtomicBool::new(false)),
+            barrier: Arc::new(Mutex::new(BarrierRequest::default())),
+            durable,
             handle: None,
         }
     }
@@ -55,6 +74,31 @@ impl SourceRunner {
         self.connector.lock().metrics()
     }
 
+    /// Resumes the connector at a checkpointed position (before it starts).
+    pub(crate) fn seek(&self, position: &str) -> Result<(), String> {
+        self.connector
+            .lock()
+            .seek(position)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Injects checkpoint barrier `epoch` after the last batch read (between two polls),
+    /// reporting the connector's position at that point to the checkpoint.
+    pub(crate) fn request_barrier(&self, epoch: u64, target: &IngestTarget) {
+        let mut request = self.barrier.lock();
+        if request.loop_running {
+            request.epoch = Some(epoch);
+        } else {
+            drop(request);
+            inject_barrier(&self.connector, target, self.durable.as_deref(), epoch);
+        }
+    }
+
+    /// Durable shutdown: stop reading, keep answering barriers.
+    pub(crate) fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
     pub(crate) fn start(
         &mut self,
         io: &tokio::runtime::Handle,
@@ -67,16 +111,40 @@ impl SourceRunner {
         let connector = self.connector.clone();
         let stop = self.stop.clone();
         let ended = self.ended.clone();
+        let paused = self.paused.clone();
+        let barrier = self.barrier.clone();
+        let durable = self.durable.clone();
+        barrier.lock().loop_running = true;
         self.handle = Some(io.spawn_blocking(move || {
-            let result = read_loop(&connector, &target, &stop);
+            let looped = ReadLoop {
+                connector: &connector,
+                target: &target,
+                stop: &stop,
+                paused: &paused,
+                ended: &ended,
+                barrier: &barrier,
+                durable: durable.as_deref(),
+            };
+            let result = looped.run();
+            {
+                // From here on, requesters inject barriers themselves.
+                let mut request = barrier.lock();
+                request.loop_running = false;
+                if let Some(epoch) = request.epoch.take() {
+                    inject_barrier(&connector, &target, durable.as_deref(), epoch);
+                }
+            }
+            let failed = result.is_err();
             if let Err(message) = result {
                 tracing::error!(source = %target.name, %message, "source failed");
                 failures
                     .lock()
                     .push(format!("source '{}': {message}", target.name));
             }
-            if !stop.load(Ordering::SeqCst) {
-                // End of input (or failure): the source stops holding the pipeline back.
+            // End of input (or failure): the source stops holding the pipeline back. With
+            // durability, a source that ended stays open (its end was sent as the final
+            // watermark) so checkpoints can still pass it.
+            if !stop.load(Ordering::SeqCst) && (durable.is_none() || failed) {
                 let _ = target.input.send_blocking(Message::End);
             }
             let _ = connector.lock().close();
@@ -89,33 +157,79 @@ impl SourceRunner {
     }
 }
 
-fn read_loop(
+/// Sends barrier `epoch` into the source queue and reports the position it stands for.
+fn inject_barrier(
     connector: &Mutex<Box<dyn SourceConnector>>,
     target: &IngestTarget,
-    stop: &AtomicBool,
-) -> Result<(), String> {
-    while !stop.load(Ordering::SeqCst) {
-        let polled = connector.lock().poll_batch(POLL_ROWS);
-        match polled.map_err(|e| e.to_string())? {
-            SourcePoll::Batch(batch) => {
-                let batch = validate_batch(
-                    &target.name,
-                    &target.schema,
-                    target.event_time.as_ref(),
-                    &batch,
-                )
-                .map_err(|e| e.to_string())?;
-                if batch.num_rows() > 0
-                    && target.input.send_blocking(Message::Batch(batch)).is_err()
-                {
-                    return Ok(());
+    durable: Option<&Durability>,
+    epoch: u64,
+) {
+    let position = connector.lock().position();
+    let sent = target
+        .input
+        .send_blocking(Message::Barrier(epoch))
+        .map_err(|e| format!("cannot inject the checkpoint barrier: {e}"));
+    if let Some(d) = durable {
+        d.on_source_barrier(&target.name, epoch, sent.map(|()| position));
+    }
+}
+
+struct ReadLoop<'a> {
+    connector: &'a Mutex<Box<dyn SourceConnector>>,
+    target: &'a IngestTarget,
+    stop: &'a AtomicBool,
+    paused: &'a AtomicBool,
+    ended: &'a AtomicBool,
+    barrier: &'a Mutex<BarrierRequest>,
+    durable: Option<&'a Durability>,
+}
+
+impl ReadLoop<'_> {
+    fn run(&self) -> Result<(), String> {
+        let target = self.target;
+        let mut input_ended = false;
+        while !self.stop.load(Ordering::SeqCst) {
+            let requested = self.barrier.lock().epoch.take();
+            if let Some(epoch) = requested {
+                inject_barrier(self.connector, target, self.durable, epoch);
+            }
+            if input_ended || self.paused.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+            let polled = self.connector.lock().poll_batch(POLL_ROWS);
+            match polled.map_err(|e| e.to_string())? {
+                SourcePoll::Batch(batch) => {
+                    let batch = validate_batch(
+                        &target.name,
+                        &target.schema,
+                        target.event_time.as_ref(),
+                        &batch,
+                    )
+                    .map_err(|e| e.to_string())?;
+                    if batch.num_rows() > 0
+                        && target.input.send_blocking(Message::Batch(batch)).is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+                SourcePoll::Pending => std::thread::sleep(Duration::from_millis(5)),
+                SourcePoll::End => {
+                    if self.durable.is_none() {
+                        return Ok(());
+                    }
+                    // The end of a finite input closes every window (as `End` would) but
+                    // keeps the source open for checkpoints.
+                    let _ = target
+                        .input
+                        .send_blocking(Message::Watermark(laminar_core::message::END_OF_TIME));
+                    input_ended = true;
+                    self.ended.store(true, Ordering::SeqCst);
                 }
             }
-            SourcePoll::Pending => std::thread::sleep(Duration::from_millis(5)),
-            SourcePoll::End => return Ok(()),
         }
+        Ok(())
     }
-    Ok(())
 }
 
 impl Drop for SourceRunner {
@@ -130,6 +244,8 @@ pub(crate) struct SinkRunner {
     done: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
     connector_metrics: Arc<Mutex<SinkConnectorMetrics>>,
+    /// Epochs whose checkpoint completed, to commit (durable mode).
+    commits: Option<crossbeam_channel::Sender<u64>>,
 }
 
 impl SinkRunner {
@@ -140,6 +256,7 @@ impl SinkRunner {
             done: Arc::new(AtomicBool::new(true)),
             handle: None,
             connector_metrics: Arc::new(Mutex::new(SinkConnectorMetrics::default())),
+            commits: None,
         }
     }
 
@@ -150,17 +267,32 @@ impl SinkRunner {
         rx: EdgeReceiver,
         metrics: Arc<NodeMetrics>,
         failures: Failures,
+        durable: Option<Arc<Durability>>,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicBool::new(false));
         let connector_metrics = Arc::new(Mutex::new(sink.metrics()));
+        let (commit_tx, commit_rx) = crossbeam_channel::unbounded::<u64>();
         let handle = {
             let stop = stop.clone();
             let done = done.clone();
             let connector_metrics = connector_metrics.clone();
             io.spawn_blocking(move || {
-                let result = write_loop(&mut *sink, &rx, &stop, &metrics, &connector_metrics);
-                let closed = sink.close().map_err(|e| e.to_string());
+                let epochs = durable.as_ref().map(|d| SinkEpochs {
+                    durability: d.clone(),
+                    commits: commit_rx,
+                });
+                let mut writer = SinkWriter {
+                    name: &name,
+                    sink: &mut *sink,
+                    rx: &rx,
+                    stop: &stop,
+                    metrics: &metrics,
+                    connector_metrics: &connector_metrics,
+                    epochs: epochs.as_ref(),
+                };
+                let result = writer.run();
+                let closed = writer.finish().map_err(|e| e.to_string());
                 *connector_metrics.lock() = sink.metrics();
                 if let Err(message) = result.and(closed) {
                     metrics.errors.fetch_add(1, Ordering::Relaxed);
@@ -182,11 +314,19 @@ impl SinkRunner {
             done,
             handle: Some(handle),
             connector_metrics,
+            commits: Some(commit_tx),
         }
     }
 
     pub(crate) fn is_done(&self) -> bool {
         self.done.load(Ordering::SeqCst)
+    }
+
+    /// Tells the sink that the checkpoint of `epoch` completed (its commit decision).
+    pub(crate) fn commit(&self, epoch: u64) {
+        if let Some(tx) = &self.commits {
+            let _ = tx.send(epoch);
+        }
     }
 
     pub(crate) fn connector_metrics(&self) -> SinkConnectorMetrics {
@@ -215,54 +355,135 @@ impl SinkRunner {
     }
 }
 
-fn write_loop(
-    sink: &mut dyn SinkConnector,
-    rx: &EdgeReceiver,
-    stop: &AtomicBool,
-    metrics: &NodeMetrics,
-    connector_metrics: &Mutex<SinkConnectorMetrics>,
-) -> Result<(), String> {
-    let mut last_tick = Instant::now();
-    loop {
-        let received = rx.recv_timeout(Duration::from_millis(100));
-        match received {
-            Ok(msg) => {
-                let result = match &msg {
-                    Message::Batch(batch) => {
-                        metrics
-                            .rows_in
-                            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-                        sink.write_batch(batch).map_err(|e| e.to_string())
-                    }
-                    Message::Watermark(w) => {
-                        metrics.watermark.fetch_max(*w, Ordering::Relaxed);
-                        Ok(())
-                    }
-                    Message::Barrier(_)
-                    | Message::Idle
-                    | Message::End
-                    | Message::Partitioned(_) => Ok(()),
-                };
-                rx.done();
-                result?;
-                if matches!(msg, Message::End) {
-                    return Ok(());
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                if stop.load(Ordering::SeqCst) && rx.is_empty() {
-                    return Ok(());
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+/// Checkpoint participation of a sink (durable mode).
+struct SinkEpochs {
+    durability: Arc<Durability>,
+    commits: crossbeam_channel::Receiver<u64>,
+}
+
+struct SinkWriter<'a> {
+    name: &'a str,
+    sink: &'a mut dyn SinkConnector,
+    rx: &'a EdgeReceiver,
+    stop: &'a AtomicBool,
+    metrics: &'a NodeMetrics,
+    connector_metrics: &'a Mutex<SinkConnectorMetrics>,
+    epochs: Option<&'a SinkEpochs>,
+}
+
+impl SinkWriter<'_> {
+    fn run(&mut self) -> Result<(), String> {
+        // What a previous run left: commit what its last checkpoint decided, drop the rest.
+        let committed = self.epochs.and_then(|e| e.durability.recovered_epoch());
+        self.sink.recover(committed).map_err(|e| e.to_string())?;
+        if let Some(e) = self.epochs {
+            self.sink
+                .begin_epoch(e.durability.next_epoch())
+                .map_err(|e| e.to_string())?;
         }
-        if last_tick.elapsed() >= Duration::from_millis(100) {
-            last_tick = Instant::now();
-            sink.tick().map_err(|e| e.to_string())?;
-            *connector_metrics.lock() = sink.metrics();
-            let m = connector_metrics.lock();
-            metrics.rows_out.store(m.records_written, Ordering::Relaxed);
-            metrics.bytes_out.store(m.bytes_written, Ordering::Relaxed);
+        let timeout = if self.epochs.is_some() {
+            Duration::from_millis(10)
+        } else {
+            Duration::from_millis(100)
+        };
+        let mut last_tick = Instant::now();
+        loop {
+            self.apply_commits()?;
+            let received = self.rx.recv_timeout(timeout);
+            match received {
+                Ok(msg) => {
+                    let result = self.handle(&msg);
+                    self.rx.done();
+                    result?;
+                    if matches!(msg, Message::End) {
+                        return Ok(());
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.stop.load(Ordering::SeqCst) && self.rx.is_empty() {
+                        return Ok(());
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            if last_tick.elapsed() >= Duration::from_millis(100) {
+                last_tick = Instant::now();
+                self.sink.tick().map_err(|e| e.to_string())?;
+                *self.connector_metrics.lock() = self.sink.metrics();
+                let m = self.connector_metrics.lock();
+                self.metrics
+                    .rows_out
+                    .store(m.records_written, Ordering::Relaxed);
+                self.metrics
+                    .bytes_out
+                    .store(m.bytes_written, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: &Message) -> Result<(), String> {
+        match msg {
+            Message::Batch(batch) => {
+                self.metrics
+                    .rows_in
+                    .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                self.sink.write_batch(batch).map_err(|e| e.to_string())
+            }
+            Message::Watermark(w) => {
+                self.metrics.watermark.fetch_max(*w, Ordering::Relaxed);
+                Ok(())
+            }
+            Message::Barrier(epoch) => {
+                let Some(epochs) = self.epochs else {
+                    return Ok(());
+                };
+                // Everything before the barrier becomes durable but stays invisible
+                // until the checkpoint completes.
+                let result = self.sink.pre_commit(*epoch).map_err(|e| e.to_string());
+                epochs
+                    .durability
+                    .on_sink_precommit(self.name, *epoch, result.clone());
+                result?;
+                self.sink.begin_epoch(epoch + 1).map_err(|e| e.to_string())
+            }
+            Message::Idle | Message::End | Message::Partitioned(_) => Ok(()),
+        }
+    }
+
+    /// Commits the epochs whose checkpoints completed (retrying a failed commit a few
+    /// times: committing is idempotent).
+    fn apply_commits(&mut self) -> Result<(), String> {
+        let Some(epochs) = self.epochs else {
+            return Ok(());
+        };
+        while let Ok(epoch) = epochs.commits.try_recv() {
+            let mut attempt = 0;
+            loop {
+                match self.sink.commit_epoch(epoch) {
+                    Ok(()) => break,
+                    Err(e) if attempt < 3 => {
+                        attempt += 1;
+                        tracing::warn!(sink = %self.name, epoch, error = %e, "commit failed, retrying");
+                        std::thread::sleep(Duration::from_millis(100 * attempt));
+                    }
+                    Err(e) => return Err(format!("cannot commit epoch {epoch}: {e}")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the sink: without durability (or for an at-least-once sink) `close` commits
+    /// everything; an exactly-once sink of a durable pipeline commits what completed
+    /// checkpoints decided and discards the rest, which a restart produces again.
+    fn finish(&mut self) -> Result<(), laminar_connectors::ConnectorError> {
+        match self.epochs {
+            Some(_) if self.sink.capabilities().exactly_once => {
+                self.apply_commits()
+                    .map_err(laminar_connectors::ConnectorError::Unsupported)?;
+                self.sink.rollback_epoch(0)
+            }
+            _ => self.sink.close(),
         }
     }
 }

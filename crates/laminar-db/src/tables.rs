@@ -124,6 +124,14 @@ impl LaminarDB {
             TableStore::new(&c.name, schema.clone(), key_columns, max_rows)
                 .map_err(|e| SqlError::Invalid(e.to_string()))?,
         );
+        if let Some(rows) = self.restore_object("table", &c.name, sql, &[])?.table {
+            store.restore_bytes(&rows).map_err(|e| {
+                DbError::Checkpoint(format!(
+                    "table '{}': cannot restore its checkpointed rows: {e}",
+                    c.name
+                ))
+            })?;
+        }
         let stop = Arc::new(AtomicBool::new(false));
         if c.format.is_some() && c.connector.is_none() {
             return Err(

@@ -143,6 +143,16 @@ impl CsvFileReader {
         self.next_record
     }
 
+    /// Continues at a record boundary taken from `byte_offset()` / `records()` earlier.
+    pub(crate) fn resume_at(&mut self, offset: u64, records: u64) -> Result<(), ConnectorError> {
+        self.reader
+            .seek(SeekFrom::Start(offset))
+            .map_err(|e| ConnectorError::io(&self.path, e))?;
+        self.offset = offset;
+        self.next_record = records;
+        Ok(())
+    }
+
     /// The next chunk conformed to the declared schema (possibly empty when
     /// every record in it was skipped); `None` at the end of the file.
     pub(crate) fn next_batch(

@@ -125,6 +125,17 @@ impl JsonFileReader {
         self.line
     }
 
+    /// Continues at a line boundary taken from `byte_offset()` / `lines()` earlier.
+    pub(crate) fn resume_at(&mut self, offset: u64, lines: u64) -> Result<(), ConnectorError> {
+        use std::io::Seek;
+        self.reader
+            .seek(std::io::SeekFrom::Start(offset))
+            .map_err(|e| ConnectorError::io(&self.path, e))?;
+        self.offset = offset;
+        self.line = lines;
+        Ok(())
+    }
+
     /// The next chunk conformed to the declared schema (possibly empty when
     /// every record was skipped); `None` at the end of the file.
     pub(crate) fn next_batch(

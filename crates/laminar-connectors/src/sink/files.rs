@@ -20,9 +20,16 @@
 //!   Without epochs (no checkpointing), files commit at rollover and at `close`.
 //! - `at-least-once`: files commit at rollover; nothing waits.
 //!
-//! Opening the sink deletes stale `.inprogress-*` / `.pending-*` files (data no
-//! epoch committed) and continues sequence numbers after the highest existing
-//! `part-*` file of each epoch, so committed files are never overwritten.
+//! A pending file assigned to an epoch is renamed `.pending-<epoch>-<id>.<ext>`
+//! (and the directory synced) by `pre_commit`, so the assignment survives a
+//! crash. Opening the sink deletes stale `.inprogress-*` files and pending files
+//! of no epoch, keeps epoch-tagged pending files as in doubt, and continues
+//! sequence numbers after the highest existing `part-*` file of each epoch, so
+//! committed files are never overwritten. `recover(committed)` then commits the
+//! in-doubt files of epochs up to `committed` (whose checkpoint completed: the
+//! commit decision) and deletes the rest; committing them again after a crash
+//! in the middle of a commit is harmless, as a committed file is no longer
+//! pending.
 //!
 //! Partitioning (`partition.columns`): rows are routed to `col=value/`
 //! subdirectories (Hive-style: values percent-encoded, NULL as
@@ -279,6 +286,8 @@ pub struct FilesSink {
     /// Open files by partition directory ("" when unpartitioned).
     open: BTreeMap<String, OpenFile>,
     pending: Vec<PendingFile>,
+    /// Epoch-tagged pending files a previous run left (see `recover`).
+    in_doubt: Vec<PendingFile>,
     /// Next sequence number per epoch.
     next_seq: HashMap<u64, u64>,
     metrics: SinkConnectorMetrics,
@@ -299,7 +308,8 @@ impl FilesSink {
             .collect();
         let data_schema = Arc::new(input.project(&data_idx)?);
         let mut next_seq = HashMap::new();
-        recover_dir(&config.dir, &mut next_seq)?;
+        let mut in_doubt = Vec::new();
+        recover_dir(&config.dir, "", &mut next_seq, &mut in_doubt)?;
         Ok(Self {
             config,
             input,
@@ -311,6 +321,7 @@ impl FilesSink {
             last_pre_commit: None,
             open: BTreeMap::new(),
             pending: Vec::new(),
+            in_doubt,
             next_seq,
             metrics: SinkConnectorMetrics::default(),
         })
@@ -371,9 +382,11 @@ impl FilesSink {
             let epoch = epoch.unwrap_or(self.epoch);
             self.commit_file(&path, rel_dir, epoch)
         } else {
-            let pending =
-                path.with_file_name(format!("{PENDING_PREFIX}{}.{}", unique_id(), self.ext()));
+            let pending = path.with_file_name(pending_name(epoch, self.ext()));
             rename(&path, &pending)?;
+            if epoch.is_some() {
+                sync_dir(&self.config.dir.join(rel_dir))?;
+            }
             self.pending.push(PendingFile {
                 path: pending,
                 rel_dir: rel_dir.to_string(),
@@ -507,6 +520,28 @@ impl SinkConnector for FilesSink {
         Ok(())
     }
 
+    fn recover(&mut self, committed: Option<u64>) -> Result<(), ConnectorError> {
+        let in_doubt = std::mem::take(&mut self.in_doubt);
+        let mut result = Ok(());
+        for p in in_doubt {
+            let step = match p.epoch {
+                Some(epoch) if committed.is_some_and(|c| epoch <= c) => {
+                    tracing::info!(file = %p.path.display(), epoch, "committing a file of a completed checkpoint");
+                    self.commit_file(&p.path, &p.rel_dir, epoch)
+                }
+                _ => {
+                    tracing::info!(file = %p.path.display(), "removing a file of an unfinished checkpoint");
+                    remove(&p.path)
+                }
+            };
+            if let Err(e) = step {
+                self.metrics.errors += 1;
+                result = result.and(Err(e));
+            }
+        }
+        result
+    }
+
     fn begin_epoch(&mut self, epoch: u64) -> Result<(), ConnectorError> {
         self.epochs_in_use = true;
         self.epoch = epoch;
@@ -516,8 +551,15 @@ impl SinkConnector for FilesSink {
     fn pre_commit(&mut self, epoch: u64) -> Result<(), ConnectorError> {
         self.epochs_in_use = true;
         self.roll_all(Some(epoch))?;
+        let ext = self.ext();
         for p in &mut self.pending {
             if p.epoch.is_none() {
+                // The epoch goes into the name, durably: after a crash the file is
+                // committed or discarded by that epoch's fate.
+                let tagged = p.path.with_file_name(pending_name(Some(epoch), ext));
+                rename(&p.path, &tagged)?;
+                sync_dir(&self.config.dir.join(&p.rel_dir))?;
+                p.path = tagged;
                 p.epoch = Some(epoch);
             }
         }
@@ -620,9 +662,15 @@ fn create_file(
     })
 }
 
-/// Deletes stale in-progress/pending files under `dir` (recursively, skipping
-/// dot-directories) and records the next sequence number per epoch.
-fn recover_dir(dir: &Path, next_seq: &mut HashMap<u64, u64>) -> Result<(), ConnectorError> {
+/// Deletes stale in-progress files and untagged pending files under `dir`
+/// (recursively, skipping dot-directories), collects epoch-tagged pending files as
+/// in doubt and records the next sequence number per epoch.
+fn recover_dir(
+    dir: &Path,
+    rel_dir: &str,
+    next_seq: &mut HashMap<u64, u64>,
+    in_doubt: &mut Vec<PendingFile>,
+) -> Result<(), ConnectorError> {
     let entries = std::fs::read_dir(dir).map_err(|e| ConnectorError::io(dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| ConnectorError::io(dir, e))?;
@@ -631,8 +679,19 @@ fn recover_dir(dir: &Path, next_seq: &mut HashMap<u64, u64>) -> Result<(), Conne
         let path = entry.path();
         if path.is_dir() {
             if !name.starts_with('.') {
-                recover_dir(&path, next_seq)?;
+                let rel = if rel_dir.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{rel_dir}/{name}")
+                };
+                recover_dir(&path, &rel, next_seq, in_doubt)?;
             }
+        } else if let Some(epoch) = pending_epoch(&name) {
+            in_doubt.push(PendingFile {
+                path,
+                rel_dir: rel_dir.to_string(),
+                epoch: Some(epoch),
+            });
         } else if name.starts_with(INPROGRESS_PREFIX) || name.starts_with(PENDING_PREFIX) {
             tracing::info!(file = %path.display(), "removing uncommitted file");
             remove(&path)?;
@@ -642,6 +701,21 @@ fn recover_dir(dir: &Path, next_seq: &mut HashMap<u64, u64>) -> Result<(), Conne
         }
     }
     Ok(())
+}
+
+/// `.pending-<id>.<ext>`, or `.pending-e<epoch>-<id>.<ext>` once assigned to an epoch.
+fn pending_name(epoch: Option<u64>, ext: &str) -> String {
+    match epoch {
+        Some(e) => format!("{PENDING_PREFIX}e{e:06}-{}.{ext}", unique_id()),
+        None => format!("{PENDING_PREFIX}{}.{ext}", unique_id()),
+    }
+}
+
+/// The epoch of an epoch-tagged pending file name.
+fn pending_epoch(name: &str) -> Option<u64> {
+    let rest = name.strip_prefix(PENDING_PREFIX)?.strip_prefix('e')?;
+    let (epoch, _) = rest.split_once('-')?;
+    epoch.parse().ok()
 }
 
 /// `part-000003-000012.csv` -> `(3, 12)`.
@@ -900,6 +974,39 @@ mod tests {
             vec!["part-000000-000000.csv", "part-000000-000001.csv"]
         );
         assert_eq!(read_back(dir.path(), "csv", schema()).num_rows(), 2);
+    }
+
+    #[test]
+    fn in_doubt_epochs_are_committed_or_discarded_by_the_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = sink(dir.path(), &[("format", "csv")]);
+        s.recover(None).unwrap();
+        s.begin_epoch(1).unwrap();
+        s.write_batch(&batch(&[1, 2])).unwrap();
+        s.pre_commit(1).unwrap();
+        s.begin_epoch(2).unwrap();
+        s.write_batch(&batch(&[3])).unwrap();
+        s.pre_commit(2).unwrap();
+        s.begin_epoch(3).unwrap();
+        s.write_batch(&batch(&[4])).unwrap(); // in progress: never pre-committed
+        // Crash: nothing committed, nothing cleaned up.
+        std::mem::forget(s);
+        assert!(visible(dir.path()).is_empty());
+        // The checkpoint of epoch 1 completed (its manifest is the commit decision), the
+        // one of epoch 2 did not.
+        let mut s = sink(dir.path(), &[("format", "csv")]);
+        s.recover(Some(1)).unwrap();
+        assert_eq!(visible(dir.path()), vec!["part-000001-000000.csv"]);
+        assert_eq!(
+            all_files(dir.path()),
+            1,
+            "epoch 2 and the open file are gone"
+        );
+        assert_eq!(read_back(dir.path(), "csv", schema()).num_rows(), 2);
+        // Recovering again (a crash during recovery) changes nothing.
+        let mut s = sink(dir.path(), &[("format", "csv")]);
+        s.recover(Some(1)).unwrap();
+        assert_eq!(all_files(dir.path()), 1);
     }
 
     #[test]

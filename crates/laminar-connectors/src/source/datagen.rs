@@ -697,6 +697,24 @@ impl SourceConnector for DatagenSource {
     fn metrics(&self) -> SourceConnectorMetrics {
         self.metrics
     }
+
+    /// `event=<index of the next event>`: events depend only on the seed and their index.
+    fn position(&self) -> Option<String> {
+        Some(format!("event={}", self.next))
+    }
+
+    fn seek(&mut self, position: &str) -> Result<(), ConnectorError> {
+        let next = position
+            .strip_prefix("event=")
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| {
+                ConnectorError::Unsupported(format!(
+                    "DATAGEN cannot resume at '{position}': expected event=<index>"
+                ))
+            })?;
+        self.next = next;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

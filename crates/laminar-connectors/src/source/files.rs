@@ -225,6 +225,14 @@ pub struct FilesSource {
     metrics: SourceConnectorMetrics,
     last_scan: Option<Instant>,
     ended: bool,
+    /// Rows of the current file returned by `poll_batch` so far.
+    returned_in_file: u64,
+    /// CSV/JSON: where the chunk held in `leftover` starts (byte offset, records before it)
+    /// and how many of its rows were returned: the resume point of a checkpoint.
+    chunk_start: (u64, u64),
+    returned_in_chunk: u64,
+    /// The last file read to its end.
+    last_done: Option<PathBuf>,
 }
 
 impl FilesSource {
@@ -288,6 +296,10 @@ impl FilesSource {
             metrics: SourceConnectorMetrics::default(),
             last_scan: Some(Instant::now()),
             ended: false,
+            returned_in_file: 0,
+            chunk_start: (0, 0),
+            returned_in_chunk: 0,
+            last_done: None,
         })
     }
 
@@ -366,6 +378,15 @@ impl FilesSource {
         Ok(batch)
     }
 
+    /// CSV/JSON: the reader's record boundary `(byte offset, records before it)`.
+    fn text_resume_point(&self) -> Option<(u64, u64)> {
+        match &self.current {
+            Some((_, FileReader::Csv(r))) => Some((r.byte_offset(), r.records())),
+            Some((_, FileReader::Json(r))) => Some((r.byte_offset(), r.lines())),
+            _ => None,
+        }
+    }
+
     /// Lists the path again for new files (watch mode, throttled).
     fn rescan(&mut self) -> Result<(), ConnectorError> {
         if self
@@ -404,6 +425,8 @@ impl SourceConnector for FilesSource {
                     batch
                 };
                 self.metrics.records_read += out.num_rows() as u64;
+                self.returned_in_file += out.num_rows() as u64;
+                self.returned_in_chunk += out.num_rows() as u64;
                 return Ok(SourcePoll::Batch(out));
             }
             if self.ended {
@@ -415,6 +438,7 @@ impl SourceConnector for FilesSource {
                     let reader = self.open_file(&path)?;
                     self.current = Some((path, reader));
                     self.current_bytes = 0;
+                    self.returned_in_file = 0;
                 } else if self.config.watch {
                     self.rescan()?;
                     if self.next_file >= self.files.len() {
@@ -426,11 +450,16 @@ impl SourceConnector for FilesSource {
                     return Ok(SourcePoll::End);
                 }
             }
+            let start = self.text_resume_point();
             match self.read_chunk()? {
-                Some(batch) if batch.num_rows() > 0 => self.leftover = Some(batch),
+                Some(batch) if batch.num_rows() > 0 => {
+                    self.leftover = Some(batch);
+                    self.chunk_start = start.unwrap_or_default();
+                    self.returned_in_chunk = 0;
+                }
                 Some(_) => {} // every row of the chunk was skipped
                 None => {
-                    self.current = None;
+                    self.last_done = self.current.take().map(|(path, _)| path);
                     self.next_file += 1;
                     self.metrics.files_read += 1;
                     self.last_scan = None; // look for new files right away
@@ -441,6 +470,99 @@ impl SourceConnector for FilesSource {
 
     fn metrics(&self) -> SourceConnectorMetrics {
         self.metrics
+    }
+
+    /// Files are read in path order, so a position is the file being read with the rows
+    /// of it already returned (`file\t<rows>\t<offset>\t<records>\t<skip>\t<path>`:
+    /// for CSV and JSON also the record boundary `offset` (`records` before it) where the
+    /// last chunk started and the `skip` rows of it returned), or the last file finished
+    /// (`after\t<path>`), or `start`.
+    fn position(&self) -> Option<String> {
+        Some(match (&self.current, &self.last_done) {
+            (Some((path, _)), _) => {
+                let (offset, records, skip) = match (&self.leftover, self.text_resume_point()) {
+                    (Some(_), Some(_)) => (
+                        self.chunk_start.0,
+                        self.chunk_start.1,
+                        self.returned_in_chunk,
+                    ),
+                    (None, Some((offset, records))) => (offset, records, 0),
+                    (_, None) => (0, 0, 0),
+                };
+                format!(
+                    "file\t{}\t{offset}\t{records}\t{skip}\t{}",
+                    self.returned_in_file,
+                    path.display()
+                )
+            }
+            (None, Some(done)) => format!("after\t{}", done.display()),
+            (None, None) => "start".to_string(),
+        })
+    }
+
+    /// Skips the files before the position; inside the file being read, CSV and JSON
+    /// continue at the recorded record boundary, Parquet decodes the rows already returned
+    /// again and drops them.
+    fn seek(&mut self, position: &str) -> Result<(), ConnectorError> {
+        let bad = || {
+            ConnectorError::Unsupported(format!(
+                "FILES source on '{}' cannot resume at '{position}'",
+                self.config.path
+            ))
+        };
+        let fields: Vec<&str> = position.splitn(6, '\t').collect();
+        match fields.first().copied() {
+            Some("start") => Ok(()),
+            Some("after") => {
+                let done = PathBuf::from(fields.get(1).ok_or_else(bad)?);
+                self.next_file = self.files.iter().take_while(|f| **f <= done).count();
+                self.last_done = Some(done);
+                Ok(())
+            }
+            Some("file") if fields.len() == 6 => {
+                let number = |i: usize| fields[i].parse::<u64>().map_err(|_| bad());
+                let (rows, offset, records, mut skip) =
+                    (number(1)?, number(2)?, number(3)?, number(4)?);
+                let path = PathBuf::from(fields[5]);
+                self.next_file = self.files.iter().take_while(|f| **f < path).count();
+                if self.files.get(self.next_file) != Some(&path) {
+                    return Err(ConnectorError::Unsupported(format!(
+                        "FILES source on '{}': the checkpoint resumes in file {}, which is no longer there",
+                        self.config.path,
+                        path.display()
+                    )));
+                }
+                let mut reader = self.open_file(&path)?;
+                match &mut reader {
+                    FileReader::Csv(r) if offset > 0 => r.resume_at(offset, records)?,
+                    FileReader::Json(r) if offset > 0 => r.resume_at(offset, records)?,
+                    FileReader::Parquet(_) => skip = rows,
+                    _ => skip = rows,
+                }
+                self.current = Some((path, reader));
+                self.current_bytes = offset;
+                self.chunk_start = (offset, records);
+                while skip > 0 {
+                    let Some(batch) = self.read_chunk()? else {
+                        return Err(ConnectorError::Unsupported(format!(
+                            "FILES source on '{}': the checkpoint resumes after row {rows} of {}, which has fewer rows now",
+                            self.config.path, fields[5]
+                        )));
+                    };
+                    let n = batch.num_rows() as u64;
+                    if n > skip {
+                        self.leftover = Some(batch.slice(skip as usize, (n - skip) as usize));
+                        self.returned_in_chunk = skip;
+                        skip = 0;
+                    } else {
+                        skip -= n;
+                    }
+                }
+                self.returned_in_file = rows;
+                Ok(())
+            }
+            _ => Err(bad()),
+        }
     }
 
     fn close(&mut self) -> Result<(), ConnectorError> {
@@ -689,6 +811,46 @@ mod tests {
         assert_eq!(pos.records, 1);
         assert!(pos.byte_offset > 0);
         assert_eq!(ids(&drain(&mut s).unwrap()), vec![2]);
+    }
+
+    #[test]
+    fn seek_resumes_after_the_last_returned_row() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.csv", "id,name\n1,a\n2,b\n3,c\n");
+        write(dir.path(), "b.csv", "id,name\n4,d\n5,e\n");
+        let path = dir.path().to_str().unwrap();
+        let ids = |batches: Vec<RecordBatch>| -> Vec<i64> {
+            batches
+                .iter()
+                .flat_map(|b| {
+                    b.column(0)
+                        .as_any()
+                        .downcast_ref::<arrow::array::Int64Array>()
+                        .unwrap()
+                        .values()
+                        .to_vec()
+                })
+                .collect()
+        };
+        // Every prefix: positions taken after each poll resume exactly where it stopped.
+        for polls in 0..6 {
+            let mut s = source(&[("path", path), ("format", "csv")], declared()).unwrap();
+            let mut first = Vec::new();
+            for _ in 0..polls {
+                if let SourcePoll::Batch(b) = s.poll_batch(2).unwrap() {
+                    first.push(b);
+                }
+            }
+            let position = SourceConnector::position(&s).unwrap();
+            let mut resumed = source(&[("path", path), ("format", "csv")], declared()).unwrap();
+            resumed.seek(&position).unwrap();
+            let mut all = ids(first);
+            all.extend(ids(drain(&mut resumed).unwrap()));
+            assert_eq!(all, vec![1, 2, 3, 4, 5], "after {polls} polls ({position})");
+        }
+        let mut s = source(&[("path", path), ("format", "csv")], declared()).unwrap();
+        assert!(s.seek("file\t1\t/no/such/file.csv").is_err());
+        assert!(s.seek("garbage").is_err());
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! to the `LATE DATA TO` side output when there is one (never for `EMIT FINAL`) and are
 //! dropped otherwise, always counted in the node metrics.
 
+mod checkpoint;
 mod fast;
 mod general;
 mod retract;
@@ -715,6 +716,14 @@ impl Operator for AggregateOperator {
             State::Fast(s) => s.size(),
             State::General(s) => s.size(),
         }
+    }
+
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+        self.snapshot_state().map(Some)
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<()> {
+        self.restore_state(snapshot)
     }
 }
 

@@ -423,7 +423,7 @@ impl Operator for JoinOperator {
         self.advance(out)
     }
 
-    fn snapshot(&self) -> Result<Option<Vec<u8>>> {
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
         let mut w = SnapshotWriter::new(SNAPSHOT_TAG, 1);
         w.u64(self.relations.len() as u64);
         for merger in &self.relations {

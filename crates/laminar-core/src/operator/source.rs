@@ -274,6 +274,27 @@ impl Operator for SourceOperator {
         Ok(())
     }
 
+    /// The source watermark. Per-key clocks of a keyed source are not kept: after a
+    /// restore, keys start from the source watermark.
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut w = crate::snapshot::SnapshotWriter::new("source", 1);
+        w.i64(self.generator.current());
+        Ok(Some(w.finish()))
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<()> {
+        let mut r = crate::snapshot::SnapshotReader::new(snapshot, "source", 1)?;
+        let watermark = r.i64()?;
+        self.generator.restore(watermark);
+        if watermark != crate::message::NO_WATERMARK {
+            self.metrics.watermark.store(watermark, Ordering::Relaxed);
+            if let Some(alignment) = &self.settings.alignment {
+                alignment.member.set_watermark(watermark);
+            }
+        }
+        Ok(())
+    }
+
     fn paused(&self) -> bool {
         let Some(alignment) = &self.settings.alignment else {
             return false;

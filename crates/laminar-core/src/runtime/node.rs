@@ -1,6 +1,5 @@
 //! A node of the operator graph: one operator, its input queues, its outgoing edges.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -24,14 +23,17 @@ pub struct NodeId(pub u64);
 struct Input {
     rx: Receiver<Message>,
     ended: bool,
+    /// Delivered the barrier of the checkpoint being aligned: not read until every other
+    /// live input delivered it too.
+    aligned: bool,
 }
 
 struct NodeState {
     operator: Box<dyn Operator>,
     inputs: Vec<Input>,
     merger: WatermarkMerger,
-    /// Barriers seen per epoch (alignment by count; see `handle`).
-    barriers: HashMap<u64, usize>,
+    /// The checkpoint epoch being aligned (some inputs delivered its barrier).
+    aligning: Option<u64>,
     ended: bool,
     out: Vec<Message>,
 }
@@ -58,6 +60,18 @@ pub struct Node {
     failed: AtomicBool,
     finished: AtomicBool,
     retired: AtomicBool,
+    observer: Mutex<Option<Arc<dyn CheckpointObserver>>>,
+}
+
+/// Receives each node's snapshot when a checkpoint barrier has passed it.
+pub trait CheckpointObserver: Send + Sync {
+    /// `snapshot` is the operator's state (`None`: it keeps none) or why it failed.
+    fn on_snapshot(
+        &self,
+        node: &str,
+        epoch: u64,
+        snapshot: std::result::Result<Option<Vec<u8>>, String>,
+    );
 }
 
 impl Node {
@@ -77,7 +91,7 @@ impl Node {
                 operator,
                 inputs: Vec::new(),
                 merger: WatermarkMerger::new(0),
-                barriers: HashMap::new(),
+                aligning: None,
                 ended: false,
                 out: Vec::new(),
             }),
@@ -86,6 +100,7 @@ impl Node {
             failed: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             retired: AtomicBool::new(false),
+            observer: Mutex::new(None),
         }
     }
 
@@ -109,6 +124,16 @@ impl Node {
         self.failed.load(Ordering::SeqCst)
     }
 
+    /// Sets who receives this node's checkpoint snapshots.
+    pub fn set_checkpoint_observer(&self, observer: Option<Arc<dyn CheckpointObserver>>) {
+        *self.observer.lock() = observer;
+    }
+
+    /// True when the node was removed from the graph.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
+    }
+
     /// State size reported by the operator.
     pub fn state_size(&self) -> crate::operator::StateSize {
         self.state.lock().operator.state_size()
@@ -117,7 +142,11 @@ impl Node {
     pub(crate) fn add_input(&self, rx: Receiver<Message>, upstream_watermark: Option<i64>) {
         let mut st = self.state.lock();
         let index = st.merger.add_input();
-        st.inputs.push(Input { rx, ended: false });
+        st.inputs.push(Input {
+            rx,
+            ended: false,
+            aligned: false,
+        });
         if let Some(w) = upstream_watermark {
             // Seed with the upstream's current watermark so a node added to a running graph
             // does not wait for the next advance. Whatever the operator emits for it goes
@@ -215,7 +244,7 @@ impl Node {
         'drain: loop {
             let mut any = false;
             for index in 0..st.inputs.len() {
-                if st.inputs[index].ended {
+                if st.inputs[index].ended || st.inputs[index].aligned {
                     continue;
                 }
                 // A paused operator (a source held by its alignment group) takes nothing
@@ -331,16 +360,24 @@ impl Node {
                 Ok(())
             }
             Message::Barrier(epoch) => {
-                // Alignment by count: the barrier is forwarded once every live input
-                // delivered it. (Blocking inputs that are ahead comes with checkpoints.)
-                let live = st.inputs.iter().filter(|i| !i.ended).count();
-                let seen = st.barriers.entry(epoch).or_insert(0);
-                *seen += 1;
-                if *seen >= live {
-                    st.barriers.remove(&epoch);
-                    st.operator.on_barrier(epoch, out)?;
+                // Aligned checkpoints: an input that delivered the barrier is not read again
+                // until every live input delivered it, so the snapshot holds exactly the
+                // rows before the barrier on every input.
+                if let Some(pending) = st.aligning
+                    && pending != epoch
+                {
+                    // A newer barrier while an older one is aligning: the older checkpoint
+                    // can no longer complete (its coordinator gave up on it); align the new.
+                    tracing::warn!(node = %self.name, pending, epoch, "abandoning checkpoint alignment");
+                    for i in st.inputs.iter_mut() {
+                        i.aligned = false;
+                    }
                 }
-                Ok(())
+                st.aligning = Some(epoch);
+                if let Some(i) = st.inputs.get_mut(input) {
+                    i.aligned = true;
+                }
+                self.complete_alignment(st, out)
             }
             Message::Partitioned(_) => Err(crate::error::CoreError::Internal(format!(
                 "node '{}' received a partitioned message, which never travels on an edge",
@@ -358,6 +395,8 @@ impl Node {
                 {
                     st.operator.on_watermark(advanced, out)?;
                 }
+                // The ended input no longer holds a pending barrier back.
+                self.complete_alignment(st, out)?;
                 if st.inputs.iter().all(|i| i.ended) {
                     st.operator.on_end(out)?;
                     out.push(Message::End);
@@ -366,6 +405,27 @@ impl Node {
                 Ok(())
             }
         }
+    }
+
+    /// Completes the pending checkpoint alignment when every live input delivered its
+    /// barrier: the operator forwards the barrier, then its snapshot goes to the observer.
+    fn complete_alignment(&self, st: &mut NodeState, out: &mut Vec<Message>) -> Result<()> {
+        let Some(epoch) = st.aligning else {
+            return Ok(());
+        };
+        if st.inputs.iter().any(|i| !i.ended && !i.aligned) {
+            return Ok(());
+        }
+        st.aligning = None;
+        for i in st.inputs.iter_mut() {
+            i.aligned = false;
+        }
+        st.operator.on_barrier(epoch, out)?;
+        let snapshot = st.operator.snapshot().map_err(|e| e.to_string());
+        if let Some(observer) = self.observer.lock().as_ref() {
+            observer.on_snapshot(&self.name, epoch, snapshot);
+        }
+        Ok(())
     }
 
     fn fail(&self, shared: &RuntimeShared, st: &mut NodeState, error: &crate::error::CoreError) {

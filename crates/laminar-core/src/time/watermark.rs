@@ -34,6 +34,11 @@ impl WatermarkGenerator {
         self.advance_to(ts)
     }
 
+    /// Sets the watermark restored from a checkpoint.
+    pub fn restore(&mut self, watermark: i64) {
+        self.current = watermark;
+    }
+
     fn advance_to(&mut self, candidate: i64) -> Option<i64> {
         if candidate > self.current {
             self.current = candidate;

@@ -5,11 +5,13 @@
 //! - `differential`: streaming output equals DataFusion batch execution.
 //! - `robustness`: hostile SQL and batches never panic.
 //! - `tables`: reference tables through the Rust API and loaded from files.
+//! - `durability`: checkpoints, recovery from each of them, changed definitions, corruption.
 
 mod api;
 mod differential;
 mod differential_joins;
 mod differential_windows;
+mod durability;
 mod robustness;
 mod slt;
 mod tables;

@@ -309,3 +309,69 @@ fn emit_window(
     let (out, _) = AggregateOperator::post(spec, batch)?;
     Ok((out, window.groups.take()))
 }
+
+impl FastState {
+    /// Writes every open window: bounds, group count, then keys and accumulator states.
+    pub(crate) fn snapshot(
+        &mut self,
+        spec: &AggregateSpec,
+        w: &mut crate::snapshot::SnapshotWriter,
+    ) -> Result<()> {
+        w.u64(self.windows.len() as u64);
+        for (&(end, start), window) in self.windows.iter_mut() {
+            w.i64(end);
+            w.i64(start);
+            w.u64(window.num_groups as u64);
+            let (keys, states) = super::checkpoint::emit_and_reinsert(
+                spec,
+                window.groups.as_mut(),
+                &mut window.accumulators,
+                window.num_groups,
+            )?;
+            let mut columns = keys;
+            columns.extend(states.into_iter().flatten());
+            let batch = super::checkpoint::columns_batch(columns, window.num_groups)?;
+            super::checkpoint::write_optional_batch(w, &batch)?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the windows written by [`FastState::snapshot`] (replacing any).
+    pub(crate) fn restore(
+        &mut self,
+        spec: &AggregateSpec,
+        r: &mut crate::snapshot::SnapshotReader<'_>,
+    ) -> Result<()> {
+        let df = super::checkpoint::df(spec);
+        let mut windows = BTreeMap::new();
+        for _ in 0..r.count()? {
+            let end = r.i64()?;
+            let start = r.i64()?;
+            let num_groups = usize::try_from(r.u64()?)
+                .map_err(|_| CoreError::InvalidData("snapshot group count overflows".into()))?;
+            let mut window = self.new_window(spec)?;
+            if let Some(batch) = super::checkpoint::read_optional_batch(r)? {
+                super::checkpoint::rows_of(spec, &batch, num_groups)?;
+                let key_count = self.key_schema.fields().len();
+                let keys = batch
+                    .columns()
+                    .get(..key_count)
+                    .unwrap_or_default()
+                    .to_vec();
+                let states = super::checkpoint::split_state_columns(spec, &batch, key_count)?;
+                let mut indices = Vec::new();
+                match &mut window.groups {
+                    Some(groups) => groups.intern(&keys, &mut indices).map_err(&df)?,
+                    None => indices.extend(0..num_groups),
+                }
+                for (acc, state) in window.accumulators.iter_mut().zip(&states) {
+                    acc.merge_batch(state, &indices, num_groups).map_err(&df)?;
+                }
+            }
+            window.num_groups = num_groups;
+            windows.insert((end, start), window);
+        }
+        self.windows = windows;
+        Ok(())
+    }
+}

@@ -539,22 +539,29 @@ impl GeneralState {
 }
 
 fn new_accumulators(spec: &AggregateSpec, changelog: bool) -> Result<Vec<Box<dyn Accumulator>>> {
-    spec.aggregates
-        .iter()
-        .map(|call| {
-            if changelog {
-                super::retractable(&call.function)
-                    .map_err(|reason| CoreError::Internal(format!("{}: {reason}", spec.name)))
-            } else {
-                call.function
-                    .create_accumulator()
-                    .map_err(|source| CoreError::Evaluation {
-                        operator: spec.name.clone(),
-                        source,
-                    })
-            }
-        })
+    (0..spec.aggregates.len())
+        .map(|index| new_accumulator(spec, changelog, index))
         .collect()
+}
+
+/// The accumulator of aggregate `index`: a retracting one over changelog input.
+fn new_accumulator(
+    spec: &AggregateSpec,
+    changelog: bool,
+    index: usize,
+) -> Result<Box<dyn Accumulator>> {
+    let call = &spec.aggregates[index];
+    if changelog {
+        super::retractable(&call.function)
+            .map_err(|reason| CoreError::Internal(format!("{}: {reason}", spec.name)))
+    } else {
+        call.function
+            .create_accumulator()
+            .map_err(|source| CoreError::Evaluation {
+                operator: spec.name.clone(),
+                source,
+            })
+    }
 }
 
 fn new_group(spec: &AggregateSpec, changelog: bool) -> Result<Group> {
@@ -817,4 +824,161 @@ fn emit_updates(
         source,
     })?;
     with_ops(output, &values, ops).map(Some)
+}
+
+impl GeneralState {
+    /// Writes session bounds, pending retractions and every group (window groups and
+    /// sessions) with its flags, last output row and accumulator states.
+    pub(crate) fn snapshot(
+        &mut self,
+        spec: &AggregateSpec,
+        w: &mut crate::snapshot::SnapshotWriter,
+    ) -> Result<()> {
+        use super::checkpoint::{GroupColumns, columns_batch, df, scalars_to_array};
+        w.bool(self.changelog);
+        w.i64(self.session_min_end);
+        w.bool(self.session_min_start.is_some());
+        w.i64(self.session_min_start.unwrap_or(0));
+        // Retractions: rows in the output (post) schema.
+        w.u64(self.retractions.len() as u64);
+        if !self.retractions.is_empty() {
+            let columns = spec
+                .post_schema
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    let values = self.retractions.iter().map(|r| r[i].clone()).collect();
+                    scalars_to_array(values, f.data_type())
+                })
+                .collect::<Result<Vec<_>>>()?;
+            w.batch(&columns_batch(columns, self.retractions.len())?)?;
+        }
+        let mut rows = GroupColumns::new();
+        let changelog = self.changelog;
+        let mut add = |session: bool, start, end, key: &[u8], group: &mut Group| -> Result<()> {
+            rows.session.push(session);
+            rows.start.push(start);
+            rows.end.push(end);
+            rows.key.push(key.to_vec());
+            rows.weight.push(group.weight);
+            rows.dirty.push(group.dirty);
+            rows.emitted.push(group.emitted);
+            rows.watermark_key
+                .push(group.watermark_key.as_ref().map(|k| k.to_vec()));
+            rows.last.push(group.last.clone());
+            // `state()` consumes an accumulator's state: the values go into the snapshot
+            // and into a fresh accumulator that replaces it.
+            let mut state = Vec::new();
+            for (index, acc) in group.accumulators.iter_mut().enumerate() {
+                let values = acc.state().map_err(df(spec))?;
+                let arrays = values
+                    .iter()
+                    .map(|v| v.to_array())
+                    .collect::<datafusion::error::Result<Vec<_>>>()
+                    .map_err(df(spec))?;
+                let mut fresh = new_accumulator(spec, changelog, index)?;
+                fresh.merge_batch(&arrays).map_err(df(spec))?;
+                *acc = fresh;
+                state.extend(values);
+            }
+            rows.states.push(state);
+            Ok(())
+        };
+        for (&(end, start), window) in self.windows.iter_mut() {
+            for (key, group) in window.groups.iter_mut() {
+                add(false, start, end, key, group)?;
+            }
+        }
+        for (key, sessions) in self.sessions.iter_mut() {
+            for session in sessions {
+                add(true, session.start, session.end, key, &mut session.group)?;
+            }
+        }
+        let count = rows.session.len();
+        w.u64(count as u64);
+        if count > 0 {
+            w.batch(&rows.finish(spec)?)?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the state written by [`GeneralState::snapshot`] (replacing any).
+    pub(crate) fn restore(
+        &mut self,
+        spec: &AggregateSpec,
+        r: &mut crate::snapshot::SnapshotReader<'_>,
+    ) -> Result<()> {
+        use super::checkpoint::{df, group_row, group_state_start, rows_of, split_state_columns};
+        let changelog = r.bool()?;
+        if changelog != self.changelog {
+            return Err(CoreError::InvalidData(format!(
+                "snapshot of aggregation '{}': its input was {} when checkpointed",
+                spec.name,
+                if changelog {
+                    "a changelog"
+                } else {
+                    "append-only"
+                }
+            )));
+        }
+        let session_min_end = r.i64()?;
+        let has_min_start = r.bool()?;
+        let min_start = r.i64()?;
+        let retraction_count = r.count()?;
+        let mut retractions = Vec::with_capacity(retraction_count);
+        if retraction_count > 0 {
+            let batch = r.batch()?;
+            rows_of(spec, &batch, retraction_count)?;
+            for row in 0..retraction_count {
+                retractions.push(
+                    batch
+                        .columns()
+                        .iter()
+                        .map(|c| ScalarValue::try_from_array(c, row).map_err(df(spec)))
+                        .collect::<Result<Vec<_>>>()?,
+                );
+            }
+        }
+        let count = r.count()?;
+        let mut windows: BTreeMap<(i64, i64), Window> = BTreeMap::new();
+        let mut sessions: HashMap<Box<[u8]>, Vec<Session>> = HashMap::default();
+        if count > 0 {
+            let batch = r.batch()?;
+            rows_of(spec, &batch, count)?;
+            let states = split_state_columns(spec, &batch, group_state_start(spec))?;
+            for row in 0..count {
+                let meta = group_row(spec, &batch, row)?;
+                let mut group = new_group(spec, self.changelog)?;
+                for (acc, state) in group.accumulators.iter_mut().zip(&states) {
+                    let slice: Vec<ArrayRef> = state.iter().map(|c| c.slice(row, 1)).collect();
+                    acc.merge_batch(&slice).map_err(df(spec))?;
+                }
+                group.weight = meta.weight;
+                group.dirty = meta.dirty;
+                group.emitted = meta.emitted;
+                group.watermark_key = meta.watermark_key;
+                group.last = meta.last;
+                if meta.session {
+                    sessions.entry(meta.key).or_default().push(Session {
+                        start: meta.start,
+                        end: meta.end,
+                        group,
+                    });
+                } else {
+                    windows
+                        .entry((meta.end, meta.start))
+                        .or_default()
+                        .groups
+                        .insert(meta.key, group);
+                }
+            }
+        }
+        self.windows = windows;
+        self.sessions = sessions;
+        self.session_min_end = session_min_end;
+        self.session_min_start = has_min_start.then_some(min_start);
+        self.retractions = retractions;
+        Ok(())
+    }
 }

@@ -11,7 +11,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use arrow::array::ArrayRef;
+use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::DataType;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::Accumulator;
@@ -48,13 +48,25 @@ pub fn retractable(function: &AggregateFunctionExpr) -> Result<Box<dyn Accumulat
         && !function.is_distinct()
         && !function.order_bys().is_empty()
     {
+        let directions: Vec<(bool, bool)> = function
+            .order_bys()
+            .iter()
+            .map(|s| (s.options.descending, s.options.nulls_first))
+            .collect();
+        // FIRST_VALUE / LAST_VALUE list their ORDER BY fields after the value in their
+        // state fields.
+        let state_fields = function.state_fields().map_err(|e| e.to_string())?;
+        let order_types = (0..directions.len())
+            .map(|i| {
+                state_fields
+                    .get(1 + i)
+                    .map_or(DataType::Null, |f| f.data_type().clone())
+            })
+            .collect();
         return Ok(Box::new(MultisetOrdered {
             entries: BTreeMap::new(),
-            directions: function
-                .order_bys()
-                .iter()
-                .map(|s| (s.options.descending, s.options.nulls_first))
-                .collect(),
+            directions,
+            order_types,
             last: name == "last_value",
             ignore_nulls: function.ignore_nulls(),
             data_type: function.field().data_type().clone(),
@@ -158,13 +170,56 @@ impl Accumulator for MultisetExtreme {
         size_of::<Self>() + self.values.len() * (size_of::<Ordered>() + 16)
     }
 
+    /// The whole multiset (each value repeated by its count) as one list, so a merged or
+    /// restored accumulator can still retract any of its values.
     fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
-        Ok(vec![self.evaluate()?])
+        let values = expand(self.values.iter().map(|(v, &n)| (&v.0, n)));
+        Ok(vec![list_of(&values, &self.data_type)])
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
-        self.apply(&states[0], true)
+        for_each_list_row(states, |columns| self.apply(&columns[0], true))
     }
+}
+
+/// Each value repeated by its count.
+fn expand<'a>(entries: impl Iterator<Item = (&'a ScalarValue, u64)>) -> Vec<ScalarValue> {
+    let mut out = Vec::new();
+    for (value, count) in entries {
+        for _ in 0..count {
+            out.push(value.clone());
+        }
+    }
+    out
+}
+
+/// A list scalar of `values` (all of `data_type`).
+fn list_of(values: &[ScalarValue], data_type: &DataType) -> ScalarValue {
+    ScalarValue::List(ScalarValue::new_list_nullable(values, data_type))
+}
+
+/// Calls `f` with the elements of row `r` of every list column, for every row.
+fn for_each_list_row(
+    states: &[ArrayRef],
+    mut f: impl FnMut(&[ArrayRef]) -> DfResult<()>,
+) -> DfResult<()> {
+    let lists = states
+        .iter()
+        .map(|s| {
+            s.as_list_opt::<i32>().ok_or_else(|| {
+                datafusion::error::DataFusionError::Internal(format!(
+                    "retracting accumulator state must be a list, found {}",
+                    s.data_type()
+                ))
+            })
+        })
+        .collect::<DfResult<Vec<_>>>()?;
+    let rows = lists.first().map_or(0, |l| l.len());
+    for row in 0..rows {
+        let columns: Vec<ArrayRef> = lists.iter().map(|l| l.value(row)).collect();
+        f(&columns)?;
+    }
+    Ok(())
 }
 
 /// One ORDER BY value with its direction: ascending or descending, NULLs first or last.
@@ -224,6 +279,8 @@ struct MultisetOrdered {
     entries: BTreeMap<(Vec<SortPart>, Ordered), u64>,
     /// `(descending, nulls_first)` per ORDER BY expression.
     directions: Vec<(bool, bool)>,
+    /// Type of each ORDER BY expression.
+    order_types: Vec<DataType>,
     last: bool,
     ignore_nulls: bool,
     data_type: DataType,
@@ -292,22 +349,28 @@ impl Accumulator for MultisetOrdered {
                 * (size_of::<Ordered>() + (1 + self.directions.len()) * size_of::<SortPart>() + 16)
     }
 
-    /// The extreme entry: its value, then its ORDER BY values.
+    /// The whole multiset as lists: the values, then one list per ORDER BY expression
+    /// (entries repeated by their counts).
     fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
-        match self.extreme() {
-            Some((key, value)) => {
-                let mut state = vec![value.0.clone()];
-                state.extend(key.iter().map(|p| p.value.clone()));
-                Ok(state)
+        let mut values = Vec::new();
+        let mut orders: Vec<Vec<ScalarValue>> = vec![Vec::new(); self.directions.len()];
+        for ((key, value), &count) in &self.entries {
+            for _ in 0..count {
+                values.push(value.0.clone());
+                for (column, part) in orders.iter_mut().zip(key) {
+                    column.push(part.value.clone());
+                }
             }
-            None => Err(datafusion::error::DataFusionError::Internal(
-                "the state of an empty FIRST_VALUE/LAST_VALUE multiset".into(),
-            )),
         }
+        let mut state = vec![list_of(&values, &self.data_type)];
+        for (column, data_type) in orders.iter().zip(&self.order_types) {
+            state.push(list_of(column, data_type));
+        }
+        Ok(state)
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
-        self.apply(states, true)
+        for_each_list_row(states, |columns| self.apply(columns, true))
     }
 }
 
@@ -323,6 +386,7 @@ mod tests {
         MultisetOrdered {
             entries: BTreeMap::new(),
             directions: vec![(descending, false)],
+            order_types: vec![DataType::Int64],
             last,
             ignore_nulls: false,
             data_type: DataType::Utf8,

@@ -490,7 +490,7 @@ proptest::proptest! {
 #[test]
 fn a_snapshot_of_another_join_is_refused() {
     let s = kt();
-    let a = operator(s.clone(), s.clone(), JoinType::Inner, interval(0, 10));
+    let mut a = operator(s.clone(), s.clone(), JoinType::Inner, interval(0, 10));
     let snapshot = a.snapshot().unwrap().unwrap();
     let mut wrong = operator(
         s.clone(),

@@ -1,0 +1,369 @@
+//! Durability through the embedded API (SPEC 4): restoring from any checkpoint and replaying
+//! the input after it gives exactly the output of the uninterrupted run, for a spread of
+//! stateful queries (vectorized and row-accumulator windows, hop, session, updating
+//! aggregation, interval join); changed definitions are refused; corrupt checkpoints fall
+//! back to the previous one.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use laminar_db::{ArrowSubscription, LaminarDB};
+use rand::{Rng, SeedableRng};
+
+use crate::util::rows;
+
+const SETUP: &[&str] = &[
+    "CREATE SOURCE bids (auction BIGINT, bidder BIGINT, price BIGINT, ts BIGINT, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)",
+    "CREATE SOURCE persons (id BIGINT, name VARCHAR, ts BIGINT, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)",
+    "CREATE STREAM tumbled AS SELECT auction, tumble(ts, INTERVAL '2' SECOND) AS w, COUNT(*) AS n, MAX(price) AS hi, SUM(price) AS total, AVG(price) AS mean FROM bids GROUP BY auction, tumble(ts, INTERVAL '2' SECOND) EMIT ON WINDOW CLOSE",
+    "CREATE STREAM rich AS SELECT auction, tumble(ts, INTERVAL '2' SECOND) AS w, COUNT(DISTINCT bidder) AS bidders, STRING_AGG(CAST(price AS VARCHAR), ',' ORDER BY price) AS prices, first_value(price) AS first_p, last_value(price) AS last_p, median(price) AS med, MIN(price) FILTER (WHERE price > 50) AS lo_big FROM bids GROUP BY auction, tumble(ts, INTERVAL '2' SECOND) HAVING COUNT(*) > 1 EMIT ON WINDOW CLOSE",
+    "CREATE STREAM hopped AS SELECT auction, hop(ts, INTERVAL '1' SECOND, INTERVAL '3' SECOND) AS w, COUNT(*) AS n FROM bids GROUP BY auction, hop(ts, INTERVAL '1' SECOND, INTERVAL '3' SECOND) EMIT ON WINDOW CLOSE",
+    "CREATE STREAM sessions AS SELECT bidder, session(ts, INTERVAL '400' MILLISECOND) AS s, COUNT(*) AS n, MAX(price) AS hi FROM bids GROUP BY bidder, session(ts, INTERVAL '400' MILLISECOND) EMIT ON WINDOW CLOSE",
+    "CREATE STREAM totals AS SELECT bidder, COUNT(*) AS n, SUM(price) AS total, MIN(price) AS lo, MAX(price) AS hi FROM bids GROUP BY bidder EMIT CHANGES",
+    "CREATE STREAM live AS SELECT auction, tumble(ts, INTERVAL '2' SECOND) AS w, COUNT(*) AS n FROM bids GROUP BY auction, tumble(ts, INTERVAL '2' SECOND) EMIT ON UPDATE",
+    "CREATE STREAM joined AS SELECT b.auction, b.price, p.name FROM bids b JOIN persons p ON b.bidder = p.id AND b.ts BETWEEN p.ts - INTERVAL '1' SECOND AND p.ts + INTERVAL '1' SECOND",
+];
+
+const OUTPUTS: &[&str] = &[
+    "tumbled", "rich", "hopped", "sessions", "totals", "live", "joined",
+];
+
+fn bids_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("auction", DataType::Int64, true),
+        Field::new("bidder", DataType::Int64, true),
+        Field::new("price", DataType::Int64, true),
+        Field::new("ts", DataType::Int64, true),
+    ]))
+}
+
+fn persons_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("ts", DataType::Int64, true),
+    ]))
+}
+
+/// One step of input: a batch of bids and a batch of persons, with bounded disorder.
+struct Step {
+    bids: RecordBatch,
+    persons: RecordBatch,
+}
+
+fn steps(seed: u64, count: usize) -> Vec<Step> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut clock = 0i64;
+    (0..count)
+        .map(|_| {
+            let n = rng.random_range(1..30);
+            let mut cols: [Vec<i64>; 4] = Default::default();
+            for _ in 0..n {
+                clock += rng.random_range(0..120);
+                cols[0].push(rng.random_range(0..4));
+                cols[1].push(rng.random_range(0..6));
+                cols[2].push(rng.random_range(1..100));
+                cols[3].push(clock - rng.random_range(0..800));
+            }
+            let bids = RecordBatch::try_new(
+                bids_schema(),
+                cols.into_iter()
+                    .map(|c| Arc::new(Int64Array::from(c)) as ArrayRef)
+                    .collect(),
+            )
+            .unwrap();
+            let m = rng.random_range(0..4);
+            let ids: Vec<i64> = (0..m).map(|_| rng.random_range(0..6)).collect();
+            let names: Vec<String> = ids.iter().map(|i| format!("p{i}")).collect();
+            let ts: Vec<i64> = (0..m).map(|_| clock - rng.random_range(0..800)).collect();
+            let persons = RecordBatch::try_new(
+                persons_schema(),
+                vec![
+                    Arc::new(Int64Array::from(ids)),
+                    Arc::new(StringArray::from(names)),
+                    Arc::new(Int64Array::from(ts)),
+                ],
+            )
+            .unwrap();
+            Step { bids, persons }
+        })
+        .collect()
+}
+
+struct Pipeline {
+    db: LaminarDB,
+    subs: Vec<(String, ArrowSubscription)>,
+}
+
+fn open(dir: &Path, reset: Option<&str>) -> Result<Pipeline, laminar_db::DbError> {
+    let mut builder = LaminarDB::builder()
+        .workers(2)
+        .storage_dir(dir)
+        .checkpoint_interval(None)?
+        .max_retained_checkpoints(1000)?;
+    if let Some(name) = reset {
+        builder = builder.reset_state(name)?;
+    }
+    let db = builder.build_sync()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for sql in SETUP {
+        rt.block_on(db.execute(sql))?;
+    }
+    let subs = OUTPUTS
+        .iter()
+        .map(|name| Ok((name.to_string(), db.subscribe_arrow(name)?)))
+        .collect::<Result<Vec<_>, laminar_db::DbError>>()?;
+    Ok(Pipeline { db, subs })
+}
+
+impl Pipeline {
+    fn push(&self, step: &Step) {
+        self.db
+            .source_untyped("bids")
+            .unwrap()
+            .push_arrow(step.bids.clone())
+            .unwrap();
+        self.db
+            .source_untyped("persons")
+            .unwrap()
+            .push_arrow(step.persons.clone())
+            .unwrap();
+        assert!(self.db.wait_idle(Duration::from_secs(30)));
+    }
+
+    fn finish(&self) {
+        for source in ["bids", "persons"] {
+            self.db
+                .source_untyped(source)
+                .unwrap()
+                .watermark(i64::MAX)
+                .unwrap();
+        }
+        assert!(self.db.wait_idle(Duration::from_secs(30)));
+    }
+
+    /// Everything emitted since the last call, per output, as sorted text rows.
+    fn drain(&mut self) -> BTreeMap<String, Vec<Vec<String>>> {
+        let mut out = BTreeMap::new();
+        for (name, sub) in &mut self.subs {
+            let mut batches = Vec::new();
+            while let Some(b) = sub.poll() {
+                batches.push(b);
+            }
+            let mut r = rows(&batches);
+            r.sort();
+            out.insert(name.clone(), r);
+        }
+        out
+    }
+}
+
+fn merge(into: &mut BTreeMap<String, Vec<Vec<String>>>, more: BTreeMap<String, Vec<Vec<String>>>) {
+    for (k, mut v) in more {
+        let e = into.entry(k).or_default();
+        e.append(&mut v);
+        e.sort();
+    }
+}
+
+/// Copies a storage directory so that checkpoint `epoch` is its newest (a crash right
+/// after it).
+fn copy_at(from: &Path, to: &Path, epoch: u64) {
+    let checkpoints = to.join("checkpoints");
+    std::fs::create_dir_all(&checkpoints).unwrap();
+    for entry in std::fs::read_dir(from.join("checkpoints")).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let keep = match name.strip_prefix("MANIFEST-") {
+            Some(e) => e.parse::<u64>().unwrap() <= epoch,
+            None => name != "LATEST" && !name.starts_with('.'),
+        };
+        if !keep {
+            continue;
+        }
+        if entry.path().is_dir() {
+            let target = checkpoints.join(&name);
+            std::fs::create_dir_all(&target).unwrap();
+            for f in std::fs::read_dir(entry.path()).unwrap() {
+                let f = f.unwrap();
+                std::fs::copy(f.path(), target.join(f.file_name())).unwrap();
+            }
+        } else {
+            std::fs::copy(entry.path(), checkpoints.join(&name)).unwrap();
+        }
+    }
+    std::fs::write(checkpoints.join("LATEST"), epoch.to_string()).unwrap();
+}
+
+#[test]
+fn restoring_from_every_checkpoint_replays_to_the_same_output() {
+    let seed: u64 = std::env::var("LAMINAR_DURABILITY_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(11);
+    let input = steps(seed, 16);
+    let base = tempfile::tempdir().unwrap();
+    let original_dir = base.path().join("original");
+
+    // The uninterrupted run, with a checkpoint after every step; output after each
+    // checkpoint is kept.
+    let mut run = open(&original_dir, None).unwrap();
+    let mut after: Vec<BTreeMap<String, Vec<Vec<String>>>> = Vec::new();
+    let mut epochs = Vec::new();
+    for step in &input {
+        run.push(step);
+        let emitted = run.drain();
+        for a in after.iter_mut() {
+            merge(a, emitted.clone());
+        }
+        epochs.push(run.db.checkpoint().unwrap().expect("durable"));
+        after.push(BTreeMap::new());
+    }
+    run.finish();
+    let emitted = run.drain();
+    for a in after.iter_mut() {
+        merge(a, emitted.clone());
+    }
+    let stats = run.db.checkpoint_stats().unwrap();
+    assert_eq!(stats.completed, input.len() as u64);
+    assert_eq!(stats.failed, 0);
+    run.db.shutdown_sync();
+    assert!(
+        after[0].values().map(Vec::len).sum::<usize>() > 50,
+        "the workload must produce output: {after:?}"
+    );
+
+    // Restore from each checkpoint, push the steps after it, compare.
+    for (i, epoch) in epochs.iter().enumerate() {
+        let dir = base.path().join(format!("at-{epoch}"));
+        copy_at(&original_dir, &dir, *epoch);
+        let mut restored = open(&dir, None).unwrap();
+        assert_eq!(
+            restored.db.checkpoint_stats().unwrap().recovered_epoch,
+            Some(*epoch)
+        );
+        for step in &input[i + 1..] {
+            restored.push(step);
+        }
+        restored.finish();
+        let got = restored.drain();
+        for name in OUTPUTS {
+            assert_eq!(
+                got.get(*name),
+                after[i].get(*name),
+                "stream {name} restored from checkpoint {epoch} (after step {i}), seed {seed}"
+            );
+        }
+        restored.db.shutdown_sync();
+    }
+}
+
+#[test]
+fn changed_definitions_are_refused_until_reset_and_corrupt_checkpoints_fall_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = open(dir.path(), None).unwrap();
+    for step in steps(3, 4) {
+        run.push(&step);
+        run.db.checkpoint().unwrap();
+    }
+    run.db.shutdown_sync();
+    drop(run);
+
+    // A changed stream: refused, naming it.
+    let db = LaminarDB::builder()
+        .storage_dir(dir.path())
+        .checkpoint_interval(None)
+        .unwrap()
+        .build_sync()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for sql in &SETUP[..2] {
+        rt.block_on(db.execute(sql)).unwrap();
+    }
+    let changed = SETUP[2].replace("MAX(price)", "MIN(price)");
+    let err = rt.block_on(db.execute(&changed)).unwrap_err();
+    assert_eq!(err.code(), "STATE_MISMATCH", "{err}");
+    assert!(err.to_string().contains("tumbled"), "{err}");
+    db.shutdown_sync();
+    drop(db);
+
+    // With its state reset, the changed stream starts empty.
+    let db = LaminarDB::builder()
+        .storage_dir(dir.path())
+        .checkpoint_interval(None)
+        .unwrap()
+        .reset_state("tumbled")
+        .unwrap()
+        .build_sync()
+        .unwrap();
+    for sql in &SETUP[..2] {
+        rt.block_on(db.execute(sql)).unwrap();
+    }
+    rt.block_on(db.execute(&changed)).unwrap();
+    db.shutdown_sync();
+    drop(db);
+
+    // Flip a byte in a snapshot of the newest checkpoint: the previous one is used, and
+    // the reason is reported.
+    let checkpoints = dir.path().join("checkpoints");
+    let latest: u64 = std::fs::read_to_string(checkpoints.join("LATEST"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let newest = checkpoints.join(format!("{latest:020}"));
+    let victim = std::fs::read_dir(&newest)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("state-")
+        })
+        .unwrap();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&victim, bytes).unwrap();
+    let db = LaminarDB::builder()
+        .storage_dir(dir.path())
+        .build_sync()
+        .unwrap();
+    let stats = db.checkpoint_stats().unwrap();
+    assert_eq!(stats.recovered_epoch, Some(latest - 1));
+    assert!(
+        stats.skipped.iter().any(|s| s.contains("CRC32C")),
+        "{:?}",
+        stats.skipped
+    );
+    db.shutdown_sync();
+    drop(db);
+
+    // Every checkpoint corrupt: opening refuses with the reasons.
+    for entry in std::fs::read_dir(&checkpoints).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("MANIFEST-")
+        {
+            std::fs::write(&path, "garbage").unwrap();
+        }
+    }
+    let err = LaminarDB::builder()
+        .storage_dir(dir.path())
+        .build_sync()
+        .err()
+        .expect("no usable checkpoint");
+    assert_eq!(err.code(), "CHECKPOINT", "{err}");
+}
