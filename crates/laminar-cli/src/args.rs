@@ -81,6 +81,11 @@ pub(crate) struct RunArgs {
     /// it (after changing its definition); `*` for all. Repeatable; needs --storage-dir.
     #[arg(long, value_name = "NAME")]
     pub(crate) reset_state: Vec<String>,
+
+    /// Open despite a corrupt write-ahead log, replaying only the pushes logged before the
+    /// damage (needs --storage-dir).
+    #[arg(long)]
+    pub(crate) wal_salvage: bool,
 }
 
 /// The `--format` choices.

@@ -40,14 +40,20 @@ pub(crate) fn run(
                 .checkpoint_interval(Some(interval))
                 .map_err(|e| CliError::user(format!("--checkpoint-interval: {e}")))?;
         }
+        if args.wal_salvage {
+            builder = builder
+                .wal_salvage(true)
+                .map_err(|e| CliError::user(format!("--wal-salvage: {e}")))?;
+        }
         for name in &args.reset_state {
             builder = builder
                 .reset_state(name.clone())
                 .map_err(|e| CliError::user(format!("--reset-state {name}: {e}")))?;
         }
-    } else if args.checkpoint_interval.is_some() || !args.reset_state.is_empty() {
+    } else if args.checkpoint_interval.is_some() || !args.reset_state.is_empty() || args.wal_salvage
+    {
         return Err(CliError::user(
-            "--checkpoint-interval and --reset-state need durable storage: add --storage-dir DIR"
+            "--checkpoint-interval, --reset-state and --wal-salvage need durable storage: add --storage-dir DIR"
                 .to_string(),
         ));
     }
@@ -69,6 +75,9 @@ pub(crate) fn run(
     if let Some(stats) = db.checkpoint_stats() {
         for skipped in &stats.skipped {
             eprintln!("skipped {skipped}");
+        }
+        for report in &stats.wal_report {
+            eprintln!("{report}");
         }
         if let Some(epoch) = stats.recovered_epoch {
             eprintln!(

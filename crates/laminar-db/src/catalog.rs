@@ -34,6 +34,8 @@ pub(crate) struct SourceEntry {
     pub(crate) metrics: Arc<NodeMetrics>,
     /// The connector reader, once started (or created and waiting for `start()`).
     pub(crate) runner: Option<SourceRunner>,
+    /// The write-ahead log pushes go through (durable databases).
+    pub(crate) log: Option<Arc<crate::durability::Durability>>,
 }
 
 impl SourceEntry {
@@ -46,6 +48,7 @@ impl SourceEntry {
             input: self.input.clone(),
             backpressure: self.backpressure,
             metrics: self.metrics.clone(),
+            log: self.log.clone(),
         }
     }
 }

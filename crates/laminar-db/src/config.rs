@@ -63,6 +63,12 @@ pub struct StorageConfig {
     pub alignment_timeout: Duration,
     /// Objects whose checkpointed state is discarded instead of restored (`"*"`: all).
     pub reset_state: Vec<String>,
+    /// A push returns only once its write-ahead log record is on disk (group commit);
+    /// `false` acknowledges at once and syncs with each checkpoint.
+    pub sync_pushes: bool,
+    /// On write-ahead log corruption, replay the records before it and drop the rest
+    /// instead of refusing to open.
+    pub wal_salvage: bool,
 }
 
 impl StorageConfig {
@@ -74,6 +80,8 @@ impl StorageConfig {
             max_retained: 3,
             alignment_timeout: Duration::from_secs(30),
             reset_state: Vec::new(),
+            sync_pushes: true,
+            wal_salvage: false,
         }
     }
 }
@@ -185,6 +193,20 @@ impl LaminarDbBuilder {
     /// How long a checkpoint may wait for its barriers and snapshots. Needs `storage_dir`.
     pub fn alignment_timeout(mut self, timeout: Duration) -> Result<Self, DbError> {
         self.storage()?.alignment_timeout = timeout;
+        Ok(self)
+    }
+
+    /// Whether a push waits until its write-ahead log record is durable (default `true`).
+    /// Needs `storage_dir`.
+    pub fn sync_pushes(mut self, sync: bool) -> Result<Self, DbError> {
+        self.storage()?.sync_pushes = sync;
+        Ok(self)
+    }
+
+    /// Opens despite a corrupt write-ahead log, replaying only the records before the
+    /// damage (reported in `checkpoint_stats().wal_report`). Needs `storage_dir`.
+    pub fn wal_salvage(mut self, salvage: bool) -> Result<Self, DbError> {
+        self.storage()?.wal_salvage = salvage;
         Ok(self)
     }
 

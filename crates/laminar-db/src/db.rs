@@ -154,6 +154,7 @@ impl LaminarDB {
                 PipelineState::Created => *state = PipelineState::Starting,
             }
         }
+        self.replay_log();
         self.start_source_runners();
         *self.inner.state.lock() = PipelineState::Running;
         Ok(())
@@ -329,18 +330,51 @@ impl LaminarDB {
     fn inject_barriers(&self, epoch: u64) {
         let catalog = self.inner.catalog.read();
         for source in catalog.sources.values() {
-            match &source.runner {
-                Some(runner) => runner.request_barrier(epoch, &source.ingest_target()),
-                None => {
-                    let _ = source.input.send_blocking(Message::Barrier(epoch));
+            if let Some(runner) = &source.runner {
+                runner.request_barrier(epoch, &source.ingest_target());
+            }
+        }
+        // Push sources and side outputs: under the write-ahead log lock, so the checkpoint
+        // records which logged pushes precede its barriers.
+        let inject = || {
+            for source in catalog.sources.values().filter(|s| s.runner.is_none()) {
+                let _ = source.input.send_blocking(Message::Barrier(epoch));
+            }
+            for stream in catalog.streams.values() {
+                if let Some(input) = &stream.late_input {
+                    let _ = input.send_blocking(Message::Barrier(epoch));
+                }
+            }
+        };
+        match &self.inner.durability {
+            Some(d) => d.inject_logged(epoch, inject),
+            None => inject(),
+        }
+    }
+
+    /// Recovery's last step: the pushes logged after the restored checkpoint go into their
+    /// sources again, in their original order.
+    fn replay_log(&self) {
+        let Some(durability) = &self.inner.durability else {
+            return;
+        };
+        let pushes = durability.take_replay();
+        if pushes.is_empty() {
+            return;
+        }
+        let (mut replayed, mut unreplayed) = (0, 0);
+        let catalog = self.inner.catalog.read();
+        for (source, msg) in pushes {
+            match catalog.sources.get(&source) {
+                Some(entry) if entry.input.send_blocking(msg).is_ok() => replayed += 1,
+                _ => {
+                    unreplayed += 1;
+                    tracing::warn!(source = %source, "a logged push was not replayed: its source was not created again");
                 }
             }
         }
-        for stream in catalog.streams.values() {
-            if let Some(input) = &stream.late_input {
-                let _ = input.send_blocking(Message::Barrier(epoch));
-            }
-        }
+        tracing::info!(replayed, unreplayed, "write-ahead log replayed");
+        durability.count_replay(replayed, unreplayed);
     }
 
     /// Waits until every message pushed so far has reached subscriptions and sinks (or the

@@ -32,9 +32,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use laminar_core::message::Message;
 use laminar_core::runtime::{CheckpointObserver, Node};
 use laminar_core::snapshot::{SnapshotReader, SnapshotWriter};
-use laminar_storage::{CheckpointStore, LocalFs};
+use laminar_storage::{CheckpointStore, LocalFs, Storage, Wal, WalOptions, WalRecord};
 use parking_lot::{Condvar, Mutex};
 
 use crate::config::StorageConfig;
@@ -62,6 +63,13 @@ pub struct CheckpointStats {
     pub recovery_time: Duration,
     /// Checkpoints skipped at open because they failed their checks, with the reasons.
     pub skipped: Vec<String>,
+    /// What opening the write-ahead log found: a torn tail cut off, or the damage a
+    /// salvaging open stopped at.
+    pub wal_report: Vec<String>,
+    /// Logged pushes replayed at `start()` (pushed after the restored checkpoint).
+    pub replayed_pushes: u64,
+    /// Logged pushes not replayed because their source was not created again.
+    pub unreplayed_pushes: u64,
 }
 
 /// State read from the checkpoint at open, handed out as objects are created again.
@@ -76,6 +84,8 @@ struct Recovered {
     positions: BTreeMap<String, String>,
     /// Table name → rows.
     tables: BTreeMap<String, Vec<u8>>,
+    /// Log records before this sequence number are covered by the checkpoint.
+    wal_position: u64,
 }
 
 /// What one object gets back from the checkpoint.
@@ -102,6 +112,8 @@ struct Round {
     sinks: BTreeSet<String>,
     states: BTreeMap<String, Vec<u8>>,
     positions: BTreeMap<String, String>,
+    /// Write-ahead log records before this position precede the barrier.
+    wal_position: u64,
     error: Option<String>,
 }
 
@@ -133,10 +145,20 @@ pub(crate) struct Durability {
     /// One checkpoint at a time.
     serial: Mutex<()>,
     stats: Mutex<CheckpointStats>,
+    /// The write-ahead log of pushes. Held while a push is enqueued and logged, and while
+    /// barriers enter the push sources, so a checkpoint's log position splits the pushes
+    /// exactly where its barriers split the queues.
+    log: Mutex<Wal>,
+    /// Every log record below this sequence number is durable.
+    synced_to: AtomicU64,
+    /// Logged pushes after the restored checkpoint, replayed by `start()`.
+    replay: Mutex<Vec<WalRecord>>,
 }
 
 /// Directory under the storage directory that holds the checkpoints.
 const CHECKPOINT_DIR: &str = "checkpoints";
+/// Directory under the storage directory that holds the write-ahead log of pushes.
+const WAL_DIR: &str = "wal";
 const PIPELINE_FILE: &str = "pipeline";
 
 /// A file name for an object or node name (names may hold any character).
@@ -181,8 +203,9 @@ impl Durability {
                 config.dir.display()
             ))
         })?;
-        let storage = LocalFs::new(&config.dir).map_err(checkpoint_error)?;
-        let store = CheckpointStore::new(Arc::new(storage), CHECKPOINT_DIR, config.max_retained);
+        let storage: Arc<dyn Storage> =
+            Arc::new(LocalFs::new(&config.dir).map_err(checkpoint_error)?);
+        let store = CheckpointStore::new(storage.clone(), CHECKPOINT_DIR, config.max_retained);
         let loaded = store.load_latest().map_err(|e| {
             DbError::Checkpoint(format!(
                 "storage directory {}: {e}; no checkpoint can be restored (move the directory away to start empty)",
@@ -230,8 +253,46 @@ impl Durability {
             stats.last_epoch = Some(epoch);
             tracing::info!(epoch, dir = %config.dir.display(), "restoring from checkpoint");
         }
+        let (log, found) = Wal::open(
+            storage,
+            WAL_DIR,
+            WalOptions {
+                salvage: config.wal_salvage,
+                ..WalOptions::default()
+            },
+        )
+        .map_err(|e| {
+            DbError::Checkpoint(format!(
+                "write-ahead log in {}: {e}; to open anyway and replay only the records before the damage, set wal_salvage (laminardb run --wal-salvage)",
+                config.dir.join(WAL_DIR).display()
+            ))
+        })?;
+        if let Some(torn) = &found.torn_tail {
+            let report = format!(
+                "write-ahead log {}: a torn record of {} bytes at offset {} was cut off (a write the crash interrupted, never acknowledged)",
+                torn.segment, torn.bytes, torn.offset
+            );
+            tracing::warn!("{report}");
+            stats.wal_report.push(report);
+        }
+        if let Some((damage, dropped)) = &found.salvaged {
+            let report = format!(
+                "write-ahead log salvaged: {damage}; {dropped} bytes after it were dropped"
+            );
+            tracing::error!("{report}");
+            stats.wal_report.push(report);
+        }
+        let replay: Vec<WalRecord> = found
+            .records
+            .into_iter()
+            .filter(|r| r.seq >= recovered.wal_position)
+            .collect();
+        let synced_to = AtomicU64::new(log.next_seq());
         stats.recovery_time = started.elapsed();
         Ok(Durability {
+            log: Mutex::new(log),
+            synced_to,
+            replay: Mutex::new(replay),
             config,
             store,
             recovered: Mutex::new(recovered),
@@ -325,6 +386,11 @@ impl Durability {
         commit: impl FnOnce(u64),
     ) -> Result<u64, DbError> {
         let _serial = self.serial.lock();
+        if !self.replay.lock().is_empty() {
+            return Err(DbError::InvalidOperation(
+                "recovery is not complete: start() replays the pushes logged after the restored checkpoint; checkpoints begin after it".into(),
+            ));
+        }
         let epoch = self.next_epoch.fetch_add(1, Ordering::SeqCst);
         let started = Instant::now();
         let result = self.run_round(epoch, participants, inject);
@@ -338,6 +404,10 @@ impl Durability {
                 stats.last_bytes = bytes;
                 drop(stats);
                 commit(epoch);
+                // Log records of epochs up to this one precede its barriers: covered.
+                if let Err(e) = self.log.lock().delete_before_epoch(epoch + 1) {
+                    tracing::warn!(error = %e, "deleting covered write-ahead log segments failed");
+                }
                 tracing::debug!(epoch, bytes, "checkpoint complete");
                 Ok(epoch)
             }
@@ -366,6 +436,7 @@ impl Durability {
                 sinks: parts.sinks.iter().cloned().collect(),
                 states: BTreeMap::new(),
                 positions: BTreeMap::new(),
+                wal_position: 0,
                 error: None,
             });
         }
@@ -375,7 +446,7 @@ impl Durability {
         }
         inject(epoch)?;
         let deadline = Instant::now() + self.config.alignment_timeout;
-        let (states, positions) = {
+        let (states, positions, wal_position) = {
             let mut round = self.round.lock();
             loop {
                 let r = round.as_ref().ok_or_else(|| {
@@ -410,9 +481,11 @@ impl Durability {
                 }
             }
             let r = round.take().unwrap_or_else(|| unreachable_round(epoch));
-            (r.states, r.positions)
+            (r.states, r.positions, r.wal_position)
         };
-        let pipeline = encode_pipeline(&parts.objects, &positions);
+        // The log records the checkpoint covers must be durable before it is.
+        self.sync_to(wal_position)?;
+        let pipeline = encode_pipeline(&parts.objects, &positions, wal_position);
         let mut files: Vec<(String, Vec<u8>)> = vec![(PIPELINE_FILE.to_string(), pipeline)];
         for (node, state) in states {
             files.push((file_name("state", &node), state));
@@ -442,6 +515,82 @@ impl Durability {
             f(r);
             self.round_changed.notify_all();
         }
+    }
+
+    /// Enqueues a push (`enqueue`) and logs it, under the log lock; returns once the record
+    /// is durable when pushes are synced (one sync covers every record appended before
+    /// it: concurrent pushes share it).
+    pub(crate) fn log_push(
+        &self,
+        source: &str,
+        msg: &Message,
+        enqueue: impl FnOnce() -> Result<(), DbError>,
+    ) -> Result<(), DbError> {
+        if !self.replay.lock().is_empty() {
+            return Err(DbError::InvalidOperation(format!(
+                "push into '{source}' before start(): the database is recovering, and start() first replays the pushes logged after the restored checkpoint"
+            )));
+        }
+        let payload = encode_push(source, msg)?;
+        let seq = {
+            let mut log = self.log.lock();
+            enqueue()?;
+            log.append(self.next_epoch(), &payload)
+                .map_err(|e| DbError::Checkpoint(format!("write-ahead log: {e}")))?
+        };
+        if self.config.sync_pushes {
+            self.sync_to(seq + 1)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every log record below `seq` durable.
+    fn sync_to(&self, seq: u64) -> Result<(), DbError> {
+        if self.synced_to.load(Ordering::SeqCst) >= seq {
+            return Ok(());
+        }
+        let mut log = self.log.lock();
+        if self.synced_to.load(Ordering::SeqCst) >= seq {
+            return Ok(());
+        }
+        let upto = log.next_seq();
+        log.sync()
+            .map_err(|e| DbError::Checkpoint(format!("write-ahead log: {e}")))?;
+        self.synced_to.fetch_max(upto, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Runs `inject` (the barriers entering the push sources) under the log lock and
+    /// records the log position it stands for in checkpoint `epoch`.
+    pub(crate) fn inject_logged(&self, epoch: u64, inject: impl FnOnce()) {
+        let log = self.log.lock();
+        let position = log.next_seq();
+        inject();
+        drop(log);
+        self.with_round(epoch, |r| r.wal_position = position);
+    }
+
+    /// The logged pushes to replay (once), decoded as `(source, message)`.
+    pub(crate) fn take_replay(&self) -> Vec<(String, Message)> {
+        let records = std::mem::take(&mut *self.replay.lock());
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            match decode_push(&record.payload) {
+                Ok(push) => out.push(push),
+                Err(e) => {
+                    tracing::error!(seq = record.seq, error = %e, "undecodable write-ahead log record skipped");
+                    self.stats.lock().unreplayed_pushes += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// Counts replayed and unreplayable pushes.
+    pub(crate) fn count_replay(&self, replayed: u64, unreplayed: u64) {
+        let mut stats = self.stats.lock();
+        stats.replayed_pushes += replayed;
+        stats.unreplayed_pushes += unreplayed;
     }
 
     /// A connector source injected the barrier of `epoch` at `position`.
@@ -487,6 +636,7 @@ fn unreachable_round(epoch: u64) -> Round {
         sinks: BTreeSet::new(),
         states: BTreeMap::new(),
         positions: BTreeMap::new(),
+        wal_position: 0,
         error: None,
     }
 }
@@ -518,11 +668,54 @@ impl Recovered {
     }
 }
 
+const PUSH_TAG: &str = "push";
+const PUSH_VERSION: u32 = 1;
+
+/// A logged push: the source, then a batch (Arrow IPC) or a watermark.
+fn encode_push(source: &str, msg: &Message) -> Result<Vec<u8>, DbError> {
+    let mut w = SnapshotWriter::new(PUSH_TAG, PUSH_VERSION);
+    w.bytes(source.as_bytes());
+    match msg {
+        Message::Batch(batch) => {
+            w.u64(0);
+            w.batch(batch)
+                .map_err(|e| DbError::Engine(format!("encoding a push for the log: {e}")))?;
+        }
+        Message::Watermark(ts) => {
+            w.u64(1);
+            w.i64(*ts);
+        }
+        other => {
+            return Err(DbError::Engine(format!(
+                "only batches and watermarks are logged, not {other:?}"
+            )));
+        }
+    }
+    Ok(w.finish())
+}
+
+fn decode_push(bytes: &[u8]) -> Result<(String, Message), String> {
+    let e = |e: laminar_core::CoreError| e.to_string();
+    let mut r = SnapshotReader::new(bytes, PUSH_TAG, PUSH_VERSION).map_err(e)?;
+    let source = String::from_utf8(r.bytes().map_err(e)?.to_vec()).map_err(|e| e.to_string())?;
+    let msg = match r.u64().map_err(e)? {
+        0 => Message::Batch(r.batch().map_err(e)?),
+        1 => Message::Watermark(r.i64().map_err(e)?),
+        kind => return Err(format!("unknown push kind {kind}")),
+    };
+    Ok((source, msg))
+}
+
 const PIPELINE_TAG: &str = "pipeline";
 const PIPELINE_VERSION: u32 = 1;
 
-fn encode_pipeline(objects: &[(String, String)], positions: &BTreeMap<String, String>) -> Vec<u8> {
+fn encode_pipeline(
+    objects: &[(String, String)],
+    positions: &BTreeMap<String, String>,
+    wal_position: u64,
+) -> Vec<u8> {
     let mut w = SnapshotWriter::new(PIPELINE_TAG, PIPELINE_VERSION);
+    w.u64(wal_position);
     w.u64(objects.len() as u64);
     for (name, sql) in objects {
         w.bytes(name.as_bytes());
@@ -540,6 +733,7 @@ fn decode_pipeline(bytes: &[u8], into: &mut Recovered) -> Result<(), String> {
     let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|e| e.to_string());
     let mut r =
         SnapshotReader::new(bytes, PIPELINE_TAG, PIPELINE_VERSION).map_err(|e| e.to_string())?;
+    into.wal_position = r.u64().map_err(|e| e.to_string())?;
     for _ in 0..r.count().map_err(|e| e.to_string())? {
         let name = text(r.bytes().map_err(|e| e.to_string())?)?;
         let sql = text(r.bytes().map_err(|e| e.to_string())?)?;
@@ -584,11 +778,12 @@ mod tests {
     fn pipeline_file_round_trips() {
         let objects = vec![("a".to_string(), "CREATE SOURCE a (x INT)".to_string())];
         let positions = BTreeMap::from([("a".to_string(), "event=7".to_string())]);
-        let bytes = encode_pipeline(&objects, &positions);
+        let bytes = encode_pipeline(&objects, &positions, 9);
         let mut r = Recovered::default();
         decode_pipeline(&bytes, &mut r).unwrap();
         assert_eq!(r.objects["a"], "CREATE SOURCE a (x INT)");
         assert_eq!(r.positions["a"], "event=7");
+        assert_eq!(r.wal_position, 9);
         assert!(decode_pipeline(&bytes[..bytes.len() - 2], &mut Recovered::default()).is_err());
     }
 }

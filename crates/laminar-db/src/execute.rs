@@ -575,6 +575,7 @@ impl LaminarDB {
             input,
             metrics,
             runner,
+            log: self.inner.durability.clone(),
         };
         let running = matches!(self.pipeline_state(), crate::db::PipelineState::Running);
         let target = entry.ingest_target();

@@ -28,6 +28,9 @@ pub(crate) struct IngestTarget {
     pub(crate) input: SourceInput,
     pub(crate) backpressure: BackpressureStrategy,
     pub(crate) metrics: Arc<NodeMetrics>,
+    /// The write-ahead log of a durable database: every push is logged before it is
+    /// acknowledged.
+    pub(crate) log: Option<Arc<crate::durability::Durability>>,
 }
 
 impl IngestTarget {
@@ -41,6 +44,38 @@ impl IngestTarget {
     }
 
     pub(crate) fn enqueue(&self, msg: Message) -> Result<(), DbError> {
+        match &self.log {
+            Some(log) => log.log_push(&self.name, &msg, || self.enqueue_unlogged(msg.clone())),
+            None => self.enqueue_unlogged(msg),
+        }
+    }
+
+    /// Enqueues without waiting; a full queue hands the message back (nothing is logged).
+    pub(crate) fn try_enqueue(&self, msg: Message) -> Result<(), Message> {
+        let send = |msg: Message| match self.input.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) => Err(m),
+        };
+        match &self.log {
+            Some(log) => {
+                let mut back = None;
+                let logged = log.log_push(&self.name, &msg, || {
+                    send(msg.clone()).map_err(|m| {
+                        back = Some(m);
+                        DbError::ChannelFull(self.name.clone())
+                    })
+                });
+                match (logged, back) {
+                    (Ok(()), _) => Ok(()),
+                    (Err(_), Some(m)) => Err(m),
+                    (Err(_), None) => Err(msg),
+                }
+            }
+            None => send(msg),
+        }
+    }
+
+    fn enqueue_unlogged(&self, msg: Message) -> Result<(), DbError> {
         match self.backpressure {
             BackpressureStrategy::Block => {
                 self.input.send_blocking(msg).map_err(|_| DbError::Shutdown)
@@ -67,9 +102,15 @@ impl IngestTarget {
 
     pub(crate) fn watermark(&self, ts: i64) -> Result<(), DbError> {
         // Watermarks always wait for room: a `reject` policy applies to data, not to time.
-        self.input
-            .send_blocking(Message::Watermark(ts))
-            .map_err(|_| DbError::Shutdown)
+        let send = || {
+            self.input
+                .send_blocking(Message::Watermark(ts))
+                .map_err(|_| DbError::Shutdown)
+        };
+        match &self.log {
+            Some(log) => log.log_push(&self.name, &Message::Watermark(ts), send),
+            None => send(),
+        }
     }
 }
 
@@ -261,7 +302,7 @@ impl<T: Record> TypedSourceHandle<T> {
         ) else {
             return Err(row);
         };
-        match self.inner.target.input.try_send(Message::Batch(batch)) {
+        match self.inner.target.try_enqueue(Message::Batch(batch)) {
             Ok(()) => Ok(()),
             Err(_) => Err(row),
         }
