@@ -857,13 +857,20 @@ fn checkpoint(args: &CheckpointArgs) -> Result<Report> {
     std::mem::forget(restored);
 
     if args.events > 0 {
-        for (label, durable) in [("no_checkpoints", false), ("with_checkpoints", true)] {
+        // Pushes are logged when durable: synced per push (the default) or with each
+        // checkpoint only.
+        for (label, durable, sync_pushes) in [
+            ("no_checkpoints", false, false),
+            ("checkpoints_wal_async", true, false),
+            ("checkpoints_wal_sync", true, true),
+        ] {
             let dir = args.dir.join(label);
             let mut builder = LaminarDB::builder().workers(1);
             if durable {
                 builder = builder
                     .storage_dir(&dir)
-                    .checkpoint_interval(Some(Duration::from_millis(args.interval_ms)))?;
+                    .checkpoint_interval(Some(Duration::from_millis(args.interval_ms)))?
+                    .sync_pushes(sync_pushes)?;
             }
             let db = builder.build_sync()?;
             block_on(async {
@@ -891,8 +898,12 @@ fn checkpoint(args: &CheckpointArgs) -> Result<Report> {
                 "events/s",
             );
             if let Some(stats) = db.checkpoint_stats() {
-                r.int("tumble_checkpoints_completed", stats.completed, "");
-                r.int("tumble_checkpoints_failed", stats.failed, "");
+                r.int(
+                    &format!("checkpoints_completed_{label}"),
+                    stats.completed,
+                    "",
+                );
+                r.int(&format!("checkpoints_failed_{label}"), stats.failed, "");
             }
             db.shutdown_sync();
         }
