@@ -261,11 +261,8 @@ impl LaminarDB {
         };
         durability
             .checkpoint(
-                |_| Ok(self.checkpoint_participants()),
-                |epoch| {
-                    self.inject_barriers(epoch);
-                    Ok(())
-                },
+                || self.checkpoint_participants(),
+                |epoch| self.inject_barriers(epoch),
                 |epoch| {
                     for sink in self.inner.catalog.read().sinks.values() {
                         sink.runner.commit(epoch);

@@ -381,8 +381,8 @@ impl Durability {
     /// tells the sinks.
     pub(crate) fn checkpoint(
         self: &Arc<Self>,
-        participants: impl FnOnce(u64) -> Result<Participants, DbError>,
-        inject: impl FnOnce(u64) -> Result<(), DbError>,
+        participants: impl FnOnce() -> Participants,
+        inject: impl FnOnce(u64),
         commit: impl FnOnce(u64),
     ) -> Result<u64, DbError> {
         let _serial = self.serial.lock();
@@ -423,10 +423,10 @@ impl Durability {
     fn run_round(
         self: &Arc<Self>,
         epoch: u64,
-        participants: impl FnOnce(u64) -> Result<Participants, DbError>,
-        inject: impl FnOnce(u64) -> Result<(), DbError>,
+        participants: impl FnOnce() -> Participants,
+        inject: impl FnOnce(u64),
     ) -> Result<u64, DbError> {
-        let parts = participants(epoch)?;
+        let parts = participants();
         {
             let mut round = self.round.lock();
             *round = Some(Round {
@@ -444,28 +444,30 @@ impl Durability {
         for node in &parts.nodes {
             node.set_checkpoint_observer(Some(observer.clone()));
         }
-        inject(epoch)?;
+        inject(epoch);
         let deadline = Instant::now() + self.config.alignment_timeout;
-        let (states, positions, wal_position) = {
+        let abandoned = || DbError::Checkpoint(format!("checkpoint {epoch} was abandoned"));
+        let Round {
+            states,
+            positions,
+            wal_position,
+            ..
+        } = {
             let mut round = self.round.lock();
             loop {
-                let r = round.as_ref().ok_or_else(|| {
-                    DbError::Checkpoint(format!("checkpoint {epoch} was abandoned"))
-                })?;
+                let r = round.as_ref().ok_or_else(abandoned)?;
                 if let Some(e) = &r.error {
                     return Err(DbError::Checkpoint(format!("checkpoint {epoch}: {e}")));
                 }
                 if r.complete() {
-                    break;
+                    break round.take().ok_or_else(abandoned)?;
                 }
                 if self
                     .round_changed
                     .wait_until(&mut round, deadline)
                     .timed_out()
                 {
-                    let r = round.as_ref().ok_or_else(|| {
-                        DbError::Checkpoint(format!("checkpoint {epoch} was abandoned"))
-                    })?;
+                    let r = round.as_ref().ok_or_else(abandoned)?;
                     let waiting: Vec<String> = r
                         .nodes
                         .iter()
@@ -480,8 +482,6 @@ impl Durability {
                     )));
                 }
             }
-            let r = round.take().unwrap_or_else(|| unreachable_round(epoch));
-            (r.states, r.positions, r.wal_position)
         };
         // The log records the checkpoint covers must be durable before it is.
         self.sync_to(wal_position)?;
@@ -626,19 +626,6 @@ impl Durability {
 fn describe_nodes<'a>(nodes: impl Iterator<Item = &'a String>) -> String {
     let nodes: Vec<&str> = nodes.map(String::as_str).collect();
     format!("{} node(s) ({})", nodes.len(), nodes.join(", "))
-}
-
-fn unreachable_round(epoch: u64) -> Round {
-    Round {
-        epoch,
-        nodes: BTreeSet::new(),
-        sources: BTreeSet::new(),
-        sinks: BTreeSet::new(),
-        states: BTreeMap::new(),
-        positions: BTreeMap::new(),
-        wal_position: 0,
-        error: None,
-    }
 }
 
 impl CheckpointObserver for Durability {

@@ -163,6 +163,7 @@ pub(super) fn split_state_columns(
 }
 
 /// Helpers for the row-accumulator layout's group rows.
+#[derive(Default)]
 pub(super) struct GroupColumns {
     pub session: Vec<bool>,
     pub start: Vec<i64>,
@@ -180,21 +181,6 @@ pub(super) struct GroupColumns {
 pub(super) const GROUP_FIXED: usize = 8;
 
 impl GroupColumns {
-    pub(super) fn new() -> GroupColumns {
-        GroupColumns {
-            session: Vec::new(),
-            start: Vec::new(),
-            end: Vec::new(),
-            key: Vec::new(),
-            weight: Vec::new(),
-            dirty: Vec::new(),
-            emitted: Vec::new(),
-            watermark_key: Vec::new(),
-            last: Vec::new(),
-            states: Vec::new(),
-        }
-    }
-
     /// The batch: fixed columns, then `has_last` and one column per output field, then the
     /// accumulator states (flattened in aggregate order).
     pub(super) fn finish(self, spec: &AggregateSpec) -> Result<RecordBatch> {

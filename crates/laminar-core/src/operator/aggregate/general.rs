@@ -854,7 +854,7 @@ impl GeneralState {
                 .collect::<Result<Vec<_>>>()?;
             w.batch(&columns_batch(columns, self.retractions.len())?)?;
         }
-        let mut rows = GroupColumns::new();
+        let mut rows = GroupColumns::default();
         let changelog = self.changelog;
         let mut add = |session: bool, start, end, key: &[u8], group: &mut Group| -> Result<()> {
             rows.session.push(session);
