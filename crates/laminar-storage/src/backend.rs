@@ -33,7 +33,8 @@ pub trait Storage: Send + Sync {
     fn sync_dir(&self, dir: &str) -> Result<()>;
     /// Renames a file (replacing the target).
     fn rename(&self, from: &str, to: &str) -> Result<()>;
-    /// Deletes a file; a missing file is not an error.
+    /// Deletes a file; a missing file is not an error. A directory left empty may be
+    /// removed with it.
     fn delete(&self, path: &str) -> Result<()>;
     /// Names of the files directly in `dir`, sorted; a missing directory is empty.
     fn list(&self, dir: &str) -> Result<Vec<String>>;
@@ -120,10 +121,18 @@ impl Storage for LocalFs {
     fn delete(&self, path: &str) -> Result<()> {
         let p = self.path(path);
         match std::fs::remove_file(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StorageError::io("delete", &p, e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::io("delete", &p, e)),
         }
+        // A directory the deletion left empty goes too (a checkpoint's directory once its
+        // last file is collected); one that still holds files stays.
+        if let Some(dir) = p.parent()
+            && dir != self.root
+        {
+            let _ = std::fs::remove_dir(dir);
+        }
+        Ok(())
     }
 
     fn list(&self, dir: &str) -> Result<Vec<String>> {

@@ -171,3 +171,42 @@ fn names_with_whitespace_are_refused() {
     assert!(s.write(1, &[("a b", b"x")], &[], &[]).is_err());
     assert!(s.load_latest().unwrap().is_none());
 }
+
+/// On the local file system, collecting a checkpoint also removes its emptied directory, so
+/// a long run does not leave one directory per checkpoint behind.
+#[test]
+fn gc_on_local_files_removes_emptied_checkpoint_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs: Arc<dyn crate::Storage> = Arc::new(crate::LocalFs::new(dir.path()).unwrap());
+    let s = CheckpointStore::new(fs, "ckpt", 2);
+    let mut reused = None;
+    for epoch in 1..=6u64 {
+        // File "base" is written once and reused by every later checkpoint.
+        let written: Vec<(&str, &[u8])> = if epoch == 1 {
+            vec![("base", b"base"), ("delta", b"d")]
+        } else {
+            vec![("delta", b"d")]
+        };
+        let reuse: Vec<ManifestEntry> = reused.iter().cloned().collect();
+        let m = s.write(epoch, &written, &reuse, &[]).unwrap();
+        reused = m.files.iter().find(|f| f.name == "base").cloned();
+        s.gc().unwrap();
+    }
+    let mut dirs: Vec<String> = std::fs::read_dir(dir.path().join("ckpt"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    // Epoch 1 keeps its reused file; 2..4 are gone; 5 and 6 are retained.
+    assert_eq!(
+        dirs,
+        vec![
+            "00000000000000000001",
+            "00000000000000000005",
+            "00000000000000000006"
+        ]
+    );
+    assert_eq!(s.load_latest().unwrap().unwrap().files["base"], b"base");
+}
