@@ -86,6 +86,12 @@ pub(crate) struct RunArgs {
     /// damage (needs --storage-dir).
     #[arg(long)]
     pub(crate) wal_salvage: bool,
+
+    /// Write checkpoint files to an object store instead of DIR/checkpoints:
+    /// `file:///path`, or `s3://bucket/prefix` (builds with the `s3` feature; settings from
+    /// AWS_* environment variables). The write-ahead log stays in DIR. Needs --storage-dir.
+    #[arg(long, value_name = "URL")]
+    pub(crate) checkpoint_store: Option<String>,
 }
 
 /// The `--format` choices.

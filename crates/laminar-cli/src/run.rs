@@ -50,10 +50,18 @@ pub(crate) fn run(
                 .reset_state(name.clone())
                 .map_err(|e| CliError::user(format!("--reset-state {name}: {e}")))?;
         }
-    } else if args.checkpoint_interval.is_some() || !args.reset_state.is_empty() || args.wal_salvage
+        if let Some(url) = &args.checkpoint_store {
+            builder = builder
+                .checkpoint_store(url.clone())
+                .map_err(|e| CliError::user(format!("--checkpoint-store: {e}")))?;
+        }
+    } else if args.checkpoint_interval.is_some()
+        || !args.reset_state.is_empty()
+        || args.wal_salvage
+        || args.checkpoint_store.is_some()
     {
         return Err(CliError::user(
-            "--checkpoint-interval, --reset-state and --wal-salvage need durable storage: add --storage-dir DIR"
+            "--checkpoint-interval, --reset-state, --wal-salvage and --checkpoint-store need durable storage: add --storage-dir DIR"
                 .to_string(),
         ));
     }

@@ -2,7 +2,7 @@
 //! demo, and the shell reading stdin.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -201,14 +201,19 @@ fn run_with_bad_input_rows_exits_2() {
     );
 }
 
+/// Writes the orders input and pipeline into `dir`: (input, pipeline file, storage dir).
+fn orders_setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let input = dir.join("orders.csv");
+    write(&input, ORDERS_CSV);
+    let sql = dir.join("pipeline.sql");
+    write(&sql, &orders_pipeline(dir, &input));
+    (input, sql, dir.join("state"))
+}
+
 #[test]
 fn durable_rerun_resumes_without_repeating_output() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("orders.csv");
-    write(&input, ORDERS_CSV);
-    let sql = dir.path().join("pipeline.sql");
-    write(&sql, &orders_pipeline(dir.path(), &input));
-    let state = dir.path().join("state");
+    let (input, sql, state) = orders_setup(dir.path());
     let state_arg = state.to_str().unwrap();
 
     let out = run(&["run", "--storage-dir", state_arg, sql.to_str().unwrap()]);
@@ -248,6 +253,14 @@ fn durable_rerun_resumes_without_repeating_output() {
     assert!(err.contains("--storage-dir"), "{err}");
     let out = run(&[
         "run",
+        "--checkpoint-store",
+        "file:///tmp/x",
+        sql.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--storage-dir"), "{}", stderr(&out));
+    let out = run(&[
+        "run",
         "--storage-dir",
         state_arg,
         "--checkpoint-interval",
@@ -257,6 +270,51 @@ fn durable_rerun_resumes_without_repeating_output() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("--checkpoint-interval soon"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn checkpoints_can_go_to_an_object_store_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, sql, state) = orders_setup(dir.path());
+    let store = format!("file://{}/object-store/pipeline", dir.path().display());
+    let args = [
+        "run",
+        "--storage-dir",
+        state.to_str().unwrap(),
+        "--checkpoint-store",
+        &store,
+        sql.to_str().unwrap(),
+    ];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let expected = vec!["2,bob,75", "3,carol,120", "5,erin,51"];
+    assert_eq!(committed_csv_rows(&dir.path().join("out")), expected);
+    assert!(dir.path().join("object-store/pipeline/LATEST").exists());
+    assert!(!state.join("checkpoints").exists());
+    // The rerun resumes from the store: nothing is written twice.
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("resumed from checkpoint"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(committed_csv_rows(&dir.path().join("out")), expected);
+    // An unusable store is a user-facing error at open.
+    let out = run(&[
+        "run",
+        "--storage-dir",
+        state.to_str().unwrap(),
+        "--checkpoint-store",
+        "gopher://nowhere",
+        sql.to_str().unwrap(),
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("gopher://nowhere"),
         "{}",
         stderr(&out)
     );

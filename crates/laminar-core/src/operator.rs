@@ -105,4 +105,23 @@ pub trait Operator: Send {
             "this operator holds no state to restore".into(),
         ))
     }
+
+    /// An incremental snapshot: what changed since this operator's previous snapshot (full
+    /// or incremental), for [`Operator::restore_chain`] to apply on top of it. `None` when
+    /// the operator cannot tell (it writes only full snapshots, or has not taken one since
+    /// it was built or restored); the caller then takes a full one.
+    fn snapshot_delta(&mut self) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+
+    /// Restores a full snapshot followed by the incremental ones taken after it, in order.
+    fn restore_chain(&mut self, base: &[u8], deltas: &[Vec<u8>]) -> Result<()> {
+        if deltas.is_empty() {
+            self.restore(base)
+        } else {
+            Err(crate::error::CoreError::InvalidData(
+                "this operator does not take incremental snapshots".into(),
+            ))
+        }
+    }
 }

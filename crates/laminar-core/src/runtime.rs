@@ -17,7 +17,7 @@ mod node;
 mod worker;
 
 pub use edge::{EdgeReceiver, SourceInput};
-pub use node::{CheckpointObserver, Node, NodeId};
+pub use node::{CheckpointObserver, Node, NodeId, StateSnapshot};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};

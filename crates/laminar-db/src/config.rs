@@ -69,6 +69,14 @@ pub struct StorageConfig {
     /// On write-ahead log corruption, replay the records before it and drop the rest
     /// instead of refusing to open.
     pub wal_salvage: bool,
+    /// Checkpoints write only the state that changed since the previous one, where the
+    /// operator can tell (aggregations); a full snapshot is taken again once an operator's
+    /// increments add up to its last full one, or after 16 increments.
+    pub incremental: bool,
+    /// Where checkpoint files go instead of `<dir>/checkpoints`: an object store URL
+    /// (`file:///path`, or `s3://bucket/prefix` with the `s3` feature; S3 settings come
+    /// from `AWS_*` environment variables). The write-ahead log stays in `dir`.
+    pub checkpoint_url: Option<String>,
 }
 
 impl StorageConfig {
@@ -82,6 +90,8 @@ impl StorageConfig {
             reset_state: Vec::new(),
             sync_pushes: true,
             wal_salvage: false,
+            incremental: true,
+            checkpoint_url: None,
         }
     }
 }
@@ -207,6 +217,20 @@ impl LaminarDbBuilder {
     /// damage (reported in `checkpoint_stats().wal_report`). Needs `storage_dir`.
     pub fn wal_salvage(mut self, salvage: bool) -> Result<Self, DbError> {
         self.storage()?.wal_salvage = salvage;
+        Ok(self)
+    }
+
+    /// Whether checkpoints write only what changed since the previous one where operators
+    /// can tell (default `true`; see [`StorageConfig::incremental`]). Needs `storage_dir`.
+    pub fn incremental_checkpoints(mut self, incremental: bool) -> Result<Self, DbError> {
+        self.storage()?.incremental = incremental;
+        Ok(self)
+    }
+
+    /// Writes checkpoint files to an object store instead of `<storage_dir>/checkpoints`
+    /// (see [`StorageConfig::checkpoint_url`]). Needs `storage_dir`.
+    pub fn checkpoint_store(mut self, url: impl Into<String>) -> Result<Self, DbError> {
+        self.storage()?.checkpoint_url = Some(url.into());
         Ok(self)
     }
 

@@ -78,6 +78,12 @@ impl LaminarDB {
     }
 
     pub(crate) fn with_config(config: DbConfig) -> Result<LaminarDB, DbError> {
+        // Storage first: when it cannot be opened, no runtime was started (dropping a
+        // tokio runtime from async code, where `build()` runs, would panic).
+        let durability = match &config.storage {
+            Some(storage) => Some(Arc::new(Durability::open(storage.clone())?)),
+            None => None,
+        };
         let runtime = Runtime::start(RuntimeConfig {
             workers: config.workers.max(1),
             ..RuntimeConfig::default()
@@ -91,10 +97,6 @@ impl LaminarDB {
             .build()
             .map_err(|e| DbError::Engine(format!("cannot start the connector runtime: {e}")))?;
         let io_handle = io.handle().clone();
-        let durability = match &config.storage {
-            Some(storage) => Some(Arc::new(Durability::open(storage.clone())?)),
-            None => None,
-        };
         let db = LaminarDB {
             inner: Arc::new(DbInner {
                 config,
@@ -245,7 +247,9 @@ impl LaminarDB {
 
     /// Takes a checkpoint now and returns its epoch once it is durable; `None` without a
     /// storage directory. A checkpoint that cannot complete (alignment timeout, a failed
-    /// snapshot or pre-commit, an I/O error) is an error; processing continues either way.
+    /// snapshot or pre-commit) is an error and processing continues. A failed write or
+    /// fsync of the storage directory stops the pipeline: connector sources stop reading,
+    /// pushes are refused and [`LaminarDB::failures`] names the error.
     pub fn checkpoint(&self) -> Result<Option<u64>, DbError> {
         if self.inner.durability.is_none() {
             return Ok(None);
@@ -259,17 +263,29 @@ impl LaminarDB {
         let Some(durability) = self.inner.durability.clone() else {
             return Ok(None);
         };
-        durability
-            .checkpoint(
-                || self.checkpoint_participants(),
-                |epoch| self.inject_barriers(epoch),
-                |epoch| {
-                    for sink in self.inner.catalog.read().sinks.values() {
-                        sink.runner.commit(epoch);
-                    }
-                },
-            )
-            .map(Some)
+        let result = durability.checkpoint(
+            || self.checkpoint_participants(),
+            |epoch| self.inject_barriers(epoch),
+            |epoch| {
+                for sink in self.inner.catalog.read().sinks.values() {
+                    sink.runner.commit(epoch);
+                }
+            },
+        );
+        if let Some(reason) = durability.newly_poisoned() {
+            // Nothing can be made durable any more: stop reading (no silent retry) and
+            // report it; a restart recovers from the last complete checkpoint.
+            self.inner
+                .failures
+                .lock()
+                .push(format!("storage directory failed: {reason}"));
+            for source in self.inner.catalog.read().sources.values() {
+                if let Some(runner) = &source.runner {
+                    runner.pause();
+                }
+            }
+        }
+        result.map(Some)
     }
 
     /// Checkpoint and recovery counters; `None` without a storage directory.

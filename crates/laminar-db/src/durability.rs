@@ -33,9 +33,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use laminar_core::message::Message;
-use laminar_core::runtime::{CheckpointObserver, Node};
+use laminar_core::runtime::{CheckpointObserver, Node, StateSnapshot};
 use laminar_core::snapshot::{SnapshotReader, SnapshotWriter};
-use laminar_storage::{CheckpointStore, LocalFs, Storage, Wal, WalOptions, WalRecord};
+use laminar_storage::{
+    CheckpointStore, LocalFs, ManifestEntry, ObjectStorage, Storage, Wal, WalOptions, WalRecord,
+};
 use parking_lot::{Condvar, Mutex};
 
 use crate::config::StorageConfig;
@@ -70,6 +72,11 @@ pub struct CheckpointStats {
     pub replayed_pushes: u64,
     /// Logged pushes not replayed because their source was not created again.
     pub unreplayed_pushes: u64,
+    /// Operator states written in full by the completed checkpoints.
+    pub full_snapshots: u64,
+    /// Operator states written as increments (changes since the node's previous
+    /// checkpoint) by the completed checkpoints.
+    pub incremental_snapshots: u64,
 }
 
 /// State read from the checkpoint at open, handed out as objects are created again.
@@ -79,7 +86,7 @@ struct Recovered {
     /// Object name → its DDL text when checkpointed.
     objects: BTreeMap<String, String>,
     /// Node name → operator snapshot.
-    states: BTreeMap<String, Vec<u8>>,
+    states: BTreeMap<String, StateChain>,
     /// Source name → connector position.
     positions: BTreeMap<String, String>,
     /// Table name → rows.
@@ -88,21 +95,39 @@ struct Recovered {
     wal_position: u64,
 }
 
+/// A node's checkpointed state: its last full snapshot and the increments after it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct StateChain {
+    pub(crate) base: Vec<u8>,
+    pub(crate) deltas: Vec<Vec<u8>>,
+}
+
 /// What one object gets back from the checkpoint.
 #[derive(Default)]
 pub(crate) struct Restored {
     /// Node name → snapshot, for the object's nodes.
-    pub(crate) states: BTreeMap<String, Vec<u8>>,
+    pub(crate) states: BTreeMap<String, StateChain>,
     pub(crate) position: Option<String>,
     pub(crate) table: Option<Vec<u8>>,
 }
 
 impl Restored {
     /// The snapshot of node `name`, if any.
-    pub(crate) fn state(&mut self, name: &str) -> Option<Vec<u8>> {
+    pub(crate) fn state(&mut self, name: &str) -> Option<StateChain> {
         self.states.remove(name)
     }
 }
+
+/// The files that make up a node's state in the newest checkpoint: its full snapshot
+/// first, then its increments.
+#[derive(Clone)]
+struct WrittenChain {
+    files: Vec<ManifestEntry>,
+    delta_bytes: u64,
+}
+
+/// Increments after a full snapshot before the next full one.
+const MAX_INCREMENTS: usize = 16;
 
 /// The checkpoint being taken.
 struct Round {
@@ -110,7 +135,7 @@ struct Round {
     nodes: BTreeSet<String>,
     sources: BTreeSet<String>,
     sinks: BTreeSet<String>,
-    states: BTreeMap<String, Vec<u8>>,
+    states: BTreeMap<String, StateSnapshot>,
     positions: BTreeMap<String, String>,
     /// Write-ahead log records before this position precede the barrier.
     wal_position: u64,
@@ -153,6 +178,15 @@ pub(crate) struct Durability {
     synced_to: AtomicU64,
     /// Logged pushes after the restored checkpoint, replayed by `start()`.
     replay: Mutex<Vec<WalRecord>>,
+    /// Node name → the files of its state in the newest checkpoint this process wrote
+    /// (an increment extends them; empty after a failed checkpoint, so the next one is
+    /// full).
+    chains: Mutex<BTreeMap<String, WrittenChain>>,
+    /// Set when writing to the storage directory failed (a failed write or fsync of a
+    /// checkpoint or of the log): nothing can be made durable any more, so no further
+    /// checkpoint is taken and pushes are refused. The flag says whether the pipeline was
+    /// told (see [`Durability::newly_poisoned`]).
+    poisoned: Mutex<Option<(String, bool)>>,
 }
 
 /// Directory under the storage directory that holds the checkpoints.
@@ -165,6 +199,18 @@ const PIPELINE_FILE: &str = "pipeline";
 fn file_name(prefix: &str, name: &str) -> String {
     let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
     format!("{prefix}-{hex}")
+}
+
+/// The node and position in its chain (0: the full snapshot, `k`: the k-th increment) of a
+/// state file name.
+fn state_file_name(file: &str) -> Option<(String, usize)> {
+    match file.split_once('.') {
+        None => Some((from_file_name("state", file)?, 0)),
+        Some((base, index)) => {
+            let index: usize = index.parse().ok().filter(|&i| i > 0)?;
+            Some((from_file_name("state", base)?, index))
+        }
+    }
 }
 
 fn from_file_name(prefix: &str, file: &str) -> Option<String> {
@@ -205,11 +251,21 @@ impl Durability {
         })?;
         let storage: Arc<dyn Storage> =
             Arc::new(LocalFs::new(&config.dir).map_err(checkpoint_error)?);
-        let store = CheckpointStore::new(storage.clone(), CHECKPOINT_DIR, config.max_retained);
+        let store = match &config.checkpoint_url {
+            None => CheckpointStore::new(storage.clone(), CHECKPOINT_DIR, config.max_retained),
+            Some(url) => {
+                let objects = ObjectStorage::open(url, ObjectStorage::options_from_env())
+                    .map_err(checkpoint_error)?;
+                CheckpointStore::new(Arc::new(objects), "", config.max_retained)
+            }
+        };
         let loaded = store.load_latest().map_err(|e| {
             DbError::Checkpoint(format!(
-                "storage directory {}: {e}; no checkpoint can be restored (move the directory away to start empty)",
-                config.dir.display()
+                "checkpoints in {}: {e}; no checkpoint can be restored (move them away to start empty)",
+                config
+                    .checkpoint_url
+                    .clone()
+                    .unwrap_or_else(|| config.dir.join(CHECKPOINT_DIR).display().to_string())
             ))
         })?;
         let mut recovered = Recovered::default();
@@ -228,12 +284,32 @@ impl Durability {
             })?;
             decode_pipeline(pipeline, &mut recovered)
                 .map_err(|e| DbError::Checkpoint(format!("checkpoint {epoch}: {e}")))?;
+            let mut pieces: BTreeMap<String, BTreeMap<usize, Vec<u8>>> = BTreeMap::new();
             for (file, content) in loaded.files {
-                if let Some(node) = from_file_name("state", &file) {
-                    recovered.states.insert(node, content);
+                if let Some((node, index)) = state_file_name(&file) {
+                    pieces.entry(node).or_default().insert(index, content);
                 } else if let Some(table) = from_file_name("table", &file) {
                     recovered.tables.insert(table, content);
                 }
+            }
+            for (node, mut parts) in pieces {
+                let chain = (0..parts.len())
+                    .map(|i| parts.remove(&i))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        DbError::Checkpoint(format!(
+                            "checkpoint {epoch}: the state of '{node}' misses its full snapshot or an increment"
+                        ))
+                    })?;
+                let mut chain = chain.into_iter();
+                let base = chain.next().unwrap_or_default();
+                recovered.states.insert(
+                    node,
+                    StateChain {
+                        base,
+                        deltas: chain.collect(),
+                    },
+                );
             }
             let reset_all = config.reset_state.iter().any(|n| n == "*");
             for name in &config.reset_state {
@@ -301,6 +377,8 @@ impl Durability {
             round_changed: Condvar::new(),
             serial: Mutex::new(()),
             stats: Mutex::new(stats),
+            chains: Mutex::new(BTreeMap::new()),
+            poisoned: Mutex::new(None),
         })
     }
 
@@ -386,6 +464,7 @@ impl Durability {
         commit: impl FnOnce(u64),
     ) -> Result<u64, DbError> {
         let _serial = self.serial.lock();
+        self.check_poisoned()?;
         if !self.replay.lock().is_empty() {
             return Err(DbError::InvalidOperation(
                 "recovery is not complete: start() replays the pushes logged after the restored checkpoint; checkpoints begin after it".into(),
@@ -397,8 +476,10 @@ impl Durability {
         *self.round.lock() = None;
         let mut stats = self.stats.lock();
         match result {
-            Ok(bytes) => {
+            Ok((bytes, full, increments)) => {
                 stats.completed += 1;
+                stats.full_snapshots += full;
+                stats.incremental_snapshots += increments;
                 stats.last_epoch = Some(epoch);
                 stats.last_duration = Some(started.elapsed());
                 stats.last_bytes = bytes;
@@ -412,6 +493,8 @@ impl Durability {
                 Ok(epoch)
             }
             Err(e) => {
+                // Increments taken for this checkpoint are lost: the next one is full.
+                self.chains.lock().clear();
                 stats.failed += 1;
                 stats.last_error = Some(e.to_string());
                 tracing::warn!(epoch, error = %e, "checkpoint failed; processing continues");
@@ -425,7 +508,7 @@ impl Durability {
         epoch: u64,
         participants: impl FnOnce() -> Participants,
         inject: impl FnOnce(u64),
-    ) -> Result<u64, DbError> {
+    ) -> Result<(u64, u64, u64), DbError> {
         let parts = participants();
         {
             let mut round = self.round.lock();
@@ -484,11 +567,32 @@ impl Durability {
             }
         };
         // The log records the checkpoint covers must be durable before it is.
-        self.sync_to(wal_position)?;
+        self.sync_to(wal_position)
+            .inspect_err(|e| self.poison(e.to_string()))?;
         let pipeline = encode_pipeline(&parts.objects, &positions, wal_position);
         let mut files: Vec<(String, Vec<u8>)> = vec![(PIPELINE_FILE.to_string(), pipeline)];
+        let mut reused: Vec<ManifestEntry> = Vec::new();
+        let previous = self.chains.lock().clone();
+        // Node → (its file in this checkpoint, the chain it extends).
+        let mut written: Vec<(String, String, Option<WrittenChain>)> = Vec::new();
+        let increments = states.values().filter(|s| s.delta).count() as u64;
+        let full = states.len() as u64 - increments;
         for (node, state) in states {
-            files.push((file_name("state", &node), state));
+            let base = file_name("state", &node);
+            if state.delta {
+                let chain = previous.get(&node).cloned().ok_or_else(|| {
+                    DbError::Checkpoint(format!(
+                        "checkpoint {epoch}: '{node}' wrote an increment without a full snapshot to extend"
+                    ))
+                })?;
+                let file = format!("{base}.{}", chain.files.len());
+                reused.extend(chain.files.iter().cloned());
+                files.push((file.clone(), state.bytes));
+                written.push((node, file, Some(chain)));
+            } else {
+                files.push((base.clone(), state.bytes));
+                written.push((node, base, None));
+            }
         }
         for (table, rows) in parts.tables {
             files.push((file_name("table", &table), rows));
@@ -498,13 +602,34 @@ impl Durability {
             .iter()
             .map(|(n, c)| (n.as_str(), c.as_slice()))
             .collect();
-        self.store
-            .write(epoch, &refs, &[], &[])
-            .map_err(|e| DbError::Checkpoint(format!("writing checkpoint {epoch}: {e}")))?;
+        let manifest = self.store.write(epoch, &refs, &reused, &[]).map_err(|e| {
+            let message = format!("writing checkpoint {epoch}: {e}");
+            self.poison(message.clone());
+            DbError::Checkpoint(message)
+        })?;
+        let mut chains = BTreeMap::new();
+        for (node, file, extends) in written {
+            let Some(entry) = manifest.files.iter().find(|f| f.name == file) else {
+                continue;
+            };
+            let chain = match extends {
+                Some(mut chain) => {
+                    chain.delta_bytes += entry.len;
+                    chain.files.push(entry.clone());
+                    chain
+                }
+                None => WrittenChain {
+                    files: vec![entry.clone()],
+                    delta_bytes: 0,
+                },
+            };
+            chains.insert(node, chain);
+        }
+        *self.chains.lock() = chains;
         if let Err(e) = self.store.gc() {
             tracing::warn!(error = %e, "deleting old checkpoints failed");
         }
-        Ok(bytes)
+        Ok((bytes, full, increments))
     }
 
     fn with_round(&self, epoch: u64, f: impl FnOnce(&mut Round)) {
@@ -531,6 +656,7 @@ impl Durability {
                 "push into '{source}' before start(): the database is recovering, and start() first replays the pushes logged after the restored checkpoint"
             )));
         }
+        self.check_poisoned()?;
         let payload = encode_push(source, msg)?;
         let seq = {
             let mut log = self.log.lock();
@@ -544,6 +670,35 @@ impl Durability {
         Ok(())
     }
 
+    fn poison(&self, reason: String) {
+        let mut poisoned = self.poisoned.lock();
+        if poisoned.is_none() {
+            tracing::error!(%reason, "the storage directory failed; the pipeline stops");
+            *poisoned = Some((reason, false));
+        }
+    }
+
+    fn check_poisoned(&self) -> Result<(), DbError> {
+        match &*self.poisoned.lock() {
+            Some((reason, _)) => Err(DbError::Checkpoint(format!(
+                "the storage directory {} failed ({reason}); nothing more can be made durable, restart to recover from the last checkpoint",
+                self.config.dir.display()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The storage failure, the first time it is asked for after it happened.
+    pub(crate) fn newly_poisoned(&self) -> Option<String> {
+        match &mut *self.poisoned.lock() {
+            Some((reason, told)) if !*told => {
+                *told = true;
+                Some(reason.clone())
+            }
+            _ => None,
+        }
+    }
+
     /// Makes every log record below `seq` durable.
     fn sync_to(&self, seq: u64) -> Result<(), DbError> {
         if self.synced_to.load(Ordering::SeqCst) >= seq {
@@ -554,8 +709,11 @@ impl Durability {
             return Ok(());
         }
         let upto = log.next_seq();
-        log.sync()
-            .map_err(|e| DbError::Checkpoint(format!("write-ahead log: {e}")))?;
+        log.sync().map_err(|e| {
+            let message = format!("write-ahead log: {e}");
+            self.poison(message.clone());
+            DbError::Checkpoint(message)
+        })?;
         self.synced_to.fetch_max(upto, Ordering::SeqCst);
         Ok(())
     }
@@ -629,7 +787,17 @@ fn describe_nodes<'a>(nodes: impl Iterator<Item = &'a String>) -> String {
 }
 
 impl CheckpointObserver for Durability {
-    fn on_snapshot(&self, node: &str, epoch: u64, snapshot: Result<Option<Vec<u8>>, String>) {
+    fn wants_delta(&self, node: &str, epoch: u64) -> bool {
+        if !self.config.incremental || self.round.lock().as_ref().map(|r| r.epoch) != Some(epoch) {
+            return false;
+        }
+        self.chains.lock().get(node).is_some_and(|chain| {
+            chain.files.len() <= MAX_INCREMENTS
+                && chain.delta_bytes < chain.files.first().map_or(0, |f| f.len)
+        })
+    }
+
+    fn on_snapshot(&self, node: &str, epoch: u64, snapshot: Result<Option<StateSnapshot>, String>) {
         self.with_round(epoch, |r| {
             r.nodes.remove(node);
             match snapshot {

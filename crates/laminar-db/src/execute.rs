@@ -548,7 +548,12 @@ impl LaminarDB {
         )
         .map_err(|e| DbError::Engine(e.to_string()))?;
         if let Some(state) = restored.state(&c.name) {
-            laminar_core::operator::Operator::restore(&mut operator, &state).map_err(|e| {
+            laminar_core::operator::Operator::restore_chain(
+                &mut operator,
+                &state.base,
+                &state.deltas,
+            )
+            .map_err(|e| {
                 DbError::Checkpoint(format!(
                     "source '{}': cannot restore its checkpointed watermark: {e}",
                     c.name
@@ -789,7 +794,7 @@ impl LaminarDB {
             |node: &str, op: &mut Box<dyn laminar_core::operator::Operator>| match restored
                 .state(node)
             {
-                Some(state) => op.restore(&state).map_err(|e| {
+                Some(state) => op.restore_chain(&state.base, &state.deltas).map_err(|e| {
                     DbError::Checkpoint(format!(
                         "stream '{name}': cannot restore the checkpointed state of '{node}': {e}"
                     ))

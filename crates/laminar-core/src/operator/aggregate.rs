@@ -723,7 +723,15 @@ impl Operator for AggregateOperator {
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<()> {
-        self.restore_state(snapshot)
+        self.restore_state(snapshot, &[])
+    }
+
+    fn snapshot_delta(&mut self) -> Result<Option<Vec<u8>>> {
+        self.snapshot_delta_state()
+    }
+
+    fn restore_chain(&mut self, base: &[u8], deltas: &[Vec<u8>]) -> Result<()> {
+        self.restore_state(base, deltas)
     }
 }
 

@@ -274,17 +274,35 @@ impl Operator for SourceOperator {
         Ok(())
     }
 
-    /// The source watermark. Per-key clocks of a keyed source are not kept: after a
-    /// restore, keys start from the source watermark.
+    /// The source watermark, and the per-key clocks of a keyed source.
     fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
-        let mut w = crate::snapshot::SnapshotWriter::new("source", 1);
+        let mut w = crate::snapshot::SnapshotWriter::new("source", 2);
         w.i64(self.generator.current());
+        w.bool(self.keyed.is_some());
+        if let Some(keyed) = &self.keyed {
+            keyed.clocks.snapshot(&mut w);
+        }
         Ok(Some(w.finish()))
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<()> {
-        let mut r = crate::snapshot::SnapshotReader::new(snapshot, "source", 1)?;
+        let mut r = crate::snapshot::SnapshotReader::new(snapshot, "source", 2)?;
         let watermark = r.i64()?;
+        let keyed = r.bool()?;
+        match &mut self.keyed {
+            Some(state) if keyed => state.clocks.restore(&mut r, Instant::now())?,
+            None if !keyed => {}
+            _ => {
+                return Err(crate::error::CoreError::InvalidData(
+                    "the source's keyed watermark differs from the checkpointed one".into(),
+                ));
+            }
+        }
+        if !r.is_done() {
+            return Err(crate::error::CoreError::InvalidData(
+                "source snapshot: trailing bytes".into(),
+            ));
+        }
         self.generator.restore(watermark);
         if watermark != crate::message::NO_WATERMARK {
             self.metrics.watermark.store(watermark, Ordering::Relaxed);

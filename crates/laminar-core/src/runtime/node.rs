@@ -63,14 +63,29 @@ pub struct Node {
     observer: Mutex<Option<Arc<dyn CheckpointObserver>>>,
 }
 
+/// An operator's state taken at a checkpoint barrier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateSnapshot {
+    /// The bytes ([`Operator::snapshot`] or [`Operator::snapshot_delta`]).
+    pub bytes: Vec<u8>,
+    /// True for the changes since the node's previous snapshot, false for a full one.
+    pub delta: bool,
+}
+
 /// Receives each node's snapshot when a checkpoint barrier has passed it.
 pub trait CheckpointObserver: Send + Sync {
+    /// Whether `node` may answer checkpoint `epoch` with the changes since its previous
+    /// snapshot (true only when that snapshot is part of a durable checkpoint).
+    fn wants_delta(&self, _node: &str, _epoch: u64) -> bool {
+        false
+    }
+
     /// `snapshot` is the operator's state (`None`: it keeps none) or why it failed.
     fn on_snapshot(
         &self,
         node: &str,
         epoch: u64,
-        snapshot: std::result::Result<Option<Vec<u8>>, String>,
+        snapshot: std::result::Result<Option<StateSnapshot>, String>,
     );
 }
 
@@ -421,8 +436,23 @@ impl Node {
             i.aligned = false;
         }
         st.operator.on_barrier(epoch, out)?;
-        let snapshot = st.operator.snapshot().map_err(|e| e.to_string());
-        if let Some(observer) = self.observer.lock().as_ref() {
+        let observer = self.observer.lock().clone();
+        let delta = match &observer {
+            Some(o) if o.wants_delta(&self.name, epoch) => st.operator.snapshot_delta(),
+            _ => Ok(None),
+        };
+        let snapshot = match delta {
+            Ok(Some(bytes)) => Ok(Some(StateSnapshot { bytes, delta: true })),
+            Ok(None) => st.operator.snapshot().map(|s| {
+                s.map(|bytes| StateSnapshot {
+                    bytes,
+                    delta: false,
+                })
+            }),
+            Err(e) => Err(e),
+        }
+        .map_err(|e| e.to_string());
+        if let Some(observer) = observer {
             observer.on_snapshot(&self.name, epoch, snapshot);
         }
         Ok(())

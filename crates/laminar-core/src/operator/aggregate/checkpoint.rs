@@ -21,7 +21,8 @@ use crate::error::{CoreError, Result};
 use crate::snapshot::{SnapshotReader, SnapshotWriter};
 
 const TAG: &str = "aggregate";
-const VERSION: u32 = 1;
+const DELTA_TAG: &str = "aggregate-delta";
+const VERSION: u32 = 2;
 
 /// A batch of `columns` (named `c0..`) with `rows` rows, also when there are no columns.
 pub(super) fn columns_batch(columns: Vec<ArrayRef>, rows: usize) -> Result<RecordBatch> {
@@ -78,49 +79,94 @@ pub(super) fn column<'a, T: 'static>(
 }
 
 impl AggregateOperator {
-    pub(super) fn snapshot_state(&mut self) -> Result<Vec<u8>> {
-        if self.keyed.is_some() {
-            return Err(CoreError::InvalidData(format!(
-                "aggregation '{}' closes windows by keyed watermarks (watermark.key), whose per-key clocks cannot be checkpointed yet",
-                self.spec.name
-            )));
-        }
-        let mut w = SnapshotWriter::new(TAG, VERSION);
+    /// Watermarks, counters, the layout, and the per-key clocks of keyed watermarks.
+    fn write_header(&self, w: &mut SnapshotWriter) {
         w.i64(self.watermark);
         w.i64(self.output_watermark);
         w.u64(self.invalid_rows);
+        w.u64(match self.state {
+            State::Fast(_) => 0,
+            State::General(_) => 1,
+        });
+        w.bool(self.keyed.is_some());
+        if let Some(keyed) = &self.keyed {
+            keyed.clocks.snapshot(w);
+            w.u64(keyed.retained as u64);
+        }
+    }
+
+    /// Reads a header written by [`AggregateOperator::write_header`], restoring the key
+    /// clocks; returns the watermarks and counter.
+    fn read_header(&mut self, r: &mut SnapshotReader<'_>) -> Result<(i64, i64, u64)> {
+        let layout = match self.state {
+            State::Fast(_) => 0,
+            State::General(_) => 1,
+        };
+        let header = (r.i64()?, r.i64()?, r.u64()?);
+        if r.u64()? != layout {
+            return Err(invalid(
+                &self.spec,
+                "the state layout differs from the query's (was the query changed?)",
+            ));
+        }
+        let keyed = r.bool()?;
+        match &mut self.keyed {
+            Some(state) if keyed => {
+                state.clocks.restore(r, std::time::Instant::now())?;
+                state.retained = usize::try_from(r.u64()?)
+                    .map_err(|_| invalid(&self.spec, "key count overflows"))?;
+            }
+            None if !keyed => {}
+            _ => {
+                return Err(invalid(
+                    &self.spec,
+                    "keyed watermarks were used differently when it was checkpointed",
+                ));
+            }
+        }
+        Ok(header)
+    }
+
+    pub(super) fn snapshot_state(&mut self) -> Result<Vec<u8>> {
+        let mut w = SnapshotWriter::new(TAG, VERSION);
+        self.write_header(&mut w);
         match &mut self.state {
-            State::Fast(state) => {
-                w.u64(0);
-                state.snapshot(&self.spec, &mut w)?;
-            }
-            State::General(state) => {
-                w.u64(1);
-                state.snapshot(&self.spec, &mut w)?;
-            }
+            State::Fast(state) => state.snapshot(&self.spec, &mut w)?,
+            State::General(state) => state.snapshot(&self.spec, &mut w)?,
         }
         Ok(w.finish())
     }
 
-    pub(super) fn restore_state(&mut self, bytes: &[u8]) -> Result<()> {
+    /// The changes since the previous snapshot, or `None` when there was none since the
+    /// state was built or restored.
+    pub(super) fn snapshot_delta_state(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut w = SnapshotWriter::new(DELTA_TAG, VERSION);
+        self.write_header(&mut w);
+        let written = match &mut self.state {
+            State::Fast(state) => state.snapshot_delta(&self.spec, &mut w)?,
+            State::General(state) => state.snapshot_delta(&self.spec, &mut w)?,
+        };
+        Ok(written.then(|| w.finish()))
+    }
+
+    /// Restores a full snapshot and the incremental snapshots taken after it.
+    pub(super) fn restore_state(&mut self, bytes: &[u8], deltas: &[Vec<u8>]) -> Result<()> {
         let mut r = SnapshotReader::new(bytes, TAG, VERSION)?;
-        let watermark = r.i64()?;
-        let output_watermark = r.i64()?;
-        let invalid_rows = r.u64()?;
-        let layout = r.u64()?;
-        match (&mut self.state, layout) {
-            (State::Fast(state), 0) => state.restore(&self.spec, &mut r)?,
-            (State::General(state), 1) => state.restore(&self.spec, &mut r)?,
-            _ => {
-                return Err(invalid(
-                    &self.spec,
-                    "the state layout differs from the query's (was the query changed?)",
-                ));
-            }
+        let mut header = self.read_header(&mut r)?;
+        let mut readers = Vec::with_capacity(deltas.len());
+        for delta in deltas {
+            let mut d = SnapshotReader::new(delta, DELTA_TAG, VERSION)?;
+            header = self.read_header(&mut d)?;
+            readers.push(d);
         }
-        if !r.is_done() {
+        match &mut self.state {
+            State::Fast(state) => state.restore(&self.spec, &mut r, &mut readers)?,
+            State::General(state) => state.restore(&self.spec, &mut r, &mut readers)?,
+        }
+        if !r.is_done() || readers.iter().any(|d| !d.is_done()) {
             return Err(invalid(&self.spec, "trailing bytes"));
         }
+        let (watermark, output_watermark, invalid_rows) = header;
         self.watermark = watermark;
         self.output_watermark = output_watermark;
         self.invalid_rows = invalid_rows;

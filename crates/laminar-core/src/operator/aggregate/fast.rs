@@ -26,6 +26,66 @@ struct Window {
     groups: Option<Box<dyn GroupValues>>,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
     num_groups: usize,
+    /// What changed since the operator's previous snapshot (tracked only once one was
+    /// taken, so a pipeline without checkpoints pays nothing).
+    changes: Option<WindowChanges>,
+}
+
+/// The groups of a window fed since the previous snapshot. Group indices are stable (a
+/// `GroupValues` numbers new keys in order of arrival), so an incremental snapshot names
+/// changed groups by index and carries the keys of the new ones only.
+#[derive(Default)]
+struct WindowChanges {
+    /// Groups the previous snapshot held; indices from here on are new groups.
+    base_groups: usize,
+    /// Per group index: fed since the previous snapshot.
+    touched: Vec<bool>,
+    /// Key columns of the new groups, in group-index order.
+    new_keys: Vec<Vec<ArrayRef>>,
+}
+
+impl WindowChanges {
+    fn since(num_groups: usize) -> WindowChanges {
+        WindowChanges {
+            base_groups: num_groups,
+            ..WindowChanges::default()
+        }
+    }
+
+    /// Records one `intern` of `keys`: the groups it touched and the keys of the groups it
+    /// created (`before..now`).
+    fn record(
+        &mut self,
+        indices: &[usize],
+        before: usize,
+        now: usize,
+        keys: &[ArrayRef],
+    ) -> std::result::Result<(), arrow::error::ArrowError> {
+        if self.touched.len() < now {
+            self.touched.resize(now, false);
+        }
+        for &i in indices {
+            self.touched[i] = true;
+        }
+        if now > before && !keys.is_empty() {
+            // New groups get consecutive indices in the order their first row arrives.
+            let mut first_rows = Vec::with_capacity(now - before);
+            let mut next = before;
+            for (row, &i) in indices.iter().enumerate() {
+                if i == next {
+                    first_rows.push(row as u32);
+                    next += 1;
+                }
+            }
+            let rows = UInt32Array::from(first_rows);
+            self.new_keys.push(
+                keys.iter()
+                    .map(|k| take(k.as_ref(), &rows, None))
+                    .collect::<std::result::Result<Vec<_>, _>>()?,
+            );
+        }
+        Ok(())
+    }
 }
 
 pub(crate) struct FastState {
@@ -34,6 +94,8 @@ pub(crate) struct FastState {
     group_indices: Vec<usize>,
     /// Emptied group tables of closed windows, reused by new windows.
     spare_groups: Vec<Box<dyn GroupValues>>,
+    /// Windows record their changes (a snapshot was taken since the state was built).
+    tracking: bool,
 }
 
 /// Most emptied group tables kept for reuse.
@@ -53,6 +115,7 @@ impl FastState {
             windows: BTreeMap::new(),
             group_indices: Vec::new(),
             spare_groups: Vec::new(),
+            tracking: false,
         };
         // Fail at CREATE time, not on the first row, when an accumulator cannot be built.
         let probe = state.new_window(spec)?;
@@ -91,6 +154,7 @@ impl FastState {
             groups,
             accumulators,
             num_groups: 0,
+            changes: self.tracking.then(WindowChanges::default),
         })
     }
 
@@ -197,6 +261,7 @@ impl FastState {
                 self.windows.insert(target, window);
             }
             let window = self.windows.get_mut(&target).expect("inserted");
+            let before = window.num_groups;
             match &mut window.groups {
                 Some(groups) => {
                     self.group_indices.clear();
@@ -208,6 +273,14 @@ impl FastState {
                     self.group_indices.resize(rows, 0);
                     window.num_groups = 1;
                 }
+            }
+            if let Some(changes) = &mut window.changes {
+                changes
+                    .record(&self.group_indices, before, window.num_groups, keys)
+                    .map_err(|source| CoreError::Arrow {
+                        operator: spec.name.clone(),
+                        source,
+                    })?;
             }
             for ((accumulator, values), filter) in
                 window.accumulators.iter_mut().zip(args).zip(filters)
@@ -332,26 +405,111 @@ impl FastState {
             columns.extend(states.into_iter().flatten());
             let batch = super::checkpoint::columns_batch(columns, window.num_groups)?;
             super::checkpoint::write_optional_batch(w, &batch)?;
+            window.changes = Some(WindowChanges::since(window.num_groups));
         }
+        self.tracking = true;
         Ok(())
     }
 
-    /// Rebuilds the windows written by [`FastState::snapshot`] (replacing any).
+    /// Writes what changed since the previous snapshot, for every open window: bounds, group
+    /// count and the count the previous snapshot held, then (when the window was fed) the
+    /// keys of its new groups and the indices and accumulator states of its fed groups.
+    /// Windows not listed were closed. Returns false, writing nothing, when no previous
+    /// snapshot was taken since the state was built.
+    pub(crate) fn snapshot_delta(
+        &mut self,
+        spec: &AggregateSpec,
+        w: &mut crate::snapshot::SnapshotWriter,
+    ) -> Result<bool> {
+        if !self.tracking {
+            return Ok(false);
+        }
+        let arrow_error = |source| CoreError::Arrow {
+            operator: spec.name.clone(),
+            source,
+        };
+        w.u64(self.windows.len() as u64);
+        for (&(end, start), window) in self.windows.iter_mut() {
+            let changes = window.changes.take().ok_or_else(|| {
+                CoreError::Internal(format!("{}: a window lost its change record", spec.name))
+            })?;
+            w.i64(end);
+            w.i64(start);
+            w.u64(window.num_groups as u64);
+            w.u64(changes.base_groups as u64);
+            let touched: Vec<u64> = changes
+                .touched
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| **t)
+                .map(|(i, _)| i as u64)
+                .collect();
+            w.bool(!touched.is_empty());
+            if !touched.is_empty() {
+                let key_columns = self.key_schema.fields().len();
+                let new_keys = (0..key_columns)
+                    .map(|c| {
+                        let parts: Vec<&dyn arrow::array::Array> =
+                            changes.new_keys.iter().map(|k| k[c].as_ref()).collect();
+                        if parts.is_empty() {
+                            Ok(arrow::array::new_empty_array(
+                                self.key_schema.field(c).data_type(),
+                            ))
+                        } else {
+                            arrow::compute::concat(&parts).map_err(arrow_error)
+                        }
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let new_rows = window.num_groups - changes.base_groups;
+                super::checkpoint::write_optional_batch(
+                    w,
+                    &super::checkpoint::columns_batch(new_keys, new_rows)?,
+                )?;
+                let (_, states) = super::checkpoint::emit_and_reinsert(
+                    spec,
+                    None,
+                    &mut window.accumulators,
+                    window.num_groups,
+                )?;
+                let picked = arrow::array::UInt64Array::from(touched);
+                let mut columns: Vec<ArrayRef> = vec![Arc::new(picked.clone())];
+                for state in states.into_iter().flatten() {
+                    columns.push(take(state.as_ref(), &picked, None).map_err(arrow_error)?);
+                }
+                w.batch(&super::checkpoint::columns_batch(columns, picked.len())?)?;
+            }
+            window.changes = Some(WindowChanges::since(window.num_groups));
+        }
+        Ok(true)
+    }
+
+    /// Rebuilds the windows written by [`FastState::snapshot`] (replacing any), after
+    /// applying the incremental snapshots `deltas` ([`FastState::snapshot_delta`]) in order.
     pub(crate) fn restore(
         &mut self,
         spec: &AggregateSpec,
         r: &mut crate::snapshot::SnapshotReader<'_>,
+        deltas: &mut [crate::snapshot::SnapshotReader<'_>],
     ) -> Result<()> {
-        let df = super::checkpoint::df(spec);
-        let mut windows = BTreeMap::new();
+        let mut windows: WindowRows = BTreeMap::new();
         for _ in 0..r.count()? {
             let end = r.i64()?;
             let start = r.i64()?;
-            let num_groups = usize::try_from(r.u64()?)
-                .map_err(|_| CoreError::InvalidData("snapshot group count overflows".into()))?;
+            let num_groups = read_len(r)?;
+            let batch = super::checkpoint::read_optional_batch(r)?;
+            if let Some(batch) = &batch {
+                super::checkpoint::rows_of(spec, batch, num_groups)?;
+            }
+            windows.insert((end, start), (num_groups, batch));
+        }
+        for delta in deltas.iter_mut() {
+            windows = self.apply_delta(spec, windows, delta)?;
+        }
+        let df = super::checkpoint::df(spec);
+        let mut built = BTreeMap::new();
+        for ((end, start), (num_groups, batch)) in windows {
             let mut window = self.new_window(spec)?;
-            if let Some(batch) = super::checkpoint::read_optional_batch(r)? {
-                super::checkpoint::rows_of(spec, &batch, num_groups)?;
+            if let Some(batch) = batch {
                 let key_count = self.key_schema.fields().len();
                 let keys = batch
                     .columns()
@@ -369,9 +527,119 @@ impl FastState {
                 }
             }
             window.num_groups = num_groups;
-            windows.insert((end, start), window);
+            built.insert((end, start), window);
         }
-        self.windows = windows;
+        self.windows = built;
+        self.tracking = false;
         Ok(())
     }
+
+    /// Applies one incremental snapshot to windows read as `(groups, keys and states)`.
+    fn apply_delta(
+        &self,
+        spec: &AggregateSpec,
+        mut windows: WindowRows,
+        r: &mut crate::snapshot::SnapshotReader<'_>,
+    ) -> Result<WindowRows> {
+        let invalid = |what: String| {
+            CoreError::InvalidData(format!(
+                "incremental snapshot of aggregation '{}': {what}",
+                spec.name
+            ))
+        };
+        let arrow_error = |source| CoreError::Arrow {
+            operator: spec.name.clone(),
+            source,
+        };
+        let key_count = self.key_schema.fields().len();
+        let mut out = BTreeMap::new();
+        for _ in 0..r.count()? {
+            let end = r.i64()?;
+            let start = r.i64()?;
+            let num_groups = read_len(r)?;
+            let base_groups = read_len(r)?;
+            let (held, batch) = windows.remove(&(end, start)).unwrap_or((0, None));
+            if held != base_groups || base_groups > num_groups {
+                return Err(invalid(format!(
+                    "window [{start}, {end}) holds {held} groups, the increment expects {base_groups} (it does not follow the snapshot it is applied to)"
+                )));
+            }
+            if !r.bool()? {
+                if num_groups != base_groups {
+                    return Err(invalid(format!(
+                        "window [{start}, {end}) grew without changed groups"
+                    )));
+                }
+                out.insert((end, start), (num_groups, batch));
+                continue;
+            }
+            let new_keys = super::checkpoint::read_optional_batch(r)?;
+            let changed = r.batch()?;
+            let picked = super::checkpoint::column::<arrow::array::UInt64Array>(spec, &changed, 0)?;
+            // Each group's state: the increment's when it changed, else the one held.
+            let mut selection = Vec::with_capacity(num_groups);
+            let mut next = 0;
+            for group in 0..num_groups {
+                if next < picked.len() && picked.value(next) == group as u64 {
+                    selection.push((1, next));
+                    next += 1;
+                } else if group < base_groups {
+                    selection.push((0, group));
+                } else {
+                    return Err(invalid(format!(
+                        "new group {group} of window [{start}, {end}) has no state"
+                    )));
+                }
+            }
+            if next != picked.len() {
+                return Err(invalid(
+                    "changed group indices out of order or range".into(),
+                ));
+            }
+            let states = &changed.columns()[1..];
+            let mut columns: Vec<ArrayRef> = Vec::with_capacity(key_count + states.len());
+            if key_count > 0 {
+                let new_keys = new_keys.ok_or_else(|| invalid("new keys missing".into()))?;
+                super::checkpoint::rows_of(spec, &new_keys, num_groups - base_groups)?;
+                for (c, added) in new_keys.columns().iter().enumerate() {
+                    columns.push(match &batch {
+                        Some(held) if held.num_columns() > c => {
+                            arrow::compute::concat(&[held.column(c).as_ref(), added.as_ref()])
+                                .map_err(arrow_error)?
+                        }
+                        _ => added.clone(),
+                    });
+                }
+            }
+            for (c, state) in states.iter().enumerate() {
+                let column = match &batch {
+                    Some(held) if base_groups > 0 => {
+                        let held = held.columns().get(key_count + c).ok_or_else(|| {
+                            invalid("fewer state columns than the snapshot".into())
+                        })?;
+                        arrow::compute::interleave(&[held.as_ref(), state.as_ref()], &selection)
+                            .map_err(arrow_error)?
+                    }
+                    _ => state.clone(),
+                };
+                columns.push(column);
+            }
+            let batch = if columns.is_empty() {
+                None
+            } else {
+                Some(super::checkpoint::columns_batch(columns, num_groups)?)
+            };
+            out.insert((end, start), (num_groups, batch));
+        }
+        Ok(out)
+    }
+}
+
+/// Windows as a snapshot holds them: `(end, start)` → group count and a batch of the key
+/// columns then the accumulator state columns (`None` when there are no columns).
+type WindowRows = BTreeMap<(i64, i64), (usize, Option<RecordBatch>)>;
+
+fn read_len(r: &mut crate::snapshot::SnapshotReader<'_>) -> Result<usize> {
+    usize::try_from(r.u64()?)
+        .map_err(|_| CoreError::InvalidData("snapshot group count overflows".into()))
 }

@@ -42,6 +42,8 @@ struct Group {
     emitted: bool,
     /// The group's watermark key (keyed watermarks only).
     watermark_key: Option<Box<[u8]>>,
+    /// Changed since the operator's previous snapshot (fed, merged or emitted).
+    changed: bool,
 }
 
 #[derive(Default)]
@@ -114,6 +116,20 @@ pub(crate) struct GeneralState {
     session_min_start: Option<i64>,
     /// Output rows of merged-away sessions, retracted at the next emission.
     retractions: Vec<Vec<ScalarValue>>,
+    /// Removals since the previous snapshot (`Some` once a snapshot was taken; changed
+    /// groups carry their own flag).
+    changes: Option<Changes>,
+}
+
+/// What an incremental snapshot must carry besides the changed groups.
+#[derive(Default)]
+struct Changes {
+    /// Windows freed whole.
+    removed_windows: Vec<WindowKey>,
+    /// Groups freed from windows that stay.
+    removed_groups: Vec<(WindowKey, Box<[u8]>)>,
+    /// Keys whose list of sessions changed (a session opened, merged away or freed).
+    session_keys: std::collections::HashSet<Box<[u8]>, datafusion::common::hash_utils::RandomState>,
 }
 
 /// One group to emit: its key, window bounds and state.
@@ -135,6 +151,7 @@ impl GeneralState {
             session_min_end: END_OF_TIME,
             session_min_start: None,
             retractions: Vec::new(),
+            changes: None,
         })
     }
 
@@ -243,6 +260,11 @@ impl GeneralState {
             key_rows.sort_by_key(|&r| times[r as usize]);
             if !self.sessions.contains_key(key) {
                 self.sessions.insert(key.into(), Vec::new());
+            }
+            if let Some(changes) = &mut self.changes
+                && !changes.session_keys.contains(key)
+            {
+                changes.session_keys.insert(key.into());
             }
             let sessions = self.sessions.get_mut(key).expect("inserted");
             let mut touching: Vec<usize> = Vec::new();
@@ -367,13 +389,23 @@ impl GeneralState {
         if !self.changelog {
             return;
         }
-        for window in self.windows.values_mut() {
-            window
-                .groups
-                .retain(|_, g| g.weight > 0 || g.dirty || g.last.is_some());
+        let mut changes = self.changes.as_mut();
+        for (&window_key, window) in self.windows.iter_mut() {
+            window.groups.retain(|key, g| {
+                let keep = g.weight > 0 || g.dirty || g.last.is_some();
+                if !keep && let Some(changes) = changes.as_mut() {
+                    changes.removed_groups.push((window_key, key.clone()));
+                }
+                keep
+            });
         }
-        self.windows
-            .retain(|&k, w| k == GLOBAL || !w.groups.is_empty());
+        self.windows.retain(|&k, w| {
+            let keep = k == GLOBAL || !w.groups.is_empty();
+            if !keep && let Some(changes) = changes.as_mut() {
+                changes.removed_windows.push(k);
+            }
+            keep
+        });
     }
 
     /// Handles a watermark advance: first emissions (ON WATERMARK, EVERY), final emissions
@@ -397,6 +429,7 @@ impl GeneralState {
             let closing = end.saturating_add(spec.lateness) <= watermark;
             let first = !group.emitted;
             group.emitted = true;
+            group.changed |= first;
             let emit = match spec.emit {
                 EmitMode::OnWatermark => first || group.dirty,
                 EmitMode::Every(_) => group.dirty,
@@ -465,6 +498,13 @@ impl GeneralState {
             emit_append(spec, converter, emit_now)?
         };
         out.extend(batch);
+        if let Some(changes) = &mut self.changes {
+            changes.removed_windows.extend(closed.iter().copied());
+            changes.removed_groups.extend(closed_groups.iter().cloned());
+            changes
+                .session_keys
+                .extend(closed_sessions.iter().map(|(key, _)| key.clone()));
+        }
         for key in closed {
             self.windows.remove(&key);
         }
@@ -572,6 +612,7 @@ fn new_group(spec: &AggregateSpec, changelog: bool) -> Result<Group> {
         dirty: false,
         emitted: false,
         watermark_key: None,
+        changed: false,
     })
 }
 
@@ -660,6 +701,7 @@ fn update_group(
     let n = rows.len() as i64;
     group.weight += if retract { -n } else { n };
     group.dirty = true;
+    group.changed = true;
     Ok(())
 }
 
@@ -684,6 +726,7 @@ fn merge_groups(spec: &AggregateSpec, into: &mut Group, mut from: Group) -> Resu
     }
     into.weight += from.weight;
     into.dirty = true;
+    into.changed = true;
     Ok(())
 }
 
@@ -741,6 +784,7 @@ fn emit_append(
     let (batch, _) = evaluate(spec, converter, &mut entries)?;
     for entry in entries {
         entry.group.dirty = false;
+        entry.group.changed = true;
     }
     Ok(Some(batch))
 }
@@ -784,6 +828,7 @@ fn emit_updates(
         }
         for (entry, new) in entries.iter_mut().zip(new_rows) {
             entry.group.dirty = false;
+            entry.group.changed = true;
             match (entry.group.last.take(), new) {
                 (None, None) => {}
                 (None, Some(new)) => {
@@ -826,15 +871,17 @@ fn emit_updates(
     with_ops(output, &values, ops).map(Some)
 }
 
+/// A group as a snapshot writes it: session or window group, bounds, key.
+type GroupRef<'a> = (bool, i64, i64, &'a [u8], &'a mut Group);
+
 impl GeneralState {
-    /// Writes session bounds, pending retractions and every group (window groups and
-    /// sessions) with its flags, last output row and accumulator states.
-    pub(crate) fn snapshot(
-        &mut self,
+    /// Writes the input kind, session bounds and pending retractions.
+    fn write_header(
+        &self,
         spec: &AggregateSpec,
         w: &mut crate::snapshot::SnapshotWriter,
     ) -> Result<()> {
-        use super::checkpoint::{GroupColumns, columns_batch, df, scalars_to_array};
+        use super::checkpoint::{columns_batch, scalars_to_array};
         w.bool(self.changelog);
         w.i64(self.session_min_end);
         w.bool(self.session_min_start.is_some());
@@ -854,9 +901,20 @@ impl GeneralState {
                 .collect::<Result<Vec<_>>>()?;
             w.batch(&columns_batch(columns, self.retractions.len())?)?;
         }
+        Ok(())
+    }
+
+    /// Writes groups with their flags, last output row and accumulator states, and marks
+    /// them unchanged.
+    fn write_groups(
+        spec: &AggregateSpec,
+        changelog: bool,
+        w: &mut crate::snapshot::SnapshotWriter,
+        groups: Vec<GroupRef<'_>>,
+    ) -> Result<()> {
+        use super::checkpoint::{GroupColumns, df};
         let mut rows = GroupColumns::default();
-        let changelog = self.changelog;
-        let mut add = |session: bool, start, end, key: &[u8], group: &mut Group| -> Result<()> {
+        for (session, start, end, key, group) in groups {
             rows.session.push(session);
             rows.start.push(start);
             rows.end.push(end);
@@ -883,17 +941,7 @@ impl GeneralState {
                 state.extend(values);
             }
             rows.states.push(state);
-            Ok(())
-        };
-        for (&(end, start), window) in self.windows.iter_mut() {
-            for (key, group) in window.groups.iter_mut() {
-                add(false, start, end, key, group)?;
-            }
-        }
-        for (key, sessions) in self.sessions.iter_mut() {
-            for session in sessions {
-                add(true, session.start, session.end, key, &mut session.group)?;
-            }
+            group.changed = false;
         }
         let count = rows.session.len();
         w.u64(count as u64);
@@ -903,13 +951,90 @@ impl GeneralState {
         Ok(())
     }
 
-    /// Rebuilds the state written by [`GeneralState::snapshot`] (replacing any).
-    pub(crate) fn restore(
+    /// Writes session bounds, pending retractions and every group (window groups and
+    /// sessions) with its flags, last output row and accumulator states.
+    pub(crate) fn snapshot(
+        &mut self,
+        spec: &AggregateSpec,
+        w: &mut crate::snapshot::SnapshotWriter,
+    ) -> Result<()> {
+        self.write_header(spec, w)?;
+        let mut groups: Vec<GroupRef<'_>> = Vec::new();
+        for (&(end, start), window) in self.windows.iter_mut() {
+            for (key, group) in window.groups.iter_mut() {
+                groups.push((false, start, end, key, group));
+            }
+        }
+        for (key, sessions) in self.sessions.iter_mut() {
+            for session in sessions {
+                groups.push((true, session.start, session.end, key, &mut session.group));
+            }
+        }
+        Self::write_groups(spec, self.changelog, w, groups)?;
+        self.changes = Some(Changes::default());
+        Ok(())
+    }
+
+    /// Writes what changed since the previous snapshot: the header, freed windows and
+    /// groups, the keys whose sessions are replaced, then the changed window groups and
+    /// every session of those keys. Returns false, writing nothing, when no snapshot was
+    /// taken since the state was built.
+    pub(crate) fn snapshot_delta(
+        &mut self,
+        spec: &AggregateSpec,
+        w: &mut crate::snapshot::SnapshotWriter,
+    ) -> Result<bool> {
+        let Some(mut changes) = self.changes.take() else {
+            return Ok(false);
+        };
+        self.write_header(spec, w)?;
+        w.u64(changes.removed_windows.len() as u64);
+        for (end, start) in &changes.removed_windows {
+            w.i64(*end);
+            w.i64(*start);
+        }
+        w.u64(changes.removed_groups.len() as u64);
+        for ((end, start), key) in &changes.removed_groups {
+            w.i64(*end);
+            w.i64(*start);
+            w.bytes(key);
+        }
+        for (key, sessions) in &self.sessions {
+            if sessions.iter().any(|s| s.group.changed) && !changes.session_keys.contains(key) {
+                changes.session_keys.insert(key.clone());
+            }
+        }
+        w.u64(changes.session_keys.len() as u64);
+        for key in &changes.session_keys {
+            w.bytes(key);
+        }
+        let mut groups: Vec<GroupRef<'_>> = Vec::new();
+        for (&(end, start), window) in self.windows.iter_mut() {
+            for (key, group) in window.groups.iter_mut() {
+                if group.changed {
+                    groups.push((false, start, end, key, group));
+                }
+            }
+        }
+        for (key, sessions) in self.sessions.iter_mut() {
+            if changes.session_keys.contains(key) {
+                for session in sessions {
+                    groups.push((true, session.start, session.end, key, &mut session.group));
+                }
+            }
+        }
+        Self::write_groups(spec, self.changelog, w, groups)?;
+        self.changes = Some(Changes::default());
+        Ok(true)
+    }
+
+    /// Reads a header written by [`GeneralState::write_header`] into the state.
+    fn read_header(
         &mut self,
         spec: &AggregateSpec,
         r: &mut crate::snapshot::SnapshotReader<'_>,
     ) -> Result<()> {
-        use super::checkpoint::{df, group_row, group_state_start, rows_of, split_state_columns};
+        use super::checkpoint::{df, rows_of};
         let changelog = r.bool()?;
         if changelog != self.changelog {
             return Err(CoreError::InvalidData(format!(
@@ -940,45 +1065,92 @@ impl GeneralState {
                 );
             }
         }
-        let count = r.count()?;
-        let mut windows: BTreeMap<(i64, i64), Window> = BTreeMap::new();
-        let mut sessions: HashMap<Box<[u8]>, Vec<Session>> = HashMap::default();
-        if count > 0 {
-            let batch = r.batch()?;
-            rows_of(spec, &batch, count)?;
-            let states = split_state_columns(spec, &batch, group_state_start(spec))?;
-            for row in 0..count {
-                let meta = group_row(spec, &batch, row)?;
-                let mut group = new_group(spec, self.changelog)?;
-                for (acc, state) in group.accumulators.iter_mut().zip(&states) {
-                    let slice: Vec<ArrayRef> = state.iter().map(|c| c.slice(row, 1)).collect();
-                    acc.merge_batch(&slice).map_err(df(spec))?;
-                }
-                group.weight = meta.weight;
-                group.dirty = meta.dirty;
-                group.emitted = meta.emitted;
-                group.watermark_key = meta.watermark_key;
-                group.last = meta.last;
-                if meta.session {
-                    sessions.entry(meta.key).or_default().push(Session {
-                        start: meta.start,
-                        end: meta.end,
-                        group,
-                    });
-                } else {
-                    windows
-                        .entry((meta.end, meta.start))
-                        .or_default()
-                        .groups
-                        .insert(meta.key, group);
-                }
-            }
-        }
-        self.windows = windows;
-        self.sessions = sessions;
         self.session_min_end = session_min_end;
         self.session_min_start = has_min_start.then_some(min_start);
         self.retractions = retractions;
+        Ok(())
+    }
+
+    /// Reads groups written by [`GeneralState::write_groups`] into the state (replacing
+    /// window groups of the same window and key; sessions are appended to their key's).
+    fn read_groups(
+        &mut self,
+        spec: &AggregateSpec,
+        r: &mut crate::snapshot::SnapshotReader<'_>,
+    ) -> Result<()> {
+        use super::checkpoint::{df, group_row, group_state_start, rows_of, split_state_columns};
+        let count = r.count()?;
+        if count == 0 {
+            return Ok(());
+        }
+        let batch = r.batch()?;
+        rows_of(spec, &batch, count)?;
+        let states = split_state_columns(spec, &batch, group_state_start(spec))?;
+        for row in 0..count {
+            let meta = group_row(spec, &batch, row)?;
+            let mut group = new_group(spec, self.changelog)?;
+            for (acc, state) in group.accumulators.iter_mut().zip(&states) {
+                let slice: Vec<ArrayRef> = state.iter().map(|c| c.slice(row, 1)).collect();
+                acc.merge_batch(&slice).map_err(df(spec))?;
+            }
+            group.weight = meta.weight;
+            group.dirty = meta.dirty;
+            group.emitted = meta.emitted;
+            group.watermark_key = meta.watermark_key;
+            group.last = meta.last;
+            if meta.session {
+                self.sessions.entry(meta.key).or_default().push(Session {
+                    start: meta.start,
+                    end: meta.end,
+                    group,
+                });
+            } else {
+                self.windows
+                    .entry((meta.end, meta.start))
+                    .or_default()
+                    .groups
+                    .insert(meta.key, group);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the state written by [`GeneralState::snapshot`] (replacing any), then
+    /// applies the incremental snapshots `deltas` ([`GeneralState::snapshot_delta`]).
+    pub(crate) fn restore(
+        &mut self,
+        spec: &AggregateSpec,
+        r: &mut crate::snapshot::SnapshotReader<'_>,
+        deltas: &mut [crate::snapshot::SnapshotReader<'_>],
+    ) -> Result<()> {
+        self.windows = BTreeMap::new();
+        self.sessions = HashMap::default();
+        self.changes = None;
+        self.read_header(spec, r)?;
+        self.read_groups(spec, r)?;
+        for d in deltas.iter_mut() {
+            self.read_header(spec, d)?;
+            for _ in 0..d.count()? {
+                let end = d.i64()?;
+                let start = d.i64()?;
+                self.windows.remove(&(end, start));
+            }
+            for _ in 0..d.count()? {
+                let end = d.i64()?;
+                let start = d.i64()?;
+                let key = d.bytes()?;
+                if let Some(window) = self.windows.get_mut(&(end, start)) {
+                    window.groups.remove(key);
+                }
+            }
+            for _ in 0..d.count()? {
+                let key = d.bytes()?;
+                self.sessions.remove(key);
+            }
+            self.read_groups(spec, d)?;
+            self.windows
+                .retain(|&k, w| k == GLOBAL || !w.groups.is_empty());
+        }
         Ok(())
     }
 }
