@@ -91,6 +91,10 @@ struct CheckpointArgs {
     /// Storage directory (emptied first).
     #[arg(long, default_value = "/var/tmp/laminar-bench-checkpoint")]
     dir: PathBuf,
+    /// Workers of the checkpointed aggregation (its parallel instances checkpoint and
+    /// restore in parallel).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -775,10 +779,11 @@ fn checkpoint(args: &CheckpointArgs) -> Result<Report> {
     };
     r.text("layout", layout);
     r.text("sql", stream);
+    r.int("workers", args.workers as u64, "");
     let source = "CREATE SOURCE s (k BIGINT, v BIGINT, ts BIGINT, WATERMARK FOR ts AS ts)";
     let open = || -> Result<LaminarDB> {
         let db = LaminarDB::builder()
-            .workers(1)
+            .workers(args.workers)
             .storage_dir(&state_dir)
             .checkpoint_interval(None)?
             .build_sync()?;

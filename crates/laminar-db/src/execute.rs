@@ -790,10 +790,10 @@ impl LaminarDB {
             None => self.restore_object("stream", name, sql, &stateful_nodes)?,
             Some(_) => Restored::default(),
         };
-        let mut restore =
-            |node: &str, op: &mut Box<dyn laminar_core::operator::Operator>| match restored
-                .state(node)
-            {
+        let restore_one =
+            |node: &str,
+             op: &mut Box<dyn laminar_core::operator::Operator>,
+             state: Option<crate::durability::StateChain>| match state {
                 Some(state) => op.restore_chain(&state.base, &state.deltas).map_err(|e| {
                     DbError::Checkpoint(format!(
                         "stream '{name}': cannot restore the checkpointed state of '{node}': {e}"
@@ -831,14 +831,45 @@ impl LaminarDB {
             );
             exchange = Some((exchange_node.clone(), exchange_metrics));
             let mut failed = None;
-            for index in 0..instances {
-                let instance_metrics = Arc::new(NodeMetrics::default());
-                let made = self
-                    .make_operator(name, &plan, &instance_metrics, late_rows(), true)
-                    .and_then(|mut op| {
-                        restore(&format!("{name}[{index}]"), &mut op)?;
-                        Ok(op)
-                    });
+            // Instances restore their state in parallel (a large state takes seconds).
+            let made: Vec<_> = (0..instances)
+                .map(|index| {
+                    let instance_metrics = Arc::new(NodeMetrics::default());
+                    let node = format!("{name}[{index}]");
+                    let state = restored.state(&node);
+                    let op = self.make_operator(name, &plan, &instance_metrics, late_rows(), true);
+                    (node, op, state, instance_metrics)
+                })
+                .collect();
+            let made: Vec<_> = std::thread::scope(|scope| {
+                let restores: Vec<_> = made
+                    .into_iter()
+                    .map(|(node, op, state, instance_metrics)| {
+                        let restore_one = &restore_one;
+                        scope.spawn(move || {
+                            let op = op.and_then(|mut op| {
+                                restore_one(&node, &mut op, state)?;
+                                Ok(op)
+                            });
+                            (op, instance_metrics)
+                        })
+                    })
+                    .collect();
+                restores
+                    .into_iter()
+                    .map(|handle| {
+                        handle.join().unwrap_or_else(|_| {
+                            (
+                                Err(DbError::Engine(format!(
+                                    "stream '{name}': restoring an instance panicked"
+                                ))),
+                                Arc::new(NodeMetrics::default()),
+                            )
+                        })
+                    })
+                    .collect()
+            });
+            for (index, (made, instance_metrics)) in made.into_iter().enumerate() {
                 match made {
                     Ok(op) => {
                         // Edge `index` of the exchange leads to instance `index`.
@@ -877,7 +908,7 @@ impl LaminarDB {
         } else {
             self.make_operator(name, &plan, &metrics, late_rows(), false)
                 .and_then(|mut op| {
-                    restore(name, &mut op)?;
+                    restore_one(name, &mut op, restored.state(name))?;
                     Ok(op)
                 })
                 .map(|operator| {
