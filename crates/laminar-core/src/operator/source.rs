@@ -347,3 +347,117 @@ impl Operator for SourceOperator {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+    use super::*;
+    use crate::time::KeyEviction;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("ts", DataType::Int64, false),
+        ]))
+    }
+
+    fn source(keyed: bool) -> SourceOperator {
+        let settings = SourceSettings {
+            name: "s".into(),
+            schema: schema(),
+            event_time: Some(EventTimeColumn::resolve(&schema(), "ts").unwrap()),
+            delay_ms: 500,
+            idle_timeout: Duration::from_secs(3600),
+            keyed: keyed.then(|| KeyedWatermark {
+                column: "k".into(),
+                delay_ms: 500,
+                max_keys: 3,
+                eviction: KeyEviction::LowestWatermark,
+                idle_timeout: Duration::from_secs(3600),
+            }),
+            alignment: None,
+        };
+        SourceOperator::new(settings, Arc::new(NodeMetrics::default())).unwrap()
+    }
+
+    #[derive(Debug, Clone)]
+    enum Event {
+        Rows(Vec<(u8, i64)>),
+        Watermark(i64),
+    }
+
+    fn event_strategy() -> impl proptest::strategy::Strategy<Value = Event> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => proptest::collection::vec((0u8..5, 0i64..20_000), 1..6).prop_map(Event::Rows),
+            1 => (0i64..20_000).prop_map(Event::Watermark),
+        ]
+    }
+
+    /// The watermarks a source emits for `events`.
+    fn feed(op: &mut SourceOperator, events: &[Event]) -> Vec<i64> {
+        let mut out = Vec::new();
+        for e in events {
+            match e {
+                Event::Rows(rows) => {
+                    let keys: Vec<String> = rows.iter().map(|(k, _)| format!("k{k}")).collect();
+                    let ts: Vec<i64> = rows.iter().map(|(_, t)| *t).collect();
+                    let batch = RecordBatch::try_new(
+                        schema(),
+                        vec![
+                            Arc::new(StringArray::from(keys)),
+                            Arc::new(Int64Array::from(ts)),
+                        ],
+                    )
+                    .unwrap();
+                    op.on_batch(0, batch, &mut out).unwrap();
+                }
+                Event::Watermark(w) => op.on_watermark(*w, &mut out).unwrap(),
+            }
+        }
+        out.iter()
+            .filter_map(|m| match m {
+                Message::Watermark(w) => Some(*w),
+                _ => None,
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, failure_persistence: None, ..Default::default() })]
+
+        /// Snapshot at any point, restore into a fresh source: from then on both emit the
+        /// same watermarks (plain and keyed sources, evictions included).
+        #[test]
+        fn snapshot_restore_round_trip(
+            events in proptest::collection::vec(event_strategy(), 0..30),
+            split in 0usize..30,
+            keyed in proptest::bool::ANY,
+        ) {
+            let split = split.min(events.len());
+            let mut a = source(keyed);
+            feed(&mut a, &events[..split]);
+            let snapshot = a.snapshot().unwrap().expect("sources keep their watermark");
+            let mut b = source(keyed);
+            b.restore(&snapshot).unwrap();
+            proptest::prop_assert_eq!(feed(&mut a, &events[split..]), feed(&mut b, &events[split..]));
+        }
+    }
+
+    #[test]
+    fn a_snapshot_of_a_differently_keyed_source_is_refused() {
+        let mut keyed = source(true);
+        let snapshot = keyed.snapshot().unwrap().unwrap();
+        assert!(source(false).restore(&snapshot).is_err());
+        assert!(
+            source(true)
+                .restore(&snapshot[..snapshot.len() - 1])
+                .is_err()
+        );
+    }
+}
