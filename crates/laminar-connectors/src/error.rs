@@ -73,6 +73,16 @@ pub enum ConnectorError {
         source: std::io::Error,
     },
 
+    /// A Kafka client operation failed, or a message could not be decoded (`context` says
+    /// which topic, partition and offset).
+    #[error("Kafka: {context}: {reason}")]
+    Kafka {
+        /// Where: topic, partition, offset, or the client operation.
+        context: String,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// An Arrow kernel, reader or writer failed.
     #[error("Arrow error: {0}")]
     Arrow(#[from] ArrowError),

@@ -19,6 +19,8 @@
 mod connector;
 mod error;
 mod format;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod options;
 mod registry;
 mod sink;

@@ -67,7 +67,8 @@ const FORMAT_IGNORED: ConfigKey = ConfigKey {
 /// The built-in source connectors.
 pub fn source_connectors() -> Vec<ConnectorInfo> {
     let with_runtime = |keys: &[ConfigKey]| keys.iter().chain(RUNTIME_KEYS).copied().collect();
-    vec![
+    #[allow(unused_mut)]
+    let mut connectors = vec![
         ConnectorInfo {
             name: "DATAGEN",
             display_name: "Nexmark-style data generator",
@@ -80,12 +81,21 @@ pub fn source_connectors() -> Vec<ConnectorInfo> {
             kind: ConnectorKind::Source,
             config_keys: with_runtime(crate::source::files::CONFIG_KEYS),
         },
-    ]
+    ];
+    #[cfg(feature = "kafka")]
+    connectors.push(ConnectorInfo {
+        name: "KAFKA",
+        display_name: "Apache Kafka (JSON messages)",
+        kind: ConnectorKind::Source,
+        config_keys: with_runtime(crate::kafka::SOURCE_KEYS),
+    });
+    connectors
 }
 
 /// The built-in sink connectors.
 pub fn sink_connectors() -> Vec<ConnectorInfo> {
-    vec![
+    #[allow(unused_mut)]
+    let mut connectors = vec![
         ConnectorInfo {
             name: "FILES",
             display_name: "Files (CSV, JSON lines, Parquet)",
@@ -104,7 +114,15 @@ pub fn sink_connectors() -> Vec<ConnectorInfo> {
             kind: ConnectorKind::Sink,
             config_keys: vec![FORMAT_IGNORED],
         },
-    ]
+    ];
+    #[cfg(feature = "kafka")]
+    connectors.push(ConnectorInfo {
+        name: "KAFKA",
+        display_name: "Apache Kafka (JSON messages, at-least-once)",
+        kind: ConnectorKind::Sink,
+        config_keys: crate::kafka::SINK_KEYS.to_vec(),
+    });
+    connectors
 }
 
 /// Finds a connector by SQL name (case-insensitive, `FILE` = `FILES`).
@@ -158,7 +176,19 @@ fn check_options(
         }
     }
     let keys: Vec<&str> = info.config_keys.iter().map(|k| k.key).collect();
-    merged.check_known(info.name, &keys)?;
+    let mut checked = merged.clone();
+    if info.name == "KAFKA" {
+        // `kafka.<name>` options go to the client library unchecked.
+        let passthrough: Vec<String> = checked
+            .iter()
+            .filter(|(k, _)| k.starts_with("kafka."))
+            .map(|(k, _)| k.to_string())
+            .collect();
+        for key in passthrough {
+            checked.remove(&key);
+        }
+    }
+    checked.check_known(info.name, &keys)?;
     if let Some(missing) = info
         .config_keys
         .iter()
@@ -193,6 +223,8 @@ fn file_format(
 enum SourceConfig {
     Datagen(DatagenConfig),
     Files(FilesSourceConfig),
+    #[cfg(feature = "kafka")]
+    Kafka(crate::kafka::KafkaSourceConfig),
 }
 
 fn source_config(
@@ -204,6 +236,8 @@ fn source_config(
     let options = check_options(&info, options, format)?;
     Ok(match info.name {
         "DATAGEN" => SourceConfig::Datagen(DatagenConfig::from_options(&options)?),
+        #[cfg(feature = "kafka")]
+        "KAFKA" => SourceConfig::Kafka(crate::kafka::KafkaSourceConfig::from_options(&options)?),
         _ => SourceConfig::Files(FilesSourceConfig::from_options(
             &options,
             file_format(info.name, &options)?,
@@ -232,6 +266,8 @@ pub fn create_source(
     Ok(match source_config(connector, options, format)? {
         SourceConfig::Datagen(c) => Box::new(DatagenSource::new(c, declared)?),
         SourceConfig::Files(c) => Box::new(FilesSource::open(c, declared)?),
+        #[cfg(feature = "kafka")]
+        SourceConfig::Kafka(c) => Box::new(crate::kafka::KafkaSource::open(c, declared)?),
     })
 }
 
@@ -239,6 +275,8 @@ enum SinkConfig {
     Files(FilesSinkConfig),
     Stdout(StdoutFormat),
     Blackhole,
+    #[cfg(feature = "kafka")]
+    Kafka(crate::kafka::KafkaSinkConfig),
 }
 
 fn sink_config(
@@ -256,6 +294,11 @@ fn sink_config(
             input_schema,
         )?),
         "STDOUT" => SinkConfig::Stdout(StdoutFormat::parse(options.get_str("format"))?),
+        #[cfg(feature = "kafka")]
+        "KAFKA" => SinkConfig::Kafka(crate::kafka::KafkaSinkConfig::from_options(
+            &options,
+            input_schema,
+        )?),
         _ => SinkConfig::Blackhole,
     })
 }
@@ -282,6 +325,8 @@ pub fn create_sink(
             SinkConfig::Files(c) => Box::new(FilesSink::open(c, input_schema)?),
             SinkConfig::Stdout(f) => Box::new(StdoutSink::new(f)),
             SinkConfig::Blackhole => Box::new(BlackholeSink::new()),
+            #[cfg(feature = "kafka")]
+            SinkConfig::Kafka(c) => Box::new(crate::kafka::KafkaSink::open(c)?),
         },
     )
 }
@@ -311,9 +356,14 @@ mod tests {
         let e = create_source("kafkaa", &opts(&[]), None, schema())
             .err()
             .unwrap();
+        let valid = if cfg!(feature = "kafka") {
+            "DATAGEN, FILES, KAFKA"
+        } else {
+            "DATAGEN, FILES"
+        };
         assert_eq!(
             e.to_string(),
-            "unknown connector 'kafkaa'; valid connectors: DATAGEN, FILES"
+            format!("unknown connector 'kafkaa'; valid connectors: {valid}")
         );
         let e = create_sink("nowhere", &opts(&[]), None, schema())
             .err()
@@ -446,7 +496,8 @@ mod tests {
                 .iter()
                 .any(|k| k.key == "path" && k.required)
         );
-        assert_eq!(sink_connectors().len(), 3);
+        let sinks = if cfg!(feature = "kafka") { 4 } else { 3 };
+        assert_eq!(sink_connectors().len(), sinks);
         let _ = RecordBatch::new_empty(schema());
     }
 }

@@ -12,6 +12,8 @@ mod differential;
 mod differential_joins;
 mod differential_windows;
 mod durability;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod robustness;
 mod slt;
 mod tables;

@@ -1,0 +1,795 @@
+//! The `KAFKA` source and sink (cargo feature `kafka`, librdkafka through `rdkafka`).
+//!
+//! ## Source
+//! Reads the partitions of one or more topics with a consumer that is *assigned* every
+//! partition (no group rebalancing): the positions it reports for checkpoints are the next
+//! offset of every partition (`<topic>\t<partition>\t<offset>` lines), and a restore seeks
+//! each partition there, so the checkpoint, not the group, owns the offsets. Without a
+//! checkpointed position a partition starts per `startup.mode`: `group-offsets` (the
+//! group's committed offset, else `auto.offset.reset`, default earliest), `earliest` or
+//! `latest`. Messages are JSON objects decoded into the declared columns; the metadata
+//! columns `_topic`, `_partition`, `_offset`, `_timestamp` (ms) and `_key`, when declared,
+//! are filled from the message instead. A message that fails to decode is handled by
+//! `error.policy`: `fail` (default; the error names topic, partition and offset) or `skip`
+//! (counted in `bad_records`).
+//!
+//! ## Sink
+//! Writes every row as one JSON object message to `topic`, keyed by the `key` column's
+//! value when given (the producer's default partitioner hashes keys like the Java client's,
+//! murmur2). At-least-once: `pre_commit` flushes the producer and fails when any message
+//! was not acknowledged, so a checkpoint completes only when its output is in the topic.
+//!
+//! Options `kafka.<name>` are passed to librdkafka as `<name>` (security settings, timeouts);
+//! their values are never shown in errors.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arrow::array::{
+    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::connector::{
+    SinkCapabilities, SinkConnector, SinkConnectorMetrics, SourceConnector, SourceConnectorMetrics,
+    SourcePoll,
+};
+use crate::error::ConnectorError;
+use crate::options::ConnectorOptions;
+use crate::registry::ConfigKey;
+
+const NAME: &str = "KAFKA";
+
+const BOOTSTRAP_SERVERS: ConfigKey = ConfigKey {
+    key: "bootstrap.servers",
+    required: true,
+    default: None,
+    description: "comma-separated broker addresses (host:port)",
+};
+
+const FORMAT: ConfigKey = ConfigKey {
+    key: "format",
+    required: false,
+    default: Some("json"),
+    description: "message format: json",
+};
+
+/// Options of the `KAFKA` source (besides `kafka.<name>` pass-through keys).
+pub(crate) const SOURCE_KEYS: &[ConfigKey] = &[
+    BOOTSTRAP_SERVERS,
+    ConfigKey {
+        key: "topic",
+        required: true,
+        default: None,
+        description: "topic to read; several separated by commas",
+    },
+    ConfigKey {
+        key: "group.id",
+        required: false,
+        default: Some("laminardb"),
+        description: "consumer group whose committed offsets `group-offsets` starts from",
+    },
+    ConfigKey {
+        key: "startup.mode",
+        required: false,
+        default: Some("group-offsets"),
+        description: "where partitions without a checkpointed offset start: group-offsets, earliest or latest",
+    },
+    FORMAT,
+    ConfigKey {
+        key: "error.policy",
+        required: false,
+        default: Some("fail"),
+        description: "a message that cannot be decoded: fail or skip (counted)",
+    },
+];
+
+/// Options of the `KAFKA` sink (besides `kafka.<name>` pass-through keys).
+pub(crate) const SINK_KEYS: &[ConfigKey] = &[
+    BOOTSTRAP_SERVERS,
+    ConfigKey {
+        key: "topic",
+        required: true,
+        default: None,
+        description: "topic to write",
+    },
+    ConfigKey {
+        key: "key",
+        required: false,
+        default: None,
+        description: "column whose value is the message key (partitioning by key)",
+    },
+    FORMAT,
+    ConfigKey {
+        key: "delivery.guarantee",
+        required: false,
+        default: Some("at-least-once"),
+        description: "at-least-once: a checkpoint completes once its messages are acknowledged",
+    },
+];
+
+/// Prefix of options passed through to librdkafka.
+pub(crate) const PASSTHROUGH: &str = "kafka.";
+
+fn kafka_error(context: impl Into<String>, reason: impl std::fmt::Display) -> ConnectorError {
+    ConnectorError::Kafka {
+        context: context.into(),
+        reason: reason.to_string(),
+    }
+}
+
+fn invalid(key: &str, value: &str, reason: impl Into<String>) -> ConnectorError {
+    ConnectorError::InvalidOption {
+        connector: NAME.to_string(),
+        key: key.to_string(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The client settings shared by source and sink: servers and pass-through keys.
+fn client_config(options: &ConnectorOptions) -> Result<ClientConfig, ConnectorError> {
+    let mut config = ClientConfig::new();
+    config.set(
+        "bootstrap.servers",
+        options.require_str(NAME, "bootstrap.servers")?,
+    );
+    for (key, value) in options.iter() {
+        if let Some(name) = key.strip_prefix(PASSTHROUGH) {
+            config.set(name, value);
+        }
+    }
+    Ok(config)
+}
+
+fn check_format(options: &ConnectorOptions) -> Result<(), ConnectorError> {
+    match options.get_str("format") {
+        None => Ok(()),
+        Some(f) if f.eq_ignore_ascii_case("json") => Ok(()),
+        Some(f) => Err(invalid(
+            "format",
+            f,
+            "only json is supported for Kafka messages so far",
+        )),
+    }
+}
+
+/// Where a partition without a checkpointed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StartupMode {
+    GroupOffsets,
+    Earliest,
+    Latest,
+}
+
+/// A validated source configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct KafkaSourceConfig {
+    options: ConnectorOptions,
+    topics: Vec<String>,
+    startup: StartupMode,
+    skip_bad: bool,
+}
+
+impl KafkaSourceConfig {
+    pub(crate) fn from_options(options: &ConnectorOptions) -> Result<Self, ConnectorError> {
+        check_format(options)?;
+        let topic = options.require_str(NAME, "topic")?;
+        let topics: Vec<String> = topic
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect();
+        if topics.is_empty() {
+            return Err(invalid("topic", topic, "name at least one topic"));
+        }
+        let startup = match options.get_str("startup.mode") {
+            None => StartupMode::GroupOffsets,
+            Some(m) => match m.to_ascii_lowercase().replace('_', "-").as_str() {
+                "group-offsets" => StartupMode::GroupOffsets,
+                "earliest" => StartupMode::Earliest,
+                "latest" => StartupMode::Latest,
+                _ => {
+                    return Err(invalid(
+                        "startup.mode",
+                        m,
+                        "expected group-offsets, earliest or latest",
+                    ));
+                }
+            },
+        };
+        let skip_bad = match options.get_str("error.policy") {
+            None => false,
+            Some(p) if p.eq_ignore_ascii_case("fail") => false,
+            Some(p) if p.eq_ignore_ascii_case("skip") => true,
+            Some(p) => return Err(invalid("error.policy", p, "expected fail or skip")),
+        };
+        client_config(options)?;
+        Ok(KafkaSourceConfig {
+            options: options.clone(),
+            topics,
+            startup,
+            skip_bad,
+        })
+    }
+}
+
+/// Metadata columns a source fills from the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Meta {
+    Topic,
+    Partition,
+    Offset,
+    Timestamp,
+    Key,
+}
+
+impl Meta {
+    fn of(name: &str) -> Option<Meta> {
+        Some(match name {
+            "_topic" => Meta::Topic,
+            "_partition" => Meta::Partition,
+            "_offset" => Meta::Offset,
+            "_timestamp" => Meta::Timestamp,
+            "_key" => Meta::Key,
+            _ => return None,
+        })
+    }
+}
+
+/// One decoded message's metadata.
+struct MessageMeta {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    timestamp: Option<i64>,
+    key: Option<String>,
+}
+
+/// See the module docs.
+pub(crate) struct KafkaSource {
+    config: KafkaSourceConfig,
+    schema: SchemaRef,
+    /// The declared columns decoded from the JSON payload.
+    payload_schema: SchemaRef,
+    /// Per declared column: a metadata column, or the index in `payload_schema`.
+    columns: Vec<Result<Meta, usize>>,
+    consumer: BaseConsumer,
+    /// Next offset to read per (topic, partition): what a checkpoint records.
+    next: BTreeMap<(String, i32), i64>,
+    /// Checkpointed offsets to start from (set by `seek` before the first poll).
+    resume: BTreeMap<(String, i32), i64>,
+    assigned: bool,
+    metrics: SourceConnectorMetrics,
+}
+
+impl KafkaSource {
+    pub(crate) fn open(
+        config: KafkaSourceConfig,
+        declared: SchemaRef,
+    ) -> Result<KafkaSource, ConnectorError> {
+        if declared.fields().is_empty() {
+            return Err(invalid(
+                "topic",
+                &config.topics.join(","),
+                "declare the columns of a Kafka source (JSON messages carry no schema)",
+            ));
+        }
+        let mut columns = Vec::new();
+        let mut payload_fields = Vec::new();
+        for field in declared.fields() {
+            match Meta::of(field.name()) {
+                Some(meta) => columns.push(Ok(meta)),
+                None => {
+                    columns.push(Err(payload_fields.len()));
+                    payload_fields.push(field.as_ref().clone().with_nullable(true));
+                }
+            }
+        }
+        let mut client = client_config(&config.options)?;
+        client
+            .set(
+                "group.id",
+                config.options.get_str("group.id").unwrap_or("laminardb"),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        if client.get("auto.offset.reset").is_none() {
+            client.set("auto.offset.reset", "earliest");
+        }
+        let consumer: BaseConsumer = client
+            .create()
+            .map_err(|e| kafka_error("cannot create the consumer", e))?;
+        Ok(KafkaSource {
+            config,
+            schema: declared,
+            payload_schema: Arc::new(Schema::new(payload_fields)),
+            columns,
+            consumer,
+            next: BTreeMap::new(),
+            resume: BTreeMap::new(),
+            assigned: false,
+            metrics: SourceConnectorMetrics::default(),
+        })
+    }
+
+    /// Assigns every partition of the topics, each at its checkpointed offset or per the
+    /// startup mode.
+    fn assign(&mut self) -> Result<(), ConnectorError> {
+        let mut list = TopicPartitionList::new();
+        for topic in &self.config.topics {
+            let metadata = self
+                .consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .map_err(|e| kafka_error(format!("topic '{topic}': cannot read metadata"), e))?;
+            let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+                return Err(kafka_error(format!("topic '{topic}'"), "not found"));
+            };
+            if let Some(e) = found.error() {
+                return Err(kafka_error(
+                    format!("topic '{topic}'"),
+                    rdkafka::error::RDKafkaErrorCode::from(e),
+                ));
+            }
+            if found.partitions().is_empty() {
+                return Err(kafka_error(format!("topic '{topic}'"), "has no partitions"));
+            }
+            for p in found.partitions() {
+                let offset = match self.resume.get(&(topic.clone(), p.id())) {
+                    Some(&o) => Offset::Offset(o),
+                    None => match self.config.startup {
+                        StartupMode::GroupOffsets => Offset::Stored,
+                        StartupMode::Earliest => Offset::Beginning,
+                        StartupMode::Latest => Offset::End,
+                    },
+                };
+                list.add_partition_offset(topic, p.id(), offset)
+                    .map_err(|e| kafka_error(format!("topic '{topic}'"), e))?;
+                if let Offset::Offset(o) = offset {
+                    self.next.insert((topic.clone(), p.id()), o);
+                }
+            }
+        }
+        self.consumer
+            .assign(&list)
+            .map_err(|e| kafka_error("cannot assign partitions", e))?;
+        self.assigned = true;
+        Ok(())
+    }
+
+    fn error_at(meta: &MessageMeta, reason: impl std::fmt::Display) -> ConnectorError {
+        kafka_error(
+            format!(
+                "topic '{}' partition {} offset {}",
+                meta.topic, meta.partition, meta.offset
+            ),
+            reason,
+        )
+    }
+
+    /// Decodes the payloads of `messages` (all valid) into one batch.
+    fn decode(
+        &self,
+        payloads: &[&[u8]],
+        metas: &[MessageMeta],
+    ) -> Result<RecordBatch, ConnectorError> {
+        let rows = metas.len();
+        let payload = if self.payload_schema.fields().is_empty() {
+            None
+        } else {
+            let mut decoder = arrow::json::ReaderBuilder::new(self.payload_schema.clone())
+                .with_batch_size(rows.max(1))
+                .build_decoder()?;
+            for p in payloads {
+                decoder.decode(p)?;
+            }
+            decoder.flush()?
+        };
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
+        for (field, column) in self.schema.fields().iter().zip(&self.columns) {
+            let array: ArrayRef = match column {
+                Err(index) => match &payload {
+                    Some(b) if b.num_rows() == rows => b.column(*index).clone(),
+                    _ => {
+                        return Err(kafka_error(
+                            "decoding messages",
+                            "a message did not hold exactly one JSON object",
+                        ));
+                    }
+                },
+                Ok(meta) => meta_column(*meta, metas, field.data_type())?,
+            };
+            if !field.is_nullable() && array.null_count() > 0 {
+                return Err(kafka_error(
+                    "decoding messages",
+                    format!(
+                        "column '{}' is NOT NULL but a message lacks it",
+                        field.name()
+                    ),
+                ));
+            }
+            columns.push(array);
+        }
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+}
+
+/// A metadata column in the declared type (`_timestamp` as TIMESTAMP or BIGINT ms).
+fn meta_column(
+    meta: Meta,
+    metas: &[MessageMeta],
+    data_type: &DataType,
+) -> Result<ArrayRef, ConnectorError> {
+    let array: ArrayRef = match meta {
+        Meta::Topic => Arc::new(StringArray::from_iter_values(
+            metas.iter().map(|m| m.topic.as_str()),
+        )),
+        Meta::Partition => Arc::new(Int32Array::from_iter_values(
+            metas.iter().map(|m| m.partition),
+        )),
+        Meta::Offset => Arc::new(Int64Array::from_iter_values(metas.iter().map(|m| m.offset))),
+        Meta::Timestamp => Arc::new(TimestampMillisecondArray::from_iter(
+            metas.iter().map(|m| m.timestamp),
+        )),
+        Meta::Key => Arc::new(StringArray::from_iter(
+            metas.iter().map(|m| m.key.as_deref()),
+        )),
+    };
+    if array.data_type() == data_type {
+        return Ok(array);
+    }
+    let source = match (meta, data_type) {
+        (Meta::Timestamp, DataType::Int64) => {
+            Arc::new(Int64Array::from_iter(metas.iter().map(|m| m.timestamp))) as ArrayRef
+        }
+        _ => array,
+    };
+    if source.data_type() == data_type {
+        return Ok(source);
+    }
+    arrow::compute::cast(&source, data_type).map_err(|e| {
+        kafka_error(
+            "metadata column",
+            format!("cannot provide it as {data_type}: {e}"),
+        )
+    })
+}
+
+impl SourceConnector for KafkaSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn poll_batch(&mut self, max_rows: usize) -> Result<SourcePoll, ConnectorError> {
+        if !self.assigned {
+            self.assign()?;
+        }
+        let max_rows = max_rows.max(1);
+        let mut owned: Vec<(Vec<u8>, MessageMeta)> = Vec::new();
+        while owned.len() < max_rows {
+            let wait = if owned.is_empty() {
+                Duration::from_millis(5)
+            } else {
+                Duration::ZERO
+            };
+            let Some(result) = self.consumer.poll(wait) else {
+                break;
+            };
+            let message: BorrowedMessage<'_> =
+                result.map_err(|e| kafka_error("reading messages", e))?;
+            let meta = MessageMeta {
+                topic: message.topic().to_string(),
+                partition: message.partition(),
+                offset: message.offset(),
+                timestamp: message.timestamp().to_millis(),
+                key: message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
+            };
+            self.metrics.bytes_read += message.payload_len() as u64;
+            let payload = message.payload().unwrap_or_default().to_vec();
+            owned.push((payload, meta));
+        }
+        if owned.is_empty() {
+            return Ok(SourcePoll::Pending);
+        }
+        for (_, meta) in &owned {
+            self.next
+                .insert((meta.topic.clone(), meta.partition), meta.offset + 1);
+        }
+        let payloads: Vec<&[u8]> = owned.iter().map(|(p, _)| p.as_slice()).collect();
+        let metas: Vec<MessageMeta> = owned.iter().map(|(_, m)| clone_meta(m)).collect();
+        let batch = match self.decode(&payloads, &metas) {
+            Ok(batch) => batch,
+            Err(_) => {
+                // Find the bad messages one by one: fail on the first, or skip them all.
+                let mut good_payloads = Vec::new();
+                let mut good_metas = Vec::new();
+                for (payload, meta) in owned.iter() {
+                    match self.decode(&[payload.as_slice()], &[clone_meta(meta)]) {
+                        Ok(_) => {
+                            good_payloads.push(payload.as_slice());
+                            good_metas.push(clone_meta(meta));
+                        }
+                        Err(e) if self.config.skip_bad => {
+                            tracing::warn!(error = %Self::error_at(meta, &e), "message skipped (error.policy = skip)");
+                            self.metrics.bad_records += 1;
+                        }
+                        Err(e) => return Err(Self::error_at(meta, e)),
+                    }
+                }
+                if good_metas.is_empty() {
+                    return Ok(SourcePoll::Pending);
+                }
+                self.decode(&good_payloads, &good_metas)?
+            }
+        };
+        self.metrics.records_read += batch.num_rows() as u64;
+        Ok(SourcePoll::Batch(batch))
+    }
+
+    fn metrics(&self) -> SourceConnectorMetrics {
+        self.metrics
+    }
+
+    fn position(&self) -> Option<String> {
+        let mut text = String::from("kafka");
+        for ((topic, partition), offset) in &self.next {
+            text.push_str(&format!("\n{topic}\t{partition}\t{offset}"));
+        }
+        Some(text)
+    }
+
+    fn seek(&mut self, position: &str) -> Result<(), ConnectorError> {
+        let bad = |reason: &str| kafka_error("checkpointed position", reason.to_string());
+        let mut lines = position.lines();
+        if lines.next() != Some("kafka") {
+            return Err(bad("not a Kafka position"));
+        }
+        for line in lines {
+            let parts: Vec<&str> = line.split('\t').collect();
+            let [topic, partition, offset] = parts.as_slice() else {
+                return Err(bad("unreadable line"));
+            };
+            let partition: i32 = partition.parse().map_err(|_| bad("bad partition"))?;
+            let offset: i64 = offset.parse().map_err(|_| bad("bad offset"))?;
+            self.resume.insert((topic.to_string(), partition), offset);
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), ConnectorError> {
+        self.consumer.unassign().ok();
+        Ok(())
+    }
+}
+
+fn clone_meta(m: &MessageMeta) -> MessageMeta {
+    MessageMeta {
+        topic: m.topic.clone(),
+        partition: m.partition,
+        offset: m.offset,
+        timestamp: m.timestamp,
+        key: m.key.clone(),
+    }
+}
+
+/// A validated sink configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct KafkaSinkConfig {
+    options: ConnectorOptions,
+    topic: String,
+    key: Option<usize>,
+}
+
+impl KafkaSinkConfig {
+    pub(crate) fn from_options(
+        options: &ConnectorOptions,
+        input: &SchemaRef,
+    ) -> Result<Self, ConnectorError> {
+        check_format(options)?;
+        if let Some(g) = options.get_str("delivery.guarantee")
+            && !g.eq_ignore_ascii_case("at-least-once")
+        {
+            return Err(invalid(
+                "delivery.guarantee",
+                g,
+                "only at-least-once is supported by the Kafka sink so far",
+            ));
+        }
+        let key = match options.get_str("key") {
+            None => None,
+            Some(name) => Some(input.index_of(name).map_err(|_| {
+                invalid(
+                    "key",
+                    name,
+                    format!(
+                        "no such column; columns: {}",
+                        input
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?),
+        };
+        client_config(options)?;
+        Ok(KafkaSinkConfig {
+            options: options.clone(),
+            topic: options.require_str(NAME, "topic")?.to_string(),
+            key,
+        })
+    }
+}
+
+/// Failed deliveries since the last check, and the last failure's reason.
+#[derive(Default)]
+struct Deliveries {
+    failed: AtomicU64,
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+struct SinkContext {
+    deliveries: Arc<Deliveries>,
+}
+
+impl ClientContext for SinkContext {}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
+        if let Err((e, _)) = result {
+            self.deliveries.failed.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut last) = self.deliveries.last_error.lock() {
+                *last = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// See the module docs.
+pub(crate) struct KafkaSink {
+    config: KafkaSinkConfig,
+    producer: ThreadedProducer<SinkContext>,
+    deliveries: Arc<Deliveries>,
+    metrics: SinkConnectorMetrics,
+}
+
+impl KafkaSink {
+    pub(crate) fn open(config: KafkaSinkConfig) -> Result<KafkaSink, ConnectorError> {
+        let deliveries = Arc::new(Deliveries::default());
+        let mut client = client_config(&config.options)?;
+        if client.get("enable.idempotence").is_none() {
+            client.set("enable.idempotence", "true");
+        }
+        let producer = client
+            .create_with_context(SinkContext {
+                deliveries: deliveries.clone(),
+            })
+            .map_err(|e| kafka_error("cannot create the producer", e))?;
+        Ok(KafkaSink {
+            config,
+            producer,
+            deliveries,
+            metrics: SinkConnectorMetrics::default(),
+        })
+    }
+
+    fn check_deliveries(&mut self) -> Result<(), ConnectorError> {
+        let failed = self.deliveries.failed.swap(0, Ordering::SeqCst);
+        if failed > 0 {
+            self.metrics.errors += failed;
+            return Err(kafka_error(
+                format!("topic '{}'", self.config.topic),
+                format!(
+                    "{failed} message(s) were not delivered: {}",
+                    self.deliveries
+                        .last_error
+                        .lock()
+                        .ok()
+                        .and_then(|mut l| l.take())
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SinkConnector for KafkaSink {
+    fn capabilities(&self) -> SinkCapabilities {
+        SinkCapabilities {
+            exactly_once: false,
+            idempotent: false,
+            upsert: false,
+            changelog: false,
+            two_phase_commit: false,
+            partitioned: true,
+        }
+    }
+
+    fn write_batch(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
+        self.check_deliveries()?;
+        let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
+        writer.write(batch)?;
+        writer.finish()?;
+        let encoded = writer.into_inner();
+        let keys: Option<ArrayRef> = match self.config.key {
+            Some(index) => Some(arrow::compute::cast(batch.column(index), &DataType::Utf8)?),
+            None => None,
+        };
+        let keys = keys
+            .as_ref()
+            .map(|k| k.as_any().downcast_ref::<StringArray>().cloned())
+            .unwrap_or(None);
+        for (row, line) in encoded
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .enumerate()
+        {
+            let key = keys
+                .as_ref()
+                .and_then(|k| (!k.is_null(row)).then(|| k.value(row)));
+            let mut record = BaseRecord::to(&self.config.topic).payload(line);
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            let mut pending = record;
+            loop {
+                match self.producer.send(pending) {
+                    Ok(()) => break,
+                    Err((e, back))
+                        if e.rdkafka_error_code()
+                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                    {
+                        // The local queue is full: wait for deliveries (backpressure).
+                        std::thread::sleep(Duration::from_millis(1));
+                        pending = back;
+                    }
+                    Err((e, _)) => {
+                        self.metrics.errors += 1;
+                        return Err(kafka_error(format!("topic '{}'", self.config.topic), e));
+                    }
+                }
+            }
+            self.metrics.bytes_written += line.len() as u64;
+        }
+        self.metrics.records_written += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    fn pre_commit(&mut self, _epoch: u64) -> Result<(), ConnectorError> {
+        self.flush()
+    }
+
+    fn commit_epoch(&mut self, epoch: u64) -> Result<(), ConnectorError> {
+        self.metrics.last_committed_epoch = Some(epoch);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ConnectorError> {
+        self.producer
+            .flush(Duration::from_secs(30))
+            .map_err(|e| kafka_error(format!("topic '{}': flush", self.config.topic), e))?;
+        self.check_deliveries()
+    }
+
+    fn close(&mut self) -> Result<(), ConnectorError> {
+        self.flush()
+    }
+
+    fn metrics(&self) -> SinkConnectorMetrics {
+        self.metrics
+    }
+}

@@ -1,0 +1,326 @@
+//! The `KAFKA` source and sink against a real Kafka-protocol broker (Tansu, started by
+//! `scripts/services.sh`, which sets `LAMINAR_TEST_KAFKA_BROKERS`).
+#![cfg(feature = "kafka")]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef};
+use laminar_connectors::{
+    ConnectorOptions, SourceConnector, SourcePoll, create_sink, create_source,
+};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+/// The broker, or `None` (the test is skipped) when no broker was started.
+fn brokers() -> Option<String> {
+    match std::env::var("LAMINAR_TEST_KAFKA_BROKERS") {
+        Ok(b) => Some(b),
+        Err(_) => {
+            assert!(
+                std::env::var_os("LAMINAR_REQUIRE_SERVICES").is_none(),
+                "LAMINAR_TEST_KAFKA_BROKERS is not set: run the tests with scripts/test.sh"
+            );
+            eprintln!("skipped: no Kafka broker (run scripts/test.sh)");
+            None
+        }
+    }
+}
+
+/// A fresh topic with `partitions` partitions.
+fn topic(brokers: &str, name: &str, partitions: i32) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let topic = format!("{name}-{}-{nanos}", std::process::id());
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let created = futures::executor::block_on(admin.create_topics(
+        &[NewTopic::new(
+            &topic,
+            partitions,
+            TopicReplication::Fixed(1),
+        )],
+        &AdminOptions::new(),
+    ))
+    .unwrap();
+    for result in created {
+        result.unwrap();
+    }
+    topic
+}
+
+fn orders_schema(with_meta: bool) -> SchemaRef {
+    let mut fields = vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("customer", DataType::Utf8, true),
+        Field::new("amount", DataType::Int64, true),
+    ];
+    if with_meta {
+        fields.push(Field::new("_partition", DataType::Int32, true));
+        fields.push(Field::new("_offset", DataType::Int64, true));
+        fields.push(Field::new("_key", DataType::Utf8, true));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+fn orders(ids: std::ops::Range<i64>) -> RecordBatch {
+    let customers: Vec<String> = ids.clone().map(|i| format!("c{}", i % 3)).collect();
+    RecordBatch::try_new(
+        orders_schema(false),
+        vec![
+            Arc::new(Int64Array::from_iter_values(ids.clone())) as ArrayRef,
+            Arc::new(StringArray::from(customers)),
+            Arc::new(Int64Array::from_iter_values(ids.map(|i| i * 10))),
+        ],
+    )
+    .unwrap()
+}
+
+fn options(pairs: &[(&str, &str)]) -> ConnectorOptions {
+    ConnectorOptions::from_pairs(pairs.iter().copied())
+}
+
+/// Polls until `rows` rows arrived (or 20 s passed).
+fn read_rows(source: &mut dyn SourceConnector, rows: usize) -> Vec<RecordBatch> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut batches = Vec::new();
+    let mut got = 0;
+    while got < rows && Instant::now() < deadline {
+        match source.poll_batch(1000).unwrap() {
+            SourcePoll::Batch(b) => {
+                got += b.num_rows();
+                batches.push(b);
+            }
+            SourcePoll::Pending => std::thread::sleep(Duration::from_millis(10)),
+            SourcePoll::End => break,
+        }
+    }
+    batches
+}
+
+fn ids(batches: &[RecordBatch]) -> Vec<i64> {
+    let mut ids: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[test]
+fn json_rows_round_trip_through_the_broker_with_keys_and_metadata() {
+    let Some(brokers) = brokers() else { return };
+    let topic = topic(&brokers, "orders", 3);
+    let mut sink = create_sink(
+        "kafka",
+        &options(&[
+            ("bootstrap.servers", &brokers),
+            ("topic", &topic),
+            ("key", "customer"),
+        ]),
+        None,
+        orders_schema(false),
+    )
+    .unwrap();
+    sink.write_batch(&orders(0..40)).unwrap();
+    sink.pre_commit(1).unwrap();
+    sink.write_batch(&orders(40..60)).unwrap();
+    sink.close().unwrap();
+    assert_eq!(sink.metrics().records_written, 60);
+
+    let mut source = create_source(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", &brokers),
+            ("topic", &topic),
+            ("startup.mode", "earliest"),
+        ]),
+        None,
+        orders_schema(true),
+    )
+    .unwrap();
+    let batches = read_rows(source.as_mut(), 60);
+    assert_eq!(ids(&batches), (0..60).collect::<Vec<_>>());
+    // Every message of one key went to one partition, and offsets are per partition.
+    let mut partitions_of_key: std::collections::BTreeMap<String, BTreeSet<i32>> =
+        Default::default();
+    let mut offsets = BTreeSet::new();
+    for b in &batches {
+        let customer = b.column(1).as_string::<i32>();
+        let partition = b.column(3).as_primitive::<Int32Type>();
+        let offset = b.column(4).as_primitive::<Int64Type>();
+        let key = b.column(5).as_string::<i32>();
+        for row in 0..b.num_rows() {
+            assert_eq!(
+                key.value(row),
+                customer.value(row),
+                "the key column is the key"
+            );
+            partitions_of_key
+                .entry(key.value(row).to_string())
+                .or_default()
+                .insert(partition.value(row));
+            assert!(offsets.insert((partition.value(row), offset.value(row))));
+        }
+    }
+    assert_eq!(partitions_of_key.len(), 3);
+    assert!(
+        partitions_of_key.values().all(|p| p.len() == 1),
+        "{partitions_of_key:?}"
+    );
+    assert_eq!(source.metrics().records_read, 60);
+}
+
+#[test]
+fn a_checkpointed_position_resumes_after_the_last_row_read() {
+    let Some(brokers) = brokers() else { return };
+    let topic = topic(&brokers, "resume", 2);
+    let sink_options = options(&[("bootstrap.servers", &brokers), ("topic", &topic)]);
+    let mut sink = create_sink("KAFKA", &sink_options, None, orders_schema(false)).unwrap();
+    sink.write_batch(&orders(0..30)).unwrap();
+    sink.flush().unwrap();
+    let source_options = options(&[
+        ("bootstrap.servers", &brokers),
+        ("topic", &topic),
+        ("startup.mode", "earliest"),
+    ]);
+    let mut first = create_source("KAFKA", &source_options, None, orders_schema(false)).unwrap();
+    let seen = ids(&read_rows(first.as_mut(), 30));
+    assert_eq!(seen, (0..30).collect::<Vec<_>>());
+    let position = first.position().expect("Kafka sources report positions");
+    first.close().unwrap();
+    drop(first);
+
+    sink.write_batch(&orders(30..45)).unwrap();
+    sink.close().unwrap();
+    let mut resumed = create_source("KAFKA", &source_options, None, orders_schema(false)).unwrap();
+    resumed.seek(&position).unwrap();
+    let rest = ids(&read_rows(resumed.as_mut(), 15));
+    assert_eq!(
+        rest,
+        (30..45).collect::<Vec<_>>(),
+        "nothing read twice, nothing lost"
+    );
+    assert!(resumed.seek("not a position").is_err());
+}
+
+#[test]
+fn undecodable_messages_fail_with_their_offset_or_are_skipped_and_counted() {
+    let Some(brokers) = brokers() else { return };
+    let topic = topic(&brokers, "poison", 1);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for payload in [
+        r#"{"id": 1, "customer": "a", "amount": 5}"#,
+        "this is not json",
+        r#"{"id": 3, "customer": "c", "amount": 7}"#,
+    ] {
+        producer
+            .send(BaseRecord::<(), str>::to(&topic).payload(payload))
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let base = [
+        ("bootstrap.servers", brokers.as_str()),
+        ("topic", topic.as_str()),
+        ("startup.mode", "earliest"),
+    ];
+    let mut failing = create_source("KAFKA", &options(&base), None, orders_schema(false)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let error = loop {
+        match failing.poll_batch(100) {
+            Err(e) => break e.to_string(),
+            Ok(SourcePoll::Pending) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Ok(other) => panic!("expected a decoding error, got {other:?}"),
+        }
+    };
+    assert!(
+        error.contains(&format!("topic '{topic}' partition 0 offset 1")),
+        "{error}"
+    );
+
+    let mut skip = base.to_vec();
+    skip.push(("error.policy", "skip"));
+    let mut skipping = create_source("KAFKA", &options(&skip), None, orders_schema(false)).unwrap();
+    let batches = read_rows(skipping.as_mut(), 2);
+    assert_eq!(ids(&batches), vec![1, 3]);
+    assert_eq!(skipping.metrics().bad_records, 1);
+}
+
+#[test]
+fn bad_options_are_refused_before_connecting() {
+    let schema = orders_schema(false);
+    let e = create_source("KAFKA", &options(&[("topic", "t")]), None, schema.clone())
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("bootstrap.servers"), "{e}");
+    let e = create_source(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", "127.0.0.1:1"),
+            ("topic", "t"),
+            ("startup.mode", "yesterday"),
+        ]),
+        None,
+        schema.clone(),
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("startup.mode"), "{e}");
+    let e = create_sink(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", "127.0.0.1:1"),
+            ("topic", "t"),
+            ("key", "nope"),
+        ]),
+        None,
+        schema.clone(),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        e.to_string().contains("nope") && e.to_string().contains("customer"),
+        "{e}"
+    );
+    let e = create_sink(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", "127.0.0.1:1"),
+            ("topic", "t"),
+            ("delivery.guarantee", "exactly-once"),
+        ]),
+        None,
+        schema.clone(),
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("at-least-once"), "{e}");
+    // Pass-through options reach librdkafka (unknown ones are its error, not ours).
+    let e = create_sink(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", "127.0.0.1:1"),
+            ("topic", "t"),
+            ("kafka.no.such.setting", "1"),
+        ]),
+        None,
+        schema,
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("no.such.setting"), "{e}");
+}

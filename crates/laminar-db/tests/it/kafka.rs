@@ -1,0 +1,261 @@
+//! Kafka end to end through SQL, against the real broker `scripts/services.sh` starts
+//! (`LAMINAR_TEST_KAFKA_BROKERS`): a pipeline writes rows `INTO KAFKA`, another reads them
+//! `FROM KAFKA` into a windowed aggregation, and a durable reader resumes from its
+//! checkpointed offsets after a crash, reading nothing twice.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use laminar_db::LaminarDB;
+
+use crate::util::rows;
+
+fn brokers() -> Option<String> {
+    match std::env::var("LAMINAR_TEST_KAFKA_BROKERS") {
+        Ok(b) => Some(b),
+        Err(_) => {
+            assert!(
+                std::env::var_os("LAMINAR_REQUIRE_SERVICES").is_none(),
+                "LAMINAR_TEST_KAFKA_BROKERS is not set: run the tests with scripts/test.sh"
+            );
+            eprintln!("skipped: no Kafka broker (run scripts/test.sh)");
+            None
+        }
+    }
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+/// Creates `topic` with `partitions` partitions.
+fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .unwrap();
+    let created = block_on(admin.create_topics(
+        &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+        &AdminOptions::new(),
+    ))
+    .unwrap();
+    for result in created {
+        result.unwrap();
+    }
+}
+
+/// Writes bids `ids` (ts = id * 100 ms) into `topic` through an `INTO KAFKA` sink.
+fn produce(brokers: &str, topic: &str, ids: std::ops::Range<i64>) {
+    let db = LaminarDB::open().unwrap();
+    block_on(async {
+        db.execute("CREATE SOURCE bids (id BIGINT, auction BIGINT, ts BIGINT)")
+            .await
+            .unwrap();
+        db.execute(&format!(
+            "CREATE SINK out FROM bids INTO KAFKA (bootstrap.servers = '{brokers}', topic = '{topic}', key = 'auction')"
+        ))
+        .await
+        .unwrap();
+        db.start().await.unwrap();
+    });
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("auction", DataType::Int64, true),
+        Field::new("ts", DataType::Int64, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(ids.clone())) as ArrayRef,
+            Arc::new(Int64Array::from_iter_values(ids.clone().map(|i| i % 4))),
+            Arc::new(Int64Array::from_iter_values(ids.map(|i| i * 100))),
+        ],
+    )
+    .unwrap();
+    db.source_untyped("bids")
+        .unwrap()
+        .push_arrow(batch)
+        .unwrap();
+    assert!(db.wait_idle(Duration::from_secs(30)));
+    db.shutdown_sync();
+    assert!(db.failures().is_empty(), "{:?}", db.failures());
+}
+
+const READER: &str = "CREATE SOURCE k (id BIGINT, auction BIGINT, ts BIGINT, _partition INT, WATERMARK FOR ts AS ts) FROM KAFKA (bootstrap.servers = '${B}', topic = '${T}', startup.mode = 'earliest')";
+
+fn reader(brokers: &str, topic: &str, dir: Option<&Path>) -> LaminarDB {
+    let mut builder = LaminarDB::builder().workers(1);
+    if let Some(dir) = dir {
+        builder = builder.storage_dir(dir).checkpoint_interval(None).unwrap();
+    }
+    let db = builder.build_sync().unwrap();
+    block_on(async {
+        db.execute(&READER.replace("${B}", brokers).replace("${T}", topic))
+            .await
+            .unwrap();
+        db.execute("CREATE STREAM ids AS SELECT id, auction FROM k")
+            .await
+            .unwrap();
+    });
+    db
+}
+
+/// Every id the subscription delivers within `wait`, until `expected` arrived.
+fn collect_ids(sub: &mut laminar_db::ArrowSubscription, expected: usize) -> Vec<i64> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got = Vec::new();
+    while got.len() < expected && Instant::now() < deadline {
+        match sub.recv_timeout(Duration::from_millis(100)) {
+            Ok(Some(batch)) => {
+                for row in rows(&[batch]) {
+                    got.push(row[0].parse::<i64>().unwrap());
+                }
+            }
+            _ => continue,
+        }
+    }
+    // Anything beyond the expected rows would be a duplicate: give it a moment to show.
+    std::thread::sleep(Duration::from_millis(300));
+    while let Some(batch) = sub.poll() {
+        for row in rows(&[batch]) {
+            got.push(row[0].parse::<i64>().unwrap());
+        }
+    }
+    got.sort_unstable();
+    got
+}
+
+#[test]
+fn kafka_into_a_windowed_aggregation_and_back() {
+    let Some(brokers) = brokers() else { return };
+    let input = unique("bids");
+    let output = unique("counts");
+    // One partition: the source's watermark follows the maximum event time over all its
+    // partitions, so rows of a partition read later would be late (per-partition
+    // watermarks are not implemented yet).
+    create_topic(&brokers, &input, 1);
+    produce(&brokers, &input, 0..200);
+
+    let db = LaminarDB::builder().workers(1).build_sync().unwrap();
+    block_on(async {
+        db.execute(&READER.replace("${B}", &brokers).replace("${T}", &input))
+            .await
+            .unwrap();
+        db.execute("CREATE STREAM counts AS SELECT auction, tumble(ts, INTERVAL '5' SECOND) AS w, COUNT(*) AS n FROM k GROUP BY auction, tumble(ts, INTERVAL '5' SECOND) EMIT ON WINDOW CLOSE")
+            .await
+            .unwrap();
+        db.execute(&format!(
+            "CREATE SINK back FROM counts INTO KAFKA (bootstrap.servers = '{brokers}', topic = '{output}')"
+        ))
+        .await
+        .unwrap();
+        db.start().await.unwrap();
+    });
+    let mut sub = db.subscribe_arrow("counts").unwrap();
+    // 200 bids over 20 s of event time: windows [0,5) .. [15,20) close once the watermark
+    // passes them (the last window stays open: the input is unbounded).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut counted = 0i64;
+    let mut windows = 0;
+    while windows < 12 && Instant::now() < deadline {
+        if let Ok(Some(batch)) = sub.recv_timeout(Duration::from_millis(100)) {
+            for row in rows(&[batch]) {
+                counted += row[2].parse::<i64>().unwrap();
+                windows += 1;
+            }
+        }
+    }
+    assert_eq!(windows, 12, "3 closed windows x 4 auctions");
+    assert_eq!(counted, 150, "bids 0..150 fall in the three closed windows");
+    assert_eq!(db.source_metrics("k").unwrap().total_events, 200);
+    db.shutdown_sync();
+    assert!(db.failures().is_empty(), "{:?}", db.failures());
+
+    // The window results reached the output topic, one JSON message per row.
+    let check = LaminarDB::open().unwrap();
+    block_on(async {
+        check
+            .execute(&format!(
+                "CREATE SOURCE results (auction BIGINT, w TIMESTAMP, n BIGINT) FROM KAFKA (bootstrap.servers = '{brokers}', topic = '{output}', startup.mode = 'earliest')"
+            ))
+            .await
+            .unwrap();
+        check.start().await.unwrap();
+    });
+    let mut results = check.subscribe_arrow("results").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut read = Vec::new();
+    while read.len() < 12 && Instant::now() < deadline {
+        if let Ok(Some(batch)) = results.recv_timeout(Duration::from_millis(100)) {
+            read.extend(rows(&[batch]));
+        }
+    }
+    assert_eq!(read.len(), 12, "{read:?}");
+    let total: i64 = read.iter().map(|r| r[2].parse::<i64>().unwrap()).sum();
+    assert_eq!(total, 150);
+    check.shutdown_sync();
+}
+
+#[test]
+fn a_durable_kafka_reader_resumes_from_its_checkpointed_offsets() {
+    let Some(brokers) = brokers() else { return };
+    let topic = unique("resume");
+    create_topic(&brokers, &topic, 3);
+    produce(&brokers, &topic, 0..50);
+    let dir = tempfile::tempdir().unwrap();
+
+    let db = reader(&brokers, &topic, Some(dir.path()));
+    let mut sub = db.subscribe_arrow("ids").unwrap();
+    block_on(db.start()).unwrap();
+    assert_eq!(collect_ids(&mut sub, 50), (0..50).collect::<Vec<_>>());
+    assert!(db.checkpoint().unwrap().is_some());
+    // Crash: no shutdown, no final checkpoint.
+    std::mem::forget(sub);
+    std::mem::forget(db);
+
+    produce(&brokers, &topic, 50..80);
+    let db = reader(&brokers, &topic, Some(dir.path()));
+    assert!(db.checkpoint_stats().unwrap().recovered_epoch.is_some());
+    let mut sub = db.subscribe_arrow("ids").unwrap();
+    block_on(db.start()).unwrap();
+    assert_eq!(
+        collect_ids(&mut sub, 30),
+        (50..80).collect::<Vec<_>>(),
+        "only the messages after the checkpoint are read again"
+    );
+    db.shutdown_sync();
+    assert!(db.failures().is_empty(), "{:?}", db.failures());
+}
+
+#[test]
+fn kafka_options_are_checked_at_create() {
+    let db = LaminarDB::open().unwrap();
+    let e =
+        block_on(db.execute(
+            "CREATE SOURCE k (id BIGINT) FROM KAFKA (bootstrap.servers = 'x:1', topc = 't')",
+        ))
+        .unwrap_err();
+    assert!(e.to_string().contains("did you mean 'topic'"), "{e}");
+    let e = block_on(db.execute(
+        "CREATE SOURCE k (id BIGINT) FROM KAFKA (bootstrap.servers = 'x:1', topic = 't', format = 'avro')",
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("only json"), "{e}");
+}
