@@ -7,14 +7,17 @@
 //! each partition there, so the checkpoint, not the group, owns the offsets. Without a
 //! checkpointed position a partition starts per `startup.mode`: `group-offsets` (the
 //! group's committed offset, else `auto.offset.reset`, default earliest), `earliest` or
-//! `latest`. Messages are JSON objects decoded into the declared columns; the metadata
+//! `latest`. Messages are decoded into the declared columns per `format`: `json` (one
+//! object, fields by name), `csv` (one record without header, fields by position) or `raw`
+//! (the payload is the one VARCHAR or BYTES value column); the metadata
 //! columns `_topic`, `_partition`, `_offset`, `_timestamp` (ms) and `_key`, when declared,
 //! are filled from the message instead. A message that fails to decode is handled by
 //! `error.policy`: `fail` (default; the error names topic, partition and offset) or `skip`
 //! (counted in `bad_records`).
 //!
 //! ## Sink
-//! Writes every row as one JSON object message to `topic`, keyed by the `key` column's
+//! Writes every row as one message (`json`, `csv` or `raw`, as the source reads them) to
+//! `topic`, keyed by the `key` column's
 //! value when given (the producer's default partitioner hashes keys like the Java client's,
 //! murmur2). At-least-once: `pre_commit` flushes the producer and fails when any message
 //! was not acknowledged, so a checkpoint completes only when its output is in the topic.
@@ -58,7 +61,7 @@ const FORMAT: ConfigKey = ConfigKey {
     key: "format",
     required: false,
     default: Some("json"),
-    description: "message format: json",
+    description: "message format: json (an object per message), csv (a record per message) or raw (the payload is the one value column)",
 };
 
 /// Options of the `KAFKA` source (besides `kafka.<name>` pass-through keys).
@@ -149,14 +152,49 @@ fn client_config(options: &ConnectorOptions) -> Result<ClientConfig, ConnectorEr
     Ok(config)
 }
 
-fn check_format(options: &ConnectorOptions) -> Result<(), ConnectorError> {
-    match options.get_str("format") {
-        None => Ok(()),
-        Some(f) if f.eq_ignore_ascii_case("json") => Ok(()),
-        Some(f) => Err(invalid(
+/// How a message's payload holds a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MessageFormat {
+    /// One JSON object; fields by column name.
+    Json,
+    /// One CSV record without header; fields by column position.
+    Csv,
+    /// The payload itself is the single (non-metadata) column's value.
+    Raw,
+}
+
+fn message_format(options: &ConnectorOptions) -> Result<MessageFormat, ConnectorError> {
+    match options
+        .get_str("format")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("json") => Ok(MessageFormat::Json),
+        Some("csv") => Ok(MessageFormat::Csv),
+        Some("raw") => Ok(MessageFormat::Raw),
+        Some(_) => Err(invalid(
             "format",
-            f,
-            "only json is supported for Kafka messages so far",
+            options.get_str("format").unwrap_or_default(),
+            "expected json, csv or raw (Avro and Debezium are not supported yet)",
+        )),
+    }
+}
+
+/// Checks that a raw-format row has exactly one value column of a text or binary type.
+fn check_raw(fields: &[&arrow::datatypes::Field]) -> Result<(), ConnectorError> {
+    match fields {
+        [f] if matches!(f.data_type(), DataType::Utf8 | DataType::Binary) => Ok(()),
+        _ => Err(invalid(
+            "format",
+            "raw",
+            format!(
+                "raw messages carry one VARCHAR or BYTES column (besides metadata columns); found {}",
+                fields
+                    .iter()
+                    .map(|f| format!("{} {}", f.name(), f.data_type()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         )),
     }
 }
@@ -176,11 +214,12 @@ pub(crate) struct KafkaSourceConfig {
     topics: Vec<String>,
     startup: StartupMode,
     skip_bad: bool,
+    format: MessageFormat,
 }
 
 impl KafkaSourceConfig {
     pub(crate) fn from_options(options: &ConnectorOptions) -> Result<Self, ConnectorError> {
-        check_format(options)?;
+        let format = message_format(options)?;
         let topic = options.require_str(NAME, "topic")?;
         let topics: Vec<String> = topic
             .split(',')
@@ -218,6 +257,7 @@ impl KafkaSourceConfig {
             topics,
             startup,
             skip_bad,
+            format,
         })
     }
 }
@@ -280,8 +320,17 @@ impl KafkaSource {
             return Err(invalid(
                 "topic",
                 &config.topics.join(","),
-                "declare the columns of a Kafka source (JSON messages carry no schema)",
+                "declare the columns of a Kafka source (its messages carry no schema)",
             ));
+        }
+        if config.format == MessageFormat::Raw {
+            let values: Vec<&arrow::datatypes::Field> = declared
+                .fields()
+                .iter()
+                .filter(|f| Meta::of(f.name()).is_none())
+                .map(|f| f.as_ref())
+                .collect();
+            check_raw(&values)?;
         }
         let mut columns = Vec::new();
         let mut payload_fields = Vec::new();
@@ -375,6 +424,59 @@ impl KafkaSource {
         )
     }
 
+    /// The payloads as a batch of the payload columns (one row per payload).
+    fn decode_payloads(&self, payloads: &[&[u8]]) -> Result<RecordBatch, ConnectorError> {
+        let rows = payloads.len().max(1);
+        let schema = self.payload_schema.clone();
+        let batch = match self.config.format {
+            MessageFormat::Json => {
+                let mut decoder = arrow::json::ReaderBuilder::new(schema)
+                    .with_batch_size(rows)
+                    .build_decoder()?;
+                for p in payloads {
+                    decoder.decode(p)?;
+                }
+                decoder.flush()?
+            }
+            MessageFormat::Csv => {
+                let mut decoder = arrow::csv::ReaderBuilder::new(schema)
+                    .with_header(false)
+                    .with_batch_size(rows)
+                    .build_decoder();
+                for p in payloads {
+                    let mut record = p.to_vec();
+                    record.push(b'\n');
+                    let mut at = 0;
+                    while at < record.len() {
+                        let used = decoder.decode(&record[at..])?;
+                        if used == 0 {
+                            break;
+                        }
+                        at += used;
+                    }
+                }
+                decoder.flush()?
+            }
+            MessageFormat::Raw => {
+                let field = schema.field(0);
+                let column: ArrayRef = match field.data_type() {
+                    DataType::Binary => {
+                        Arc::new(arrow::array::BinaryArray::from_iter_values(payloads.iter()))
+                    }
+                    _ => Arc::new(
+                        payloads
+                            .iter()
+                            .map(|p| std::str::from_utf8(p).map(Some))
+                            .collect::<Result<StringArray, _>>()
+                            .map_err(|e| kafka_error("raw message", format!("not UTF-8: {e}")))?,
+                    ),
+                };
+                Some(RecordBatch::try_new(schema, vec![column])?)
+            }
+        };
+        batch.ok_or_else(|| kafka_error("decoding messages", "no row decoded"))
+    }
+
     /// Decodes the payloads of `messages` (all valid) into one batch.
     fn decode(
         &self,
@@ -385,13 +487,7 @@ impl KafkaSource {
         let payload = if self.payload_schema.fields().is_empty() {
             None
         } else {
-            let mut decoder = arrow::json::ReaderBuilder::new(self.payload_schema.clone())
-                .with_batch_size(rows.max(1))
-                .build_decoder()?;
-            for p in payloads {
-                decoder.decode(p)?;
-            }
-            decoder.flush()?
+            Some(self.decode_payloads(payloads)?)
         };
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
         for (field, column) in self.schema.fields().iter().zip(&self.columns) {
@@ -588,6 +684,7 @@ pub(crate) struct KafkaSinkConfig {
     options: ConnectorOptions,
     topic: String,
     key: Option<usize>,
+    format: MessageFormat,
 }
 
 impl KafkaSinkConfig {
@@ -595,7 +692,12 @@ impl KafkaSinkConfig {
         options: &ConnectorOptions,
         input: &SchemaRef,
     ) -> Result<Self, ConnectorError> {
-        check_format(options)?;
+        let format = message_format(options)?;
+        if format == MessageFormat::Raw {
+            let fields: Vec<&arrow::datatypes::Field> =
+                input.fields().iter().map(|f| f.as_ref()).collect();
+            check_raw(&fields)?;
+        }
         if let Some(g) = options.get_str("delivery.guarantee")
             && !g.eq_ignore_ascii_case("at-least-once")
         {
@@ -628,8 +730,66 @@ impl KafkaSinkConfig {
             options: options.clone(),
             topic: options.require_str(NAME, "topic")?.to_string(),
             key,
+            format,
         })
     }
+}
+
+/// One message payload per row (`None`: a NULL raw value, sent without payload).
+fn encode_rows(
+    format: MessageFormat,
+    batch: &RecordBatch,
+) -> Result<Vec<Option<Vec<u8>>>, ConnectorError> {
+    Ok(match format {
+        MessageFormat::Json => {
+            // JSON lines hold no raw newline: one line per row.
+            let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
+            writer.write(batch)?;
+            writer.finish()?;
+            writer
+                .into_inner()
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| Some(l.to_vec()))
+                .collect()
+        }
+        MessageFormat::Csv => (0..batch.num_rows())
+            .map(|row| {
+                // Row by row: a quoted field may hold a newline.
+                let mut writer = arrow::csv::WriterBuilder::new()
+                    .with_header(false)
+                    .build(Vec::new());
+                writer.write(&batch.slice(row, 1))?;
+                let mut bytes = writer.into_inner();
+                while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    bytes.pop();
+                }
+                Ok(Some(bytes))
+            })
+            .collect::<Result<_, ConnectorError>>()?,
+        MessageFormat::Raw => {
+            let column = batch.column(0);
+            match column.data_type() {
+                DataType::Binary => {
+                    let values = column
+                        .as_any()
+                        .downcast_ref::<arrow::array::BinaryArray>()
+                        .ok_or_else(|| kafka_error("raw message", "not a BYTES column"))?;
+                    values.iter().map(|v| v.map(<[u8]>::to_vec)).collect()
+                }
+                _ => {
+                    let values = column
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .ok_or_else(|| kafka_error("raw message", "not a VARCHAR column"))?;
+                    values
+                        .iter()
+                        .map(|v| v.map(|s| s.as_bytes().to_vec()))
+                        .collect()
+                }
+            }
+        }
+    })
 }
 
 /// Failed deliveries since the last check, and the last failure's reason.
@@ -721,10 +881,7 @@ impl SinkConnector for KafkaSink {
 
     fn write_batch(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
         self.check_deliveries()?;
-        let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
-        writer.write(batch)?;
-        writer.finish()?;
-        let encoded = writer.into_inner();
+        let payloads = encode_rows(self.config.format, batch)?;
         let keys: Option<ArrayRef> = match self.config.key {
             Some(index) => Some(arrow::compute::cast(batch.column(index), &DataType::Utf8)?),
             None => None,
@@ -733,15 +890,14 @@ impl SinkConnector for KafkaSink {
             .as_ref()
             .map(|k| k.as_any().downcast_ref::<StringArray>().cloned())
             .unwrap_or(None);
-        for (row, line) in encoded
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .enumerate()
-        {
+        for (row, payload) in payloads.iter().enumerate() {
             let key = keys
                 .as_ref()
                 .and_then(|k| (!k.is_null(row)).then(|| k.value(row)));
-            let mut record = BaseRecord::to(&self.config.topic).payload(line);
+            let mut record = BaseRecord::<str, [u8]>::to(&self.config.topic);
+            if let Some(payload) = payload {
+                record = record.payload(payload.as_slice());
+            }
             if let Some(key) = key {
                 record = record.key(key);
             }
@@ -763,7 +919,7 @@ impl SinkConnector for KafkaSink {
                     }
                 }
             }
-            self.metrics.bytes_written += line.len() as u64;
+            self.metrics.bytes_written += payload.as_ref().map_or(0, |p| p.len()) as u64;
         }
         self.metrics.records_written += batch.num_rows() as u64;
         Ok(())

@@ -85,7 +85,7 @@ pub fn source_connectors() -> Vec<ConnectorInfo> {
     #[cfg(feature = "kafka")]
     connectors.push(ConnectorInfo {
         name: "KAFKA",
-        display_name: "Apache Kafka (JSON messages)",
+        display_name: "Apache Kafka (JSON, CSV or raw messages)",
         kind: ConnectorKind::Source,
         config_keys: with_runtime(crate::kafka::SOURCE_KEYS),
     });
@@ -118,7 +118,7 @@ pub fn sink_connectors() -> Vec<ConnectorInfo> {
     #[cfg(feature = "kafka")]
     connectors.push(ConnectorInfo {
         name: "KAFKA",
-        display_name: "Apache Kafka (JSON messages, at-least-once)",
+        display_name: "Apache Kafka (JSON, CSV or raw messages, at-least-once)",
         kind: ConnectorKind::Sink,
         config_keys: crate::kafka::SINK_KEYS.to_vec(),
     });

@@ -261,6 +261,85 @@ fn undecodable_messages_fail_with_their_offset_or_are_skipped_and_counted() {
 }
 
 #[test]
+fn csv_and_raw_messages_round_trip() {
+    let Some(brokers) = brokers() else { return };
+    // CSV: one record per message, fields by position; a quoted comma and newline survive.
+    let csv_topic = topic(&brokers, "csv", 1);
+    let csv = [
+        ("bootstrap.servers", brokers.as_str()),
+        ("topic", csv_topic.as_str()),
+        ("format", "csv"),
+        ("startup.mode", "earliest"),
+    ];
+    let mut sink = create_sink("KAFKA", &options(&csv[..3]), None, orders_schema(false)).unwrap();
+    let mut batch = orders(0..5);
+    let names: ArrayRef = Arc::new(StringArray::from(vec!["a", "b,c", "d\ne", "f\"g", "h"]));
+    batch = RecordBatch::try_new(
+        batch.schema(),
+        vec![batch.column(0).clone(), names, batch.column(2).clone()],
+    )
+    .unwrap();
+    sink.write_batch(&batch).unwrap();
+    sink.close().unwrap();
+    let mut source = create_source("KAFKA", &options(&csv), None, orders_schema(false)).unwrap();
+    let back = read_rows(source.as_mut(), 5);
+    assert_eq!(ids(&back), (0..5).collect::<Vec<_>>());
+    let customers: Vec<String> = back
+        .iter()
+        .flat_map(|b| {
+            let c = b.column(1).as_string::<i32>();
+            (0..b.num_rows())
+                .map(|r| c.value(r).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(customers, vec!["a", "b,c", "d\ne", "f\"g", "h"]);
+
+    // Raw: the payload is the value column.
+    let raw_topic = topic(&brokers, "raw", 1);
+    let line_schema = Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, true)]));
+    let raw = [
+        ("bootstrap.servers", brokers.as_str()),
+        ("topic", raw_topic.as_str()),
+        ("format", "raw"),
+        ("startup.mode", "earliest"),
+    ];
+    let mut sink = create_sink("KAFKA", &options(&raw[..3]), None, line_schema.clone()).unwrap();
+    let lines = RecordBatch::try_new(
+        line_schema.clone(),
+        vec![Arc::new(StringArray::from(vec!["plain text", "{not json}"])) as ArrayRef],
+    )
+    .unwrap();
+    sink.write_batch(&lines).unwrap();
+    sink.close().unwrap();
+    let with_offset = Arc::new(Schema::new(vec![
+        Field::new("line", DataType::Utf8, true),
+        Field::new("_offset", DataType::Int64, true),
+    ]));
+    let mut source = create_source("KAFKA", &options(&raw), None, with_offset).unwrap();
+    let back = read_rows(source.as_mut(), 2);
+    let got: Vec<(String, i64)> = back
+        .iter()
+        .flat_map(|b| {
+            let l = b.column(0).as_string::<i32>();
+            let o = b.column(1).as_primitive::<Int64Type>();
+            (0..b.num_rows())
+                .map(|r| (l.value(r).to_string(), o.value(r)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![("plain text".to_string(), 0), ("{not json}".to_string(), 1)]
+    );
+    // Raw needs exactly one text or binary value column.
+    let e = create_sink("KAFKA", &options(&raw[..3]), None, orders_schema(false))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("one VARCHAR or BYTES column"), "{e}");
+}
+
+#[test]
 fn bad_options_are_refused_before_connecting() {
     let schema = orders_schema(false);
     let e = create_source("KAFKA", &options(&[("topic", "t")]), None, schema.clone())
