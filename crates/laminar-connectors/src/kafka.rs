@@ -17,9 +17,10 @@
 //!
 //! ## Sink
 //! Writes every row as one message (`json`, `csv` or `raw`, as the source reads them) to
-//! `topic`, keyed by the `key` column's
-//! value when given (the producer's default partitioner hashes keys like the Java client's,
-//! murmur2). At-least-once: `pre_commit` flushes the producer and fails when any message
+//! `topic`, keyed by the `key` column's value when given, partitioned by murmur2 of the key
+//! as the Java client does
+//! (`murmur2_random`; keyless messages spread at random; `kafka.partitioner` overrides it).
+//! At-least-once: `pre_commit` flushes the producer and fails when any message
 //! was not acknowledged, so a checkpoint completes only when its output is in the topic.
 //!
 //! Options `kafka.<name>` are passed to librdkafka as `<name>` (security settings, timeouts);
@@ -832,6 +833,11 @@ impl KafkaSink {
         let mut client = client_config(&config.options)?;
         if client.get("enable.idempotence").is_none() {
             client.set("enable.idempotence", "true");
+        }
+        if client.get("partitioner").is_none() {
+            // The Java client's default for keyed messages (librdkafka's own default hashes
+            // with CRC32): the same key lands in the same partition whichever client wrote it.
+            client.set("partitioner", "murmur2_random");
         }
         let producer = client
             .create_with_context(SinkContext {

@@ -339,6 +339,125 @@ fn csv_and_raw_messages_round_trip() {
     assert!(e.to_string().contains("one VARCHAR or BYTES column"), "{e}");
 }
 
+/// The Java client's `Utils.murmur2` (seed 0x9747b28c), written from its definition.
+fn java_murmur2(data: &[u8]) -> i32 {
+    let m: u32 = 0x5bd1_e995;
+    let r = 24;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let chunks = data.chunks_exact(4);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(m);
+        k ^= k >> r;
+        k = k.wrapping_mul(m);
+        h = h.wrapping_mul(m);
+        h ^= k;
+    }
+    if tail.len() >= 3 {
+        h ^= (tail[2] as u32) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= (tail[1] as u32) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= tail[0] as u32;
+        h = h.wrapping_mul(m);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(m);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The Java client's partition of a keyed record: `toPositive(murmur2(key)) % partitions`.
+fn java_partition(key: &[u8], partitions: i32) -> i32 {
+    (java_murmur2(key) & 0x7fff_ffff) % partitions
+}
+
+#[test]
+fn java_murmur2_port_matches_the_java_clients_values() {
+    // Values of `org.apache.kafka.common.utils.Utils.murmur2` from the Java client's tests.
+    for (key, expected) in [
+        ("21", -973932308),
+        ("foobar", -790332482),
+        ("a-little-bit-long-string", -985981536),
+        ("a-little-bit-longer-string", -1486304829),
+        (
+            "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+            -58897971,
+        ),
+        ("abc", 479470107),
+    ] {
+        assert_eq!(java_murmur2(key.as_bytes()), expected, "murmur2({key})");
+    }
+}
+
+/// Keyed rows land in the partition the Java client would choose for the same key.
+#[test]
+fn keys_are_partitioned_like_the_java_client() {
+    let Some(brokers) = brokers() else { return };
+    let partitions = 7;
+    let topic = topic(&brokers, "murmur", partitions);
+    let mut sink = create_sink(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", &brokers),
+            ("topic", &topic),
+            ("key", "customer"),
+        ]),
+        None,
+        orders_schema(false),
+    )
+    .unwrap();
+    let ids = 0..60i64;
+    let customers: Vec<String> = ids.clone().map(|i| format!("customer-{i}")).collect();
+    let batch = RecordBatch::try_new(
+        orders_schema(false),
+        vec![
+            Arc::new(Int64Array::from_iter_values(ids.clone())) as ArrayRef,
+            Arc::new(StringArray::from(customers)),
+            Arc::new(Int64Array::from_iter_values(ids)),
+        ],
+    )
+    .unwrap();
+    sink.write_batch(&batch).unwrap();
+    sink.close().unwrap();
+    let mut source = create_source(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", &brokers),
+            ("topic", &topic),
+            ("startup.mode", "earliest"),
+        ]),
+        None,
+        orders_schema(true),
+    )
+    .unwrap();
+    let back = read_rows(source.as_mut(), 60);
+    let mut checked = 0;
+    let mut used = BTreeSet::new();
+    for b in &back {
+        let key = b.column(5).as_string::<i32>();
+        let partition = b.column(3).as_primitive::<Int32Type>();
+        for row in 0..b.num_rows() {
+            assert_eq!(
+                partition.value(row),
+                java_partition(key.value(row).as_bytes(), partitions),
+                "key {}",
+                key.value(row)
+            );
+            used.insert(partition.value(row));
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 60);
+    assert!(
+        used.len() > 3,
+        "60 keys spread over the partitions: {used:?}"
+    );
+}
+
 #[test]
 fn bad_options_are_refused_before_connecting() {
     let schema = orders_schema(false);
