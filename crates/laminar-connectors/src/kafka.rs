@@ -12,8 +12,10 @@
 //! (the payload is the one VARCHAR or BYTES value column); the metadata
 //! columns `_topic`, `_partition`, `_offset`, `_timestamp` (ms) and `_key`, when declared,
 //! are filled from the message instead. A message that fails to decode is handled by
-//! `error.policy`: `fail` (default; the error names topic, partition and offset) or `skip`
-//! (counted in `bad_records`).
+//! `error.policy`: `fail` (default; the error names topic, partition and offset), `skip`
+//! (counted in `bad_records`) or `dlq` (written to `dlq.topic` with `laminar.error` /
+//! `.topic` / `.partition` / `.offset` headers, flushed before a checkpoint records the
+//! position, and counted).
 //!
 //! ## Sink
 //! Writes every row as one message (`json`, `csv` or `raw`, as the source reads them) to
@@ -91,7 +93,13 @@ pub(crate) const SOURCE_KEYS: &[ConfigKey] = &[
         key: "error.policy",
         required: false,
         default: Some("fail"),
-        description: "a message that cannot be decoded: fail or skip (counted)",
+        description: "a message that cannot be decoded: fail, skip (counted) or dlq (written to dlq.topic with error headers, counted)",
+    },
+    ConfigKey {
+        key: "dlq.topic",
+        required: false,
+        default: None,
+        description: "dead-letter topic of error.policy = 'dlq'",
     },
 ];
 
@@ -214,8 +222,17 @@ pub(crate) struct KafkaSourceConfig {
     options: ConnectorOptions,
     topics: Vec<String>,
     startup: StartupMode,
-    skip_bad: bool,
+    bad: BadMessages,
     format: MessageFormat,
+}
+
+/// What happens to a message that cannot be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum BadMessages {
+    Fail,
+    Skip,
+    /// Written to this topic with the reason and origin in headers.
+    DeadLetter(String),
 }
 
 impl KafkaSourceConfig {
@@ -246,18 +263,43 @@ impl KafkaSourceConfig {
                 }
             },
         };
-        let skip_bad = match options.get_str("error.policy") {
-            None => false,
-            Some(p) if p.eq_ignore_ascii_case("fail") => false,
-            Some(p) if p.eq_ignore_ascii_case("skip") => true,
-            Some(p) => return Err(invalid("error.policy", p, "expected fail or skip")),
+        let bad = match options
+            .get_str("error.policy")
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("fail") => BadMessages::Fail,
+            Some("skip") => BadMessages::Skip,
+            Some("dlq") => match options.get_str("dlq.topic") {
+                Some(t) if !t.trim().is_empty() => BadMessages::DeadLetter(t.trim().to_string()),
+                _ => {
+                    return Err(ConnectorError::MissingOption {
+                        connector: NAME.to_string(),
+                        key: "dlq.topic".to_string(),
+                    });
+                }
+            },
+            Some(_) => {
+                return Err(invalid(
+                    "error.policy",
+                    options.get_str("error.policy").unwrap_or_default(),
+                    "expected fail, skip or dlq",
+                ));
+            }
         };
+        if options.contains("dlq.topic") && !matches!(bad, BadMessages::DeadLetter(_)) {
+            return Err(invalid(
+                "dlq.topic",
+                options.get_str("dlq.topic").unwrap_or_default(),
+                "only used with error.policy = 'dlq'",
+            ));
+        }
         client_config(options)?;
         Ok(KafkaSourceConfig {
             options: options.clone(),
             topics,
             startup,
-            skip_bad,
+            bad,
             format,
         })
     }
@@ -293,6 +335,7 @@ struct MessageMeta {
     offset: i64,
     timestamp: Option<i64>,
     key: Option<String>,
+    key_bytes: Option<Vec<u8>>,
 }
 
 /// See the module docs.
@@ -309,6 +352,8 @@ pub(crate) struct KafkaSource {
     /// Checkpointed offsets to start from (set by `seek` before the first poll).
     resume: BTreeMap<(String, i32), i64>,
     assigned: bool,
+    /// Producer of the dead-letter topic (`error.policy = 'dlq'`), made on first use.
+    dead_letters: Option<(ThreadedProducer<SinkContext>, Arc<Deliveries>)>,
     metrics: SourceConnectorMetrics,
 }
 
@@ -367,6 +412,7 @@ impl KafkaSource {
             next: BTreeMap::new(),
             resume: BTreeMap::new(),
             assigned: false,
+            dead_letters: None,
             metrics: SourceConnectorMetrics::default(),
         })
     }
@@ -412,6 +458,70 @@ impl KafkaSource {
             .assign(&list)
             .map_err(|e| kafka_error("cannot assign partitions", e))?;
         self.assigned = true;
+        Ok(())
+    }
+
+    /// Writes an undecodable message to the dead-letter topic: its payload and key, with
+    /// `laminar.error`, `laminar.topic`, `laminar.partition` and `laminar.offset` headers.
+    fn dead_letter(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        meta: &MessageMeta,
+        error: &ConnectorError,
+    ) -> Result<(), ConnectorError> {
+        if self.dead_letters.is_none() {
+            let deliveries = Arc::new(Deliveries::default());
+            let producer = client_config(&self.config.options)?
+                .create_with_context(SinkContext {
+                    deliveries: deliveries.clone(),
+                })
+                .map_err(|e| kafka_error("cannot create the dead-letter producer", e))?;
+            self.dead_letters = Some((producer, deliveries));
+        }
+        let (producer, _) = self.dead_letters.as_ref().expect("made above");
+        let reason = error.to_string();
+        let partition = meta.partition.to_string();
+        let offset = meta.offset.to_string();
+        let headers = rdkafka::message::OwnedHeaders::new()
+            .insert(rdkafka::message::Header {
+                key: "laminar.error",
+                value: Some(reason.as_str()),
+            })
+            .insert(rdkafka::message::Header {
+                key: "laminar.topic",
+                value: Some(meta.topic.as_str()),
+            })
+            .insert(rdkafka::message::Header {
+                key: "laminar.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(rdkafka::message::Header {
+                key: "laminar.offset",
+                value: Some(offset.as_str()),
+            });
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+            .payload(payload)
+            .headers(headers);
+        if let Some(key) = &meta.key_bytes {
+            record = record.key(key.as_slice());
+        }
+        tracing::warn!(error = %Self::error_at(meta, &reason), dlq = topic, "message written to the dead-letter topic");
+        send_with_backpressure(producer, record)
+            .map_err(|e| kafka_error(format!("dead-letter topic '{topic}'"), e))
+    }
+
+    /// Fails when a dead-letter message was not delivered.
+    fn check_dead_letters(&self) -> Result<(), ConnectorError> {
+        if let Some((_, deliveries)) = &self.dead_letters {
+            let failed = deliveries.failed.swap(0, Ordering::SeqCst);
+            if failed > 0 {
+                return Err(kafka_error(
+                    "dead-letter topic",
+                    format!("{failed} message(s) were not delivered"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -569,6 +679,7 @@ impl SourceConnector for KafkaSource {
         if !self.assigned {
             self.assign()?;
         }
+        self.check_dead_letters()?;
         let max_rows = max_rows.max(1);
         let mut owned: Vec<(Vec<u8>, MessageMeta)> = Vec::new();
         while owned.len() < max_rows {
@@ -590,6 +701,7 @@ impl SourceConnector for KafkaSource {
                 key: message
                     .key()
                     .map(|k| String::from_utf8_lossy(k).into_owned()),
+                key_bytes: message.key().map(<[u8]>::to_vec),
             };
             self.metrics.bytes_read += message.payload_len() as u64;
             let payload = message.payload().unwrap_or_default().to_vec();
@@ -616,11 +728,18 @@ impl SourceConnector for KafkaSource {
                             good_payloads.push(payload.as_slice());
                             good_metas.push(clone_meta(meta));
                         }
-                        Err(e) if self.config.skip_bad => {
-                            tracing::warn!(error = %Self::error_at(meta, &e), "message skipped (error.policy = skip)");
-                            self.metrics.bad_records += 1;
-                        }
-                        Err(e) => return Err(Self::error_at(meta, e)),
+                        Err(e) => match &self.config.bad {
+                            BadMessages::Fail => return Err(Self::error_at(meta, e)),
+                            BadMessages::Skip => {
+                                tracing::warn!(error = %Self::error_at(meta, &e), "message skipped (error.policy = skip)");
+                                self.metrics.bad_records += 1;
+                            }
+                            BadMessages::DeadLetter(topic) => {
+                                let topic = topic.clone();
+                                self.dead_letter(&topic, payload, meta, &e)?;
+                                self.metrics.bad_records += 1;
+                            }
+                        },
                     }
                 }
                 if good_metas.is_empty() {
@@ -638,6 +757,13 @@ impl SourceConnector for KafkaSource {
     }
 
     fn position(&self) -> Option<String> {
+        // Dead letters of the messages this position covers go out before a checkpoint
+        // records it (a failed delivery fails the next poll).
+        if let Some((producer, _)) = &self.dead_letters
+            && let Err(e) = producer.flush(Duration::from_secs(30))
+        {
+            tracing::error!(error = %e, "flushing the dead-letter topic failed");
+        }
         let mut text = String::from("kafka");
         for ((topic, partition), offset) in &self.next {
             text.push_str(&format!("\n{topic}\t{partition}\t{offset}"));
@@ -676,6 +802,7 @@ fn clone_meta(m: &MessageMeta) -> MessageMeta {
         offset: m.offset,
         timestamp: m.timestamp,
         key: m.key.clone(),
+        key_bytes: m.key_bytes.clone(),
     }
 }
 
@@ -793,6 +920,30 @@ fn encode_rows(
     })
 }
 
+/// Sends a record, waiting while the producer's local queue is full (backpressure).
+fn send_with_backpressure<K, P>(
+    producer: &ThreadedProducer<SinkContext>,
+    record: BaseRecord<'_, K, P>,
+) -> Result<(), rdkafka::error::KafkaError>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    let mut pending = record;
+    loop {
+        match producer.send(pending) {
+            Ok(()) => return Ok(()),
+            Err((e, back))
+                if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+            {
+                std::thread::sleep(Duration::from_millis(1));
+                pending = back;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
 /// Failed deliveries since the last check, and the last failure's reason.
 #[derive(Default)]
 struct Deliveries {
@@ -907,23 +1058,9 @@ impl SinkConnector for KafkaSink {
             if let Some(key) = key {
                 record = record.key(key);
             }
-            let mut pending = record;
-            loop {
-                match self.producer.send(pending) {
-                    Ok(()) => break,
-                    Err((e, back))
-                        if e.rdkafka_error_code()
-                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                    {
-                        // The local queue is full: wait for deliveries (backpressure).
-                        std::thread::sleep(Duration::from_millis(1));
-                        pending = back;
-                    }
-                    Err((e, _)) => {
-                        self.metrics.errors += 1;
-                        return Err(kafka_error(format!("topic '{}'", self.config.topic), e));
-                    }
-                }
+            if let Err(e) = send_with_backpressure(&self.producer, record) {
+                self.metrics.errors += 1;
+                return Err(kafka_error(format!("topic '{}'", self.config.topic), e));
             }
             self.metrics.bytes_written += payload.as_ref().map_or(0, |p| p.len()) as u64;
         }

@@ -213,7 +213,7 @@ fn a_checkpointed_position_resumes_after_the_last_row_read() {
 }
 
 #[test]
-fn undecodable_messages_fail_with_their_offset_or_are_skipped_and_counted() {
+fn undecodable_messages_fail_with_their_offset_are_skipped_or_go_to_a_dead_letter_topic() {
     let Some(brokers) = brokers() else { return };
     let topic = topic(&brokers, "poison", 1);
     let producer: BaseProducer = ClientConfig::new()
@@ -258,6 +258,53 @@ fn undecodable_messages_fail_with_their_offset_or_are_skipped_and_counted() {
     let batches = read_rows(skipping.as_mut(), 2);
     assert_eq!(ids(&batches), vec![1, 3]);
     assert_eq!(skipping.metrics().bad_records, 1);
+
+    // Dead-letter topic: the bad message, with where it came from and why, in headers.
+    let dlq_topic = self::topic(&brokers, "dead", 1);
+    let mut dlq = base.to_vec();
+    dlq.push(("error.policy", "dlq"));
+    dlq.push(("dlq.topic", dlq_topic.as_str()));
+    let mut dead = create_source("KAFKA", &options(&dlq), None, orders_schema(false)).unwrap();
+    assert_eq!(ids(&read_rows(dead.as_mut(), 2)), vec![1, 3]);
+    assert_eq!(dead.metrics().bad_records, 1);
+    dead.position().expect("flushes the dead letters");
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "dlq-check")
+        .create()
+        .unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition_offset(&dlq_topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    rdkafka::consumer::Consumer::assign(&consumer, &list).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let message = loop {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            break m.unwrap().detach();
+        }
+        assert!(Instant::now() < deadline, "no dead letter arrived");
+    };
+    use rdkafka::message::{Headers, Message};
+    assert_eq!(message.payload(), Some(&b"this is not json"[..]));
+    let headers = message.headers().expect("error headers");
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(header("laminar.topic").as_deref(), Some(topic.as_str()));
+    assert_eq!(header("laminar.partition").as_deref(), Some("0"));
+    assert_eq!(header("laminar.offset").as_deref(), Some("1"));
+    assert!(header("laminar.error").is_some_and(|e| !e.is_empty()));
+    // dlq needs its topic.
+    let mut no_topic = base.to_vec();
+    no_topic.push(("error.policy", "dlq"));
+    let e = create_source("KAFKA", &options(&no_topic), None, orders_schema(false))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("dlq.topic"), "{e}");
 }
 
 #[test]
