@@ -68,6 +68,17 @@ pub trait SourceConnector: Send {
         )))
     }
 
+    /// The input's partitions, when the source reads several that advance independently
+    /// (Kafka): the declared column that names a row's partition and every partition's
+    /// value in it. The source then keeps one watermark per partition and reports their
+    /// minimum, holding it back until every partition has delivered rows or gone idle.
+    /// Called once at creation (it may contact the source's service).
+    fn watermark_partitions(
+        &mut self,
+    ) -> Result<Option<(String, arrow::array::ArrayRef)>, ConnectorError> {
+        Ok(None)
+    }
+
     /// Releases resources; polling after `close` is not supported.
     fn close(&mut self) -> Result<(), ConnectorError> {
         Ok(())

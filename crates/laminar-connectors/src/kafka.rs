@@ -786,7 +786,41 @@ impl SourceConnector for KafkaSource {
             let offset: i64 = offset.parse().map_err(|_| bad("bad offset"))?;
             self.resume.insert((topic.to_string(), partition), offset);
         }
+        if self.assigned {
+            // Assigned already (to learn the partitions): start them over at the position.
+            self.next.clear();
+            self.assign()?;
+        }
         Ok(())
+    }
+
+    /// With a declared `_partition` column: every assigned partition's number (partitions
+    /// of several topics that share a number share a watermark).
+    fn watermark_partitions(&mut self) -> Result<Option<(String, ArrayRef)>, ConnectorError> {
+        if !self.columns.contains(&Ok(Meta::Partition)) {
+            return Ok(None);
+        }
+        if !self.assigned {
+            self.assign()?;
+        }
+        let assignment = self
+            .consumer
+            .assignment()
+            .map_err(|e| kafka_error("reading the partition assignment", e))?;
+        let mut partitions: Vec<i32> = assignment
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        let values: ArrayRef = Arc::new(Int32Array::from(partitions));
+        let field = self
+            .schema
+            .field_with_name("_partition")
+            .map_err(ConnectorError::Arrow)?;
+        let values = arrow::compute::cast(&values, field.data_type())?;
+        Ok(Some(("_partition".to_string(), values)))
     }
 
     fn close(&mut self) -> Result<(), ConnectorError> {

@@ -438,7 +438,7 @@ impl LaminarDB {
             ),
             None => None,
         };
-        let keyed = match watermark_key {
+        let mut keyed = match watermark_key {
             None => None,
             Some(column) => {
                 let (Some(w), Some(_)) = (&c.watermark, &event_time) else {
@@ -477,7 +477,31 @@ impl LaminarDB {
                 })
             }
         };
+        // A connector reading several independent partitions (Kafka with `_partition`
+        // declared) gets one watermark per partition: the source reports their minimum and
+        // waits for every partition to deliver rows or go idle.
+        let mut expected_partitions = None;
+        if let (None, Some(w), Some(connector)) = (&keyed, &c.watermark, connector.as_mut()) {
+            let partitions =
+                connector
+                    .watermark_partitions()
+                    .map_err(|source| DbError::Connector {
+                        object: c.name.clone(),
+                        source: Box::new(source),
+                    })?;
+            if let Some((column, values)) = partitions {
+                keyed = Some(KeyedWatermark {
+                    column,
+                    delay_ms: w.delay_ms,
+                    max_keys: DEFAULT_MAX_KEYS,
+                    eviction: KeyEviction::LeastRecentlyActive,
+                    idle_timeout,
+                });
+                expected_partitions = Some(values);
+            }
+        }
         if (max_keys != DEFAULT_MAX_KEYS || eviction != KeyEviction::LeastRecentlyActive)
+            && expected_partitions.is_none()
             && keyed.is_none()
         {
             return Err(SqlError::Invalid(format!(
@@ -559,6 +583,11 @@ impl LaminarDB {
                     c.name
                 ))
             })?;
+        }
+        if let Some(partitions) = &expected_partitions {
+            operator
+                .expect_keys(partitions)
+                .map_err(|e| DbError::Engine(e.to_string()))?;
         }
         let (node, input) = self.inner.runtime.add_source(
             &c.name,

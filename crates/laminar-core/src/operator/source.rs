@@ -93,6 +93,20 @@ impl SourceOperator {
         })
     }
 
+    /// Seeds a keyed source with the keys it will see (every partition of its input), so its
+    /// watermark waits for all of them (see [`KeyClocks::expect`]).
+    pub fn expect_keys(&mut self, keys: &arrow::array::ArrayRef) -> Result<()> {
+        let Some(keyed) = self.keyed.as_mut() else {
+            return Ok(());
+        };
+        let rows = keyed
+            .clocks
+            .encode(keys)
+            .map_err(|e| CoreError::Internal(format!("source '{}': {e}", self.settings.name)))?;
+        keyed.clocks.expect(&rows, Instant::now());
+        Ok(())
+    }
+
     /// Event time of every row in epoch milliseconds.
     fn event_millis(&self, batch: &RecordBatch, event_time: &EventTimeColumn) -> Result<Vec<i64>> {
         let error = |reason: String| CoreError::EventTime {

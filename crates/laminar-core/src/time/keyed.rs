@@ -189,6 +189,28 @@ impl KeyClocks {
         Ok(())
     }
 
+    /// Tracks `keys` from now on as active keys without rows yet: the minimum over active
+    /// keys stays unset until each of them has delivered rows or gone idle (for inputs
+    /// whose partitions are all known up front). Keys already tracked are left alone.
+    pub fn expect(&mut self, keys: &Rows, now: Instant) {
+        for key in keys.iter() {
+            if self.clocks.contains_key(key.data()) || self.clocks.len() >= self.settings.max_keys {
+                continue;
+            }
+            self.sequence += 1;
+            self.clocks.insert(
+                key.data().into(),
+                KeyClock {
+                    max_event: NO_WATERMARK,
+                    last_active: now,
+                    sequence: self.sequence,
+                    active: true,
+                },
+            );
+        }
+        self.min_stale = true;
+    }
+
     /// Encodes a key column into comparable row bytes (one row per input row).
     pub fn encode(&self, column: &ArrayRef) -> Result<Rows, String> {
         self.converter
@@ -451,6 +473,36 @@ mod tests {
         c.forget_at_or_below(5 * MIN);
         assert_eq!(c.len(), 1);
         assert_eq!(c.effective(&b, 5 * MIN), 5 * MIN);
+    }
+
+    #[test]
+    fn expected_keys_hold_the_minimum_until_they_report_or_go_idle() {
+        let start = Instant::now();
+        let mut c = clocks(10, KeyEviction::LeastRecentlyActive);
+        let column: ArrayRef = Arc::new(StringArray::from(vec!["p0", "p1", "p2"]));
+        c.expect(&c.encode(&column).unwrap(), start);
+        observe(&mut c, &["p0"], &[10 * MIN], start);
+        assert_eq!(
+            c.min_active(),
+            Some(NO_WATERMARK),
+            "p1 and p2 have not reported"
+        );
+        observe(&mut c, &["p1"], &[4 * MIN], start);
+        assert_eq!(c.min_active(), Some(NO_WATERMARK), "p2 has not reported");
+        // p2 stays silent past the idle timeout: it leaves the minimum.
+        observe(
+            &mut c,
+            &["p0", "p1"],
+            &[11 * MIN, 5 * MIN],
+            start + Duration::from_secs(29),
+        );
+        assert!(c.expire_idle(start + Duration::from_secs(31)));
+        // The clocks' delay is one minute: p1 at 5 min holds the minimum at 4 min.
+        assert_eq!(c.min_active(), Some(4 * MIN));
+        // Expecting keys again adds none that are tracked.
+        c.expect(&c.encode(&column).unwrap(), start);
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.min_active(), Some(4 * MIN));
     }
 
     #[test]

@@ -61,6 +61,34 @@ fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     }
 }
 
+/// Writes the bids `ids` (auction = id % 4, ts = id * 100 ms) whose auction is in
+/// `auctions` as JSON messages, auction `a` into partition `a`.
+fn produce_to_partitions(brokers: &str, topic: &str, ids: std::ops::Range<i64>, auctions: &[i64]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    for id in ids {
+        let auction = id % 4;
+        if !auctions.contains(&auction) {
+            continue;
+        }
+        let payload = format!(
+            r#"{{"id": {id}, "auction": {auction}, "ts": {}}}"#,
+            id * 100
+        );
+        producer
+            .send(
+                BaseRecord::<(), str>::to(topic)
+                    .payload(&payload)
+                    .partition(auction as i32),
+            )
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
 /// Writes bids `ids` (ts = id * 100 ms) into `topic` through an `INTO KAFKA` sink.
 fn produce(brokers: &str, topic: &str, ids: std::ops::Range<i64>) {
     let db = LaminarDB::open().unwrap();
@@ -98,7 +126,7 @@ fn produce(brokers: &str, topic: &str, ids: std::ops::Range<i64>) {
     assert!(db.failures().is_empty(), "{:?}", db.failures());
 }
 
-const READER: &str = "CREATE SOURCE k (id BIGINT, auction BIGINT, ts BIGINT, _partition INT, WATERMARK FOR ts AS ts) FROM KAFKA (bootstrap.servers = '${B}', topic = '${T}', startup.mode = 'earliest')";
+const READER: &str = "CREATE SOURCE k (id BIGINT, auction BIGINT, ts BIGINT, _partition INT, WATERMARK FOR ts AS ts) FROM KAFKA (bootstrap.servers = '${B}', topic = '${T}', startup.mode = 'earliest', watermark.idle_timeout = '1s')";
 
 fn reader(brokers: &str, topic: &str, dir: Option<&Path>) -> LaminarDB {
     let mut builder = LaminarDB::builder().workers(1);
@@ -147,17 +175,24 @@ fn kafka_into_a_windowed_aggregation_and_back() {
     let Some(brokers) = brokers() else { return };
     let input = unique("bids");
     let output = unique("counts");
-    // One partition: the source's watermark follows the maximum event time over all its
-    // partitions, so rows of a partition read later would be late (per-partition
-    // watermarks are not implemented yet).
-    create_topic(&brokers, &input, 1);
-    produce(&brokers, &input, 0..200);
+    // Four partitions, auction a's bids in partition a. Partition 0 is produced and read
+    // first, the others afterwards with the same event times: with one watermark for the
+    // whole source, their rows would be late. With `_partition` declared the source keeps
+    // one watermark per partition and waits for every partition to deliver (or go idle,
+    // after 10 s here), so nothing is late.
+    create_topic(&brokers, &input, 4);
+    produce_to_partitions(&brokers, &input, 0..200, &[0]);
 
     let db = LaminarDB::builder().workers(1).build_sync().unwrap();
     block_on(async {
-        db.execute(&READER.replace("${B}", &brokers).replace("${T}", &input))
-            .await
-            .unwrap();
+        db.execute(
+            &READER
+                .replace("${B}", &brokers)
+                .replace("${T}", &input)
+                .replace("'1s'", "'10s'"),
+        )
+        .await
+        .unwrap();
         db.execute("CREATE STREAM counts AS SELECT auction, tumble(ts, INTERVAL '5' SECOND) AS w, COUNT(*) AS n FROM k GROUP BY auction, tumble(ts, INTERVAL '5' SECOND) EMIT ON WINDOW CLOSE")
             .await
             .unwrap();
@@ -168,6 +203,12 @@ fn kafka_into_a_windowed_aggregation_and_back() {
         .unwrap();
         db.start().await.unwrap();
     });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while db.source_metrics("k").unwrap().total_events < 50 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(db.source_metrics("k").unwrap().total_events, 50);
+    produce_to_partitions(&brokers, &input, 0..200, &[1, 2, 3]);
     let mut sub = db.subscribe_arrow("counts").unwrap();
     // 200 bids over 20 s of event time: windows [0,5) .. [15,20) close once the watermark
     // passes them (the last window stays open: the input is unbounded).
@@ -185,6 +226,11 @@ fn kafka_into_a_windowed_aggregation_and_back() {
     assert_eq!(windows, 12, "3 closed windows x 4 auctions");
     assert_eq!(counted, 150, "bids 0..150 fall in the three closed windows");
     assert_eq!(db.source_metrics("k").unwrap().total_events, 200);
+    assert_eq!(
+        db.stream_metrics("counts").unwrap().late_total,
+        0,
+        "per-partition watermarks: no row is late"
+    );
     db.shutdown_sync();
     assert!(db.failures().is_empty(), "{:?}", db.failures());
 
