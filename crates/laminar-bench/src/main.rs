@@ -71,6 +71,10 @@ enum Command {
     /// Checkpoints: duration and size for an aggregation with many groups, restore time,
     /// and the tumble workload's throughput with periodic checkpoints vs none.
     Checkpoint(CheckpointArgs),
+    /// Kafka JSON source -> tumble aggregation -> Kafka JSON sink, against a running broker
+    /// (build with `--features kafka`).
+    #[cfg(feature = "kafka")]
+    Kafka(kafka_bench::KafkaArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -406,6 +410,8 @@ fn main() -> Result<()> {
         Command::Join(args) => join(&args)?,
         Command::Wal(args) => wal(&args)?,
         Command::Checkpoint(args) => checkpoint(&args)?,
+        #[cfg(feature = "kafka")]
+        Command::Kafka(args) => kafka_bench::run(&args)?,
     };
     report.print(cli.json);
     Ok(())
@@ -948,6 +954,9 @@ fn checkpoint(args: &CheckpointArgs) -> Result<Report> {
     let _ = std::fs::remove_dir_all(&args.dir);
     Ok(r)
 }
+
+#[cfg(feature = "kafka")]
+mod kafka_bench;
 
 /// Reports one run of the checkpoint benchmark's throughput part and shuts it down.
 fn report_throughput_run(

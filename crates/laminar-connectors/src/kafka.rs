@@ -400,6 +400,12 @@ impl KafkaSource {
         if client.get("auto.offset.reset").is_none() {
             client.set("auto.offset.reset", "earliest");
         }
+        if client.get("fetch.queue.backoff.ms").is_none() {
+            // librdkafka's default (1 s) pauses fetching for a second whenever its local
+            // queue reached its threshold, even once the source drained it: with it the
+            // source read 0.19 M messages/s in `laminar-bench kafka`, with 10 ms 1.5 M.
+            client.set("fetch.queue.backoff.ms", "10");
+        }
         let consumer: BaseConsumer = client
             .create()
             .map_err(|e| kafka_error("cannot create the consumer", e))?;
