@@ -86,7 +86,19 @@ pub(crate) const SOURCE_KEYS: &[ConfigKey] = &[
         key: "startup.mode",
         required: false,
         default: Some("group-offsets"),
-        description: "where partitions without a checkpointed offset start: group-offsets, earliest or latest",
+        description: "where partitions without a checkpointed offset start: group-offsets, earliest, latest, timestamp or specific-offsets",
+    },
+    ConfigKey {
+        key: "startup.timestamp.ms",
+        required: false,
+        default: None,
+        description: "startup.mode = 'timestamp': the first message at or after this time (ms since the epoch)",
+    },
+    ConfigKey {
+        key: "startup.specific-offsets",
+        required: false,
+        default: None,
+        description: "startup.mode = 'specific-offsets': 'partition:0,offset:42;partition:1,offset:7' (others start at group offsets)",
     },
     FORMAT,
     ConfigKey {
@@ -209,11 +221,48 @@ fn check_raw(fields: &[&arrow::datatypes::Field]) -> Result<(), ConnectorError> 
 }
 
 /// Where a partition without a checkpointed offset starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum StartupMode {
     GroupOffsets,
     Earliest,
     Latest,
+    /// The first message at or after this time (ms) in every partition.
+    Timestamp(i64),
+    /// These offsets by (topic or any, partition); other partitions use group offsets.
+    SpecificOffsets(Vec<(Option<String>, i32, i64)>),
+}
+
+/// Parses `startup.specific-offsets`: `partition:0,offset:42;partition:1,offset:7`, each
+/// entry optionally with `topic:<name>,` first.
+fn parse_specific_offsets(value: &str) -> Result<Vec<(Option<String>, i32, i64)>, ConnectorError> {
+    let bad = || {
+        invalid(
+            "startup.specific-offsets",
+            value,
+            "expected entries like 'partition:0,offset:42' separated by ';' (optionally 'topic:<name>,' first)",
+        )
+    };
+    let mut out = Vec::new();
+    for entry in value.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let (mut topic, mut partition, mut offset) = (None, None, None);
+        for part in entry.split(',') {
+            let (k, v) = part.split_once(':').ok_or_else(bad)?;
+            match k.trim() {
+                "topic" => topic = Some(v.trim().to_string()),
+                "partition" => partition = Some(v.trim().parse::<i32>().map_err(|_| bad())?),
+                "offset" => offset = Some(v.trim().parse::<i64>().map_err(|_| bad())?),
+                _ => return Err(bad()),
+            }
+        }
+        match (partition, offset) {
+            (Some(p), Some(o)) if p >= 0 && o >= 0 => out.push((topic, p, o)),
+            _ => return Err(bad()),
+        }
+    }
+    if out.is_empty() {
+        return Err(bad());
+    }
+    Ok(out)
 }
 
 /// A validated source configuration.
@@ -254,15 +303,49 @@ impl KafkaSourceConfig {
                 "group-offsets" => StartupMode::GroupOffsets,
                 "earliest" => StartupMode::Earliest,
                 "latest" => StartupMode::Latest,
+                "specific-offsets" => StartupMode::SpecificOffsets(parse_specific_offsets(
+                    options.get_str("startup.specific-offsets").ok_or_else(|| {
+                        ConnectorError::MissingOption {
+                            connector: NAME.to_string(),
+                            key: "startup.specific-offsets".to_string(),
+                        }
+                    })?,
+                )?),
+                "timestamp" => {
+                    let ts = options.require_str(NAME, "startup.timestamp.ms")?;
+                    StartupMode::Timestamp(ts.trim().parse::<i64>().map_err(|_| {
+                        invalid(
+                            "startup.timestamp.ms",
+                            ts,
+                            "expected milliseconds since the epoch",
+                        )
+                    })?)
+                }
                 _ => {
                     return Err(invalid(
                         "startup.mode",
                         m,
-                        "expected group-offsets, earliest or latest",
+                        "expected group-offsets, earliest, latest, timestamp or specific-offsets",
                     ));
                 }
             },
         };
+        for (key, mode) in [
+            ("startup.specific-offsets", "specific-offsets"),
+            ("startup.timestamp.ms", "timestamp"),
+        ] {
+            if options.contains(key)
+                && !options
+                    .get_str("startup.mode")
+                    .is_some_and(|m| m.eq_ignore_ascii_case(mode))
+            {
+                return Err(invalid(
+                    key,
+                    options.get_str(key).unwrap_or_default(),
+                    format!("only used with startup.mode = '{mode}'"),
+                ));
+            }
+        }
         let bad = match options
             .get_str("error.policy")
             .map(str::to_ascii_lowercase)
@@ -352,6 +435,10 @@ pub(crate) struct KafkaSource {
     /// Checkpointed offsets to start from (set by `seek` before the first poll).
     resume: BTreeMap<(String, i32), i64>,
     assigned: bool,
+    /// Partitions started by `startup.mode = 'timestamp'` that have not yet delivered a
+    /// message at or after that time: earlier messages are passed over (the broker's offset
+    /// lookup may start a partition too early; some brokers answer the first offset).
+    skip_before: BTreeMap<(String, i32), i64>,
     /// Producer of the dead-letter topic (`error.policy = 'dlq'`), made on first use.
     dead_letters: Option<(ThreadedProducer<SinkContext>, Arc<Deliveries>)>,
     metrics: SourceConnectorMetrics,
@@ -418,6 +505,7 @@ impl KafkaSource {
             next: BTreeMap::new(),
             resume: BTreeMap::new(),
             assigned: false,
+            skip_before: BTreeMap::new(),
             dead_letters: None,
             metrics: SourceConnectorMetrics::default(),
         })
@@ -447,10 +535,18 @@ impl KafkaSource {
             for p in found.partitions() {
                 let offset = match self.resume.get(&(topic.clone(), p.id())) {
                     Some(&o) => Offset::Offset(o),
-                    None => match self.config.startup {
+                    None => match &self.config.startup {
                         StartupMode::GroupOffsets => Offset::Stored,
                         StartupMode::Earliest => Offset::Beginning,
                         StartupMode::Latest => Offset::End,
+                        // A time to be looked up below, per partition.
+                        StartupMode::Timestamp(ts) => Offset::Offset(*ts),
+                        StartupMode::SpecificOffsets(offsets) => offsets
+                            .iter()
+                            .find(|(t, part, _)| {
+                                *part == p.id() && t.as_ref().is_none_or(|t| t == topic)
+                            })
+                            .map_or(Offset::Stored, |(_, _, o)| Offset::Offset(*o)),
                     },
                 };
                 list.add_partition_offset(topic, p.id(), offset)
@@ -459,6 +555,9 @@ impl KafkaSource {
                     self.next.insert((topic.clone(), p.id()), o);
                 }
             }
+        }
+        if let StartupMode::Timestamp(ts) = self.config.startup {
+            list = self.offsets_at(&list, ts)?;
         }
         self.consumer
             .assign(&list)
@@ -529,6 +628,55 @@ impl KafkaSource {
             }
         }
         Ok(())
+    }
+
+    /// For `startup.mode = 'timestamp'`: the partitions of `list` that are not resumed from a
+    /// checkpoint start at their first message at or after `ts` (or at the end).
+    fn offsets_at(
+        &mut self,
+        list: &TopicPartitionList,
+        ts: i64,
+    ) -> Result<TopicPartitionList, ConnectorError> {
+        let mut lookup = TopicPartitionList::new();
+        for e in list.elements() {
+            if !self
+                .resume
+                .contains_key(&(e.topic().to_string(), e.partition()))
+            {
+                lookup
+                    .add_partition_offset(e.topic(), e.partition(), Offset::Offset(ts))
+                    .map_err(|e| kafka_error("startup timestamp", e))?;
+            }
+        }
+        let found = if lookup.count() == 0 {
+            lookup
+        } else {
+            self.consumer
+                .offsets_for_times(lookup, Duration::from_secs(10))
+                .map_err(|e| kafka_error(format!("looking up offsets at {ts} ms"), e))?
+        };
+        let mut out = TopicPartitionList::new();
+        for e in list.elements() {
+            let offset = match found.find_partition(e.topic(), e.partition()) {
+                Some(f) => match f.offset() {
+                    Offset::Offset(o) => Offset::Offset(o),
+                    _ => Offset::End,
+                },
+                None => e.offset(),
+            };
+            let key = (e.topic().to_string(), e.partition());
+            if let Offset::Offset(o) = offset {
+                self.next.insert(key.clone(), o);
+            } else {
+                self.next.remove(&key);
+            }
+            if !self.resume.contains_key(&key) {
+                self.skip_before.insert(key, ts);
+            }
+            out.add_partition_offset(e.topic(), e.partition(), offset)
+                .map_err(|e| kafka_error("startup timestamp", e))?;
+        }
+        Ok(out)
     }
 
     fn error_at(meta: &MessageMeta, reason: impl std::fmt::Display) -> ConnectorError {
@@ -710,6 +858,15 @@ impl SourceConnector for KafkaSource {
                 key_bytes: message.key().map(<[u8]>::to_vec),
             };
             self.metrics.bytes_read += message.payload_len() as u64;
+            let at = (meta.topic.clone(), meta.partition);
+            if let Some(&from) = self.skip_before.get(&at) {
+                if meta.timestamp.is_some_and(|t| t < from) {
+                    // Before the startup time: passed over, and not read again.
+                    self.next.insert(at, meta.offset + 1);
+                    continue;
+                }
+                self.skip_before.remove(&at);
+            }
             let payload = message.payload().unwrap_or_default().to_vec();
             owned.push((payload, meta));
         }

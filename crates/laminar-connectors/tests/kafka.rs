@@ -506,6 +506,87 @@ fn keys_are_partitioned_like_the_java_client() {
 }
 
 #[test]
+fn startup_modes_choose_where_partitions_begin() {
+    let Some(brokers) = brokers() else { return };
+    let topic = topic(&brokers, "startup", 1);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let produce = |ids: std::ops::Range<i64>| {
+        for id in ids {
+            let payload = format!(r#"{{"id": {id}, "customer": "c", "amount": 1}}"#);
+            producer
+                .send(
+                    BaseRecord::<(), str>::to(&topic)
+                        .payload(&payload)
+                        .timestamp(1_700_000_000_000 + id * 1000),
+                )
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+    };
+    produce(0..10);
+    let read = |extra: &[(&str, &str)], rows: usize| {
+        let mut pairs = vec![
+            ("bootstrap.servers", brokers.as_str()),
+            ("topic", topic.as_str()),
+        ];
+        pairs.extend_from_slice(extra);
+        let mut source =
+            create_source("KAFKA", &options(&pairs), None, orders_schema(false)).unwrap();
+        ids(&read_rows(source.as_mut(), rows))
+    };
+    assert_eq!(
+        read(
+            &[
+                ("startup.mode", "specific-offsets"),
+                ("startup.specific-offsets", "partition:0,offset:7")
+            ],
+            3
+        ),
+        vec![7, 8, 9]
+    );
+    assert_eq!(
+        read(
+            &[
+                ("startup.mode", "timestamp"),
+                ("startup.timestamp.ms", "1700000005000")
+            ],
+            5
+        ),
+        vec![5, 6, 7, 8, 9]
+    );
+    assert_eq!(
+        read(&[("startup.mode", "earliest")], 10),
+        (0..10).collect::<Vec<_>>()
+    );
+    // Bad combinations are refused.
+    for bad in [
+        vec![("startup.mode", "specific-offsets")],
+        vec![
+            ("startup.mode", "specific-offsets"),
+            ("startup.specific-offsets", "partition:x"),
+        ],
+        vec![
+            ("startup.mode", "timestamp"),
+            ("startup.timestamp.ms", "noon"),
+        ],
+        vec![("startup.timestamp.ms", "5")],
+    ] {
+        let mut pairs = vec![
+            ("bootstrap.servers", brokers.as_str()),
+            ("topic", topic.as_str()),
+        ];
+        pairs.extend(bad.iter().copied());
+        let e = create_source("KAFKA", &options(&pairs), None, orders_schema(false))
+            .err()
+            .unwrap_or_else(|| panic!("{bad:?} must be refused"));
+        assert!(e.to_string().contains("startup."), "{e}");
+    }
+}
+
+#[test]
 fn bad_options_are_refused_before_connecting() {
     let schema = orders_schema(false);
     let e = create_source("KAFKA", &options(&[("topic", "t")]), None, schema.clone())
