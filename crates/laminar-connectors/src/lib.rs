@@ -3,18 +3,21 @@
 //! ```text
 //!   DATAGEN ─┐                                          ┌─> FILES (csv | json | parquet)
 //!   FILES ───┼─> SourceConnector::poll_batch ─> pipeline ─> SinkConnector::write_batch ─┼─> STDOUT
-//!            │    (Arrow batches in the declared schema)     (epochs: pre_commit/commit) └─> BLACKHOLE
+//!   KAFKA ───┘    (Arrow batches in the declared schema)     (epochs: pre_commit/commit) ├─> BLACKHOLE
+//!                                                                                         └─> KAFKA
 //! ```
 //!
 //! Read first: [`SourceConnector`] and [`SinkConnector`] (the contracts), then
 //! [`create_source`] / [`create_sink`] (how `FROM <C> (..)` / `INTO <C> (..)`
 //! clauses become connectors, with all options validated up front), then a
-//! connector: `source/datagen.rs`, `source/files.rs`, `sink/files.rs`.
+//! connector: `source/datagen.rs`, `source/files.rs`, `sink/files.rs`, and with the
+//! `kafka` feature `kafka.rs` (source and sink).
 //! Formats (`format/`) decode files into the declared schema — columns matched
 //! by name and cast, bad rows handled by `error.policy` — and encode sink files.
 //!
-//! This crate depends only on Arrow, Parquet and small utility crates; the
-//! runtime that polls sources and drives sink epochs lives elsewhere.
+//! This crate depends only on Arrow, Parquet and small utility crates (and, with the
+//! `kafka` feature, rdkafka); the runtime that polls sources and drives sink epochs lives
+//! elsewhere.
 
 mod connector;
 mod error;
