@@ -68,6 +68,12 @@ pub trait SourceConnector: Send {
         )))
     }
 
+    /// A checkpoint that recorded `position` (from [`SourceConnector::position`]) is durable:
+    /// the source may tell its service (Kafka commits the offsets to its consumer group, for
+    /// monitoring tools; recovery always uses the checkpoint's positions). Best effort:
+    /// failures are the connector's to log.
+    fn checkpoint_completed(&mut self, _position: &str) {}
+
     /// The input's partitions, when the source reads several that advance independently
     /// (Kafka): the declared column that names a row's partition and every partition's
     /// value in it. The source then keeps one watermark per partition and reports their

@@ -957,6 +957,32 @@ impl SourceConnector for KafkaSource {
         Ok(())
     }
 
+    /// Commits the checkpointed offsets to the consumer group (asynchronously), so lag
+    /// monitors see the pipeline's progress.
+    fn checkpoint_completed(&mut self, position: &str) {
+        let mut list = TopicPartitionList::new();
+        for line in position.lines().skip(1) {
+            let parts: Vec<&str> = line.split('\t').collect();
+            if let [topic, partition, offset] = parts.as_slice()
+                && let (Ok(p), Ok(o)) = (partition.parse::<i32>(), offset.parse::<i64>())
+                && list
+                    .add_partition_offset(topic, p, Offset::Offset(o))
+                    .is_err()
+            {
+                return;
+            }
+        }
+        if list.count() == 0 {
+            return;
+        }
+        if let Err(e) = self
+            .consumer
+            .commit(&list, rdkafka::consumer::CommitMode::Async)
+        {
+            tracing::warn!(error = %e, "committing checkpointed offsets to the consumer group failed");
+        }
+    }
+
     /// With a declared `_partition` column: every assigned partition's number (partitions
     /// of several topics that share a number share a watermark).
     fn watermark_partitions(&mut self) -> Result<Option<(String, ArrayRef)>, ConnectorError> {

@@ -266,9 +266,16 @@ impl LaminarDB {
         let result = durability.checkpoint(
             || self.checkpoint_participants(),
             |epoch| self.inject_barriers(epoch),
-            |epoch| {
-                for sink in self.inner.catalog.read().sinks.values() {
+            |epoch, positions| {
+                let catalog = self.inner.catalog.read();
+                for sink in catalog.sinks.values() {
                     sink.runner.commit(epoch);
+                }
+                for (name, position) in positions {
+                    if let Some(runner) = catalog.sources.get(name).and_then(|s| s.runner.as_ref())
+                    {
+                        runner.checkpoint_completed(position);
+                    }
                 }
             },
         );

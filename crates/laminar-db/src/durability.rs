@@ -456,12 +456,12 @@ impl Durability {
 
     /// Takes checkpoint `epoch` with the given participants; `inject` sends the barrier
     /// into every source. Returns the epoch once the manifest is durable; `commit` then
-    /// tells the sinks.
+    /// tells the sinks, and the sources the positions the checkpoint recorded.
     pub(crate) fn checkpoint(
         self: &Arc<Self>,
         participants: impl FnOnce() -> Participants,
         inject: impl FnOnce(u64),
-        commit: impl FnOnce(u64),
+        commit: impl FnOnce(u64, &BTreeMap<String, String>),
     ) -> Result<u64, DbError> {
         let _serial = self.serial.lock();
         self.check_poisoned()?;
@@ -476,7 +476,7 @@ impl Durability {
         *self.round.lock() = None;
         let mut stats = self.stats.lock();
         match result {
-            Ok((bytes, full, increments)) => {
+            Ok((bytes, full, increments, positions)) => {
                 stats.completed += 1;
                 stats.full_snapshots += full;
                 stats.incremental_snapshots += increments;
@@ -484,7 +484,7 @@ impl Durability {
                 stats.last_duration = Some(started.elapsed());
                 stats.last_bytes = bytes;
                 drop(stats);
-                commit(epoch);
+                commit(epoch, &positions);
                 // Log records of epochs up to this one precede its barriers: covered.
                 if let Err(e) = self.log.lock().delete_before_epoch(epoch + 1) {
                     tracing::warn!(error = %e, "deleting covered write-ahead log segments failed");
@@ -508,7 +508,7 @@ impl Durability {
         epoch: u64,
         participants: impl FnOnce() -> Participants,
         inject: impl FnOnce(u64),
-    ) -> Result<(u64, u64, u64), DbError> {
+    ) -> Result<(u64, u64, u64, BTreeMap<String, String>), DbError> {
         let parts = participants();
         {
             let mut round = self.round.lock();
@@ -629,7 +629,7 @@ impl Durability {
         if let Err(e) = self.store.gc() {
             tracing::warn!(error = %e, "deleting old checkpoints failed");
         }
-        Ok((bytes, full, increments))
+        Ok((bytes, full, increments, positions))
     }
 
     fn with_round(&self, epoch: u64, f: impl FnOnce(&mut Round)) {

@@ -94,6 +94,11 @@ impl SourceRunner {
         }
     }
 
+    /// A checkpoint that recorded `position` for this source completed.
+    pub(crate) fn checkpoint_completed(&self, position: &str) {
+        self.connector.lock().checkpoint_completed(position);
+    }
+
     /// Durable shutdown: stop reading, keep answering barriers.
     pub(crate) fn pause(&self) {
         self.paused.store(true, Ordering::SeqCst);

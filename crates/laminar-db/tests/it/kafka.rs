@@ -272,6 +272,34 @@ fn a_durable_kafka_reader_resumes_from_its_checkpointed_offsets() {
     block_on(db.start()).unwrap();
     assert_eq!(collect_ids(&mut sub, 50), (0..50).collect::<Vec<_>>());
     assert!(db.checkpoint().unwrap().is_some());
+    // The checkpointed offsets were committed to the consumer group (for lag monitors).
+    let committed = || -> i64 {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "laminardb")
+            .create()
+            .unwrap();
+        let mut list = rdkafka::TopicPartitionList::new();
+        for p in 0..3 {
+            list.add_partition(&topic, p);
+        }
+        consumer
+            .committed_offsets(list, Duration::from_secs(10))
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while committed() != 50 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(committed(), 50, "offsets of all 50 messages committed");
     // Crash: no shutdown, no final checkpoint.
     std::mem::forget(sub);
     std::mem::forget(db);
