@@ -412,13 +412,13 @@ impl Meta {
 }
 
 /// One decoded message's metadata.
+#[derive(Clone)]
 struct MessageMeta {
     topic: String,
     partition: i32,
     offset: i64,
     timestamp: Option<i64>,
-    key: Option<String>,
-    key_bytes: Option<Vec<u8>>,
+    key: Option<Vec<u8>>,
 }
 
 /// See the module docs.
@@ -608,7 +608,7 @@ impl KafkaSource {
         let mut record = BaseRecord::<[u8], [u8]>::to(topic)
             .payload(payload)
             .headers(headers);
-        if let Some(key) = &meta.key_bytes {
+        if let Some(key) = &meta.key {
             record = record.key(key.as_slice());
         }
         tracing::warn!(error = %Self::error_at(meta, &reason), dlq = topic, "message written to the dead-letter topic");
@@ -618,16 +618,13 @@ impl KafkaSource {
 
     /// Fails when a dead-letter message was not delivered.
     fn check_dead_letters(&self) -> Result<(), ConnectorError> {
-        if let Some((_, deliveries)) = &self.dead_letters {
-            let failed = deliveries.failed.swap(0, Ordering::SeqCst);
-            if failed > 0 {
-                return Err(kafka_error(
-                    "dead-letter topic",
-                    format!("{failed} message(s) were not delivered"),
-                ));
-            }
+        match &self.dead_letters {
+            Some((_, deliveries)) => match deliveries.take_failures("dead-letter topic") {
+                Some((_, e)) => Err(e),
+                None => Ok(()),
+            },
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// For `startup.mode = 'timestamp'`: the partitions of `list` that are not resumed from a
@@ -801,7 +798,9 @@ fn meta_column(
             metas.iter().map(|m| m.timestamp),
         )),
         Meta::Key => Arc::new(StringArray::from_iter(
-            metas.iter().map(|m| m.key.as_deref()),
+            metas
+                .iter()
+                .map(|m| m.key.as_deref().map(String::from_utf8_lossy)),
         )),
     };
     if array.data_type() == data_type {
@@ -835,9 +834,10 @@ impl SourceConnector for KafkaSource {
         }
         self.check_dead_letters()?;
         let max_rows = max_rows.max(1);
-        let mut owned: Vec<(Vec<u8>, MessageMeta)> = Vec::new();
-        while owned.len() < max_rows {
-            let wait = if owned.is_empty() {
+        let mut payloads: Vec<Vec<u8>> = Vec::new();
+        let mut metas: Vec<MessageMeta> = Vec::new();
+        while metas.len() < max_rows {
+            let wait = if metas.is_empty() {
                 Duration::from_millis(5)
             } else {
                 Duration::ZERO
@@ -852,44 +852,40 @@ impl SourceConnector for KafkaSource {
                 partition: message.partition(),
                 offset: message.offset(),
                 timestamp: message.timestamp().to_millis(),
-                key: message
-                    .key()
-                    .map(|k| String::from_utf8_lossy(k).into_owned()),
-                key_bytes: message.key().map(<[u8]>::to_vec),
+                key: message.key().map(<[u8]>::to_vec),
             };
             self.metrics.bytes_read += message.payload_len() as u64;
             let at = (meta.topic.clone(), meta.partition);
-            if let Some(&from) = self.skip_before.get(&at) {
-                if meta.timestamp.is_some_and(|t| t < from) {
-                    // Before the startup time: passed over, and not read again.
-                    self.next.insert(at, meta.offset + 1);
-                    continue;
-                }
+            let before_start = self
+                .skip_before
+                .get(&at)
+                .is_some_and(|&from| meta.timestamp.is_some_and(|t| t < from));
+            if !before_start {
                 self.skip_before.remove(&at);
             }
-            let payload = message.payload().unwrap_or_default().to_vec();
-            owned.push((payload, meta));
+            self.next.insert(at, meta.offset + 1);
+            if before_start {
+                // Before the startup time: passed over, and not read again.
+                continue;
+            }
+            payloads.push(message.payload().unwrap_or_default().to_vec());
+            metas.push(meta);
         }
-        if owned.is_empty() {
+        if metas.is_empty() {
             return Ok(SourcePoll::Pending);
         }
-        for (_, meta) in &owned {
-            self.next
-                .insert((meta.topic.clone(), meta.partition), meta.offset + 1);
-        }
-        let payloads: Vec<&[u8]> = owned.iter().map(|(p, _)| p.as_slice()).collect();
-        let metas: Vec<MessageMeta> = owned.iter().map(|(_, m)| clone_meta(m)).collect();
-        let batch = match self.decode(&payloads, &metas) {
+        let slices: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let batch = match self.decode(&slices, &metas) {
             Ok(batch) => batch,
             Err(_) => {
                 // Find the bad messages one by one: fail on the first, or skip them all.
                 let mut good_payloads = Vec::new();
                 let mut good_metas = Vec::new();
-                for (payload, meta) in owned.iter() {
-                    match self.decode(&[payload.as_slice()], &[clone_meta(meta)]) {
+                for (payload, meta) in payloads.iter().zip(&metas) {
+                    match self.decode(&[payload.as_slice()], std::slice::from_ref(meta)) {
                         Ok(_) => {
                             good_payloads.push(payload.as_slice());
-                            good_metas.push(clone_meta(meta));
+                            good_metas.push(meta.clone());
                         }
                         Err(e) => match &self.config.bad {
                             BadMessages::Fail => return Err(Self::error_at(meta, e)),
@@ -1015,17 +1011,6 @@ impl SourceConnector for KafkaSource {
     fn close(&mut self) -> Result<(), ConnectorError> {
         self.consumer.unassign().ok();
         Ok(())
-    }
-}
-
-fn clone_meta(m: &MessageMeta) -> MessageMeta {
-    MessageMeta {
-        topic: m.topic.clone(),
-        partition: m.partition,
-        offset: m.offset,
-        timestamp: m.timestamp,
-        key: m.key.clone(),
-        key_bytes: m.key_bytes.clone(),
     }
 }
 
@@ -1174,6 +1159,28 @@ struct Deliveries {
     last_error: std::sync::Mutex<Option<String>>,
 }
 
+impl Deliveries {
+    /// The failures since the last call: their count and an error for `context`.
+    fn take_failures(&self, context: &str) -> Option<(u64, ConnectorError)> {
+        let failed = self.failed.swap(0, Ordering::SeqCst);
+        (failed > 0).then(|| {
+            let last = self
+                .last_error
+                .lock()
+                .ok()
+                .and_then(|mut l| l.take())
+                .unwrap_or_default();
+            (
+                failed,
+                kafka_error(
+                    context,
+                    format!("{failed} message(s) were not delivered: {last}"),
+                ),
+            )
+        })
+    }
+}
+
 struct SinkContext {
     deliveries: Arc<Deliveries>,
 }
@@ -1227,23 +1234,16 @@ impl KafkaSink {
     }
 
     fn check_deliveries(&mut self) -> Result<(), ConnectorError> {
-        let failed = self.deliveries.failed.swap(0, Ordering::SeqCst);
-        if failed > 0 {
-            self.metrics.errors += failed;
-            return Err(kafka_error(
-                format!("topic '{}'", self.config.topic),
-                format!(
-                    "{failed} message(s) were not delivered: {}",
-                    self.deliveries
-                        .last_error
-                        .lock()
-                        .ok()
-                        .and_then(|mut l| l.take())
-                        .unwrap_or_default()
-                ),
-            ));
+        match self
+            .deliveries
+            .take_failures(&format!("topic '{}'", self.config.topic))
+        {
+            Some((failed, e)) => {
+                self.metrics.errors += failed;
+                Err(e)
+            }
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 

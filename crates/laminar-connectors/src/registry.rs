@@ -55,6 +55,8 @@ pub struct ConnectorInfo {
     pub kind: ConnectorKind,
     /// Every option it accepts.
     pub config_keys: Vec<ConfigKey>,
+    /// Options under this prefix (`kafka.`) are passed to the client library unchecked.
+    pub passthrough_prefix: Option<&'static str>,
 }
 
 const FORMAT_IGNORED: ConfigKey = ConfigKey {
@@ -74,12 +76,14 @@ pub fn source_connectors() -> Vec<ConnectorInfo> {
             display_name: "Nexmark-style data generator",
             kind: ConnectorKind::Source,
             config_keys: with_runtime(crate::source::datagen::CONFIG_KEYS),
+            passthrough_prefix: None,
         },
         ConnectorInfo {
             name: "FILES",
             display_name: "Files (CSV, JSON lines, Parquet)",
             kind: ConnectorKind::Source,
             config_keys: with_runtime(crate::source::files::CONFIG_KEYS),
+            passthrough_prefix: None,
         },
     ];
     #[cfg(feature = "kafka")]
@@ -88,6 +92,7 @@ pub fn source_connectors() -> Vec<ConnectorInfo> {
         display_name: "Apache Kafka (JSON, CSV or raw messages)",
         kind: ConnectorKind::Source,
         config_keys: with_runtime(crate::kafka::SOURCE_KEYS),
+        passthrough_prefix: Some(crate::kafka::PASSTHROUGH),
     });
     connectors
 }
@@ -101,18 +106,21 @@ pub fn sink_connectors() -> Vec<ConnectorInfo> {
             display_name: "Files (CSV, JSON lines, Parquet)",
             kind: ConnectorKind::Sink,
             config_keys: crate::sink::files::CONFIG_KEYS.to_vec(),
+            passthrough_prefix: None,
         },
         ConnectorInfo {
             name: "STDOUT",
             display_name: "Standard output",
             kind: ConnectorKind::Sink,
             config_keys: crate::sink::stdout::CONFIG_KEYS.to_vec(),
+            passthrough_prefix: None,
         },
         ConnectorInfo {
             name: "BLACKHOLE",
             display_name: "Discard (benchmarking)",
             kind: ConnectorKind::Sink,
             config_keys: vec![FORMAT_IGNORED],
+            passthrough_prefix: None,
         },
     ];
     #[cfg(feature = "kafka")]
@@ -121,6 +129,7 @@ pub fn sink_connectors() -> Vec<ConnectorInfo> {
         display_name: "Apache Kafka (JSON, CSV or raw messages, at-least-once)",
         kind: ConnectorKind::Sink,
         config_keys: crate::kafka::SINK_KEYS.to_vec(),
+        passthrough_prefix: Some(crate::kafka::PASSTHROUGH),
     });
     connectors
 }
@@ -177,11 +186,10 @@ fn check_options(
     }
     let keys: Vec<&str> = info.config_keys.iter().map(|k| k.key).collect();
     let mut checked = merged.clone();
-    if info.name == "KAFKA" {
-        // `kafka.<name>` options go to the client library unchecked.
+    if let Some(prefix) = info.passthrough_prefix {
         let passthrough: Vec<String> = checked
             .iter()
-            .filter(|(k, _)| k.starts_with("kafka."))
+            .filter(|(k, _)| k.starts_with(prefix))
             .map(|(k, _)| k.to_string())
             .collect();
         for key in passthrough {
