@@ -155,6 +155,21 @@ pub trait SinkConnector: Send {
         Ok(())
     }
 
+    /// Called right after a successful `pre_commit(epoch)`: bytes the checkpoint of `epoch`
+    /// keeps for this sink, handed back through [`SinkConnector::restore_pre_commit_state`]
+    /// when that checkpoint is recovered. A sink whose pre-committed output may not survive
+    /// a crash by itself (a Kafka transaction, which the next producer with the same
+    /// transactional id aborts) keeps here what it needs to write that output again.
+    fn pre_commit_state(&mut self) -> Result<Option<Vec<u8>>, ConnectorError> {
+        Ok(None)
+    }
+
+    /// Before [`SinkConnector::recover`]: what [`SinkConnector::pre_commit_state`]
+    /// returned for the checkpoint being recovered.
+    fn restore_pre_commit_state(&mut self, _state: &[u8]) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
     /// Makes `epoch` (and any earlier pre-committed epoch) visible.
     fn commit_epoch(&mut self, _epoch: u64) -> Result<(), ConnectorError> {
         Ok(())

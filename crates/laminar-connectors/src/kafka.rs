@@ -24,6 +24,11 @@
 //! (`murmur2_random`; keyless messages spread at random; `kafka.partitioner` overrides it).
 //! At-least-once: `pre_commit` flushes the producer and fails when any message
 //! was not acknowledged, so a checkpoint completes only when its output is in the topic.
+//! Exactly-once (`delivery.guarantee = 'exactly-once'`): a transactional producer writes one
+//! transaction per checkpoint epoch, committed by `commit_epoch` together with a marker offset
+//! (see [`Transactions`]); the transaction's rows are kept in the checkpoint
+//! (`pre_commit_state`) so that recovery can write them again when the marker shows the
+//! transaction was lost (librdkafka cannot resume a transaction of another producer).
 //!
 //! Options `kafka.<name>` are passed to librdkafka as `<name>` (security settings, timeouts);
 //! their values are never shown in errors.
@@ -135,7 +140,13 @@ pub(crate) const SINK_KEYS: &[ConfigKey] = &[
         key: "delivery.guarantee",
         required: false,
         default: Some("at-least-once"),
-        description: "at-least-once: a checkpoint completes once its messages are acknowledged",
+        description: "at-least-once (a checkpoint completes once its messages are acknowledged) or exactly-once (one transaction per checkpoint, committed with it)",
+    },
+    ConfigKey {
+        key: "transactional.id",
+        required: false,
+        default: None,
+        description: "exactly-once: the producer's transactional id (default laminardb-<sink name>); a new producer with the same id fences the previous one",
     },
 ];
 
@@ -513,8 +524,9 @@ impl KafkaSource {
 
     /// Assigns every partition of the topics, each at its checkpointed offset or per the
     /// startup mode.
-    fn assign(&mut self) -> Result<(), ConnectorError> {
-        let mut list = TopicPartitionList::new();
+    /// The partitions of every topic read, from the broker's metadata.
+    fn partitions(&self) -> Result<Vec<(String, i32)>, ConnectorError> {
+        let mut partitions = Vec::new();
         for topic in &self.config.topics {
             let metadata = self
                 .consumer
@@ -532,28 +544,34 @@ impl KafkaSource {
             if found.partitions().is_empty() {
                 return Err(kafka_error(format!("topic '{topic}'"), "has no partitions"));
             }
-            for p in found.partitions() {
-                let offset = match self.resume.get(&(topic.clone(), p.id())) {
-                    Some(&o) => Offset::Offset(o),
-                    None => match &self.config.startup {
-                        StartupMode::GroupOffsets => Offset::Stored,
-                        StartupMode::Earliest => Offset::Beginning,
-                        StartupMode::Latest => Offset::End,
-                        // A time to be looked up below, per partition.
-                        StartupMode::Timestamp(ts) => Offset::Offset(*ts),
-                        StartupMode::SpecificOffsets(offsets) => offsets
-                            .iter()
-                            .find(|(t, part, _)| {
-                                *part == p.id() && t.as_ref().is_none_or(|t| t == topic)
-                            })
-                            .map_or(Offset::Stored, |(_, _, o)| Offset::Offset(*o)),
-                    },
-                };
-                list.add_partition_offset(topic, p.id(), offset)
-                    .map_err(|e| kafka_error(format!("topic '{topic}'"), e))?;
-                if let Offset::Offset(o) = offset {
-                    self.next.insert((topic.clone(), p.id()), o);
-                }
+            partitions.extend(found.partitions().iter().map(|p| (topic.clone(), p.id())));
+        }
+        Ok(partitions)
+    }
+
+    fn assign(&mut self) -> Result<(), ConnectorError> {
+        let mut list = TopicPartitionList::new();
+        for (topic, partition) in self.partitions()? {
+            let offset = match self.resume.get(&(topic.clone(), partition)) {
+                Some(&o) => Offset::Offset(o),
+                None => match &self.config.startup {
+                    StartupMode::GroupOffsets => Offset::Stored,
+                    StartupMode::Earliest => Offset::Beginning,
+                    StartupMode::Latest => Offset::End,
+                    // A time to be looked up below, per partition.
+                    StartupMode::Timestamp(ts) => Offset::Offset(*ts),
+                    StartupMode::SpecificOffsets(offsets) => offsets
+                        .iter()
+                        .find(|(t, part, _)| {
+                            *part == partition && t.as_ref().is_none_or(|t| *t == topic)
+                        })
+                        .map_or(Offset::Stored, |(_, _, o)| Offset::Offset(*o)),
+                },
+            };
+            list.add_partition_offset(&topic, partition, offset)
+                .map_err(|e| kafka_error(format!("topic '{topic}'"), e))?;
+            if let Offset::Offset(o) = offset {
+                self.next.insert((topic, partition), o);
             }
         }
         if let StartupMode::Timestamp(ts) = self.config.startup {
@@ -863,6 +881,11 @@ impl SourceConnector for KafkaSource {
             if !before_start {
                 self.skip_before.remove(&at);
             }
+            if self.next.get(&at).is_some_and(|&next| meta.offset < next) {
+                // Fetched for an assignment a seek replaced: already read, or before the
+                // checkpointed position.
+                continue;
+            }
             self.next.insert(at, meta.offset + 1);
             if before_start {
                 // Before the startup time: passed over, and not read again.
@@ -944,6 +967,9 @@ impl SourceConnector for KafkaSource {
             let partition: i32 = partition.parse().map_err(|_| bad("bad partition"))?;
             let offset: i64 = offset.parse().map_err(|_| bad("bad offset"))?;
             self.resume.insert((topic.to_string(), partition), offset);
+            // Reported as the position until the partition is read: a checkpoint taken
+            // before the first poll keeps it.
+            self.next.insert((topic.to_string(), partition), offset);
         }
         if self.assigned {
             // Assigned already (to learn the partitions): start them over at the position.
@@ -985,18 +1011,8 @@ impl SourceConnector for KafkaSource {
         if !self.columns.contains(&Ok(Meta::Partition)) {
             return Ok(None);
         }
-        if !self.assigned {
-            self.assign()?;
-        }
-        let assignment = self
-            .consumer
-            .assignment()
-            .map_err(|e| kafka_error("reading the partition assignment", e))?;
-        let mut partitions: Vec<i32> = assignment
-            .elements()
-            .iter()
-            .map(|e| e.partition())
-            .collect();
+        // From the metadata, without assigning: a restore seeks before the first poll.
+        let mut partitions: Vec<i32> = self.partitions()?.into_iter().map(|(_, p)| p).collect();
         partitions.sort_unstable();
         partitions.dedup();
         let values: ArrayRef = Arc::new(Int32Array::from(partitions));
@@ -1021,6 +1037,8 @@ pub(crate) struct KafkaSinkConfig {
     topic: String,
     key: Option<usize>,
     format: MessageFormat,
+    /// `Some(transactional id)` for `delivery.guarantee = 'exactly-once'`.
+    transactional_id: Option<String>,
 }
 
 impl KafkaSinkConfig {
@@ -1034,13 +1052,23 @@ impl KafkaSinkConfig {
                 input.fields().iter().map(|f| f.as_ref()).collect();
             check_raw(&fields)?;
         }
-        if let Some(g) = options.get_str("delivery.guarantee")
-            && !g.eq_ignore_ascii_case("at-least-once")
-        {
-            return Err(invalid(
+        let exactly_once = options
+            .get_choice(
+                NAME,
                 "delivery.guarantee",
-                g,
-                "only at-least-once is supported by the Kafka sink so far",
+                &["at-least-once", "exactly-once"],
+            )?
+            .is_some_and(|g| g == "exactly-once");
+        let topic = options.require_str(NAME, "topic")?.to_string();
+        let transactional_id = exactly_once.then(|| match options.get_str("transactional.id") {
+            Some(id) => id.to_string(),
+            None => format!("laminardb-{}", options.object().unwrap_or(&topic)),
+        });
+        if !exactly_once && let Some(id) = options.get_str("transactional.id") {
+            return Err(invalid(
+                "transactional.id",
+                id,
+                "only used with delivery.guarantee = 'exactly-once'",
             ));
         }
         let key = match options.get_str("key") {
@@ -1064,9 +1092,10 @@ impl KafkaSinkConfig {
         client_config(options)?;
         Ok(KafkaSinkConfig {
             options: options.clone(),
-            topic: options.require_str(NAME, "topic")?.to_string(),
+            topic,
             key,
             format,
+            transactional_id,
         })
     }
 }
@@ -1200,12 +1229,47 @@ impl ProducerContext for SinkContext {
     }
 }
 
+/// Timeout of the transactional calls (init, offsets, commit, abort).
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The transaction state of an exactly-once sink.
+///
+/// One transaction holds the output of one checkpoint epoch (or of several, when a
+/// checkpoint fails and the next one commits both). Rows written after `pre_commit(e)` are
+/// held back until `commit_epoch(e)`: the producer has one transaction at a time, and
+/// epoch `e + 1`'s rows must not be committed with `e`. Every transaction also commits an
+/// offset for the consumer group named like the transactional id (partition 0 of the
+/// output topic, offset = the epoch): since it is committed atomically with the data, it
+/// tells a recovering sink whether the last checkpoint's transaction was committed.
+struct Transactions {
+    id: String,
+    /// A consumer that never reads: it carries the marker group's metadata and reads the
+    /// marker back at recovery.
+    marker: BaseConsumer,
+    /// A transaction is open on the producer.
+    open: bool,
+    /// The batches sent in the open transaction: kept so that a checkpoint can store them
+    /// ([`SinkConnector::pre_commit_state`]) for a recovery to send again if the
+    /// transaction was lost.
+    sent: Vec<RecordBatch>,
+    /// Batches written after `pre_commit`, sent once the pending transaction commits.
+    held: Vec<RecordBatch>,
+    /// The epoch pre-committed and not yet committed.
+    precommitted: Option<u64>,
+    /// The sink takes part in checkpoints (it saw `begin_epoch`); without them it commits
+    /// its transaction at every `tick`.
+    in_checkpoints: bool,
+    /// The batches of the recovered checkpoint's transaction, and its epoch.
+    restored: Option<(u64, Vec<RecordBatch>)>,
+}
+
 /// See the module docs.
 pub(crate) struct KafkaSink {
     config: KafkaSinkConfig,
     producer: ThreadedProducer<SinkContext>,
     deliveries: Arc<Deliveries>,
     metrics: SinkConnectorMetrics,
+    transactions: Option<Transactions>,
 }
 
 impl KafkaSink {
@@ -1220,24 +1284,57 @@ impl KafkaSink {
             // with CRC32): the same key lands in the same partition whichever client wrote it.
             client.set("partitioner", "murmur2_random");
         }
-        let producer = client
+        if let Some(id) = &config.transactional_id {
+            client.set("transactional.id", id);
+        }
+        let producer: ThreadedProducer<SinkContext> = client
             .create_with_context(SinkContext {
                 deliveries: deliveries.clone(),
             })
             .map_err(|e| kafka_error("cannot create the producer", e))?;
+        let transactions = match &config.transactional_id {
+            Some(id) => {
+                let context = format!("topic '{}': transactional id '{id}'", config.topic);
+                // Fences any earlier producer with this id and aborts its open transaction.
+                producer
+                    .init_transactions(TRANSACTION_TIMEOUT)
+                    .map_err(|e| kafka_error(format!("{context}: init transactions"), e))?;
+                let mut marker_config = client_config(&config.options)?;
+                marker_config
+                    .set("group.id", id)
+                    .set("enable.auto.commit", "false")
+                    .set("isolation.level", "read_committed");
+                let marker: BaseConsumer = marker_config
+                    .create()
+                    .map_err(|e| kafka_error(format!("{context}: marker consumer"), e))?;
+                Some(Transactions {
+                    id: id.clone(),
+                    marker,
+                    open: false,
+                    sent: Vec::new(),
+                    held: Vec::new(),
+                    precommitted: None,
+                    in_checkpoints: false,
+                    restored: None,
+                })
+            }
+            None => None,
+        };
         Ok(KafkaSink {
             config,
             producer,
             deliveries,
             metrics: SinkConnectorMetrics::default(),
+            transactions,
         })
     }
 
+    fn context(&self) -> String {
+        format!("topic '{}'", self.config.topic)
+    }
+
     fn check_deliveries(&mut self) -> Result<(), ConnectorError> {
-        match self
-            .deliveries
-            .take_failures(&format!("topic '{}'", self.config.topic))
-        {
+        match self.deliveries.take_failures(&self.context()) {
             Some((failed, e)) => {
                 self.metrics.errors += failed;
                 Err(e)
@@ -1245,22 +1342,9 @@ impl KafkaSink {
             None => Ok(()),
         }
     }
-}
 
-impl SinkConnector for KafkaSink {
-    fn capabilities(&self) -> SinkCapabilities {
-        SinkCapabilities {
-            exactly_once: false,
-            idempotent: false,
-            upsert: false,
-            changelog: false,
-            two_phase_commit: false,
-            partitioned: true,
-        }
-    }
-
-    fn write_batch(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
-        self.check_deliveries()?;
+    /// Sends every row of `batch` as a message.
+    fn send_batch(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
         let payloads = encode_rows(self.config.format, batch)?;
         let keys: Option<ArrayRef> = match self.config.key {
             Some(index) => Some(arrow::compute::cast(batch.column(index), &DataType::Utf8)?),
@@ -1283,32 +1367,275 @@ impl SinkConnector for KafkaSink {
             }
             if let Err(e) = send_with_backpressure(&self.producer, record) {
                 self.metrics.errors += 1;
-                return Err(kafka_error(format!("topic '{}'", self.config.topic), e));
+                return Err(kafka_error(self.context(), e));
             }
             self.metrics.bytes_written += payload.as_ref().map_or(0, |p| p.len()) as u64;
+        }
+        Ok(())
+    }
+
+    /// Sends `batch` inside the open transaction (beginning one if needed).
+    fn send_in_transaction(&mut self, batch: RecordBatch) -> Result<(), ConnectorError> {
+        let context = self.context();
+        let Some(t) = self.transactions.as_mut() else {
+            return self.send_batch(&batch);
+        };
+        if !t.open {
+            self.producer
+                .begin_transaction()
+                .map_err(|e| kafka_error(format!("{context}: begin transaction"), e))?;
+            t.open = true;
+        }
+        self.send_batch(&batch)?;
+        if let Some(t) = self.transactions.as_mut() {
+            t.sent.push(batch);
+        }
+        Ok(())
+    }
+
+    /// Commits the open transaction with the marker offset `epoch` (none without
+    /// checkpoints), then sends the held batches in a new one.
+    fn commit_open(&mut self, epoch: Option<u64>) -> Result<(), ConnectorError> {
+        let context = self.context();
+        let Some(t) = self.transactions.as_mut() else {
+            return Ok(());
+        };
+        if t.open {
+            let txn_context = format!("{context}: transactional id '{}'", t.id);
+            if let Some(epoch) = epoch {
+                let metadata = t.marker.group_metadata().ok_or_else(|| {
+                    kafka_error(&txn_context, "the marker consumer has no group metadata")
+                })?;
+                let mut marker = TopicPartitionList::new();
+                marker
+                    .add_partition_offset(&self.config.topic, 0, Offset::Offset(epoch as i64))
+                    .map_err(|e| kafka_error(&txn_context, e))?;
+                self.producer
+                    .send_offsets_to_transaction(&marker, &metadata, TRANSACTION_TIMEOUT)
+                    .map_err(|e| kafka_error(format!("{txn_context}: epoch {epoch} marker"), e))?;
+            }
+            // A failed commit leaves the transaction open: the caller retries, or the
+            // pipeline stops and recovery sends the checkpointed batches again.
+            self.producer
+                .commit_transaction(TRANSACTION_TIMEOUT)
+                .map_err(|e| kafka_error(format!("{txn_context}: commit"), e))?;
+            t.open = false;
+        }
+        t.sent.clear();
+        t.precommitted = None;
+        let held = std::mem::take(&mut t.held);
+        for batch in held {
+            self.send_in_transaction(batch)?;
+        }
+        Ok(())
+    }
+
+    /// The epoch of the last transaction committed under this transactional id, from the
+    /// marker group's committed offset.
+    fn committed_marker(&self) -> Result<Option<u64>, ConnectorError> {
+        let Some(t) = &self.transactions else {
+            return Ok(None);
+        };
+        let mut partitions = TopicPartitionList::new();
+        partitions.add_partition(&self.config.topic, 0);
+        let committed = t
+            .marker
+            .committed_offsets(partitions, TRANSACTION_TIMEOUT)
+            .map_err(|e| {
+                kafka_error(
+                    format!(
+                        "{}: reading the commit marker of transactional id '{}'",
+                        self.context(),
+                        t.id
+                    ),
+                    e,
+                )
+            })?;
+        Ok(committed.elements().first().and_then(|e| match e.offset() {
+            Offset::Offset(n) if n >= 0 => Some(n as u64),
+            _ => None,
+        }))
+    }
+}
+
+const PENDING_VERSION: u8 = 1;
+
+/// The checkpointed form of a pre-committed transaction: version, epoch, then the batches
+/// as an Arrow IPC stream.
+fn encode_pending(epoch: u64, batches: &[RecordBatch]) -> Result<Vec<u8>, ConnectorError> {
+    let mut bytes = vec![PENDING_VERSION];
+    bytes.extend_from_slice(&epoch.to_le_bytes());
+    let schema = batches[0].schema();
+    let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &schema)?;
+    for batch in batches {
+        writer.write(batch)?;
+    }
+    writer.finish()?;
+    drop(writer);
+    Ok(bytes)
+}
+
+fn decode_pending(bytes: &[u8]) -> Result<(u64, Vec<RecordBatch>), ConnectorError> {
+    let bad = |reason: &str| {
+        kafka_error(
+            "the checkpointed transaction of the sink",
+            format!("cannot be read: {reason}"),
+        )
+    };
+    if bytes.len() < 9 || bytes[0] != PENDING_VERSION {
+        return Err(bad("unknown version or truncated"));
+    }
+    let mut epoch = [0u8; 8];
+    epoch.copy_from_slice(&bytes[1..9]);
+    let batches = arrow::ipc::reader::StreamReader::try_new(&bytes[9..], None)
+        .and_then(|reader| reader.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad(&e.to_string()))?;
+    Ok((u64::from_le_bytes(epoch), batches))
+}
+
+impl SinkConnector for KafkaSink {
+    fn capabilities(&self) -> SinkCapabilities {
+        let transactional = self.transactions.is_some();
+        SinkCapabilities {
+            exactly_once: transactional,
+            idempotent: false,
+            upsert: false,
+            changelog: false,
+            two_phase_commit: transactional,
+            partitioned: true,
+        }
+    }
+
+    fn write_batch(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
+        self.check_deliveries()?;
+        match self.transactions.as_mut() {
+            None => self.send_batch(batch)?,
+            Some(t) if t.precommitted.is_some() => t.held.push(batch.clone()),
+            Some(_) => self.send_in_transaction(batch.clone())?,
         }
         self.metrics.records_written += batch.num_rows() as u64;
         Ok(())
     }
 
-    fn pre_commit(&mut self, _epoch: u64) -> Result<(), ConnectorError> {
-        self.flush()
+    fn recover(&mut self, committed: Option<u64>) -> Result<(), ConnectorError> {
+        let Some((epoch, batches)) = self.transactions.as_mut().and_then(|t| t.restored.take())
+        else {
+            return Ok(());
+        };
+        if committed != Some(epoch) {
+            return Ok(());
+        }
+        let marker = self.committed_marker()?;
+        if marker.is_some_and(|m| m >= epoch) {
+            tracing::debug!(topic = %self.config.topic, epoch, "the checkpoint's transaction was committed");
+            return Ok(());
+        }
+        // The process stopped between the checkpoint and the commit of its transaction,
+        // which the new producer's initialization aborted: write it again.
+        tracing::info!(topic = %self.config.topic, epoch, batches = batches.len(), "sending the transaction of a completed checkpoint again");
+        for batch in batches {
+            self.send_in_transaction(batch)?;
+        }
+        self.flush()?;
+        self.commit_open(Some(epoch))
+    }
+
+    fn begin_epoch(&mut self, _epoch: u64) -> Result<(), ConnectorError> {
+        if let Some(t) = self.transactions.as_mut() {
+            t.in_checkpoints = true;
+        }
+        Ok(())
+    }
+
+    fn pre_commit(&mut self, epoch: u64) -> Result<(), ConnectorError> {
+        if let Some(t) = self.transactions.as_mut() {
+            t.in_checkpoints = true;
+            // Rows held for a checkpoint that failed join this one's transaction.
+            let held = std::mem::take(&mut t.held);
+            for batch in held {
+                self.send_in_transaction(batch)?;
+            }
+        }
+        self.flush()?;
+        if let Some(t) = self.transactions.as_mut() {
+            t.precommitted = Some(epoch);
+        }
+        Ok(())
+    }
+
+    fn pre_commit_state(&mut self) -> Result<Option<Vec<u8>>, ConnectorError> {
+        match &self.transactions {
+            Some(t) if !t.sent.is_empty() => {
+                Ok(Some(encode_pending(t.precommitted.unwrap_or(0), &t.sent)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn restore_pre_commit_state(&mut self, state: &[u8]) -> Result<(), ConnectorError> {
+        let restored = decode_pending(state)?;
+        if let Some(t) = self.transactions.as_mut() {
+            t.restored = Some(restored);
+        }
+        Ok(())
     }
 
     fn commit_epoch(&mut self, epoch: u64) -> Result<(), ConnectorError> {
+        if let Some(t) = &self.transactions
+            && t.precommitted.is_some_and(|p| p <= epoch)
+        {
+            self.commit_open(Some(epoch))?;
+        }
         self.metrics.last_committed_epoch = Some(epoch);
+        Ok(())
+    }
+
+    fn rollback_epoch(&mut self, _epoch: u64) -> Result<(), ConnectorError> {
+        let context = self.context();
+        if let Some(t) = self.transactions.as_mut() {
+            t.sent.clear();
+            t.held.clear();
+            t.precommitted = None;
+            if t.open {
+                t.open = false;
+                self.producer
+                    .abort_transaction(TRANSACTION_TIMEOUT)
+                    .map_err(|e| kafka_error(format!("{context}: abort"), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self) -> Result<(), ConnectorError> {
+        // Without checkpoints, a transaction commits what was written since the last tick.
+        if self
+            .transactions
+            .as_ref()
+            .is_some_and(|t| !t.in_checkpoints && t.open)
+        {
+            self.flush()?;
+            self.commit_open(None)?;
+        }
         Ok(())
     }
 
     fn flush(&mut self) -> Result<(), ConnectorError> {
         self.producer
             .flush(Duration::from_secs(30))
-            .map_err(|e| kafka_error(format!("topic '{}': flush", self.config.topic), e))?;
+            .map_err(|e| kafka_error(format!("{}: flush", self.context()), e))?;
         self.check_deliveries()
     }
 
     fn close(&mut self) -> Result<(), ConnectorError> {
-        self.flush()
+        self.flush()?;
+        if let Some(t) = &self.transactions {
+            // The open transaction, then what was held back after its pre-commit.
+            let epoch = t.precommitted;
+            self.commit_open(epoch)?;
+            self.flush()?;
+            self.commit_open(None)?;
+        }
+        Ok(())
     }
 
     fn metrics(&self) -> SinkConnectorMetrics {

@@ -17,6 +17,9 @@ use crate::error::ConnectorError;
 pub struct ConnectorOptions {
     /// normalized key -> (key as written, value)
     entries: BTreeMap<String, (String, String)>,
+    /// Name of the object (source or sink) the options belong to, when known: connectors
+    /// derive identifiers from it (the Kafka sink's transactional id).
+    object: Option<String>,
 }
 
 /// Normalizes an option key: lower case, `-` replaced by `_`, surrounding
@@ -46,6 +49,17 @@ impl ConnectorOptions {
             options.insert(k.as_ref(), v);
         }
         options
+    }
+
+    /// The same options, belonging to the object named `name`.
+    pub fn for_object(mut self, name: &str) -> Self {
+        self.object = Some(name.to_string());
+        self
+    }
+
+    /// Name of the object the options belong to, when known.
+    pub fn object(&self) -> Option<&str> {
+        self.object.as_deref()
     }
 
     /// Sets `key` (normalized) to `value`, returning the previous value.

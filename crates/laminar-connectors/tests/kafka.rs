@@ -16,20 +16,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-/// The broker, or `None` (the test is skipped) when no broker was started.
-fn brokers() -> Option<String> {
-    match std::env::var("LAMINAR_TEST_KAFKA_BROKERS") {
-        Ok(b) => Some(b),
-        Err(_) => {
-            assert!(
-                std::env::var_os("LAMINAR_REQUIRE_SERVICES").is_none(),
-                "LAMINAR_TEST_KAFKA_BROKERS is not set: run the tests with scripts/test.sh"
-            );
-            eprintln!("skipped: no Kafka broker (run scripts/test.sh)");
-            None
-        }
-    }
-}
+#[path = "support/kafka_test.rs"]
+mod kafka_test;
+use kafka_test::brokers;
 
 /// A fresh topic with `partitions` partitions.
 fn topic(brokers: &str, name: &str, partitions: i32) -> String {
@@ -203,6 +192,9 @@ fn a_checkpointed_position_resumes_after_the_last_row_read() {
     sink.close().unwrap();
     let mut resumed = create_source("KAFKA", &source_options, None, orders_schema(false)).unwrap();
     resumed.seek(&position).unwrap();
+    // A checkpoint taken before the first poll records the restored position, not an
+    // empty one (which would make the next restart read everything again).
+    assert_eq!(resumed.position().as_deref(), Some(position.as_str()));
     let rest = ids(&read_rows(resumed.as_mut(), 15));
     assert_eq!(
         rest,
@@ -210,6 +202,17 @@ fn a_checkpointed_position_resumes_after_the_last_row_read() {
         "nothing read twice, nothing lost"
     );
     assert!(resumed.seek("not a position").is_err());
+
+    // With per-partition watermarks the source learns its partitions at creation; a seek
+    // after that must not let messages fetched from the startup offsets through.
+    let mut with_partitions =
+        create_source("KAFKA", &source_options, None, orders_schema(true)).unwrap();
+    let (column, partitions) = with_partitions.watermark_partitions().unwrap().unwrap();
+    assert_eq!((column.as_str(), partitions.len()), ("_partition", 2));
+    std::thread::sleep(Duration::from_millis(300));
+    with_partitions.seek(&position).unwrap();
+    let rest = ids(&read_rows(with_partitions.as_mut(), 15));
+    assert_eq!(rest, (30..45).collect::<Vec<_>>());
 }
 
 #[test]
@@ -622,19 +625,6 @@ fn bad_options_are_refused_before_connecting() {
         e.to_string().contains("nope") && e.to_string().contains("customer"),
         "{e}"
     );
-    let e = create_sink(
-        "KAFKA",
-        &options(&[
-            ("bootstrap.servers", "127.0.0.1:1"),
-            ("topic", "t"),
-            ("delivery.guarantee", "exactly-once"),
-        ]),
-        None,
-        schema.clone(),
-    )
-    .err()
-    .unwrap();
-    assert!(e.to_string().contains("at-least-once"), "{e}");
     // Pass-through options reach librdkafka (unknown ones are its error, not ours).
     let e = create_sink(
         "KAFKA",
@@ -649,4 +639,305 @@ fn bad_options_are_refused_before_connecting() {
     .err()
     .unwrap();
     assert!(e.to_string().contains("no.such.setting"), "{e}");
+}
+
+/// Every message of `topic` (all partitions), read from the beginning until nothing new
+/// arrives for a second: the ids they carry (JSON `id` field), sorted. The broker under
+/// test does not hide the records of aborted transactions from read_committed consumers,
+/// so this counts what was written, committed or not.
+fn written_ids(brokers: &str, topic: &str) -> Vec<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "written-ids")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        list.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    let mut ids = Vec::new();
+    let mut quiet_since = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while quiet_since.elapsed() < Duration::from_secs(1) && Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            let text = std::str::from_utf8(m.payload().unwrap()).unwrap();
+            let id = text
+                .split("\"id\":")
+                .nth(1)
+                .and_then(|r| r.split([',', '}']).next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no id in {text}"));
+            ids.push(id);
+            quiet_since = Instant::now();
+        }
+    }
+    ids.sort_unstable();
+    ids
+}
+
+/// The JSON `id` fields of raw log records, sorted.
+fn payload_ids(records: &[kafka_test::LogRecord]) -> Vec<i64> {
+    let mut ids: Vec<i64> = records
+        .iter()
+        .map(|r| {
+            let text = std::str::from_utf8(r.value.as_deref().unwrap()).unwrap();
+            text.split("\"id\":")
+                .nth(1)
+                .and_then(|r| r.split([',', '}']).next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no id in {text}"))
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// The epoch the exactly-once sink with transactional id `id` last committed, as the
+/// marker offset of the group named like the id.
+fn committed_marker(brokers: &str, id: &str, topic: &str) -> Option<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", id)
+        .create()
+        .unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition(topic, 0);
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .unwrap();
+    match committed.elements()[0].offset() {
+        rdkafka::Offset::Offset(n) => Some(n),
+        _ => None,
+    }
+}
+
+fn exactly_once_options(brokers: &str, topic: &str, id: &str) -> ConnectorOptions {
+    options(&[
+        ("bootstrap.servers", brokers),
+        ("topic", topic),
+        ("delivery.guarantee", "exactly-once"),
+        ("transactional.id", id),
+    ])
+}
+
+fn unique(name: &str) -> String {
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+#[test]
+fn the_exactly_once_sink_commits_each_checkpoint_in_one_transaction_with_its_marker() {
+    let Some(brokers) = brokers() else { return };
+    let topic = topic(&brokers, "eos", 2);
+    let id = unique("eos-txn");
+    let mut sink = create_sink(
+        "KAFKA",
+        &exactly_once_options(&brokers, &topic, &id),
+        None,
+        orders_schema(false),
+    )
+    .unwrap();
+    let caps = sink.capabilities();
+    assert!(caps.exactly_once && caps.two_phase_commit);
+    sink.begin_epoch(1).unwrap();
+    sink.write_batch(&orders(0..10)).unwrap();
+    sink.pre_commit(1).unwrap();
+    let state = sink
+        .pre_commit_state()
+        .unwrap()
+        .expect("the open transaction");
+    assert!(!state.is_empty());
+    // Rows after the barrier wait for the commit of epoch 1; nothing is visible to a
+    // read_committed consumer before it.
+    sink.write_batch(&orders(10..15)).unwrap();
+    assert_eq!(written_ids(&brokers, &topic), Vec::<i64>::new());
+    assert_eq!(committed_marker(&brokers, &id, &topic), None);
+    sink.commit_epoch(1).unwrap();
+    assert_eq!(committed_marker(&brokers, &id, &topic), Some(1));
+    sink.pre_commit(2).unwrap();
+    sink.commit_epoch(2).unwrap();
+    assert_eq!(committed_marker(&brokers, &id, &topic), Some(2));
+    assert_eq!(written_ids(&brokers, &topic), (0..15).collect::<Vec<_>>());
+    // A checkpoint that fails (no commit of 3): its rows join the next transaction.
+    sink.write_batch(&orders(15..20)).unwrap();
+    sink.pre_commit(3).unwrap();
+    sink.write_batch(&orders(20..25)).unwrap();
+    sink.pre_commit(4).unwrap();
+    sink.commit_epoch(4).unwrap();
+    assert_eq!(committed_marker(&brokers, &id, &topic), Some(4));
+    assert_eq!(written_ids(&brokers, &topic), (0..25).collect::<Vec<_>>());
+    assert_eq!(sink.metrics().last_committed_epoch, Some(4));
+}
+
+#[test]
+fn a_lost_transaction_of_a_completed_checkpoint_is_written_again_once_at_recovery() {
+    let Some(brokers) = brokers() else { return };
+    let topic = topic(&brokers, "eos-recover", 1);
+    let id = unique("eos-recover-txn");
+    let opts = exactly_once_options(&brokers, &topic, &id);
+    let mut crashed = create_sink("KAFKA", &opts, None, orders_schema(false)).unwrap();
+    crashed.begin_epoch(7).unwrap();
+    crashed.write_batch(&orders(0..10)).unwrap();
+    crashed.write_batch(&orders(10..12)).unwrap();
+    crashed.pre_commit(7).unwrap();
+    // The checkpoint of epoch 7 completed with this state, then the process stopped
+    // before the transaction was committed.
+    let state = crashed.pre_commit_state().unwrap().unwrap();
+    std::mem::forget(crashed);
+
+    // The restarted sink fences the old producer (aborting its transaction), finds the
+    // marker behind epoch 7 and sends the checkpointed rows again.
+    let mut restarted = create_sink("KAFKA", &opts, None, orders_schema(false)).unwrap();
+    restarted.restore_pre_commit_state(&state).unwrap();
+    restarted.recover(Some(7)).unwrap();
+    assert_eq!(committed_marker(&brokers, &id, &topic), Some(7));
+    let after_first = written_ids(&brokers, &topic);
+    // The aborted copy (this broker does not hide it) and the committed one.
+    assert_eq!(after_first.len(), 24, "{after_first:?}");
+    drop(restarted);
+
+    // Read by transaction outcome: the rows once committed, the lost copy aborted.
+    let log = kafka_test::read_partition(&brokers, &topic, 0);
+    assert_eq!(payload_ids(&log.committed), (0..12).collect::<Vec<_>>());
+    assert_eq!(payload_ids(&log.aborted), (0..12).collect::<Vec<_>>());
+    assert!(log.open.is_empty());
+
+    // Recovering the same checkpoint again: the marker says it is committed.
+    let mut again = create_sink("KAFKA", &opts, None, orders_schema(false)).unwrap();
+    again.restore_pre_commit_state(&state).unwrap();
+    again.recover(Some(7)).unwrap();
+    assert_eq!(written_ids(&brokers, &topic).len(), 24);
+    let log = kafka_test::read_partition(&brokers, &topic, 0);
+    assert_eq!(payload_ids(&log.committed), (0..12).collect::<Vec<_>>());
+
+    // A state that does not belong to the recovered checkpoint is not sent.
+    let mut other = create_sink("KAFKA", &opts, None, orders_schema(false)).unwrap();
+    other.restore_pre_commit_state(&state).unwrap();
+    other.recover(Some(8)).unwrap();
+    assert_eq!(written_ids(&brokers, &topic).len(), 24);
+
+    // A damaged state is an error, not a silent skip.
+    let mut damaged = create_sink("KAFKA", &opts, None, orders_schema(false)).unwrap();
+    let e = damaged
+        .restore_pre_commit_state(&state[..state.len() / 2])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("checkpointed transaction"), "{e}");
+}
+
+#[test]
+fn a_new_producer_with_the_same_transactional_id_fences_the_old_one() {
+    let Some(brokers) = brokers() else { return };
+    let topic = topic(&brokers, "eos-fence", 1);
+    let id = unique("eos-fence-txn");
+    let opts = exactly_once_options(&brokers, &topic, &id);
+    let mut zombie = create_sink("KAFKA", &opts, None, orders_schema(false)).unwrap();
+    zombie.begin_epoch(1).unwrap();
+    zombie.write_batch(&orders(0..5)).unwrap();
+    zombie.pre_commit(1).unwrap();
+    let _successor = create_sink("KAFKA", &opts, None, orders_schema(false)).unwrap();
+    let e = zombie.commit_epoch(1).unwrap_err().to_string();
+    assert!(e.contains(&id), "{e}");
+    assert_eq!(committed_marker(&brokers, &id, &topic), None);
+}
+
+#[test]
+fn exactly_once_options_are_checked() {
+    let schema = orders_schema(false);
+    let e = laminar_connectors::validate_sink(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", "localhost:1"),
+            ("topic", "t"),
+            ("delivery.guarantee", "exactly-twice"),
+        ]),
+        None,
+        &schema,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("delivery.guarantee") && e.contains("exactly-once"),
+        "{e}"
+    );
+    let e = laminar_connectors::validate_sink(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", "localhost:1"),
+            ("topic", "t"),
+            ("transactional.id", "x"),
+        ]),
+        None,
+        &schema,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("transactional.id"), "{e}");
+}
+
+/// Recovery trusts the marker: an offset committed inside a transaction that was aborted
+/// (the producer stopped after sending the marker, before its commit) must not show.
+#[test]
+fn the_commit_marker_of_an_aborted_transaction_does_not_count() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let Some(brokers) = brokers() else { return };
+    let topic = topic(&brokers, "eos-marker", 1);
+    let id = unique("eos-marker-txn");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("transactional.id", &id)
+        .create()
+        .unwrap();
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", &id)
+        .create()
+        .unwrap();
+    let marker = |epoch: i64| {
+        let mut list = rdkafka::TopicPartitionList::new();
+        list.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(epoch))
+            .unwrap();
+        list
+    };
+    producer.begin_transaction().unwrap();
+    producer
+        .send_offsets_to_transaction(
+            &marker(3),
+            &group.group_metadata().unwrap(),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    producer
+        .commit_transaction(Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(committed_marker(&brokers, &id, &topic), Some(3));
+    producer.begin_transaction().unwrap();
+    producer
+        .send_offsets_to_transaction(
+            &marker(4),
+            &group.group_metadata().unwrap(),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    // Not yet committed: not visible.
+    assert_eq!(committed_marker(&brokers, &id, &topic), Some(3));
+    producer.abort_transaction(Duration::from_secs(30)).unwrap();
+    assert_eq!(committed_marker(&brokers, &id, &topic), Some(3));
 }

@@ -91,6 +91,8 @@ struct Recovered {
     positions: BTreeMap<String, String>,
     /// Table name → rows.
     tables: BTreeMap<String, Vec<u8>>,
+    /// Sink name → its pre-commit state.
+    sinks: BTreeMap<String, Vec<u8>>,
     /// Log records before this sequence number are covered by the checkpoint.
     wal_position: u64,
 }
@@ -136,6 +138,8 @@ struct Round {
     sources: BTreeSet<String>,
     sinks: BTreeSet<String>,
     states: BTreeMap<String, StateSnapshot>,
+    /// Sink → what it keeps with the checkpoint ([`laminar_connectors::SinkConnector::pre_commit_state`]).
+    sink_states: BTreeMap<String, Vec<u8>>,
     positions: BTreeMap<String, String>,
     /// Write-ahead log records before this position precede the barrier.
     wal_position: u64,
@@ -290,6 +294,8 @@ impl Durability {
                     pieces.entry(node).or_default().insert(index, content);
                 } else if let Some(table) = from_file_name("table", &file) {
                     recovered.tables.insert(table, content);
+                } else if let Some(sink) = from_file_name("sink", &file) {
+                    recovered.sinks.insert(sink, content);
                 }
             }
             for (node, mut parts) in pieces {
@@ -518,6 +524,7 @@ impl Durability {
                 sources: parts.sources.iter().cloned().collect(),
                 sinks: parts.sinks.iter().cloned().collect(),
                 states: BTreeMap::new(),
+                sink_states: BTreeMap::new(),
                 positions: BTreeMap::new(),
                 wal_position: 0,
                 error: None,
@@ -532,6 +539,7 @@ impl Durability {
         let abandoned = || DbError::Checkpoint(format!("checkpoint {epoch} was abandoned"));
         let Round {
             states,
+            sink_states,
             positions,
             wal_position,
             ..
@@ -596,6 +604,9 @@ impl Durability {
         }
         for (table, rows) in parts.tables {
             files.push((file_name("table", &table), rows));
+        }
+        for (sink, state) in sink_states {
+            files.push((file_name("sink", &sink), state));
         }
         let bytes = files.iter().map(|(_, c)| c.len() as u64).sum();
         let refs: Vec<(&str, &[u8])> = files
@@ -771,13 +782,40 @@ impl Durability {
     }
 
     /// A sink pre-committed `epoch` (or failed to).
-    pub(crate) fn on_sink_precommit(&self, sink: &str, epoch: u64, result: Result<(), String>) {
+    /// Sink `sink` pre-committed `epoch` (with the state it keeps in the checkpoint).
+    pub(crate) fn on_sink_precommit(
+        &self,
+        sink: &str,
+        epoch: u64,
+        result: Result<Option<Vec<u8>>, String>,
+    ) {
         self.with_round(epoch, |r| {
             r.sinks.remove(sink);
-            if let Err(e) = result {
-                r.error = Some(format!("sink '{sink}' could not pre-commit: {e}"));
+            match result {
+                Ok(Some(state)) => {
+                    r.sink_states.insert(sink.to_string(), state);
+                }
+                Ok(None) => {}
+                Err(e) => r.error = Some(format!("sink '{sink}' could not pre-commit: {e}")),
             }
         });
+    }
+
+    /// The pre-commit state sink `name` kept in the recovered checkpoint, when the sink
+    /// is defined as it was then (a sink defined differently starts without it).
+    pub(crate) fn take_sink_state(&self, name: &str, sql: &str) -> Option<Vec<u8>> {
+        let mut recovered = self.recovered.lock();
+        let state = recovered.sinks.remove(name)?;
+        match recovered.objects.get(name) {
+            Some(stored) if normalized(stored) == normalized(sql) => Some(state),
+            _ => {
+                tracing::warn!(
+                    sink = name,
+                    "the sink is defined differently from the checkpointed one: its pre-committed output is not written again"
+                );
+                None
+            }
+        }
     }
 }
 
@@ -817,6 +855,7 @@ impl Recovered {
         self.objects.remove(name);
         self.positions.remove(name);
         self.tables.remove(name);
+        self.sinks.remove(name);
         let prefix = format!("{name}[");
         self.states
             .retain(|node, _| node != name && !node.starts_with(&prefix));

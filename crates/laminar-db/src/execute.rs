@@ -1126,14 +1126,24 @@ impl LaminarDB {
                     ))
                     .into());
                 }
-                Some(
-                    create_sink(&spec.name, &options, format, schema.clone()).map_err(
-                        |source| DbError::Connector {
-                            object: c.name.clone(),
-                            source: Box::new(source),
-                        },
-                    )?,
-                )
+                let connector_error = |source| DbError::Connector {
+                    object: c.name.clone(),
+                    source: Box::new(source),
+                };
+                let mut sink = create_sink(&spec.name, &options, format, schema.clone())
+                    .map_err(connector_error)?;
+                // Output the checkpoint being recovered pre-committed, for the sink to
+                // settle before it writes anything.
+                if let Some(state) = self
+                    .inner
+                    .durability
+                    .as_ref()
+                    .and_then(|d| d.take_sink_state(&c.name, sql))
+                {
+                    sink.restore_pre_commit_state(&state)
+                        .map_err(connector_error)?;
+                }
+                Some(sink)
             }
             None => {
                 if c.format.is_some() {
@@ -1436,7 +1446,8 @@ pub(crate) fn connector_options(
     format: Option<&laminar_sql::parser::ConnectorSpec>,
 ) -> Result<ConnectorOptions, DbError> {
     let mut options =
-        ConnectorOptions::from_pairs(spec.options.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        ConnectorOptions::from_pairs(spec.options.iter().map(|(k, v)| (k.as_str(), v.clone())))
+            .for_object(object);
     for (key, value) in format.map(|f| f.options.as_slice()).unwrap_or_default() {
         if options.insert(key, value.clone()).is_some() {
             return Err(SqlError::Invalid(format!(

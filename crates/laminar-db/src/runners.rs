@@ -444,11 +444,18 @@ impl SinkWriter<'_> {
                 };
                 // Everything before the barrier becomes durable but stays invisible
                 // until the checkpoint completes.
-                let result = self.sink.pre_commit(*epoch).map_err(|e| e.to_string());
+                let result = self
+                    .sink
+                    .pre_commit(*epoch)
+                    .and_then(|()| self.sink.pre_commit_state())
+                    .map_err(|e| e.to_string());
+                let failed = result.as_ref().err().cloned();
                 epochs
                     .durability
-                    .on_sink_precommit(self.name, *epoch, result.clone());
-                result?;
+                    .on_sink_precommit(self.name, *epoch, result);
+                if let Some(e) = failed {
+                    return Err(e);
+                }
                 self.sink.begin_epoch(epoch + 1).map_err(|e| e.to_string())
             }
             Message::Idle | Message::End | Message::Partitioned(_) => Ok(()),

@@ -13,19 +13,9 @@ use laminar_db::LaminarDB;
 
 use crate::util::rows;
 
-fn brokers() -> Option<String> {
-    match std::env::var("LAMINAR_TEST_KAFKA_BROKERS") {
-        Ok(b) => Some(b),
-        Err(_) => {
-            assert!(
-                std::env::var_os("LAMINAR_REQUIRE_SERVICES").is_none(),
-                "LAMINAR_TEST_KAFKA_BROKERS is not set: run the tests with scripts/test.sh"
-            );
-            eprintln!("skipped: no Kafka broker (run scripts/test.sh)");
-            None
-        }
-    }
-}
+#[path = "../../../laminar-connectors/tests/support/kafka_test.rs"]
+mod kafka_test;
+use kafka_test::brokers;
 
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
@@ -332,4 +322,43 @@ fn kafka_options_are_checked_at_create() {
     ))
     .unwrap_err();
     assert!(e.to_string().contains("expected json, csv or raw"), "{e}");
+}
+
+/// SASL credentials passed through to librdkafka never show: not in errors, not in
+/// DESCRIBE, not in EXPLAIN.
+#[test]
+fn kafka_secrets_never_show() {
+    let db = LaminarDB::open().unwrap();
+    let secret = "hunter2-very-secret";
+    let e = block_on(db.execute(&format!(
+        "CREATE SOURCE k (id BIGINT) FROM KAFKA (bootstrap.servers = '127.0.0.1:1', topic = 't', \
+         kafka.security.protocol = 'SASL_PLAINTEXT', kafka.sasl.mechanism = 'NOPE', \
+         kafka.sasl.username = 'u', kafka.sasl.password = '{secret}')"
+    )))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("sasl.mechanism") || e.contains("NOPE"), "{e}");
+    assert!(!e.contains(secret), "{e}");
+
+    block_on(db.execute(&format!(
+        "CREATE SOURCE k (id BIGINT) FROM KAFKA (bootstrap.servers = '127.0.0.1:1', topic = 't', \
+         kafka.security.protocol = 'SASL_PLAINTEXT', kafka.sasl.mechanism = 'PLAIN', \
+         kafka.sasl.username = 'u', kafka.sasl.password = '{secret}')"
+    )))
+    .unwrap();
+    for statement in ["DESCRIBE EXTENDED k", "EXPLAIN SELECT id FROM k"] {
+        let shown = match block_on(db.execute(statement)).unwrap() {
+            laminar_db::ExecuteResult::Metadata(b) => {
+                arrow::util::pretty::pretty_format_batches(&[b])
+                    .unwrap()
+                    .to_string()
+            }
+            other => format!("{other:?}"),
+        };
+        assert!(!shown.contains(secret), "{statement}: {shown}");
+        assert!(
+            shown.contains('k') || shown.contains("id"),
+            "{statement}: {shown}"
+        );
+    }
 }
