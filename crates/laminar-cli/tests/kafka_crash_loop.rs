@@ -30,7 +30,7 @@ const INPUT_PARTITIONS: i32 = 4;
 const OUTPUT_PARTITIONS: i32 = 2;
 const KEYS: i64 = 7;
 /// Input rows per kill.
-const ROWS_PER_KILL: i64 = 20_000;
+const ROWS_PER_KILL: i64 = 40_000;
 
 fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -82,7 +82,8 @@ fn produce_input(brokers: &str, topic: &str, rows: i64) {
 fn pipeline(brokers: &str, input: &str, copied: &str, counts: &str, run: &str) -> String {
     format!(
         "CREATE SOURCE events (id BIGINT, k BIGINT, ts BIGINT, _partition INT, WATERMARK FOR ts AS ts)\n\
-         \x20 FROM KAFKA (bootstrap.servers = '{brokers}', topic = '{input}', startup.mode = 'earliest', group.id = '{run}');\n\
+         \x20 FROM KAFKA (bootstrap.servers = '{brokers}', topic = '{input}', startup.mode = 'earliest', group.id = '{run}',\n\
+         \x20 kafka.max.partition.fetch.bytes = '16384');\n\
          CREATE STREAM copied AS SELECT id, k FROM events;\n\
          CREATE SINK copied_out FROM copied INTO KAFKA (bootstrap.servers = '{brokers}', topic = '{copied}',\n\
          \x20 delivery.guarantee = 'exactly-once', transactional.id = '{run}-copied');\n\
@@ -123,6 +124,48 @@ fn read_topic(brokers: &str, topic: &str, partitions: i32) -> (Vec<Vec<i64>>, us
         );
     }
     (committed, aborted)
+}
+
+/// The ids among `0..all_rows` that the copied rows hold other than once, with their count.
+fn not_once(copies: &[Vec<i64>], all_rows: i64) -> Vec<(usize, u32)> {
+    let mut seen = vec![0u32; all_rows as usize];
+    for row in copies {
+        seen[row[0] as usize] += 1;
+    }
+    seen.iter()
+        .enumerate()
+        .filter(|(_, n)| **n != 1)
+        .map(|(i, n)| (i, *n))
+        .collect()
+}
+
+/// Where the records of ids committed other than once are in the log of `topic`.
+fn explain(brokers: &str, topic: &str, wrong: &[(usize, u32)]) -> String {
+    let wanted: std::collections::HashSet<i64> = wrong.iter().map(|(id, _)| *id as i64).collect();
+    let mut text = String::new();
+    for p in 0..OUTPUT_PARTITIONS {
+        let log = kafka_test::read_partition(brokers, topic, p);
+        for (kind, records) in [
+            ("committed", &log.committed),
+            ("aborted", &log.aborted),
+            ("open", &log.open),
+        ] {
+            let hits: Vec<(i64, Option<(i64, i16)>)> = records
+                .iter()
+                .filter(|r| wanted.contains(&fields(r.value.as_deref().unwrap())[0]))
+                .map(|r| (r.offset, r.producer))
+                .collect();
+            if let (Some(first), Some(last)) = (hits.first(), hits.last()) {
+                text.push_str(&format!(
+                    "partition {p}: {} {kind} records, offsets {:?}..{:?}\n",
+                    hits.len(),
+                    first,
+                    last
+                ));
+            }
+        }
+    }
+    text
 }
 
 fn spawn(sql: &Path, state: &Path) -> Child {
@@ -219,29 +262,58 @@ fn killed_and_rerun_kafka_pipelines_commit_every_result_exactly_once() {
     }
     let all_rows = rows + i64::from(INPUT_PARTITIONS);
 
-    // A last run goes on until the output is complete (or a deadline passes).
+    // A last run goes on until the output is complete. A run whose output stops growing
+    // for 30 s is killed and started again (counted and reported: the restarted run must
+    // then complete the output, exactly once, like any other recovery); after three such
+    // restarts, or three minutes, the test fails.
     let mut child = spawn(&sql, &state);
     let deadline = Instant::now() + Duration::from_secs(180);
+    let mut stalled_restarts = Vec::new();
+    let mut progress = (0usize, Instant::now());
     loop {
         std::thread::sleep(Duration::from_secs(1));
-        let (copies, _) = read_topic(&brokers, &copied, OUTPUT_PARTITIONS);
+        let (copies, uncommitted) = read_topic(&brokers, &copied, OUTPUT_PARTITIONS);
         let (windows, _) = read_topic(&brokers, &counts, OUTPUT_PARTITIONS);
         if copies.len() as i64 >= all_rows && windows.len() >= expected.len() {
             break;
         }
-        if child.try_wait().unwrap().is_some() || Instant::now() >= deadline {
+        let done = copies.len() + windows.len();
+        if done != progress.0 {
+            progress = (done, Instant::now());
+        }
+        let exited = child.try_wait().unwrap().is_some();
+        if exited || Instant::now() >= deadline || stalled_restarts.len() >= 3 {
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
+            let wrong = not_once(&copies, all_rows);
+            eprintln!("{}", explain(&brokers, &copied, &wrong));
             panic!(
-                "the output is incomplete: {} of {all_rows} rows, {} of {} windows; the final run printed:\n{}",
+                "the output is incomplete: {} of {all_rows} rows, {} of {} windows \
+                 ({uncommitted} copied records in aborted or open transactions; restarts after stalls: {stalled_restarts:?}); \
+                 the final run printed:\n{}",
                 copies.len(),
                 windows.len(),
                 expected.len(),
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        if progress.1.elapsed() >= Duration::from_secs(30) {
+            stalled_restarts.push(format!(
+                "{} of {all_rows} rows, {} windows, {uncommitted} uncommitted copied records",
+                copies.len(),
+                windows.len()
+            ));
+            eprint!("{}", kill(child));
+            child = spawn(&sql, &state);
+            progress = (done, Instant::now());
+        }
     }
-    kill(child);
+    eprint!("{}", kill(child));
+    if !stalled_restarts.is_empty() {
+        eprintln!(
+            "kafka crash loop: the final run stalled and was restarted at: {stalled_restarts:?}"
+        );
+    }
 
     let (copies, aborted_copies) = read_topic(&brokers, &copied, OUTPUT_PARTITIONS);
     let (windows, aborted_windows) = read_topic(&brokers, &counts, OUTPUT_PARTITIONS);
@@ -252,21 +324,18 @@ fn killed_and_rerun_kafka_pipelines_commit_every_result_exactly_once() {
         before_final.len(),
     );
 
-    let mut seen = vec![0u32; all_rows as usize];
     for row in &copies {
         assert_eq!(row[1], row[0] % KEYS, "row {row:?}");
-        seen[row[0] as usize] += 1;
     }
-    let wrong: Vec<(usize, u32)> = seen
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| **n != 1)
-        .map(|(i, n)| (i, *n))
-        .take(10)
-        .collect();
+    let wrong = not_once(&copies, all_rows);
+    if !wrong.is_empty() {
+        eprintln!("{}", explain(&brokers, &copied, &wrong));
+    }
     assert!(
         wrong.is_empty(),
-        "ids not committed exactly once (id, times): {wrong:?}"
+        "{} ids not committed exactly once (id, times): {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(10)]
     );
 
     let mut got: BTreeMap<(i64, i64), (i64, i64)> = BTreeMap::new();

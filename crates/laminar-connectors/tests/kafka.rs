@@ -941,3 +941,51 @@ fn the_commit_marker_of_an_aborted_transaction_does_not_count() {
     producer.abort_transaction(Duration::from_secs(30)).unwrap();
     assert_eq!(committed_marker(&brokers, &id, &topic), Some(3));
 }
+
+/// As above, when the producer stops without aborting and a new producer with the same
+/// transactional id fences it.
+#[test]
+fn the_commit_marker_of_a_fenced_transaction_does_not_count() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let Some(brokers) = brokers() else { return };
+    let topic = topic(&brokers, "eos-fenced-marker", 1);
+    let id = unique("eos-fenced-marker-txn");
+    let producer = || -> BaseProducer {
+        let p: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("transactional.id", &id)
+            .create()
+            .unwrap();
+        p.init_transactions(Duration::from_secs(30)).unwrap();
+        p
+    };
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", &id)
+        .create()
+        .unwrap();
+    let mut marker = rdkafka::TopicPartitionList::new();
+    marker
+        .add_partition_offset(&topic, 0, rdkafka::Offset::Offset(9))
+        .unwrap();
+    let zombie = producer();
+    zombie.begin_transaction().unwrap();
+    zombie
+        .send(BaseRecord::<(), str>::to(&topic).payload("{\"id\":1}"))
+        .unwrap();
+    zombie.flush(Duration::from_secs(10)).unwrap();
+    zombie
+        .send_offsets_to_transaction(
+            &marker,
+            &group.group_metadata().unwrap(),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    std::mem::forget(zombie);
+    let successor = producer();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(committed_marker(&brokers, &id, &topic), None);
+    drop(successor);
+    let log = kafka_test::read_partition(&brokers, &topic, 0);
+    assert_eq!(log.committed.len(), 0, "{log:?}");
+}

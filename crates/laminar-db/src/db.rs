@@ -318,6 +318,8 @@ impl LaminarDB {
         }
         for sink in catalog.sinks.values() {
             nodes.extend(sink.node.clone());
+            // Its definition guards the state it keeps in the checkpoint.
+            objects.push((sink.name.clone(), sink.sql.clone()));
         }
         nodes.retain(|n| !n.is_finished() && !n.is_retired());
         let mut tables = Vec::new();

@@ -806,8 +806,8 @@ impl Durability {
     pub(crate) fn take_sink_state(&self, name: &str, sql: &str) -> Option<Vec<u8>> {
         let mut recovered = self.recovered.lock();
         let state = recovered.sinks.remove(name)?;
-        match recovered.objects.get(name) {
-            Some(stored) if normalized(stored) == normalized(sql) => Some(state),
+        match recovered.objects.remove(name) {
+            Some(stored) if normalized(&stored) == normalized(sql) => Some(state),
             _ => {
                 tracing::warn!(
                     sink = name,

@@ -39,6 +39,8 @@ pub fn brokers() -> Option<String> {
 #[derive(Debug, Clone)]
 pub struct LogRecord {
     pub offset: i64,
+    /// Producer id and epoch of a transactional record.
+    pub producer: Option<(i64, i16)>,
     pub value: Option<Vec<u8>>,
 }
 
@@ -51,6 +53,8 @@ pub struct PartitionLog {
     pub aborted: Vec<LogRecord>,
     /// Records of transactions that are still open.
     pub open: Vec<LogRecord>,
+    /// The transaction markers: offset, producer id, producer epoch, commit.
+    pub markers: Vec<(i64, i64, i16, bool)>,
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -191,7 +195,7 @@ pub fn read_partition(broker: &str, topic: &str, partition: i32) -> PartitionLog
             b.i64();
             b.i64();
             let producer = b.i64();
-            b.i16();
+            let producer_epoch = b.i16();
             b.i32();
             let count = b.i32();
             for _ in 0..count {
@@ -213,6 +217,8 @@ pub fn read_partition(broker: &str, topic: &str, partition: i32) -> PartitionLog
                     let key = key.expect("a control record has a key");
                     let kind = i16::from_be_bytes([key[2], key[3]]);
                     let ended = pending.remove(&producer).unwrap_or_default();
+                    log.markers
+                        .push((offset, producer, producer_epoch, kind == 1));
                     match kind {
                         1 => log.committed.extend(ended),
                         0 => log.aborted.extend(ended),
@@ -220,7 +226,11 @@ pub fn read_partition(broker: &str, topic: &str, partition: i32) -> PartitionLog
                     }
                     continue;
                 }
-                let record = LogRecord { offset, value };
+                let record = LogRecord {
+                    offset,
+                    producer: transactional.then_some((producer, producer_epoch)),
+                    value,
+                };
                 if transactional {
                     pending.entry(producer).or_default().push(record);
                 } else {
