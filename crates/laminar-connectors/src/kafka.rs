@@ -8,17 +8,19 @@
 //! checkpointed position a partition starts per `startup.mode`: `group-offsets` (the
 //! group's committed offset, else `auto.offset.reset`, default earliest), `earliest` or
 //! `latest`. Messages are decoded into the declared columns per `format`: `json` (one
-//! object, fields by name), `csv` (one record without header, fields by position) or `raw`
-//! (the payload is the one VARCHAR or BYTES value column); the metadata
-//! columns `_topic`, `_partition`, `_offset`, `_timestamp` (ms) and `_key`, when declared,
-//! are filled from the message instead. A message that fails to decode is handled by
+//! object, fields by name), `csv` (one record without header, fields by position), `raw`
+//! (the payload is the one VARCHAR or BYTES value column) or `debezium` (change envelopes
+//! read as a changelog: the source declares `_op`); the metadata columns `_topic`,
+//! `_partition`, `_offset`, `_timestamp` (ms), `_key` and `_headers` (JSON text), when
+//! declared, are filled from the message instead. A message that fails to decode is handled by
 //! `error.policy`: `fail` (default; the error names topic, partition and offset), `skip`
 //! (counted in `bad_records`) or `dlq` (written to `dlq.topic` with `laminar.error` /
 //! `.topic` / `.partition` / `.offset` headers, flushed before a checkpoint records the
 //! position, and counted).
 //!
 //! ## Sink
-//! Writes every row as one message (`json`, `csv` or `raw`, as the source reads them) to
+//! Writes every row as one message (`json`, `csv` or `raw`, as the source reads them; an
+//! updating input as Debezium envelopes, or with `upsert` as values and tombstones) to
 //! `topic`, keyed by the `key` column's value when given, partitioned by murmur2 of the key
 //! as the Java client does
 //! (`murmur2_random`; keyless messages spread at random; `kafka.partitioner` overrides it).
@@ -58,6 +60,9 @@ use crate::registry::ConfigKey;
 
 const NAME: &str = "KAFKA";
 
+/// The operation column of a changelog (as in `laminar_core::message::OP_COLUMN`).
+const OP_COLUMN: &str = "_op";
+
 const BOOTSTRAP_SERVERS: ConfigKey = ConfigKey {
     key: "bootstrap.servers",
     required: true,
@@ -69,7 +74,7 @@ const FORMAT: ConfigKey = ConfigKey {
     key: "format",
     required: false,
     default: Some("json"),
-    description: "message format: json (an object per message), csv (a record per message) or raw (the payload is the one value column)",
+    description: "message format: json (an object per message), csv (a record per message), raw (the payload is the one value column) or debezium (the Debezium JSON change envelope)",
 };
 
 /// Options of the `KAFKA` source (besides `kafka.<name>` pass-through keys).
@@ -135,6 +140,12 @@ pub(crate) const SINK_KEYS: &[ConfigKey] = &[
         default: None,
         description: "column whose value is the message key (partitioning by key)",
     },
+    ConfigKey {
+        key: "upsert",
+        required: false,
+        default: Some("false"),
+        description: "true: changes are written as upserts (the row as the key's value) and deletes as tombstones (key with no value); needs key",
+    },
     FORMAT,
     ConfigKey {
         key: "delivery.guarantee",
@@ -193,6 +204,8 @@ enum MessageFormat {
     Csv,
     /// The payload itself is the single (non-metadata) column's value.
     Raw,
+    /// The Debezium JSON envelope (`before`, `after`, `op`, `ts_ms`): a changelog.
+    Debezium,
 }
 
 fn message_format(options: &ConnectorOptions) -> Result<MessageFormat, ConnectorError> {
@@ -204,10 +217,11 @@ fn message_format(options: &ConnectorOptions) -> Result<MessageFormat, Connector
         None | Some("json") => Ok(MessageFormat::Json),
         Some("csv") => Ok(MessageFormat::Csv),
         Some("raw") => Ok(MessageFormat::Raw),
+        Some("debezium" | "debezium-json" | "debezium_json") => Ok(MessageFormat::Debezium),
         Some(_) => Err(invalid(
             "format",
             options.get_str("format").unwrap_or_default(),
-            "expected json, csv or raw (Avro and Debezium are not supported yet)",
+            "expected json, csv, raw or debezium (Avro is not supported yet)",
         )),
     }
 }
@@ -407,6 +421,7 @@ enum Meta {
     Offset,
     Timestamp,
     Key,
+    Headers,
 }
 
 impl Meta {
@@ -417,6 +432,7 @@ impl Meta {
             "_offset" => Meta::Offset,
             "_timestamp" => Meta::Timestamp,
             "_key" => Meta::Key,
+            "_headers" => Meta::Headers,
             _ => return None,
         })
     }
@@ -430,6 +446,9 @@ struct MessageMeta {
     offset: i64,
     timestamp: Option<i64>,
     key: Option<Vec<u8>>,
+    /// The headers as a JSON object text (values as UTF-8, lossy; NULL values as null),
+    /// only when `_headers` is declared.
+    headers: Option<String>,
 }
 
 /// See the module docs.
@@ -440,6 +459,8 @@ pub(crate) struct KafkaSource {
     payload_schema: SchemaRef,
     /// Per declared column: a metadata column, or the index in `payload_schema`.
     columns: Vec<Result<Meta, usize>>,
+    /// `_headers` is declared: messages' headers are collected.
+    wants_headers: bool,
     consumer: BaseConsumer,
     /// Next offset to read per (topic, partition): what a checkpoint records.
     next: BTreeMap<(String, i32), i64>,
@@ -476,6 +497,18 @@ impl KafkaSource {
                 .collect();
             check_raw(&values)?;
         }
+        if config.format == MessageFormat::Debezium {
+            match declared.field_with_name(OP_COLUMN) {
+                Ok(f) if f.data_type() == &DataType::Utf8 => {}
+                _ => {
+                    return Err(invalid(
+                        "format",
+                        "debezium",
+                        "Debezium messages are changes: declare the column `_op VARCHAR` (it gets I, U-, U+, D or r; `_ts_ms BIGINT` may be declared too)",
+                    ));
+                }
+            }
+        }
         let mut columns = Vec::new();
         let mut payload_fields = Vec::new();
         for field in declared.fields() {
@@ -507,8 +540,10 @@ impl KafkaSource {
         let consumer: BaseConsumer = client
             .create()
             .map_err(|e| kafka_error("cannot create the consumer", e))?;
+        let wants_headers = columns.contains(&Ok(Meta::Headers));
         Ok(KafkaSource {
             config,
+            wants_headers,
             schema: declared,
             payload_schema: Arc::new(Schema::new(payload_fields)),
             columns,
@@ -709,7 +744,7 @@ impl KafkaSource {
         let rows = payloads.len().max(1);
         let schema = self.payload_schema.clone();
         let batch = match self.config.format {
-            MessageFormat::Json => {
+            MessageFormat::Json | MessageFormat::Debezium => {
                 let mut decoder = arrow::json::ReaderBuilder::new(schema)
                     .with_batch_size(rows)
                     .build_decoder()?;
@@ -763,7 +798,24 @@ impl KafkaSource {
         payloads: &[&[u8]],
         metas: &[MessageMeta],
     ) -> Result<RecordBatch, ConnectorError> {
+        if self.config.format == MessageFormat::Debezium {
+            let (rows, row_metas) = debezium_rows(payloads, metas)?;
+            let slices: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
+            return self.decode_rows(&slices, &row_metas);
+        }
+        self.decode_rows(payloads, metas)
+    }
+
+    /// Decodes one row per payload.
+    fn decode_rows(
+        &self,
+        payloads: &[&[u8]],
+        metas: &[MessageMeta],
+    ) -> Result<RecordBatch, ConnectorError> {
         let rows = metas.len();
+        if rows == 0 {
+            return Ok(RecordBatch::new_empty(self.schema.clone()));
+        }
         let payload = if self.payload_schema.fields().is_empty() {
             None
         } else {
@@ -799,6 +851,91 @@ impl KafkaSource {
 }
 
 /// A metadata column in the declared type (`_timestamp` as TIMESTAMP or BIGINT ms).
+/// A message's headers as a JSON object text.
+fn headers_json(message: &BorrowedMessage<'_>) -> String {
+    use rdkafka::message::Headers;
+    let mut object = serde_json::Map::new();
+    if let Some(headers) = message.headers() {
+        for header in headers.iter() {
+            let value = header.value.map_or(serde_json::Value::Null, |v| {
+                serde_json::Value::String(String::from_utf8_lossy(v).into_owned())
+            });
+            object.insert(header.key.to_string(), value);
+        }
+    }
+    serde_json::Value::Object(object).to_string()
+}
+
+/// The operation of a Debezium `op` code.
+fn debezium_op(op: &str) -> Option<&'static str> {
+    Some(match op {
+        "c" => "I",
+        "r" => "r",
+        "d" => "D",
+        "u" => "U+",
+        _ => return None,
+    })
+}
+
+/// Turns Debezium envelopes into flat JSON objects (the row image plus `_op` and `_ts_ms`),
+/// one per change row (`u` gives two: `U-` before, `U+` after), each with the metadata of
+/// its message. A tombstone (no payload: Kafka compaction's delete marker that follows a
+/// delete) carries no change and gives no row.
+fn debezium_rows(
+    payloads: &[&[u8]],
+    metas: &[MessageMeta],
+) -> Result<(Vec<Vec<u8>>, Vec<MessageMeta>), ConnectorError> {
+    let bad = |reason: String| kafka_error("Debezium message", reason);
+    let mut rows = Vec::with_capacity(payloads.len());
+    let mut row_metas = Vec::with_capacity(payloads.len());
+    for (payload, meta) in payloads.iter().zip(metas) {
+        if payload.is_empty() {
+            continue;
+        }
+        let mut value: serde_json::Value =
+            serde_json::from_slice(payload).map_err(|e| bad(format!("not JSON: {e}")))?;
+        // With the JSON converter's schemas enabled, the envelope is under "payload".
+        if value.get("schema").is_some()
+            && let Some(inner) = value.get_mut("payload")
+        {
+            value = inner.take();
+        }
+        let op = value
+            .get("op")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| bad("no \"op\" field".into()))?;
+        let op = debezium_op(op)
+            .ok_or_else(|| bad(format!("unknown op '{op}' (expected c, r, u or d)")))?;
+        let ts_ms = value
+            .get("ts_ms")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+        let image =
+            |name: &str| -> Result<serde_json::Map<String, serde_json::Value>, ConnectorError> {
+                match value.get(name) {
+                    Some(serde_json::Value::Object(row)) => Ok(row.clone()),
+                    _ => Err(bad(format!("op '{op}' without a \"{name}\" object"))),
+                }
+            };
+        let mut images = Vec::with_capacity(2);
+        match op {
+            "I" | "r" => images.push((op, image("after")?)),
+            "D" => images.push((op, image("before")?)),
+            _ => {
+                images.push(("U-", image("before")?));
+                images.push(("U+", image("after")?));
+            }
+        }
+        for (op, mut row) in images {
+            row.insert("_op".into(), serde_json::Value::String(op.into()));
+            row.insert("_ts_ms".into(), ts_ms.clone());
+            rows.push(serde_json::Value::Object(row).to_string().into_bytes());
+            row_metas.push(meta.clone());
+        }
+    }
+    Ok((rows, row_metas))
+}
+
 fn meta_column(
     meta: Meta,
     metas: &[MessageMeta],
@@ -819,6 +956,9 @@ fn meta_column(
             metas
                 .iter()
                 .map(|m| m.key.as_deref().map(String::from_utf8_lossy)),
+        )),
+        Meta::Headers => Arc::new(StringArray::from_iter(
+            metas.iter().map(|m| m.headers.as_deref()),
         )),
     };
     if array.data_type() == data_type {
@@ -871,6 +1011,7 @@ impl SourceConnector for KafkaSource {
                 offset: message.offset(),
                 timestamp: message.timestamp().to_millis(),
                 key: message.key().map(<[u8]>::to_vec),
+                headers: self.wants_headers.then(|| headers_json(&message)),
             };
             self.metrics.bytes_read += message.payload_len() as u64;
             let at = (meta.topic.clone(), meta.partition);
@@ -930,6 +1071,10 @@ impl SourceConnector for KafkaSource {
                 self.decode(&good_payloads, &good_metas)?
             }
         };
+        if batch.num_rows() == 0 {
+            // Only Debezium tombstones.
+            return Ok(SourcePoll::Pending);
+        }
         self.metrics.records_read += batch.num_rows() as u64;
         Ok(SourcePoll::Batch(batch))
     }
@@ -1039,6 +1184,12 @@ pub(crate) struct KafkaSinkConfig {
     format: MessageFormat,
     /// `Some(transactional id)` for `delivery.guarantee = 'exactly-once'`.
     transactional_id: Option<String>,
+    /// `upsert = 'true'`: a change is a keyed value or a tombstone.
+    upsert: bool,
+    /// The input's `_op` column (an updating input).
+    op: Option<usize>,
+    /// The input's columns without `_op`: a row's image.
+    image: Vec<usize>,
 }
 
 impl KafkaSinkConfig {
@@ -1047,10 +1198,36 @@ impl KafkaSinkConfig {
         input: &SchemaRef,
     ) -> Result<Self, ConnectorError> {
         let format = message_format(options)?;
+        let op = input.index_of(OP_COLUMN).ok();
+        let image: Vec<usize> = (0..input.fields().len())
+            .filter(|i| Some(*i) != op)
+            .collect();
         if format == MessageFormat::Raw {
             let fields: Vec<&arrow::datatypes::Field> =
-                input.fields().iter().map(|f| f.as_ref()).collect();
+                image.iter().map(|i| input.field(*i)).collect();
             check_raw(&fields)?;
+        }
+        let upsert = options.get_bool(NAME, "upsert")?.unwrap_or(false);
+        if upsert && format == MessageFormat::Debezium {
+            return Err(invalid(
+                "upsert",
+                "true",
+                "the Debezium format carries the operation itself; use one of the two",
+            ));
+        }
+        if upsert && options.get_str("key").is_none() {
+            return Err(invalid(
+                "upsert",
+                "true",
+                "an upsert sink needs the key column: key = '<column>'",
+            ));
+        }
+        if op.is_some() && !upsert && format != MessageFormat::Debezium {
+            return Err(invalid(
+                "format",
+                options.get_str("format").unwrap_or("json"),
+                "the input is an updating stream (it has an _op column) and this format is append-only: write its changes with format = 'debezium', or as upserts and tombstones with upsert = 'true' and key = '<column>'",
+            ));
         }
         let exactly_once = options
             .get_choice(
@@ -1096,7 +1273,115 @@ impl KafkaSinkConfig {
             key,
             format,
             transactional_id,
+            upsert,
+            op,
+            image,
         })
+    }
+}
+
+/// A message to send: its key and payload (`None`: a tombstone or a NULL raw value).
+type Outgoing = (Option<String>, Option<Vec<u8>>);
+
+/// The messages (key, payload) a batch becomes. An append-only input without `upsert`
+/// gives one message per row in the format; otherwise each change becomes a Debezium
+/// envelope (`U-` then `U+` of one update make one `op: u` message) or, with `upsert`, a
+/// value (`I`, `U+`, `r`) or a tombstone (`D`, and a `U-` whose `U+` has another key).
+fn messages(
+    config: &KafkaSinkConfig,
+    batch: &RecordBatch,
+) -> Result<Vec<Outgoing>, ConnectorError> {
+    let rows = batch.num_rows();
+    let keys: Vec<Option<String>> = match config.key {
+        Some(index) => {
+            let keys = arrow::compute::cast(batch.column(index), &DataType::Utf8)?;
+            let keys = keys
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| kafka_error("message key", "not text"))?;
+            keys.iter().map(|k| k.map(str::to_string)).collect()
+        }
+        None => vec![None; rows],
+    };
+    let changes = config.op.is_some() || config.upsert || config.format == MessageFormat::Debezium;
+    if !changes {
+        return Ok(keys
+            .into_iter()
+            .zip(encode_rows(config.format, batch)?)
+            .collect());
+    }
+    let images = batch.project(&config.image)?;
+    let image_format = match config.format {
+        MessageFormat::Debezium => MessageFormat::Json,
+        other => other,
+    };
+    let images = encode_rows(image_format, &images)?;
+    let ops: Vec<&str> = match config.op {
+        Some(index) => {
+            let ops = batch
+                .column(index)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| kafka_error("changelog", "_op is not a VARCHAR column"))?;
+            (0..rows)
+                .map(|r| if ops.is_null(r) { "" } else { ops.value(r) })
+                .collect()
+        }
+        None => vec!["I"; rows],
+    };
+    let mut out = Vec::with_capacity(rows);
+    let mut row = 0;
+    while row < rows {
+        let op = ops[row];
+        // An update: its before-image, immediately followed by its after-image.
+        let paired = op == "U-" && row + 1 < rows && ops[row + 1] == "U+";
+        if config.upsert {
+            match op {
+                "I" | "U+" | "r" => out.push((keys[row].clone(), images[row].clone())),
+                "D" => out.push((keys[row].clone(), None)),
+                "U-" if paired && keys[row] == keys[row + 1] => {}
+                "U-" => out.push((keys[row].clone(), None)),
+                other => return Err(kafka_error("changelog", format!("unknown _op '{other}'"))),
+            }
+            row += 1;
+            continue;
+        }
+        let null = || b"null".to_vec();
+        let (before, after, code, key) = match op {
+            "I" => (None, images[row].clone(), "c", keys[row].clone()),
+            "r" => (None, images[row].clone(), "r", keys[row].clone()),
+            "D" => (images[row].clone(), None, "d", keys[row].clone()),
+            "U-" if paired => {
+                row += 1;
+                (
+                    images[row - 1].clone(),
+                    images[row].clone(),
+                    "u",
+                    keys[row].clone(),
+                )
+            }
+            "U-" => (images[row].clone(), None, "d", keys[row].clone()),
+            "U+" => (None, images[row].clone(), "u", keys[row].clone()),
+            other => return Err(kafka_error("changelog", format!("unknown _op '{other}'"))),
+        };
+        let ts_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let mut envelope = b"{\"before\":".to_vec();
+        envelope.extend(before.unwrap_or_else(null));
+        envelope.extend_from_slice(b",\"after\":");
+        envelope.extend(after.unwrap_or_else(null));
+        envelope.extend_from_slice(format!(",\"op\":\"{code}\",\"ts_ms\":{ts_ms}}}").as_bytes());
+        out.push((key, Some(envelope)));
+        row += 1;
+    }
+    Ok(out)
+}
+
+impl KafkaSinkConfig {
+    /// Updating inputs are written as Debezium envelopes or as upserts.
+    pub(crate) fn accepts_changelog(&self) -> bool {
+        self.upsert || self.format == MessageFormat::Debezium
     }
 }
 
@@ -1106,7 +1391,7 @@ fn encode_rows(
     batch: &RecordBatch,
 ) -> Result<Vec<Option<Vec<u8>>>, ConnectorError> {
     Ok(match format {
-        MessageFormat::Json => {
+        MessageFormat::Json | MessageFormat::Debezium => {
             // JSON lines hold no raw newline: one line per row.
             let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
             writer.write(batch)?;
@@ -1345,25 +1630,13 @@ impl KafkaSink {
 
     /// Sends every row of `batch` as a message.
     fn send_batch(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
-        let payloads = encode_rows(self.config.format, batch)?;
-        let keys: Option<ArrayRef> = match self.config.key {
-            Some(index) => Some(arrow::compute::cast(batch.column(index), &DataType::Utf8)?),
-            None => None,
-        };
-        let keys = keys
-            .as_ref()
-            .map(|k| k.as_any().downcast_ref::<StringArray>().cloned())
-            .unwrap_or(None);
-        for (row, payload) in payloads.iter().enumerate() {
-            let key = keys
-                .as_ref()
-                .and_then(|k| (!k.is_null(row)).then(|| k.value(row)));
+        for (key, payload) in messages(&self.config, batch)? {
             let mut record = BaseRecord::<str, [u8]>::to(&self.config.topic);
-            if let Some(payload) = payload {
+            if let Some(payload) = &payload {
                 record = record.payload(payload.as_slice());
             }
-            if let Some(key) = key {
-                record = record.key(key);
+            if let Some(key) = &key {
+                record = record.key(key.as_str());
             }
             if let Err(e) = send_with_backpressure(&self.producer, record) {
                 self.metrics.errors += 1;
@@ -1499,8 +1772,8 @@ impl SinkConnector for KafkaSink {
         SinkCapabilities {
             exactly_once: transactional,
             idempotent: false,
-            upsert: false,
-            changelog: false,
+            upsert: self.config.upsert,
+            changelog: self.config.format == MessageFormat::Debezium,
             two_phase_commit: transactional,
             partitioned: true,
         }

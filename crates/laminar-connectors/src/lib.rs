@@ -39,8 +39,8 @@ pub use error::ConnectorError;
 pub use format::FileFormat;
 pub use options::{ConnectorOptions, did_you_mean, normalize_key, parse_duration, parse_size};
 pub use registry::{
-    ConfigKey, ConnectorInfo, ConnectorKind, create_sink, create_source, sink_connectors,
-    source_connectors, validate_sink, validate_source,
+    ConfigKey, ConnectorInfo, ConnectorKind, create_sink, create_source, sink_accepts_changelog,
+    sink_connectors, source_connectors, validate_sink, validate_source,
 };
 pub use sink::blackhole::BlackholeSink;
 pub use sink::files::FilesSink;

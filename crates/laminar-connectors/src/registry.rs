@@ -311,6 +311,25 @@ fn sink_config(
     })
 }
 
+/// Whether a sink clause takes an updating (changelog) input: `KAFKA` in the `debezium`
+/// format or with `upsert = 'true'`, `FILES` with `changelog = 'true'` (the `_op` column is
+/// written with each row). Errors like [`validate_sink`].
+pub fn sink_accepts_changelog(
+    connector: &str,
+    options: &ConnectorOptions,
+    format: Option<&str>,
+    input_schema: &SchemaRef,
+) -> Result<bool, ConnectorError> {
+    Ok(
+        match sink_config(connector, options, format, input_schema)? {
+            SinkConfig::Files(c) => c.changelog,
+            #[cfg(feature = "kafka")]
+            SinkConfig::Kafka(c) => c.accepts_changelog(),
+            SinkConfig::Stdout(_) | SinkConfig::Blackhole => false,
+        },
+    )
+}
+
 /// Validates a sink clause without creating files.
 pub fn validate_sink(
     connector: &str,

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef};
 use laminar_connectors::{
     ConnectorOptions, SourceConnector, SourcePoll, create_sink, create_source,
@@ -219,10 +219,7 @@ fn a_checkpointed_position_resumes_after_the_last_row_read() {
 fn undecodable_messages_fail_with_their_offset_are_skipped_or_go_to_a_dead_letter_topic() {
     let Some(brokers) = brokers() else { return };
     let topic = topic(&brokers, "poison", 1);
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
+    let producer = plain_producer(&brokers);
     for payload in [
         r#"{"id": 1, "customer": "a", "amount": 5}"#,
         "this is not json",
@@ -512,10 +509,7 @@ fn keys_are_partitioned_like_the_java_client() {
 fn startup_modes_choose_where_partitions_begin() {
     let Some(brokers) = brokers() else { return };
     let topic = topic(&brokers, "startup", 1);
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
+    let producer = plain_producer(&brokers);
     let produce = |ids: std::ops::Range<i64>| {
         for id in ids {
             let payload = format!(r#"{{"id": {id}, "customer": "c", "amount": 1}}"#);
@@ -988,4 +982,408 @@ fn the_commit_marker_of_a_fenced_transaction_does_not_count() {
     drop(successor);
     let log = kafka_test::read_partition(&brokers, &topic, 0);
     assert_eq!(log.committed.len(), 0, "{log:?}");
+}
+
+fn plain_producer(brokers: &str) -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap()
+}
+
+fn produce_payloads(brokers: &str, topic: &str, messages: &[(Option<&str>, Option<&str>)]) {
+    let producer = plain_producer(brokers);
+    for (key, payload) in messages {
+        let mut record = BaseRecord::<str, str>::to(topic).partition(0);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+fn changes_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("_op", DataType::Utf8, false),
+    ]))
+}
+
+/// Rows as text, one `Vec` per row, columns in order.
+fn text_rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for b in batches {
+        let columns: Vec<ArrayRef> = b
+            .columns()
+            .iter()
+            .map(|c| arrow::compute::cast(c, &DataType::Utf8).unwrap())
+            .collect();
+        for r in 0..b.num_rows() {
+            out.push(
+                columns
+                    .iter()
+                    .map(|c| {
+                        let c = c.as_string::<i32>();
+                        if c.is_null(r) {
+                            "NULL".to_string()
+                        } else {
+                            c.value(r).to_string()
+                        }
+                    })
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn debezium_messages_are_read_as_a_changelog() {
+    let Some(brokers) = brokers() else { return };
+    let topic = topic(&brokers, "dbz-in", 1);
+    produce_payloads(
+        &brokers,
+        &topic,
+        &[
+            (
+                Some("1"),
+                Some(r#"{"before":null,"after":{"id":1,"name":"ann"},"op":"c","ts_ms":1000}"#),
+            ),
+            (
+                Some("2"),
+                Some(r#"{"before":null,"after":{"id":2,"name":"bob"},"op":"r","ts_ms":1001}"#),
+            ),
+            (
+                Some("1"),
+                Some(
+                    r#"{"before":{"id":1,"name":"ann"},"after":{"id":1,"name":"anne"},"op":"u","ts_ms":1002}"#,
+                ),
+            ),
+            (
+                Some("2"),
+                Some(r#"{"before":{"id":2,"name":"bob"},"after":null,"op":"d","ts_ms":1003}"#),
+            ),
+            // Kafka's tombstone after a delete: no change.
+            (Some("2"), None),
+            // The JSON converter with schemas: the envelope under "payload".
+            (
+                Some("3"),
+                Some(
+                    r#"{"schema":{"type":"struct"},"payload":{"before":null,"after":{"id":3,"name":"cy"},"op":"c","ts_ms":1004}}"#,
+                ),
+            ),
+        ],
+    );
+    let mut schema_fields = changes_schema().fields().to_vec();
+    schema_fields.push(Arc::new(Field::new("_ts_ms", DataType::Int64, true)));
+    let schema = Arc::new(Schema::new(schema_fields));
+    let mut source = create_source(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", &brokers),
+            ("topic", &topic),
+            ("startup.mode", "earliest"),
+            ("format", "debezium"),
+        ]),
+        None,
+        schema.clone(),
+    )
+    .unwrap();
+    let rows = text_rows(&read_rows(source.as_mut(), 6));
+    assert_eq!(
+        rows,
+        vec![
+            vec!["1", "ann", "I", "1000"],
+            vec!["2", "bob", "r", "1001"],
+            vec!["1", "ann", "U-", "1002"],
+            vec!["1", "anne", "U+", "1002"],
+            vec!["2", "bob", "D", "1003"],
+            vec!["3", "cy", "I", "1004"],
+        ]
+    );
+
+    // A Debezium source must declare `_op`.
+    let e = create_source(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", &brokers),
+            ("topic", &topic),
+            ("format", "debezium"),
+        ]),
+        None,
+        orders_schema(false),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("_op VARCHAR"), "{e}");
+
+    // A change without a known op fails with its position, or is skipped when asked.
+    let bad_topic = self::topic(&brokers, "dbz-bad", 1);
+    produce_payloads(
+        &brokers,
+        &bad_topic,
+        &[
+            (
+                None,
+                Some(r#"{"before":null,"after":{"id":5,"name":"x"},"op":"t","ts_ms":1}"#),
+            ),
+            (
+                None,
+                Some(r#"{"before":null,"after":null,"op":"c","ts_ms":2}"#),
+            ),
+            (
+                None,
+                Some(r#"{"before":null,"after":{"id":6,"name":"y"},"op":"c","ts_ms":3}"#),
+            ),
+        ],
+    );
+    let mut failing = create_source(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", &brokers),
+            ("topic", &bad_topic),
+            ("startup.mode", "earliest"),
+            ("format", "debezium"),
+        ]),
+        None,
+        schema.clone(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let e = loop {
+        match failing.poll_batch(100) {
+            Err(e) => break e.to_string(),
+            Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(_) => panic!("no error"),
+        }
+    };
+    assert!(
+        e.contains("unknown op 't'") && e.contains("offset 0"),
+        "{e}"
+    );
+    let mut skipping = create_source(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", &brokers),
+            ("topic", &bad_topic),
+            ("startup.mode", "earliest"),
+            ("format", "debezium"),
+            ("error.policy", "skip"),
+        ]),
+        None,
+        schema,
+    )
+    .unwrap();
+    let rows = text_rows(&read_rows(skipping.as_mut(), 1));
+    assert_eq!(rows, vec![vec!["6", "y", "I", "3"]]);
+    assert_eq!(skipping.metrics().bad_records, 2);
+}
+
+fn changes_batch() -> RecordBatch {
+    RecordBatch::try_new(
+        changes_schema(),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 2, 1, 1, 2, 3, 4])) as ArrayRef,
+            Arc::new(StringArray::from(vec![
+                "ann", "bob", "ann", "anne", "bob", "cy", "dee",
+            ])),
+            Arc::new(StringArray::from(vec![
+                "I", "I", "U-", "U+", "D", "I", "U-",
+            ])),
+        ],
+    )
+    .unwrap()
+}
+
+/// A message read back: its key and payload as text.
+type KeyAndPayload = (Option<String>, Option<String>);
+
+/// Every message of the single-partition `topic`: (key, payload), in order.
+fn messages_of(brokers: &str, topic: &str, expected: usize) -> Vec<KeyAndPayload> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "messages-of")
+        .create()
+        .unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&list).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while out.len() < expected && Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            out.push((
+                m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                m.payload().map(|p| String::from_utf8_lossy(p).into_owned()),
+            ));
+        }
+    }
+    out
+}
+
+/// Writes [`changes_batch`] keyed by `id` with the extra option `mode` to a new topic, and
+/// reads the messages back.
+fn write_changes(
+    brokers: &str,
+    mode: (&str, &str),
+) -> (laminar_connectors::SinkCapabilities, Vec<KeyAndPayload>) {
+    let topic = topic(brokers, "changes-out", 1);
+    let mut sink = create_sink(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", brokers),
+            ("topic", &topic),
+            ("key", "id"),
+            mode,
+        ]),
+        None,
+        changes_schema(),
+    )
+    .unwrap();
+    sink.write_batch(&changes_batch()).unwrap();
+    sink.close().unwrap();
+    (sink.capabilities(), messages_of(brokers, &topic, 6))
+}
+
+#[test]
+fn updating_inputs_are_written_as_debezium_envelopes_or_upserts() {
+    let Some(brokers) = brokers() else { return };
+    // Debezium: one message per change, an update (U- then U+) as one `u`.
+    let (caps, got) = write_changes(&brokers, ("format", "debezium"));
+    assert!(caps.changelog);
+    let envelopes: Vec<(String, String)> = got
+        .iter()
+        .map(|(k, p)| {
+            let p = p.clone().unwrap();
+            // ts_ms is the time of writing: cut it off.
+            let p = p.split(",\"ts_ms\"").next().unwrap().to_string();
+            (k.clone().unwrap(), p)
+        })
+        .collect();
+    assert_eq!(
+        envelopes,
+        vec![
+            (
+                "1".into(),
+                r#"{"before":null,"after":{"id":1,"name":"ann"},"op":"c""#.into()
+            ),
+            (
+                "2".into(),
+                r#"{"before":null,"after":{"id":2,"name":"bob"},"op":"c""#.into()
+            ),
+            (
+                "1".into(),
+                r#"{"before":{"id":1,"name":"ann"},"after":{"id":1,"name":"anne"},"op":"u""#.into()
+            ),
+            (
+                "2".into(),
+                r#"{"before":{"id":2,"name":"bob"},"after":null,"op":"d""#.into()
+            ),
+            (
+                "3".into(),
+                r#"{"before":null,"after":{"id":3,"name":"cy"},"op":"c""#.into()
+            ),
+            (
+                "4".into(),
+                r#"{"before":{"id":4,"name":"dee"},"after":null,"op":"d""#.into()
+            ),
+        ]
+    );
+
+    // Upsert: the row as the key's value, deletes as tombstones, an update in place.
+    let (caps, got) = write_changes(&brokers, ("upsert", "true"));
+    assert!(caps.upsert);
+    let expect = |k: &str, v: Option<&str>| (Some(k.to_string()), v.map(str::to_string));
+    assert_eq!(
+        got,
+        vec![
+            expect("1", Some(r#"{"id":1,"name":"ann"}"#)),
+            expect("2", Some(r#"{"id":2,"name":"bob"}"#)),
+            expect("1", Some(r#"{"id":1,"name":"anne"}"#)),
+            expect("2", None),
+            expect("3", Some(r#"{"id":3,"name":"cy"}"#)),
+            expect("4", None),
+        ]
+    );
+
+    // An append-only format refuses an updating input; upsert needs a key and excludes
+    // the Debezium format.
+    for (pairs, needle) in [
+        (vec![], "format = 'debezium'"),
+        (vec![("upsert", "true")], "key = '<column>'"),
+        (
+            vec![("upsert", "true"), ("key", "id"), ("format", "debezium")],
+            "use one of the two",
+        ),
+    ] {
+        let mut all = vec![("bootstrap.servers", "127.0.0.1:1"), ("topic", "t")];
+        all.extend(pairs);
+        let e = laminar_connectors::validate_sink("KAFKA", &options(&all), None, &changes_schema())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle), "{e}");
+    }
+}
+
+#[test]
+fn message_headers_are_read_into_the_headers_column() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let Some(brokers) = brokers() else { return };
+    let topic = topic(&brokers, "headers", 1);
+    let producer = plain_producer(&brokers);
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "trace",
+            value: Some("abc"),
+        })
+        .insert(Header::<&str> {
+            key: "empty",
+            value: None,
+        });
+    producer
+        .send(
+            BaseRecord::<(), str>::to(&topic)
+                .payload(r#"{"id":1}"#)
+                .headers(headers),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer
+        .send(BaseRecord::<(), str>::to(&topic).payload(r#"{"id":2}"#))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("_headers", DataType::Utf8, true),
+    ]));
+    let mut source = create_source(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", &brokers),
+            ("topic", &topic),
+            ("startup.mode", "earliest"),
+        ]),
+        None,
+        schema,
+    )
+    .unwrap();
+    let rows = text_rows(&read_rows(source.as_mut(), 2));
+    assert_eq!(
+        rows,
+        vec![
+            vec!["1", r#"{"empty":null,"trace":"abc"}"#],
+            vec!["2", "{}"],
+        ]
+    );
 }

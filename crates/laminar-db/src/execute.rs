@@ -9,7 +9,7 @@ use std::time::Duration;
 use arrow::array::{ArrayRef, BooleanArray, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use laminar_connectors::{ConnectorOptions, create_sink, create_source};
+use laminar_connectors::{ConnectorOptions, create_sink, create_source, sink_accepts_changelog};
 use laminar_core::Message;
 use laminar_core::metrics::NodeMetrics;
 use laminar_core::operator::aggregate::{AggregateOperator, AggregateSpec, LateRows};
@@ -1119,9 +1119,16 @@ impl LaminarDB {
             Some(spec) => {
                 let options = connector_options(&c.name, spec, c.format.as_ref())?;
                 let format = c.format.as_ref().map(|f| f.name.as_str());
-                if laminar_core::message::is_changelog(&schema) {
+                if laminar_core::message::is_changelog(&schema)
+                    && !sink_accepts_changelog(&spec.name, &options, format, &schema).map_err(
+                        |source| DbError::Connector {
+                            object: c.name.clone(),
+                            source: Box::new(source),
+                        },
+                    )?
+                {
                     return Err(SqlError::Invalid(format!(
-                        "sink '{}' reads an updating stream; the {} connector is append-only",
+                        "sink '{}' reads an updating stream; the {} connector writes it only as a changelog (FILES: changelog = 'true'; KAFKA: format = 'debezium' or upsert = 'true')",
                         c.name, spec.name
                     ))
                     .into());

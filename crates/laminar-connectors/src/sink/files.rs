@@ -125,7 +125,7 @@ pub(crate) struct FilesSinkConfig {
     header: bool,
     exactly_once: bool,
     partition_columns: Vec<String>,
-    changelog: bool,
+    pub(crate) changelog: bool,
 }
 
 fn invalid(key: &str, value: &str, reason: impl Into<String>) -> ConnectorError {
