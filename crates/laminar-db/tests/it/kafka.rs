@@ -321,7 +321,11 @@ fn kafka_options_are_checked_at_create() {
         "CREATE SOURCE k (id BIGINT) FROM KAFKA (bootstrap.servers = 'x:1', topic = 't', format = 'avro')",
     ))
     .unwrap_err();
-    assert!(e.to_string().contains("expected json, csv, raw or debezium"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("expected json, csv, raw or debezium"),
+        "{e}"
+    );
 }
 
 /// SASL credentials passed through to librdkafka never show: not in errors, not in
