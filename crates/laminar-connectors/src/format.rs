@@ -7,6 +7,8 @@
 //! [`conform`] is the shared step that matches columns by name, casts them to
 //! the declared types and applies the `error.policy` to rows that do not fit.
 
+#[cfg(feature = "kafka")]
+pub(crate) mod avro;
 pub(crate) mod conform;
 pub(crate) mod csv;
 pub(crate) mod json;

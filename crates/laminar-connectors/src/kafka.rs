@@ -55,6 +55,7 @@ use crate::connector::{
     SourcePoll,
 };
 use crate::error::ConnectorError;
+use crate::format::avro::{self, SchemaRegistry};
 use crate::options::ConnectorOptions;
 use crate::registry::ConfigKey;
 
@@ -74,12 +75,36 @@ const FORMAT: ConfigKey = ConfigKey {
     key: "format",
     required: false,
     default: Some("json"),
-    description: "message format: json (an object per message), csv (a record per message), raw (the payload is the one value column) or debezium (the Debezium JSON change envelope)",
+    description: "message format: json (an object per message), csv (a record per message), raw (the payload is the one value column), debezium (the Debezium JSON change envelope) or avro (Confluent wire format with a Schema Registry)",
+};
+
+const REGISTRY_URL: ConfigKey = ConfigKey {
+    key: "schema.registry.url",
+    required: false,
+    default: None,
+    description: "format avro: the Schema Registry (http:// or https://)",
+};
+
+const REGISTRY_AUTH: ConfigKey = ConfigKey {
+    key: "schema.registry.basic.auth.user.info",
+    required: false,
+    default: None,
+    description: "format avro: 'user:password' for the registry's basic authentication (a secret)",
+};
+
+const REGISTRY_SUBJECT: ConfigKey = ConfigKey {
+    key: "schema.subject",
+    required: false,
+    default: None,
+    description: "format avro: the registry subject (default <topic>-value)",
 };
 
 /// Options of the `KAFKA` source (besides `kafka.<name>` pass-through keys).
 pub(crate) const SOURCE_KEYS: &[ConfigKey] = &[
     BOOTSTRAP_SERVERS,
+    REGISTRY_URL,
+    REGISTRY_AUTH,
+    REGISTRY_SUBJECT,
     ConfigKey {
         key: "topic",
         required: true,
@@ -128,6 +153,15 @@ pub(crate) const SOURCE_KEYS: &[ConfigKey] = &[
 /// Options of the `KAFKA` sink (besides `kafka.<name>` pass-through keys).
 pub(crate) const SINK_KEYS: &[ConfigKey] = &[
     BOOTSTRAP_SERVERS,
+    REGISTRY_URL,
+    REGISTRY_AUTH,
+    REGISTRY_SUBJECT,
+    ConfigKey {
+        key: "schema.compatibility",
+        required: false,
+        default: None,
+        description: "format avro: the compatibility level set on the subject before registering (BACKWARD, FORWARD, FULL, NONE, ...); an incompatible schema fails the sink's creation",
+    },
     ConfigKey {
         key: "topic",
         required: true,
@@ -160,6 +194,20 @@ pub(crate) const SINK_KEYS: &[ConfigKey] = &[
         description: "exactly-once: the producer's transactional id (default laminardb-<sink name>); a new producer with the same id fences the previous one",
     },
 ];
+
+/// The registry client of `format = 'avro'`.
+fn registry(options: &ConnectorOptions) -> Option<SchemaRegistry> {
+    options.get_str("schema.registry.url").map(|url| {
+        SchemaRegistry::new(url, options.get_str("schema.registry.basic.auth.user.info"))
+    })
+}
+
+/// The registry subject of a topic's values.
+fn subject(options: &ConnectorOptions, topic: &str) -> String {
+    options
+        .get_str("schema.subject")
+        .map_or_else(|| format!("{topic}-value"), str::to_string)
+}
 
 /// Prefix of options passed through to librdkafka.
 pub(crate) const PASSTHROUGH: &str = "kafka.";
@@ -206,6 +254,8 @@ enum MessageFormat {
     Raw,
     /// The Debezium JSON envelope (`before`, `after`, `op`, `ts_ms`): a changelog.
     Debezium,
+    /// Avro records in the Confluent wire format, schemas from a Schema Registry.
+    Avro,
 }
 
 fn message_format(options: &ConnectorOptions) -> Result<MessageFormat, ConnectorError> {
@@ -218,10 +268,19 @@ fn message_format(options: &ConnectorOptions) -> Result<MessageFormat, Connector
         Some("csv") => Ok(MessageFormat::Csv),
         Some("raw") => Ok(MessageFormat::Raw),
         Some("debezium" | "debezium-json" | "debezium_json") => Ok(MessageFormat::Debezium),
+        Some("avro" | "confluent-avro" | "confluent_avro") => {
+            if options.get_str("schema.registry.url").is_none() {
+                return Err(ConnectorError::MissingOption {
+                    connector: NAME.to_string(),
+                    key: "schema.registry.url".to_string(),
+                });
+            }
+            Ok(MessageFormat::Avro)
+        }
         Some(_) => Err(invalid(
             "format",
             options.get_str("format").unwrap_or_default(),
-            "expected json, csv, raw or debezium (Avro is not supported yet)",
+            "expected json, csv, raw, debezium or avro",
         )),
     }
 }
@@ -461,6 +520,8 @@ pub(crate) struct KafkaSource {
     columns: Vec<Result<Meta, usize>>,
     /// `_headers` is declared: messages' headers are collected.
     wants_headers: bool,
+    /// `format = 'avro'`: the registry that resolves writer schemas (with its cache).
+    registry: Option<std::sync::Mutex<SchemaRegistry>>,
     consumer: BaseConsumer,
     /// Next offset to read per (topic, partition): what a checkpoint records.
     next: BTreeMap<(String, i32), i64>,
@@ -481,6 +542,19 @@ impl KafkaSource {
         config: KafkaSourceConfig,
         declared: SchemaRef,
     ) -> Result<KafkaSource, ConnectorError> {
+        let mut registry = match config.format {
+            MessageFormat::Avro => registry(&config.options),
+            _ => None,
+        };
+        let declared = match &mut registry {
+            // Without declared columns, the subject's latest schema supplies them.
+            Some(r) if declared.fields().is_empty() => {
+                let topic = config.topics.first().cloned().unwrap_or_default();
+                let (_, schema) = r.latest(&subject(&config.options, &topic))?;
+                avro::arrow_schema_of(&schema)?
+            }
+            _ => declared,
+        };
         if declared.fields().is_empty() {
             return Err(invalid(
                 "topic",
@@ -544,6 +618,7 @@ impl KafkaSource {
         Ok(KafkaSource {
             config,
             wants_headers,
+            registry: registry.map(std::sync::Mutex::new),
             schema: declared,
             payload_schema: Arc::new(Schema::new(payload_fields)),
             columns,
@@ -744,7 +819,7 @@ impl KafkaSource {
         let rows = payloads.len().max(1);
         let schema = self.payload_schema.clone();
         let batch = match self.config.format {
-            MessageFormat::Json | MessageFormat::Debezium => {
+            MessageFormat::Json | MessageFormat::Debezium | MessageFormat::Avro => {
                 let mut decoder = arrow::json::ReaderBuilder::new(schema)
                     .with_batch_size(rows)
                     .build_decoder()?;
@@ -802,6 +877,18 @@ impl KafkaSource {
             let (rows, row_metas) = debezium_rows(payloads, metas)?;
             let slices: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
             return self.decode_rows(&slices, &row_metas);
+        }
+        if let Some(registry) = &self.registry {
+            let mut registry = registry
+                .lock()
+                .map_err(|_| kafka_error("schema registry", "its client panicked"))?;
+            let rows = payloads
+                .iter()
+                .map(|p| avro::decode_to_json(&mut registry, p))
+                .collect::<Result<Vec<_>, _>>()?;
+            drop(registry);
+            let slices: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
+            return self.decode_rows(&slices, metas);
         }
         self.decode_rows(payloads, metas)
     }
@@ -1289,6 +1376,7 @@ type Outgoing = (Option<String>, Option<Vec<u8>>);
 /// value (`I`, `U+`, `r`) or a tombstone (`D`, and a `U-` whose `U+` has another key).
 fn messages(
     config: &KafkaSinkConfig,
+    avro: Option<&AvroWriter>,
     batch: &RecordBatch,
 ) -> Result<Vec<Outgoing>, ConnectorError> {
     let rows = batch.num_rows();
@@ -1307,7 +1395,7 @@ fn messages(
     if !changes {
         return Ok(keys
             .into_iter()
-            .zip(encode_rows(config.format, batch)?)
+            .zip(encode_rows(config.format, avro, batch)?)
             .collect());
     }
     let images = batch.project(&config.image)?;
@@ -1315,7 +1403,7 @@ fn messages(
         MessageFormat::Debezium => MessageFormat::Json,
         other => other,
     };
-    let images = encode_rows(image_format, &images)?;
+    let images = encode_rows(image_format, avro, &images)?;
     let ops: Vec<&str> = match config.op {
         Some(index) => {
             let ops = batch
@@ -1388,9 +1476,14 @@ impl KafkaSinkConfig {
 /// One message payload per row (`None`: a NULL raw value, sent without payload).
 fn encode_rows(
     format: MessageFormat,
+    avro: Option<&AvroWriter>,
     batch: &RecordBatch,
 ) -> Result<Vec<Option<Vec<u8>>>, ConnectorError> {
     Ok(match format {
+        MessageFormat::Avro => {
+            let writer = avro.ok_or_else(|| kafka_error("Avro message", "no registered schema"))?;
+            avro::encode_rows(batch, &writer.schema, writer.id)?
+        }
         MessageFormat::Json | MessageFormat::Debezium => {
             // JSON lines hold no raw newline: one line per row.
             let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
@@ -1514,6 +1607,19 @@ impl ProducerContext for SinkContext {
     }
 }
 
+/// An Avro record name for a topic's rows (letters, digits and `_`, not starting with a
+/// digit).
+fn record_name(topic: &str) -> String {
+    let mut name: String = topic
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if !name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        name.insert(0, '_');
+    }
+    name
+}
+
 /// Timeout of the transactional calls (init, offsets, commit, abort).
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -1548,9 +1654,16 @@ struct Transactions {
     restored: Option<(u64, Vec<RecordBatch>)>,
 }
 
+/// The registered Avro schema of a sink's rows and its registry id.
+struct AvroWriter {
+    schema: apache_avro::Schema,
+    id: u32,
+}
+
 /// See the module docs.
 pub(crate) struct KafkaSink {
     config: KafkaSinkConfig,
+    avro: Option<AvroWriter>,
     producer: ThreadedProducer<SinkContext>,
     deliveries: Arc<Deliveries>,
     metrics: SinkConnectorMetrics,
@@ -1558,7 +1671,24 @@ pub(crate) struct KafkaSink {
 }
 
 impl KafkaSink {
-    pub(crate) fn open(config: KafkaSinkConfig) -> Result<KafkaSink, ConnectorError> {
+    pub(crate) fn open(
+        config: KafkaSinkConfig,
+        input: &SchemaRef,
+    ) -> Result<KafkaSink, ConnectorError> {
+        let avro = match (config.format, registry(&config.options)) {
+            (MessageFormat::Avro, Some(mut registry)) => {
+                let image = input.project(&config.image)?;
+                let subject = subject(&config.options, &config.topic);
+                let schema = avro::avro_schema_of(&image, &record_name(&config.topic))?;
+                let id = registry.register(
+                    &subject,
+                    &schema,
+                    config.options.get_str("schema.compatibility"),
+                )?;
+                Some(AvroWriter { schema, id })
+            }
+            _ => None,
+        };
         let deliveries = Arc::new(Deliveries::default());
         let mut client = client_config(&config.options)?;
         if client.get("enable.idempotence").is_none() {
@@ -1607,6 +1737,7 @@ impl KafkaSink {
         };
         Ok(KafkaSink {
             config,
+            avro,
             producer,
             deliveries,
             metrics: SinkConnectorMetrics::default(),
@@ -1630,7 +1761,7 @@ impl KafkaSink {
 
     /// Sends every row of `batch` as a message.
     fn send_batch(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
-        for (key, payload) in messages(&self.config, batch)? {
+        for (key, payload) in messages(&self.config, self.avro.as_ref(), batch)? {
             let mut record = BaseRecord::<str, [u8]>::to(&self.config.topic);
             if let Some(payload) = &payload {
                 record = record.payload(payload.as_slice());

@@ -353,7 +353,7 @@ pub fn create_sink(
             SinkConfig::Stdout(f) => Box::new(StdoutSink::new(f)),
             SinkConfig::Blackhole => Box::new(BlackholeSink::new()),
             #[cfg(feature = "kafka")]
-            SinkConfig::Kafka(c) => Box::new(crate::kafka::KafkaSink::open(c)?),
+            SinkConfig::Kafka(c) => Box::new(crate::kafka::KafkaSink::open(c, &input_schema)?),
         },
     )
 }

@@ -1387,3 +1387,281 @@ fn message_headers_are_read_into_the_headers_column() {
         ]
     );
 }
+
+#[path = "support/registry.rs"]
+mod registry;
+
+/// Rows with nested columns: a struct, a list and a map, and a time.
+fn nested_batch() -> RecordBatch {
+    use arrow::array::{
+        Int32Builder, ListBuilder, MapBuilder, StringBuilder, StructArray,
+        TimestampMillisecondArray,
+    };
+    let address = StructArray::from(vec![
+        (
+            Arc::new(Field::new("city", DataType::Utf8, false)),
+            Arc::new(StringArray::from(vec!["Oslo", "Lima", "Pune"])) as ArrayRef,
+        ),
+        (
+            Arc::new(Field::new("zip", DataType::Int32, true)),
+            Arc::new({
+                let mut b = Int32Builder::new();
+                b.append_value(150);
+                b.append_null();
+                b.append_value(411);
+                b.finish()
+            }) as ArrayRef,
+        ),
+    ]);
+    let mut tags = ListBuilder::new(StringBuilder::new());
+    tags.append_value([Some("a"), Some("b")]);
+    tags.append_value([] as [Option<&str>; 0]);
+    tags.append_value([Some("c"), None]);
+    let mut attrs = MapBuilder::new(
+        None,
+        StringBuilder::new(),
+        arrow::array::Int64Builder::new(),
+    );
+    attrs.keys().append_value("x");
+    attrs.values().append_value(1);
+    attrs.append(true).unwrap();
+    attrs.append(true).unwrap();
+    attrs.keys().append_value("y");
+    attrs.values().append_null();
+    attrs.keys().append_value("z");
+    attrs.values().append_value(3);
+    attrs.append(true).unwrap();
+    let attrs = attrs.finish();
+    let tags = tags.finish();
+    let schema = Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("address", address.data_type().clone(), false),
+        Field::new("tags", tags.data_type().clone(), false),
+        Field::new("attrs", attrs.data_type().clone(), false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 2, 3])),
+            Arc::new(StringArray::from(vec![Some("ann"), None, Some("cy")])),
+            Arc::new(address),
+            Arc::new(tags),
+            Arc::new(attrs),
+            Arc::new(TimestampMillisecondArray::from(vec![1_000, 2_000, 3_000])),
+        ],
+    )
+    .unwrap()
+}
+
+#[test]
+fn avro_rows_with_nested_columns_round_trip_through_the_registry() {
+    let Some(brokers) = brokers() else { return };
+    let registry = registry::TestRegistry::start(None);
+    let topic = topic(&brokers, "avro", 1);
+    let batch = nested_batch();
+    let mut sink = create_sink(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", &brokers),
+            ("topic", &topic),
+            ("format", "avro"),
+            ("schema.registry.url", &registry.url),
+            ("schema.compatibility", "BACKWARD"),
+        ]),
+        None,
+        batch.schema(),
+    )
+    .unwrap();
+    sink.write_batch(&batch).unwrap();
+    sink.close().unwrap();
+
+    // No declared columns: the subject's schema supplies them.
+    let mut source = create_source(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", &brokers),
+            ("topic", &topic),
+            ("startup.mode", "earliest"),
+            ("format", "avro"),
+            ("schema.registry.url", &registry.url),
+        ]),
+        None,
+        Arc::new(Schema::empty()),
+    )
+    .unwrap();
+    assert_eq!(source.schema(), batch.schema());
+    let read = read_rows(source.as_mut(), 3);
+    let text = |b: &[RecordBatch]| {
+        arrow::util::pretty::pretty_format_batches(b)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(text(&read), text(std::slice::from_ref(&batch)));
+
+    // Declared columns (a subset, and metadata) are filled by name.
+    let declared = Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, true),
+        Field::new("id", DataType::Int64, false),
+        Field::new("_offset", DataType::Int64, false),
+    ]));
+    let mut subset = create_source(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", &brokers),
+            ("topic", &topic),
+            ("startup.mode", "earliest"),
+            ("format", "avro"),
+            ("schema.registry.url", &registry.url),
+        ]),
+        None,
+        declared,
+    )
+    .unwrap();
+    assert_eq!(
+        text_rows(&read_rows(subset.as_mut(), 3)),
+        vec![
+            vec!["ann", "1", "0"],
+            vec!["NULL", "2", "1"],
+            vec!["cy", "3", "2"]
+        ]
+    );
+}
+
+#[test]
+fn avro_failures_are_named() {
+    let Some(brokers) = brokers() else { return };
+    let registry = registry::TestRegistry::start(None);
+    let topic = topic(&brokers, "avro-bad", 1);
+    let avro_options = |extra: &[(&str, &str)]| {
+        let mut all = vec![
+            ("bootstrap.servers", brokers.as_str()),
+            ("topic", topic.as_str()),
+            ("format", "avro"),
+            ("schema.registry.url", registry.url.as_str()),
+        ];
+        all.extend_from_slice(extra);
+        options(&all)
+    };
+    // An incompatible schema for the subject fails the sink's creation.
+    registry.register(
+        &format!("{topic}-value"),
+        r#"{"type":"record","name":"r","fields":[{"name":"id","type":"string"}]}"#,
+    );
+    let e = create_sink(
+        "KAFKA",
+        &avro_options(&[]),
+        None,
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)])),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("not compatible"), "{e}");
+    // Avro needs a registry.
+    let e = laminar_connectors::validate_sink(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", "x:1"),
+            ("topic", "t"),
+            ("format", "avro"),
+        ]),
+        None,
+        &orders_schema(false),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("schema.registry.url"), "{e}");
+
+    // Messages with an unknown schema id, or not in the wire format.
+    produce_payloads(
+        &brokers,
+        &topic,
+        &[
+            (None, Some("\u{0}\u{0}\u{0}\u{0}\u{9}x")),
+            (None, Some("plain")),
+        ],
+    );
+    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, true)]));
+    let mut source = create_source(
+        "KAFKA",
+        &avro_options(&[("startup.mode", "earliest"), ("error.policy", "skip")]),
+        None,
+        schema.clone(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while source.metrics().bad_records < 2 && Instant::now() < deadline {
+        assert!(matches!(
+            source.poll_batch(10).unwrap(),
+            SourcePoll::Pending
+        ));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(source.metrics().bad_records, 2);
+    let mut failing = create_source(
+        "KAFKA",
+        &avro_options(&[("startup.mode", "earliest")]),
+        None,
+        schema,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let e = loop {
+        match failing.poll_batch(10) {
+            Err(e) => break e.to_string(),
+            Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(_) => panic!("no error"),
+        }
+    };
+    assert!(e.contains("schema id 9") && e.contains("offset 0"), "{e}");
+}
+
+#[test]
+fn registry_credentials_never_show_in_errors() {
+    let Some(brokers) = brokers() else { return };
+    let registry = registry::TestRegistry::start(Some("laminar:s3cret-pass"));
+    let topic = topic(&brokers, "avro-auth", 1);
+    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+    let sink_options = |auth: &str| {
+        options(&[
+            ("bootstrap.servers", &brokers),
+            ("topic", &topic),
+            ("format", "avro"),
+            ("schema.registry.url", &registry.url),
+            ("schema.registry.basic.auth.user.info", auth),
+        ])
+    };
+    let e = create_sink(
+        "KAFKA",
+        &sink_options("laminar:wrong-pass"),
+        None,
+        schema.clone(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("401"), "{e}");
+    assert!(!e.contains("wrong-pass"), "{e}");
+    let mut sink = create_sink(
+        "KAFKA",
+        &sink_options("laminar:s3cret-pass"),
+        None,
+        schema.clone(),
+    )
+    .unwrap();
+    sink.write_batch(
+        &RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from(vec![7])) as ArrayRef],
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    sink.close().unwrap();
+}
