@@ -318,14 +318,19 @@ fn kafka_options_are_checked_at_create() {
         .unwrap_err();
     assert!(e.to_string().contains("did you mean 'topic'"), "{e}");
     let e = block_on(db.execute(
-        "CREATE SOURCE k (id BIGINT) FROM KAFKA (bootstrap.servers = 'x:1', topic = 't', format = 'avro')",
+        "CREATE SOURCE k (id BIGINT) FROM KAFKA (bootstrap.servers = 'x:1', topic = 't', format = 'protobuf')",
     ))
     .unwrap_err();
     assert!(
         e.to_string()
-            .contains("expected json, csv, raw or debezium"),
+            .contains("expected json, csv, raw, debezium or avro"),
         "{e}"
     );
+    let e = block_on(db.execute(
+        "CREATE SOURCE k (id BIGINT) FROM KAFKA (bootstrap.servers = 'x:1', topic = 't') FORMAT AVRO",
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("schema.registry.url"), "{e}");
 }
 
 /// SASL credentials passed through to librdkafka never show: not in errors, not in
