@@ -75,6 +75,10 @@ enum Command {
     /// (build with `--features kafka`).
     #[cfg(feature = "kafka")]
     Kafka(kafka_bench::KafkaArgs),
+    /// Produce-to-output latency through Kafka at a fixed rate, with the exactly-once (or
+    /// at-least-once) Kafka sink and periodic checkpoints (build with `--features kafka`).
+    #[cfg(feature = "kafka")]
+    KafkaLatency(kafka_bench::KafkaLatencyArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -412,6 +416,8 @@ fn main() -> Result<()> {
         Command::Checkpoint(args) => checkpoint(&args)?,
         #[cfg(feature = "kafka")]
         Command::Kafka(args) => kafka_bench::run(&args)?,
+        #[cfg(feature = "kafka")]
+        Command::KafkaLatency(args) => kafka_bench::latency(&args)?,
     };
     report.print(cli.json);
     Ok(())
