@@ -175,6 +175,18 @@ pub(crate) const SINK_KEYS: &[ConfigKey] = &[
         description: "column whose value is the message key (partitioning by key)",
     },
     ConfigKey {
+        key: "partitioner",
+        required: false,
+        default: Some("key-hash"),
+        description: "key-hash (murmur2 of the key, like the Java client; keyless messages at random), sticky (keyed as key-hash; keyless messages fill one partition at a time) or round-robin (every message to the next partition, keys ignored)",
+    },
+    ConfigKey {
+        key: "compression.type",
+        required: false,
+        default: Some("none"),
+        description: "none, gzip, snappy or lz4",
+    },
+    ConfigKey {
         key: "upsert",
         required: false,
         default: Some("false"),
@@ -1277,6 +1289,15 @@ pub(crate) struct KafkaSinkConfig {
     op: Option<usize>,
     /// The input's columns without `_op`: a row's image.
     image: Vec<usize>,
+    partitioner: Partitioner,
+}
+
+/// How the sink chooses partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Partitioner {
+    KeyHash,
+    Sticky,
+    RoundRobin,
 }
 
 impl KafkaSinkConfig {
@@ -1295,6 +1316,16 @@ impl KafkaSinkConfig {
             check_raw(&fields)?;
         }
         let upsert = options.get_bool(NAME, "upsert")?.unwrap_or(false);
+        let partitioner = match options.get_choice(
+            NAME,
+            "partitioner",
+            &["key-hash", "sticky", "round-robin"],
+        )? {
+            Some("sticky") => Partitioner::Sticky,
+            Some("round-robin") => Partitioner::RoundRobin,
+            _ => Partitioner::KeyHash,
+        };
+        options.get_choice(NAME, "compression.type", &["none", "gzip", "snappy", "lz4"])?;
         if upsert && format == MessageFormat::Debezium {
             return Err(invalid(
                 "upsert",
@@ -1363,6 +1394,7 @@ impl KafkaSinkConfig {
             upsert,
             op,
             image,
+            partitioner,
         })
     }
 }
@@ -1664,6 +1696,9 @@ struct AvroWriter {
 pub(crate) struct KafkaSink {
     config: KafkaSinkConfig,
     avro: Option<AvroWriter>,
+    /// Partitions of the topic (round-robin; 0 until looked up) and messages sent.
+    partitions: i32,
+    sent: u64,
     producer: ThreadedProducer<SinkContext>,
     deliveries: Arc<Deliveries>,
     metrics: SinkConnectorMetrics,
@@ -1702,6 +1737,16 @@ impl KafkaSink {
         if let Some(id) = &config.transactional_id {
             client.set("transactional.id", id);
         }
+        if let Some(codec) = config.options.get_str("compression.type") {
+            client.set("compression.type", codec.to_ascii_lowercase());
+        }
+        if config.partitioner == Partitioner::KeyHash
+            && client.get("sticky.partitioning.linger.ms").is_none()
+        {
+            // Keyless messages to a random partition each (`sticky` keeps librdkafka's
+            // default: one partition for a few milliseconds).
+            client.set("sticky.partitioning.linger.ms", "0");
+        }
         let producer: ThreadedProducer<SinkContext> = client
             .create_with_context(SinkContext {
                 deliveries: deliveries.clone(),
@@ -1738,6 +1783,8 @@ impl KafkaSink {
         Ok(KafkaSink {
             config,
             avro,
+            partitions: 0,
+            sent: 0,
             producer,
             deliveries,
             metrics: SinkConnectorMetrics::default(),
@@ -1747,6 +1794,31 @@ impl KafkaSink {
 
     fn context(&self) -> String {
         format!("topic '{}'", self.config.topic)
+    }
+
+    /// The partition of the next message with `partitioner = 'round-robin'`.
+    fn next_partition(&mut self) -> Result<Option<i32>, ConnectorError> {
+        if self.config.partitioner != Partitioner::RoundRobin {
+            return Ok(None);
+        }
+        if self.partitions == 0 {
+            let metadata = self
+                .producer
+                .client()
+                .fetch_metadata(Some(&self.config.topic), Duration::from_secs(10))
+                .map_err(|e| kafka_error(format!("{}: metadata", self.context()), e))?;
+            self.partitions = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == self.config.topic)
+                .map_or(0, |t| t.partitions().len() as i32);
+            if self.partitions == 0 {
+                return Err(kafka_error(self.context(), "has no partitions"));
+            }
+        }
+        let partition = (self.sent % self.partitions as u64) as i32;
+        self.sent += 1;
+        Ok(Some(partition))
     }
 
     fn check_deliveries(&mut self) -> Result<(), ConnectorError> {
@@ -1762,7 +1834,11 @@ impl KafkaSink {
     /// Sends every row of `batch` as a message.
     fn send_batch(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
         for (key, payload) in messages(&self.config, self.avro.as_ref(), batch)? {
+            let partition = self.next_partition()?;
             let mut record = BaseRecord::<str, [u8]>::to(&self.config.topic);
+            if let Some(p) = partition {
+                record = record.partition(p);
+            }
             if let Some(payload) = &payload {
                 record = record.payload(payload.as_slice());
             }

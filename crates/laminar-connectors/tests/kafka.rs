@@ -1665,3 +1665,66 @@ fn registry_credentials_never_show_in_errors() {
     .unwrap();
     sink.close().unwrap();
 }
+
+#[test]
+fn round_robin_spreads_messages_evenly_and_compressed_messages_read_back() {
+    let Some(brokers) = brokers() else { return };
+    let topic = topic(&brokers, "round-robin", 3);
+    let mut sink = create_sink(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", &brokers),
+            ("topic", &topic),
+            ("key", "customer"),
+            ("partitioner", "round-robin"),
+            ("compression.type", "gzip"),
+        ]),
+        None,
+        orders_schema(false),
+    )
+    .unwrap();
+    sink.write_batch(&orders(0..9)).unwrap();
+    sink.close().unwrap();
+    // Read with _partition: three messages in each partition, in turn.
+    let mut source = create_source(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", &brokers),
+            ("topic", &topic),
+            ("startup.mode", "earliest"),
+        ]),
+        None,
+        orders_schema(true),
+    )
+    .unwrap();
+    let rows = text_rows(&read_rows(source.as_mut(), 9));
+    let mut by_partition: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for row in rows {
+        by_partition
+            .entry(row[3].clone())
+            .or_default()
+            .push(row[0].clone());
+    }
+    let expected: std::collections::BTreeMap<String, Vec<String>> = (0..3)
+        .map(|p| {
+            (
+                p.to_string(),
+                (0..3).map(|k| (p + 3 * k).to_string()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(by_partition, expected);
+    let e = laminar_connectors::validate_sink(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", "x:1"),
+            ("topic", "t"),
+            ("partitioner", "random-ish"),
+        ]),
+        None,
+        &orders_schema(false),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("round-robin"), "{e}");
+}
