@@ -1,7 +1,8 @@
 //! The `KAFKA` source and sink (cargo feature `kafka`, librdkafka through `rdkafka`).
 //!
 //! ## Source
-//! Reads the partitions of one or more topics with a consumer that is *assigned* every
+//! Reads the partitions of one or more topics (named, or every existing topic matching
+//! `topic.pattern` when the source is created) with a consumer that is *assigned* every
 //! partition (no group rebalancing): the positions it reports for checkpoints are the next
 //! offset of every partition (`<topic>\t<partition>\t<offset>` lines), and a restore seeks
 //! each partition there, so the checkpoint, not the group, owns the offsets. Without a
@@ -22,8 +23,9 @@
 //! Writes every row as one message (`json`, `csv` or `raw`, as the source reads them; an
 //! updating input as Debezium envelopes, or with `upsert` as values and tombstones) to
 //! `topic`, keyed by the `key` column's value when given, partitioned by murmur2 of the key
-//! as the Java client does
-//! (`murmur2_random`; keyless messages spread at random; `kafka.partitioner` overrides it).
+//! as the Java client does (`partitioner = 'key-hash'`, librdkafka's `murmur2_random`;
+//! `sticky` keeps keyless messages on one partition for a few milliseconds, `round-robin`
+//! places every message on the next partition; `kafka.partitioner` overrides them).
 //! At-least-once: `pre_commit` flushes the producer and fails when any message
 //! was not acknowledged, so a checkpoint completes only when its output is in the topic.
 //! Exactly-once (`delivery.guarantee = 'exactly-once'`): a transactional producer writes one
@@ -107,9 +109,15 @@ pub(crate) const SOURCE_KEYS: &[ConfigKey] = &[
     REGISTRY_SUBJECT,
     ConfigKey {
         key: "topic",
-        required: true,
+        required: false,
         default: None,
-        description: "topic to read; several separated by commas",
+        description: "topic to read; several separated by commas (or topic.pattern)",
+    },
+    ConfigKey {
+        key: "topic.pattern",
+        required: false,
+        default: None,
+        description: "a regular expression: every existing topic whose whole name matches is read (resolved when the source is created)",
     },
     ConfigKey {
         key: "group.id",
@@ -206,6 +214,34 @@ pub(crate) const SINK_KEYS: &[ConfigKey] = &[
         description: "exactly-once: the producer's transactional id (default laminardb-<sink name>); a new producer with the same id fences the previous one",
     },
 ];
+
+/// The existing topics whose names match `pattern` (internal `__` topics excepted), sorted.
+fn topics_matching(
+    options: &ConnectorOptions,
+    pattern: &regex::Regex,
+) -> Result<Vec<String>, ConnectorError> {
+    let probe: BaseConsumer = client_config(options)?
+        .create()
+        .map_err(|e| kafka_error("cannot create the consumer", e))?;
+    let metadata = probe
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|e| kafka_error("listing topics for topic.pattern", e))?;
+    let mut topics: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|name| !name.starts_with("__") && pattern.is_match(name))
+        .collect();
+    topics.sort();
+    if topics.is_empty() {
+        return Err(invalid(
+            "topic.pattern",
+            pattern.as_str(),
+            "no existing topic matches it",
+        ));
+    }
+    Ok(topics)
+}
 
 /// The registry client of `format = 'avro'`.
 fn registry(options: &ConnectorOptions) -> Option<SchemaRegistry> {
@@ -366,6 +402,8 @@ fn parse_specific_offsets(value: &str) -> Result<Vec<(Option<String>, i32, i64)>
 pub(crate) struct KafkaSourceConfig {
     options: ConnectorOptions,
     topics: Vec<String>,
+    /// `topic.pattern`, anchored; resolved into `topics` when the source opens.
+    pattern: Option<regex::Regex>,
     startup: StartupMode,
     bad: BadMessages,
     format: MessageFormat,
@@ -383,15 +421,40 @@ enum BadMessages {
 impl KafkaSourceConfig {
     pub(crate) fn from_options(options: &ConnectorOptions) -> Result<Self, ConnectorError> {
         let format = message_format(options)?;
-        let topic = options.require_str(NAME, "topic")?;
-        let topics: Vec<String> = topic
+        let pattern = match (options.get_str("topic"), options.get_str("topic.pattern")) {
+            (Some(_), Some(p)) => {
+                return Err(invalid(
+                    "topic.pattern",
+                    p,
+                    "give either topic or topic.pattern, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(ConnectorError::MissingOption {
+                    connector: NAME.to_string(),
+                    key: "topic".to_string(),
+                });
+            }
+            (None, Some(p)) => Some(
+                regex::Regex::new(&format!("^(?:{p})$"))
+                    .map_err(|e| invalid("topic.pattern", p, e.to_string()))?,
+            ),
+            (Some(_), None) => None,
+        };
+        let topics: Vec<String> = options
+            .get_str("topic")
+            .unwrap_or_default()
             .split(',')
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .map(str::to_string)
             .collect();
-        if topics.is_empty() {
-            return Err(invalid("topic", topic, "name at least one topic"));
+        if topics.is_empty() && pattern.is_none() {
+            return Err(invalid(
+                "topic",
+                options.get_str("topic").unwrap_or_default(),
+                "name at least one topic",
+            ));
         }
         let startup = match options.get_str("startup.mode") {
             None => StartupMode::GroupOffsets,
@@ -477,6 +540,7 @@ impl KafkaSourceConfig {
         Ok(KafkaSourceConfig {
             options: options.clone(),
             topics,
+            pattern,
             startup,
             bad,
             format,
@@ -551,9 +615,12 @@ pub(crate) struct KafkaSource {
 
 impl KafkaSource {
     pub(crate) fn open(
-        config: KafkaSourceConfig,
+        mut config: KafkaSourceConfig,
         declared: SchemaRef,
     ) -> Result<KafkaSource, ConnectorError> {
+        if let Some(pattern) = config.pattern.clone() {
+            config.topics = topics_matching(&config.options, &pattern)?;
+        }
         let mut registry = match config.format {
             MessageFormat::Avro => registry(&config.options),
             _ => None,

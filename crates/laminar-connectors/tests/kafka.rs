@@ -1728,3 +1728,82 @@ fn round_robin_spreads_messages_evenly_and_compressed_messages_read_back() {
     .to_string();
     assert!(e.contains("round-robin"), "{e}");
 }
+
+#[test]
+fn a_topic_pattern_reads_every_matching_topic() {
+    let Some(brokers) = brokers() else { return };
+    let prefix = format!("pat{}", std::process::id());
+    let stamp = unique("");
+    let a = format!("{prefix}-orders-a{stamp}");
+    let b = format!("{prefix}-orders-b{stamp}");
+    let other = format!("{prefix}-other{stamp}");
+    for t in [&a, &b, &other] {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        for r in futures::executor::block_on(admin.create_topics(
+            &[NewTopic::new(t, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        ))
+        .unwrap()
+        {
+            r.unwrap();
+        }
+    }
+    for (t, ids) in [(&a, 0..3), (&b, 3..5), (&other, 100..101)] {
+        let mut sink = create_sink(
+            "KAFKA",
+            &options(&[("bootstrap.servers", &brokers), ("topic", t)]),
+            None,
+            orders_schema(false),
+        )
+        .unwrap();
+        sink.write_batch(&orders(ids)).unwrap();
+        sink.close().unwrap();
+    }
+    let mut schema_fields = orders_schema(false).fields().to_vec();
+    schema_fields.push(Arc::new(Field::new("_topic", DataType::Utf8, true)));
+    let mut source = create_source(
+        "KAFKA",
+        &options(&[
+            ("bootstrap.servers", &brokers),
+            ("topic.pattern", &format!("{prefix}-orders-.*{stamp}")),
+            ("startup.mode", "earliest"),
+        ]),
+        None,
+        Arc::new(Schema::new(schema_fields.clone())),
+    )
+    .unwrap();
+    let batches = read_rows(source.as_mut(), 5);
+    assert_eq!(ids(&batches), vec![0, 1, 2, 3, 4]);
+    let topics: BTreeSet<String> = text_rows(&batches)
+        .into_iter()
+        .map(|r| r[3].clone())
+        .collect();
+    assert_eq!(topics, BTreeSet::from([a.clone(), b.clone()]));
+
+    // No match, both options, and a bad expression are errors.
+    for (pairs, needle) in [
+        (
+            vec![("topic.pattern", "nothing-matches-this-.*")],
+            "no existing topic matches",
+        ),
+        (vec![("topic.pattern", "x"), ("topic", "y")], "not both"),
+        (vec![("topic.pattern", "(")], "topic.pattern"),
+        (vec![], "'topic'"),
+    ] {
+        let mut all = vec![("bootstrap.servers", brokers.as_str())];
+        all.extend(pairs);
+        let e = create_source(
+            "KAFKA",
+            &options(&all),
+            None,
+            Arc::new(Schema::new(schema_fields.clone())),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains(needle), "{e}");
+    }
+}
