@@ -167,6 +167,7 @@ pub fn read_partition(broker: &str, topic: &str, partition: i32) -> PartitionLog
     let mut pending: HashMap<i64, Vec<LogRecord>> = HashMap::new();
     let mut log = PartitionLog::default();
     let mut next = 0i64;
+    let mut stalls = 0;
     loop {
         let (bytes, high_watermark) = fetch(&mut stream, topic, partition, next);
         let mut c = Cursor {
@@ -240,11 +241,19 @@ pub fn read_partition(broker: &str, topic: &str, partition: i32) -> PartitionLog
             next = base_offset + i64::from(last_offset_delta) + 1;
         }
         if next == before {
+            if next >= high_watermark {
+                break;
+            }
+            // The broker may report a high watermark a moment before the record below it
+            // (a transaction marker being appended) can be fetched: ask again.
+            stalls += 1;
             assert!(
-                next >= high_watermark,
+                stalls < 100,
                 "{topic}/{partition}: the log stops at offset {next} below the high watermark {high_watermark}"
             );
-            break;
+            std::thread::sleep(Duration::from_millis(20));
+        } else {
+            stalls = 0;
         }
     }
     log.open = pending.into_values().flatten().collect();
