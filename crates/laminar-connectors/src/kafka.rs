@@ -1188,12 +1188,13 @@ impl SourceConnector for KafkaSource {
             if !before_start {
                 self.skip_before.remove(&at);
             }
-            if self.next.get(&at).is_some_and(|&next| meta.offset < next) {
+            let next = self.next.entry(at).or_insert(meta.offset);
+            if meta.offset < *next {
                 // Fetched for an assignment a seek replaced: already read, or before the
                 // checkpointed position.
                 continue;
             }
-            self.next.insert(at, meta.offset + 1);
+            *next = meta.offset + 1;
             if before_start {
                 // Before the startup time: passed over, and not read again.
                 continue;
@@ -1466,100 +1467,92 @@ impl KafkaSinkConfig {
     }
 }
 
-/// A message to send: its key and payload (`None`: a tombstone or a NULL raw value).
-type Outgoing = (Option<String>, Option<Vec<u8>>);
+/// A message to send: the row whose key it carries, and its payload (`None`: a tombstone
+/// or a NULL raw value).
+type Outgoing = (usize, Option<Vec<u8>>);
 
-/// The messages (key, payload) a batch becomes. An append-only input without `upsert`
-/// gives one message per row in the format; otherwise each change becomes a Debezium
-/// envelope (`U-` then `U+` of one update make one `op: u` message) or, with `upsert`, a
-/// value (`I`, `U+`, `r`) or a tombstone (`D`, and a `U-` whose `U+` has another key).
+/// The key of `row`, when the sink has a key column and the row's key is not NULL.
+fn key_at(keys: Option<&StringArray>, row: usize) -> Option<&str> {
+    keys.and_then(|k| (!k.is_null(row)).then(|| k.value(row)))
+}
+
+/// The messages a batch becomes. An append-only input without `upsert` gives one message
+/// per row in the format; otherwise each change becomes a Debezium envelope (`U-` then `U+`
+/// of one update make one `op: u` message) or, with `upsert`, a value (`I`, `U+`, `r`) or a
+/// tombstone (`D`, and a `U-` whose `U+` has another key). `keys` is the key column as text.
 fn messages(
     config: &KafkaSinkConfig,
     avro: Option<&AvroWriter>,
+    keys: Option<&StringArray>,
     batch: &RecordBatch,
 ) -> Result<Vec<Outgoing>, ConnectorError> {
     let rows = batch.num_rows();
-    let keys: Vec<Option<String>> = match config.key {
-        Some(index) => {
-            let keys = arrow::compute::cast(batch.column(index), &DataType::Utf8)?;
-            let keys = keys
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .ok_or_else(|| kafka_error("message key", "not text"))?;
-            keys.iter().map(|k| k.map(str::to_string)).collect()
-        }
-        None => vec![None; rows],
-    };
     let changes = config.op.is_some() || config.upsert || config.format == MessageFormat::Debezium;
     if !changes {
-        return Ok(keys
+        return Ok(encode_rows(config.format, avro, batch)?
             .into_iter()
-            .zip(encode_rows(config.format, avro, batch)?)
+            .enumerate()
             .collect());
     }
-    let images = batch.project(&config.image)?;
     let image_format = match config.format {
         MessageFormat::Debezium => MessageFormat::Json,
         other => other,
     };
-    let images = encode_rows(image_format, avro, &images)?;
-    let ops: Vec<&str> = match config.op {
-        Some(index) => {
-            let ops = batch
+    let mut images = encode_rows(image_format, avro, &batch.project(&config.image)?)?;
+    let ops: Option<&StringArray> = match config.op {
+        Some(index) => Some(
+            batch
                 .column(index)
                 .as_any()
                 .downcast_ref::<StringArray>()
-                .ok_or_else(|| kafka_error("changelog", "_op is not a VARCHAR column"))?;
-            (0..rows)
-                .map(|r| if ops.is_null(r) { "" } else { ops.value(r) })
-                .collect()
-        }
-        None => vec!["I"; rows],
+                .ok_or_else(|| kafka_error("changelog", "_op is not a VARCHAR column"))?,
+        ),
+        None => None,
     };
+    let op_at = |row: usize| match ops {
+        Some(ops) if ops.is_null(row) => "",
+        Some(ops) => ops.value(row),
+        None => "I",
+    };
+    let ts_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
     let mut out = Vec::with_capacity(rows);
     let mut row = 0;
     while row < rows {
-        let op = ops[row];
+        let op = op_at(row);
         // An update: its before-image, immediately followed by its after-image.
-        let paired = op == "U-" && row + 1 < rows && ops[row + 1] == "U+";
+        let paired = op == "U-" && row + 1 < rows && op_at(row + 1) == "U+";
         if config.upsert {
             match op {
-                "I" | "U+" | "r" => out.push((keys[row].clone(), images[row].clone())),
-                "D" => out.push((keys[row].clone(), None)),
-                "U-" if paired && keys[row] == keys[row + 1] => {}
-                "U-" => out.push((keys[row].clone(), None)),
+                "I" | "U+" | "r" => out.push((row, images[row].take())),
+                "D" => out.push((row, None)),
+                "U-" if paired && key_at(keys, row) == key_at(keys, row + 1) => {}
+                "U-" => out.push((row, None)),
                 other => return Err(kafka_error("changelog", format!("unknown _op '{other}'"))),
             }
             row += 1;
             continue;
         }
-        let null = || b"null".to_vec();
-        let (before, after, code, key) = match op {
-            "I" => (None, images[row].clone(), "c", keys[row].clone()),
-            "r" => (None, images[row].clone(), "r", keys[row].clone()),
-            "D" => (images[row].clone(), None, "d", keys[row].clone()),
+        let (before, after, code) = match op {
+            "I" => (None, images[row].take(), "c"),
+            "r" => (None, images[row].take(), "r"),
+            "D" => (images[row].take(), None, "d"),
             "U-" if paired => {
                 row += 1;
-                (
-                    images[row - 1].clone(),
-                    images[row].clone(),
-                    "u",
-                    keys[row].clone(),
-                )
+                (images[row - 1].take(), images[row].take(), "u")
             }
-            "U-" => (images[row].clone(), None, "d", keys[row].clone()),
-            "U+" => (None, images[row].clone(), "u", keys[row].clone()),
+            "U-" => (images[row].take(), None, "d"),
+            "U+" => (None, images[row].take(), "u"),
             other => return Err(kafka_error("changelog", format!("unknown _op '{other}'"))),
         };
-        let ts_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
         let mut envelope = b"{\"before\":".to_vec();
-        envelope.extend(before.unwrap_or_else(null));
+        envelope.extend(before.as_deref().unwrap_or(b"null"));
         envelope.extend_from_slice(b",\"after\":");
-        envelope.extend(after.unwrap_or_else(null));
+        envelope.extend(after.as_deref().unwrap_or(b"null"));
         envelope.extend_from_slice(format!(",\"op\":\"{code}\",\"ts_ms\":{ts_ms}}}").as_bytes());
-        out.push((key, Some(envelope)));
+        // The key of an update is its after-image's.
+        out.push((row, Some(envelope)));
         row += 1;
     }
     Ok(out)
@@ -1900,7 +1893,20 @@ impl KafkaSink {
 
     /// Sends every row of `batch` as a message.
     fn send_batch(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
-        for (key, payload) in messages(&self.config, self.avro.as_ref(), batch)? {
+        let keys = match self.config.key {
+            Some(index) => Some(arrow::compute::cast(batch.column(index), &DataType::Utf8)?),
+            None => None,
+        };
+        let keys = match &keys {
+            Some(k) => Some(
+                k.as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| kafka_error("message key", "not text"))?,
+            ),
+            None => None,
+        };
+        for (row, payload) in messages(&self.config, self.avro.as_ref(), keys, batch)? {
+            let key = key_at(keys, row);
             let partition = self.next_partition()?;
             let mut record = BaseRecord::<str, [u8]>::to(&self.config.topic);
             if let Some(p) = partition {
@@ -1909,8 +1915,8 @@ impl KafkaSink {
             if let Some(payload) = &payload {
                 record = record.payload(payload.as_slice());
             }
-            if let Some(key) = &key {
-                record = record.key(key.as_str());
+            if let Some(key) = key {
+                record = record.key(key);
             }
             if let Err(e) = send_with_backpressure(&self.producer, record) {
                 self.metrics.errors += 1;

@@ -27,23 +27,24 @@ fn topic(brokers: &str, name: &str, partitions: i32) -> String {
         .unwrap()
         .as_nanos();
     let topic = format!("{name}-{}-{nanos}", std::process::id());
+    create_topic(brokers, &topic, partitions);
+    topic
+}
+
+/// Creates the topic `topic`.
+fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
     let created = futures::executor::block_on(admin.create_topics(
-        &[NewTopic::new(
-            &topic,
-            partitions,
-            TopicReplication::Fixed(1),
-        )],
+        &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
         &AdminOptions::new(),
     ))
     .unwrap();
     for result in created {
         result.unwrap();
     }
-    topic
 }
 
 fn orders_schema(with_meta: bool) -> SchemaRef {
@@ -1738,18 +1739,7 @@ fn a_topic_pattern_reads_every_matching_topic() {
     let b = format!("{prefix}-orders-b{stamp}");
     let other = format!("{prefix}-other{stamp}");
     for t in [&a, &b, &other] {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .unwrap();
-        for r in futures::executor::block_on(admin.create_topics(
-            &[NewTopic::new(t, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        ))
-        .unwrap()
-        {
-            r.unwrap();
-        }
+        create_topic(&brokers, t, 1);
     }
     for (t, ids) in [(&a, 0..3), (&b, 3..5), (&other, 100..101)] {
         let mut sink = create_sink(
