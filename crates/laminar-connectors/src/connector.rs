@@ -7,6 +7,8 @@
 //! (checkpoints) through `begin_epoch` / `pre_commit` / `commit_epoch` /
 //! `rollback_epoch`; what they guarantee is stated by [`SinkCapabilities`].
 
+use std::sync::Arc;
+
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
@@ -35,6 +37,42 @@ pub struct SourceConnectorMetrics {
     pub bytes_read: u64,
     /// Files read to the end.
     pub files_read: u64,
+    /// Times the source stopped its service from sending (Kafka: paused its partitions)
+    /// because the queue its batches go into was filling up.
+    pub pauses: u64,
+}
+
+/// What the runtime tells a source before its first poll ([`SourceConnector::attach`]).
+#[derive(Clone)]
+pub struct SourceEnvironment {
+    /// How full (0.0 to 1.0) the queue the source's batches go into is; callable from any
+    /// thread at any time.
+    pub queue_fill: Arc<dyn Fn() -> f64 + Send + Sync>,
+    /// Asks for a checkpoint soon (without periodic checkpoints it does nothing).
+    pub request_checkpoint: Arc<dyn Fn() + Send + Sync>,
+    /// Checkpoints record the source's position: [`SourceConnector::checkpoint_completed`]
+    /// will be called.
+    pub checkpointed: bool,
+}
+
+impl SourceEnvironment {
+    /// An environment for a source read outside a pipeline: an always-empty queue, no
+    /// checkpoints.
+    pub fn detached() -> Self {
+        SourceEnvironment {
+            queue_fill: Arc::new(|| 0.0),
+            request_checkpoint: Arc::new(|| {}),
+            checkpointed: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for SourceEnvironment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceEnvironment")
+            .field("checkpointed", &self.checkpointed)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A producer of Arrow batches.
@@ -53,6 +91,13 @@ pub trait SourceConnector: Send {
 
     /// Current counters.
     fn metrics(&self) -> SourceConnectorMetrics;
+
+    /// Called once before the first poll (after any [`SourceConnector::seek`]) with what
+    /// the runtime offers the source: the fill of its queue (a source whose service pushes
+    /// data, Kafka, stops fetching above a high-water mark instead of buffering) and
+    /// whether and how checkpoints happen. A source never attached behaves as attached to
+    /// [`SourceEnvironment::detached`].
+    fn attach(&mut self, _environment: SourceEnvironment) {}
 
     /// Where the source is now, as text a later [`SourceConnector::seek`] accepts: a
     /// checkpoint records it so that a restart resumes right after the last row returned.

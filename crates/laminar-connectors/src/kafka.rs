@@ -54,12 +54,17 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::connector::{
     SinkCapabilities, SinkConnector, SinkConnectorMetrics, SourceConnector, SourceConnectorMetrics,
-    SourcePoll,
+    SourceEnvironment, SourcePoll,
 };
 use crate::error::ConnectorError;
 use crate::format::avro::{self, SchemaRegistry};
 use crate::options::ConnectorOptions;
 use crate::registry::ConfigKey;
+
+mod fetcher;
+
+use crossbeam_channel::Receiver;
+use fetcher::{Chunk, FetchContext, FetchSettings, Fetched, Membership};
 
 const NAME: &str = "KAFKA";
 
@@ -155,6 +160,48 @@ pub(crate) const SOURCE_KEYS: &[ConfigKey] = &[
         required: false,
         default: None,
         description: "dead-letter topic of error.policy = 'dlq'",
+    },
+    ConfigKey {
+        key: "partition.assignment.strategy",
+        required: false,
+        default: Some("all"),
+        description: "all (this source reads every partition, no group membership) or cooperative-sticky, range, roundrobin (the consumer group splits the partitions between every pipeline reading with the same group.id; a revoked partition is handed over once a checkpoint covers what was read from it)",
+    },
+    ConfigKey {
+        key: "isolation.level",
+        required: false,
+        default: Some("read_committed"),
+        description: "read_committed (messages of open or aborted transactions are not read) or read_uncommitted",
+    },
+    ConfigKey {
+        key: "auto.offset.reset",
+        required: false,
+        default: Some("earliest"),
+        description: "where a partition starts under startup.mode = 'group-offsets' when the group has no offset for it: earliest, latest or none (an error)",
+    },
+    ConfigKey {
+        key: "max.poll.records",
+        required: false,
+        default: Some("1000"),
+        description: "most messages in one batch the source returns (and handed from the consumer to the decoder at a time)",
+    },
+    ConfigKey {
+        key: "poll.timeout.ms",
+        required: false,
+        default: Some("100"),
+        description: "how long the consumer waits for a message when none is ready (ms)",
+    },
+    ConfigKey {
+        key: "backpressure.high.watermark",
+        required: false,
+        default: Some("0.8"),
+        description: "fill of the source's queue (0 to 1) at which its partitions are paused",
+    },
+    ConfigKey {
+        key: "backpressure.low.watermark",
+        required: false,
+        default: Some("0.5"),
+        description: "fill of the source's queue (0 to 1) at which paused partitions are resumed",
     },
 ];
 
@@ -407,6 +454,14 @@ pub(crate) struct KafkaSourceConfig {
     startup: StartupMode,
     bad: BadMessages,
     format: MessageFormat,
+    /// `partition.assignment.strategy` of group membership; `None` reads every partition.
+    group_strategy: Option<String>,
+    isolation: String,
+    offset_reset: String,
+    high_watermark: f64,
+    low_watermark: f64,
+    chunk_rows: usize,
+    poll_timeout: Duration,
 }
 
 /// What happens to a message that cannot be decoded.
@@ -536,6 +591,57 @@ impl KafkaSourceConfig {
                 "only used with error.policy = 'dlq'",
             ));
         }
+        let group_strategy = match options
+            .get_choice(
+                NAME,
+                "partition.assignment.strategy",
+                &["all", "cooperative-sticky", "range", "roundrobin"],
+            )?
+            .unwrap_or("all")
+        {
+            "all" => None,
+            strategy => Some(strategy.to_string()),
+        };
+        let isolation = options
+            .get_choice(
+                NAME,
+                "isolation.level",
+                &["read_committed", "read_uncommitted"],
+            )?
+            .unwrap_or("read_committed");
+        let offset_reset = options
+            .get_choice(NAME, "auto.offset.reset", &["earliest", "latest", "none"])?
+            .unwrap_or("earliest");
+        let fraction = |key: &str, default: f64| -> Result<f64, ConnectorError> {
+            match options.get_str(key) {
+                None => Ok(default),
+                Some(v) => match v.trim().parse::<f64>() {
+                    Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+                    _ => Err(invalid(key, v, "expected a fraction between 0 and 1")),
+                },
+            }
+        };
+        let high_watermark = fraction("backpressure.high.watermark", 0.8)?;
+        let low_watermark = fraction("backpressure.low.watermark", 0.5)?;
+        if low_watermark >= high_watermark {
+            return Err(invalid(
+                "backpressure.low.watermark",
+                options
+                    .get_str("backpressure.low.watermark")
+                    .unwrap_or("0.5"),
+                format!("must be below backpressure.high.watermark ({high_watermark})"),
+            ));
+        }
+        let chunk_rows = match options.get_u64(NAME, "max.poll.records")? {
+            None => 1000,
+            Some(0) => return Err(invalid("max.poll.records", "0", "must be at least 1")),
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        let poll_timeout = match options.get_u64(NAME, "poll.timeout.ms")? {
+            None => Duration::from_millis(100),
+            Some(0) => return Err(invalid("poll.timeout.ms", "0", "must be at least 1")),
+            Some(ms) => Duration::from_millis(ms),
+        };
         client_config(options)?;
         Ok(KafkaSourceConfig {
             options: options.clone(),
@@ -544,6 +650,13 @@ impl KafkaSourceConfig {
             startup,
             bad,
             format,
+            group_strategy,
+            isolation: isolation.to_string(),
+            offset_reset: offset_reset.to_string(),
+            high_watermark,
+            low_watermark,
+            chunk_rows,
+            poll_timeout,
         })
     }
 }
@@ -594,16 +707,19 @@ pub(crate) struct KafkaSource {
     payload_schema: SchemaRef,
     /// Per declared column: a metadata column, or the index in `payload_schema`.
     columns: Vec<Result<Meta, usize>>,
-    /// `_headers` is declared: messages' headers are collected.
-    wants_headers: bool,
     /// `format = 'avro'`: the registry that resolves writer schemas (with its cache).
     registry: Option<std::sync::Mutex<SchemaRegistry>>,
-    consumer: BaseConsumer,
+    consumer: Arc<BaseConsumer<FetchContext>>,
     /// Next offset to read per (topic, partition): what a checkpoint records.
     next: BTreeMap<(String, i32), i64>,
     /// Checkpointed offsets to start from (set by `seek` before the first poll).
     resume: BTreeMap<(String, i32), i64>,
-    assigned: bool,
+    /// The fetch thread, once started (at the first poll).
+    fetch: Option<(Receiver<Fetched>, std::thread::JoinHandle<()>)>,
+    /// A chunk of messages partly returned, and how far.
+    inbox: Option<(Arc<Chunk>, usize)>,
+    /// What the runtime offered in `attach`.
+    environment: SourceEnvironment,
     /// Partitions started by `startup.mode = 'timestamp'` that have not yet delivered a
     /// message at or after that time: earlier messages are passed over (the broker's offset
     /// lookup may start a partition too early; some brokers answer the first offset).
@@ -680,9 +796,18 @@ impl KafkaSource {
                 config.options.get_str("group.id").unwrap_or("laminardb"),
             )
             .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false");
-        if client.get("auto.offset.reset").is_none() {
-            client.set("auto.offset.reset", "earliest");
+        for (named, value) in [
+            ("auto.offset.reset", &config.offset_reset),
+            ("isolation.level", &config.isolation),
+        ] {
+            if config.options.contains(named) || client.get(named).is_none() {
+                client.set(named, value.as_str());
+            }
+        }
+        if let Some(strategy) = &config.group_strategy {
+            client.set("partition.assignment.strategy", strategy.as_str());
         }
         if client.get("fetch.queue.backoff.ms").is_none() {
             // librdkafka's default (1 s) pauses fetching for a second whenever its local
@@ -690,21 +815,30 @@ impl KafkaSource {
             // source read 0.19 M messages/s in `laminar-bench kafka`, with 10 ms 1.5 M.
             client.set("fetch.queue.backoff.ms", "10");
         }
-        let consumer: BaseConsumer = client
-            .create()
-            .map_err(|e| kafka_error("cannot create the consumer", e))?;
         let wants_headers = columns.contains(&Ok(Meta::Headers));
+        let context = FetchContext::new(FetchSettings {
+            wants_headers,
+            chunk_rows: config.chunk_rows,
+            poll_timeout: config.poll_timeout,
+            high_watermark: config.high_watermark,
+            low_watermark: config.low_watermark,
+            startup: config.startup.clone(),
+        });
+        let consumer: BaseConsumer<FetchContext> = client
+            .create_with_context(context)
+            .map_err(|e| kafka_error("cannot create the consumer", e))?;
         Ok(KafkaSource {
             config,
-            wants_headers,
             registry: registry.map(std::sync::Mutex::new),
             schema: declared,
             payload_schema: Arc::new(Schema::new(payload_fields)),
             columns,
-            consumer,
+            consumer: Arc::new(consumer),
             next: BTreeMap::new(),
             resume: BTreeMap::new(),
-            assigned: false,
+            fetch: None,
+            inbox: None,
+            environment: SourceEnvironment::detached(),
             skip_before: BTreeMap::new(),
             dead_letters: None,
             metrics: SourceConnectorMetrics::default(),
@@ -769,8 +903,90 @@ impl KafkaSource {
         self.consumer
             .assign(&list)
             .map_err(|e| kafka_error("cannot assign partitions", e))?;
-        self.assigned = true;
         Ok(())
+    }
+
+    /// Starts reading: assigns every partition (or joins the group) and starts the fetch
+    /// thread.
+    fn start(&mut self) -> Result<(), ConnectorError> {
+        let context = self.consumer.context();
+        context.set_environment(self.environment.clone());
+        let membership = match &self.config.group_strategy {
+            None => {
+                self.assign()?;
+                Membership::All
+            }
+            Some(_) => {
+                context.set_resume(self.resume.clone());
+                Membership::Group(self.config.topics.clone())
+            }
+        };
+        // Two chunks in flight: the decoder works on one while the next is fetched.
+        let (tx, rx) = crossbeam_channel::bounded(2);
+        let handle = fetcher::spawn(self.consumer.clone(), membership, tx)
+            .map_err(|e| kafka_error("starting the consumer", e))?;
+        self.fetch = Some((rx, handle));
+        Ok(())
+    }
+
+    /// The next chunk of messages from the fetch thread (waiting a little when `wait`),
+    /// applying the partition changes that come before it.
+    fn receive(&mut self, wait: bool) -> Result<Option<Chunk>, ConnectorError> {
+        loop {
+            let Some((rx, _)) = &self.fetch else {
+                return Ok(None);
+            };
+            let fetched = if wait {
+                rx.recv_timeout(Duration::from_millis(5)).ok()
+            } else {
+                rx.try_recv().ok()
+            };
+            match fetched {
+                None => return Ok(None),
+                Some(Fetched::Messages(chunk)) => return Ok(Some(chunk)),
+                Some(Fetched::Assigned(partitions)) => {
+                    for (key, start, skip_before) in partitions {
+                        match start {
+                            Some(offset) => self.next.insert(key.clone(), offset),
+                            // Known at the partition's first message.
+                            None => self.next.remove(&key),
+                        };
+                        match skip_before {
+                            Some(ts) => self.skip_before.insert(key, ts),
+                            None => self.skip_before.remove(&key),
+                        };
+                    }
+                }
+                Some(Fetched::Revoked(partitions)) => {
+                    for key in partitions {
+                        self.next.remove(&key);
+                        self.skip_before.remove(&key);
+                    }
+                }
+                Some(Fetched::Failed(reason)) => {
+                    return Err(kafka_error("reading messages", reason));
+                }
+            }
+        }
+    }
+
+    /// Whether a fetched message is returned (advancing its partition's position): not
+    /// when it was read already (fetched again after a seek) or precedes the startup time.
+    fn accept(&mut self, meta: &MessageMeta) -> bool {
+        let at = (meta.topic.clone(), meta.partition);
+        let before_start = self
+            .skip_before
+            .get(&at)
+            .is_some_and(|&from| meta.timestamp.is_some_and(|t| t < from));
+        if !before_start && !self.skip_before.is_empty() {
+            self.skip_before.remove(&at);
+        }
+        let next = self.next.entry(at).or_insert(meta.offset);
+        if meta.offset < *next {
+            return false;
+        }
+        *next = meta.offset + 1;
+        !before_start
     }
 
     /// Writes an undecodable message to the dead-letter topic: its payload and key, with
@@ -1153,69 +1369,55 @@ impl SourceConnector for KafkaSource {
     }
 
     fn poll_batch(&mut self, max_rows: usize) -> Result<SourcePoll, ConnectorError> {
-        if !self.assigned {
-            self.assign()?;
+        if self.fetch.is_none() {
+            self.start()?;
         }
         self.check_dead_letters()?;
-        let max_rows = max_rows.max(1);
-        let mut payloads: Vec<Vec<u8>> = Vec::new();
-        let mut metas: Vec<MessageMeta> = Vec::new();
-        while metas.len() < max_rows {
-            let wait = if metas.is_empty() {
-                Duration::from_millis(5)
-            } else {
-                Duration::ZERO
+        let max_rows = max_rows.clamp(1, self.config.chunk_rows);
+        // The messages returned: (chunk, index in it).
+        let mut chunks: Vec<Arc<Chunk>> = Vec::new();
+        let mut taken: Vec<(usize, usize)> = Vec::new();
+        while taken.len() < max_rows {
+            let (chunk, from) = match self.inbox.take() {
+                Some(partly) => partly,
+                None => match self.receive(chunks.is_empty())? {
+                    Some(chunk) => (Arc::new(chunk), 0),
+                    None => break,
+                },
             };
-            let Some(result) = self.consumer.poll(wait) else {
-                break;
-            };
-            let message: BorrowedMessage<'_> =
-                result.map_err(|e| kafka_error("reading messages", e))?;
-            let meta = MessageMeta {
-                topic: message.topic().to_string(),
-                partition: message.partition(),
-                offset: message.offset(),
-                timestamp: message.timestamp().to_millis(),
-                key: message.key().map(<[u8]>::to_vec),
-                headers: self.wants_headers.then(|| headers_json(&message)),
-            };
-            self.metrics.bytes_read += message.payload_len() as u64;
-            let at = (meta.topic.clone(), meta.partition);
-            let before_start = self
-                .skip_before
-                .get(&at)
-                .is_some_and(|&from| meta.timestamp.is_some_and(|t| t < from));
-            if !before_start {
-                self.skip_before.remove(&at);
+            let index = chunks.len();
+            let mut at = from;
+            while at < chunk.len() && taken.len() < max_rows {
+                let meta = &chunk.metas[at];
+                self.metrics.bytes_read += chunk.payload(at).len() as u64;
+                if self.accept(meta) {
+                    taken.push((index, at));
+                }
+                at += 1;
             }
-            let next = self.next.entry(at).or_insert(meta.offset);
-            if meta.offset < *next {
-                // Fetched for an assignment a seek replaced: already read, or before the
-                // checkpointed position.
-                continue;
+            if at < chunk.len() {
+                self.inbox = Some((chunk.clone(), at));
             }
-            *next = meta.offset + 1;
-            if before_start {
-                // Before the startup time: passed over, and not read again.
-                continue;
-            }
-            payloads.push(message.payload().unwrap_or_default().to_vec());
-            metas.push(meta);
+            chunks.push(chunk);
         }
+        let metas: Vec<MessageMeta> = taken
+            .iter()
+            .map(|&(c, i)| chunks[c].metas[i].clone())
+            .collect();
+        let payloads: Vec<&[u8]> = taken.iter().map(|&(c, i)| chunks[c].payload(i)).collect();
         if metas.is_empty() {
             return Ok(SourcePoll::Pending);
         }
-        let slices: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-        let batch = match self.decode(&slices, &metas) {
+        let batch = match self.decode(&payloads, &metas) {
             Ok(batch) => batch,
             Err(_) => {
                 // Find the bad messages one by one: fail on the first, or skip them all.
                 let mut good_payloads = Vec::new();
                 let mut good_metas = Vec::new();
                 for (payload, meta) in payloads.iter().zip(&metas) {
-                    match self.decode(&[payload.as_slice()], std::slice::from_ref(meta)) {
+                    match self.decode(&[payload], std::slice::from_ref(meta)) {
                         Ok(_) => {
-                            good_payloads.push(payload.as_slice());
+                            good_payloads.push(*payload);
                             good_metas.push(meta.clone());
                         }
                         Err(e) => match &self.config.bad {
@@ -1247,7 +1449,14 @@ impl SourceConnector for KafkaSource {
     }
 
     fn metrics(&self) -> SourceConnectorMetrics {
-        self.metrics
+        SourceConnectorMetrics {
+            pauses: self.consumer.context().pauses(),
+            ..self.metrics
+        }
+    }
+
+    fn attach(&mut self, environment: SourceEnvironment) {
+        self.environment = environment;
     }
 
     fn position(&self) -> Option<String> {
@@ -1279,14 +1488,15 @@ impl SourceConnector for KafkaSource {
             let partition: i32 = partition.parse().map_err(|_| bad("bad partition"))?;
             let offset: i64 = offset.parse().map_err(|_| bad("bad offset"))?;
             self.resume.insert((topic.to_string(), partition), offset);
-            // Reported as the position until the partition is read: a checkpoint taken
-            // before the first poll keeps it.
-            self.next.insert((topic.to_string(), partition), offset);
+            if self.config.group_strategy.is_none() {
+                // Reported as the position until the partition is read: a checkpoint taken
+                // before the first poll keeps it. (In a group, a partition is part of the
+                // position once the group assigns it.)
+                self.next.insert((topic.to_string(), partition), offset);
+            }
         }
-        if self.assigned {
-            // Assigned already (to learn the partitions): start them over at the position.
-            self.next.clear();
-            self.assign()?;
+        if self.fetch.is_some() {
+            return Err(bad("the source is reading already"));
         }
         Ok(())
     }
@@ -1294,14 +1504,27 @@ impl SourceConnector for KafkaSource {
     /// Commits the checkpointed offsets to the consumer group (asynchronously), so lag
     /// monitors see the pipeline's progress.
     fn checkpoint_completed(&mut self, position: &str) {
-        let mut list = TopicPartitionList::new();
+        let mut offsets = BTreeMap::new();
         for line in position.lines().skip(1) {
             let parts: Vec<&str> = line.split('\t').collect();
             if let [topic, partition, offset] = parts.as_slice()
                 && let (Ok(p), Ok(o)) = (partition.parse::<i32>(), offset.parse::<i64>())
-                && list
-                    .add_partition_offset(topic, p, Offset::Offset(o))
-                    .is_err()
+            {
+                offsets.insert((topic.to_string(), p), o);
+            }
+        }
+        let context = self.consumer.context();
+        context.checkpoint_completed(&offsets);
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), offset) in &offsets {
+            // In a group, only the partitions still read here: another member owns the rest
+            // and commits them.
+            if self.config.group_strategy.is_some() && !context.owns(&(topic.clone(), *partition)) {
+                continue;
+            }
+            if list
+                .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                .is_err()
             {
                 return;
             }
@@ -1337,8 +1560,30 @@ impl SourceConnector for KafkaSource {
     }
 
     fn close(&mut self) -> Result<(), ConnectorError> {
+        self.stop_fetching();
         self.consumer.unassign().ok();
         Ok(())
+    }
+}
+
+impl KafkaSource {
+    /// Stops the fetch thread and waits for it (a group member leaves its group).
+    fn stop_fetching(&mut self) {
+        self.consumer.context().stop();
+        if let Some((rx, handle)) = self.fetch.take() {
+            // Unblock a thread waiting for room in the channel.
+            while !handle.is_finished() {
+                while rx.try_recv().is_ok() {}
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        self.stop_fetching();
     }
 }
 

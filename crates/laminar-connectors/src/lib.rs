@@ -33,7 +33,7 @@ mod testing;
 
 pub use connector::{
     SinkCapabilities, SinkConnector, SinkConnectorMetrics, SourceConnector, SourceConnectorMetrics,
-    SourcePoll,
+    SourceEnvironment, SourcePoll,
 };
 pub use error::ConnectorError;
 pub use format::FileFormat;

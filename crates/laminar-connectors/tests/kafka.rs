@@ -604,6 +604,38 @@ fn bad_options_are_refused_before_connecting() {
     .err()
     .unwrap();
     assert!(e.to_string().contains("startup.mode"), "{e}");
+    for (key, value, reason) in [
+        (
+            "partition.assignment.strategy",
+            "sticky-ish",
+            "cooperative-sticky",
+        ),
+        ("backpressure.high.watermark", "1.5", "between 0 and 1"),
+        (
+            "backpressure.low.watermark",
+            "0.9",
+            "below backpressure.high.watermark",
+        ),
+        ("max.poll.records", "0", "at least 1"),
+        ("poll.timeout.ms", "soon", "integer"),
+        ("isolation.level", "dirty", "read_committed"),
+        ("auto.offset.reset", "smallest", "earliest"),
+    ] {
+        let e = create_source(
+            "KAFKA",
+            &options(&[
+                ("bootstrap.servers", "127.0.0.1:1"),
+                ("topic", "t"),
+                (key, value),
+            ]),
+            None,
+            schema.clone(),
+        )
+        .err()
+        .unwrap();
+        let text = e.to_string();
+        assert!(text.contains(key) && text.contains(reason), "{key}: {text}");
+    }
     let e = create_sink(
         "KAFKA",
         &options(&[

@@ -589,7 +589,13 @@ fn spawn_periodic_checkpoints(
                 let state = *inner.state.lock();
                 match state {
                     PipelineState::ShuttingDown | PipelineState::Stopped => return,
-                    PipelineState::Running if last.elapsed() >= interval => {
+                    PipelineState::Running
+                        if last.elapsed() >= interval
+                            || inner
+                                .durability
+                                .as_ref()
+                                .is_some_and(|d| d.take_checkpoint_request()) =>
+                    {
                         last = Instant::now();
                         let db = LaminarDB { inner };
                         // Failures are counted in the stats and logged.

@@ -191,6 +191,9 @@ pub(crate) struct Durability {
     /// checkpoint is taken and pushes are refused. The flag says whether the pipeline was
     /// told (see [`Durability::newly_poisoned`]).
     poisoned: Mutex<Option<(String, bool)>>,
+    /// A connector asked for a checkpoint before the next periodic one (a Kafka source
+    /// handing partitions over to another member of its group).
+    checkpoint_requested: std::sync::atomic::AtomicBool,
 }
 
 /// Directory under the storage directory that holds the checkpoints.
@@ -385,7 +388,18 @@ impl Durability {
             stats: Mutex::new(stats),
             chains: Mutex::new(BTreeMap::new()),
             poisoned: Mutex::new(None),
+            checkpoint_requested: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Asks the periodic checkpoint thread for a checkpoint now.
+    pub(crate) fn request_checkpoint(&self) {
+        self.checkpoint_requested.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a checkpoint was asked for since the last call.
+    pub(crate) fn take_checkpoint_request(&self) -> bool {
+        self.checkpoint_requested.swap(false, Ordering::SeqCst)
     }
 
     /// The epoch whose checkpoint was restored (the sinks' commit decision at open).

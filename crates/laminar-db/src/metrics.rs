@@ -67,6 +67,9 @@ pub struct SourceMetrics {
     pub dropped: u64,
     /// Records the connector skipped as bad (`error.policy = 'skip'`).
     pub bad_records: u64,
+    /// Times the connector stopped its input because the queue was filling up (a Kafka
+    /// source pausing its partitions above `backpressure.high.watermark`).
+    pub connector_pauses: u64,
     /// True when a connector feeds the source (false: push API / INSERT only).
     pub has_connector: bool,
     /// True once the source's connector reached the end of its input (or failed).
@@ -236,6 +239,7 @@ impl LaminarDB {
             watermark: s.metrics.watermark(),
             dropped: s.metrics.rows_dropped.load(Ordering::Relaxed),
             bad_records: s.runner.as_ref().map_or(0, |r| r.metrics().bad_records),
+            connector_pauses: s.runner.as_ref().map_or(0, |r| r.metrics().pauses),
             has_connector: s.runner.is_some(),
             ended: s.runner.as_ref().is_some_and(|r| r.is_ended()),
             alignment_paused: s.metrics.alignment_paused.load(Ordering::Relaxed),

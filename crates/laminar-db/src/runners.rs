@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
 use laminar_connectors::{
-    SinkConnector, SinkConnectorMetrics, SourceConnector, SourceConnectorMetrics, SourcePoll,
+    SinkConnector, SinkConnectorMetrics, SourceConnector, SourceConnectorMetrics,
+    SourceEnvironment, SourcePoll,
 };
 use laminar_core::message::Message;
 use laminar_core::metrics::NodeMetrics;
@@ -119,6 +120,9 @@ impl SourceRunner {
         let paused = self.paused.clone();
         let barrier = self.barrier.clone();
         let durable = self.durable.clone();
+        connector
+            .lock()
+            .attach(source_environment(&target, durable.as_ref()));
         barrier.lock().loop_running = true;
         self.handle = Some(io.spawn_blocking(move || {
             let looped = ReadLoop {
@@ -159,6 +163,24 @@ impl SourceRunner {
 
     pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// What a source connector is told about its queue and checkpoints.
+fn source_environment(
+    target: &IngestTarget,
+    durable: Option<&Arc<Durability>>,
+) -> SourceEnvironment {
+    let input = target.input.clone();
+    let requester = durable.cloned();
+    SourceEnvironment {
+        queue_fill: Arc::new(move || input.pending() as f64 / input.capacity().max(1) as f64),
+        request_checkpoint: Arc::new(move || {
+            if let Some(d) = &requester {
+                d.request_checkpoint();
+            }
+        }),
+        checkpointed: durable.is_some(),
     }
 }
 

@@ -68,13 +68,24 @@ fn produce_to_partitions(brokers: &str, topic: &str, ids: std::ops::Range<i64>, 
             r#"{{"id": {id}, "auction": {auction}, "ts": {}}}"#,
             id * 100
         );
-        producer
-            .send(
-                BaseRecord::<(), str>::to(topic)
-                    .payload(&payload)
-                    .partition(auction as i32),
-            )
-            .unwrap();
+        let mut record = BaseRecord::<(), str>::to(topic)
+            .payload(&payload)
+            .partition(auction as i32);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
+                    producer.poll(Duration::from_millis(10));
+                    record = back;
+                }
+                Err((e, _)) => panic!("{e}"),
+            }
+        }
     }
     producer.flush(Duration::from_secs(10)).unwrap();
 }
@@ -419,24 +430,7 @@ fn an_exactly_once_kafka_sink_writes_a_lost_transaction_again_after_a_restart() 
             _ => None,
         }
     };
-    let committed_ids = || -> Vec<i64> {
-        let log = kafka_test::read_partition(&brokers, &topic, 0);
-        let mut ids: Vec<i64> = log
-            .committed
-            .iter()
-            .map(|r| {
-                let text = String::from_utf8(r.value.clone().unwrap()).unwrap();
-                text.trim_matches(['{', '}'])
-                    .split(':')
-                    .nth(1)
-                    .unwrap()
-                    .parse()
-                    .unwrap()
-            })
-            .collect();
-        ids.sort_unstable();
-        ids
-    };
+    let committed_ids = || committed_output_ids(&brokers, &topic);
 
     let db = open();
     block_on(db.execute("INSERT INTO s VALUES (0), (1), (2), (3), (4)")).unwrap();
@@ -583,4 +577,166 @@ fn an_updating_aggregation_round_trips_through_kafka_as_debezium_changes() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("format = 'debezium'"), "{e}");
+}
+
+/// The ids of the committed messages of `topic`'s partition 0 (`{"id":N}` values).
+fn committed_output_ids(brokers: &str, topic: &str) -> Vec<i64> {
+    let log = kafka_test::read_partition(brokers, topic, 0);
+    let mut ids: Vec<i64> = log
+        .committed
+        .iter()
+        .map(|r| {
+            let text = String::from_utf8(r.value.clone().unwrap()).unwrap();
+            text.trim_matches(['{', '}'])
+                .split(':')
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Waits until `topic`'s committed output holds at least `count` messages.
+fn wait_for_output(brokers: &str, topic: &str, count: usize, within: Duration) -> Vec<i64> {
+    let deadline = Instant::now() + within;
+    loop {
+        let ids = committed_output_ids(brokers, topic);
+        if ids.len() >= count || Instant::now() >= deadline {
+            return ids;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Two durable pipelines read one topic in one consumer group and write what they read
+/// through exactly-once sinks. The group splits the partitions when the second joins and
+/// hands them all back when it leaves; a revoked partition moves only once a checkpoint
+/// covers what was read from it, so no message is read by both pipelines and the output
+/// holds every message exactly once.
+#[test]
+fn two_pipelines_in_one_consumer_group_split_the_partitions_and_read_every_message_once() {
+    let Some(brokers) = brokers() else { return };
+    let input = unique("group-in");
+    let output = unique("group-out");
+    create_topic(&brokers, &input, 4);
+    create_topic(&brokers, &output, 1);
+    let group = unique("group");
+    produce_to_partitions(&brokers, &input, 0..2000, &[0, 1, 2, 3]);
+    let open = |member: &str, dir: &Path| -> LaminarDB {
+        let db = LaminarDB::builder()
+            .workers(1)
+            .storage_dir(dir)
+            .checkpoint_interval(Some(Duration::from_millis(300)))
+            .unwrap()
+            .build_sync()
+            .unwrap();
+        block_on(db.execute(&format!(
+            "CREATE SOURCE k (id BIGINT, auction BIGINT, ts BIGINT) FROM KAFKA (\
+               bootstrap.servers = '{brokers}', topic = '{input}', group.id = '{group}', \
+               partition.assignment.strategy = 'cooperative-sticky', startup.mode = 'earliest', \
+               max.poll.records = '100', \
+               kafka.session.timeout.ms = '6000', kafka.heartbeat.interval.ms = '500'); \
+             CREATE STREAM ids AS SELECT id FROM k; \
+             CREATE SINK out FROM ids INTO KAFKA (bootstrap.servers = '{brokers}', topic = '{output}', \
+               delivery.guarantee = 'exactly-once', transactional.id = '{group}-{member}')"
+        )))
+        .unwrap();
+        block_on(db.start()).unwrap();
+        db
+    };
+    let read = |db: &LaminarDB| db.source_metrics("k").unwrap().total_events;
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+
+    let a = open("a", dir_a.path());
+    let first = wait_for_output(&brokers, &output, 2000, Duration::from_secs(60));
+    assert_eq!(first, (0..2000).collect::<Vec<_>>(), "pipeline a alone");
+
+    let b = open("b", dir_b.path());
+    // Messages keep coming while b joins and the group moves partitions to it.
+    for from in (2000..6000).step_by(100) {
+        produce_to_partitions(&brokers, &input, from..from + 100, &[0, 1, 2, 3]);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let second = wait_for_output(&brokers, &output, 6000, Duration::from_secs(90));
+    assert_eq!(second, (0..6000).collect::<Vec<_>>(), "a and b together");
+    let (read_a, read_b) = (read(&a), read(&b));
+    assert!(
+        read_b > 0,
+        "b was given partitions (a read {read_a}, b {read_b})"
+    );
+    assert!(
+        read_a > 2000,
+        "a kept partitions (a read {read_a}, b {read_b})"
+    );
+    assert_eq!(
+        read_a + read_b,
+        6000,
+        "no message read by both pipelines (a read {read_a}, b {read_b})"
+    );
+
+    // a leaves: b takes every partition over at a's checkpointed offsets.
+    a.shutdown_sync();
+    assert!(a.failures().is_empty(), "{:?}", a.failures());
+    produce_to_partitions(&brokers, &input, 6000..7000, &[0, 1, 2, 3]);
+    let third = wait_for_output(&brokers, &output, 7000, Duration::from_secs(90));
+    assert_eq!(third, (0..7000).collect::<Vec<_>>(), "b alone after a left");
+    let read_b_after = read(&b);
+    assert_eq!(
+        read_a + read_b_after,
+        7000,
+        "b read a's partitions from where a's checkpoint left them"
+    );
+    b.shutdown_sync();
+    assert!(b.failures().is_empty(), "{:?}", b.failures());
+}
+
+/// A pipeline that cannot keep up (its subscriber stops reading) fills the source's queue:
+/// the Kafka source pauses its partitions instead of buffering in the client, and resumes
+/// them when the queue drains; every message still arrives exactly once.
+#[test]
+fn a_kafka_source_pauses_its_partitions_while_the_pipeline_is_backpressured() {
+    let Some(brokers) = brokers() else { return };
+    let topic = unique("pause");
+    create_topic(&brokers, &topic, 4);
+    produce_to_partitions(&brokers, &topic, 0..200_000, &[0, 1, 2, 3]);
+    let db = LaminarDB::builder()
+        .workers(1)
+        .subscription_buffer(4)
+        .build_sync()
+        .unwrap();
+    block_on(db.execute(&format!(
+        "CREATE SOURCE k (id BIGINT, auction BIGINT, ts BIGINT) FROM KAFKA (\
+           bootstrap.servers = '{brokers}', topic = '{topic}', startup.mode = 'earliest', \
+           max.poll.records = '100') WITH (buffer_size = 8); \
+         CREATE STREAM ids AS SELECT id FROM k"
+    )))
+    .unwrap();
+    let mut sub = db.subscribe_arrow("ids").unwrap();
+    block_on(db.start()).unwrap();
+    // Nobody reads: the query stalls, the source's queue fills.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut stalled = db.source_metrics("k").unwrap();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = db.source_metrics("k").unwrap();
+        let steady = now.total_events == stalled.total_events;
+        stalled = now;
+        if steady && stalled.is_backpressured && stalled.connector_pauses > 0 {
+            break;
+        }
+    }
+    assert!(stalled.connector_pauses >= 1, "{stalled:?}");
+    assert!(stalled.is_backpressured, "{stalled:?}");
+    assert!(stalled.total_events < 200_000, "{stalled:?}");
+    // Reading again drains the queue; the partitions resume and everything arrives once.
+    assert_eq!(
+        collect_ids(&mut sub, 200_000),
+        (0..200_000).collect::<Vec<_>>()
+    );
+    db.shutdown_sync();
+    assert!(db.failures().is_empty(), "{:?}", db.failures());
 }
