@@ -239,7 +239,7 @@ pub(crate) const SINK_KEYS: &[ConfigKey] = &[
         key: "compression.type",
         required: false,
         default: Some("none"),
-        description: "none, gzip, snappy or lz4",
+        description: "none, gzip, snappy, lz4 or zstd",
     },
     ConfigKey {
         key: "upsert",
@@ -709,6 +709,8 @@ pub(crate) struct KafkaSource {
     columns: Vec<Result<Meta, usize>>,
     /// `format = 'avro'`: the registry that resolves writer schemas (with its cache).
     registry: Option<std::sync::Mutex<SchemaRegistry>>,
+    /// `format = 'avro'`: decodes message bodies straight into Arrow.
+    native_avro: std::sync::Mutex<avro::NativeDecoder>,
     consumer: Arc<BaseConsumer<FetchContext>>,
     /// Next offset to read per (topic, partition): what a checkpoint records.
     next: BTreeMap<(String, i32), i64>,
@@ -830,6 +832,7 @@ impl KafkaSource {
         Ok(KafkaSource {
             config,
             registry: registry.map(std::sync::Mutex::new),
+            native_avro: std::sync::Mutex::new(avro::NativeDecoder::default()),
             schema: declared,
             payload_schema: Arc::new(Schema::new(payload_fields)),
             columns,
@@ -1117,6 +1120,9 @@ impl KafkaSource {
             MessageFormat::Json | MessageFormat::Debezium | MessageFormat::Avro => {
                 let mut decoder = arrow::json::ReaderBuilder::new(schema)
                     .with_batch_size(rows)
+                    // An Avro union of a string and a number read into VARCHAR: the number
+                    // as text.
+                    .with_coerce_primitive(self.config.format == MessageFormat::Avro)
                     .build_decoder()?;
                 for p in payloads {
                     decoder.decode(p)?;
@@ -1177,13 +1183,38 @@ impl KafkaSource {
             let mut registry = registry
                 .lock()
                 .map_err(|_| kafka_error("schema registry", "its client panicked"))?;
+            let native = if self.payload_schema.fields().is_empty() || metas.is_empty() {
+                None
+            } else {
+                let mut native = self
+                    .native_avro
+                    .lock()
+                    .map_err(|_| kafka_error("Avro decoder", "it panicked"))?;
+                match native.decode(&mut registry, payloads, &self.payload_schema) {
+                    Ok(payload) => return self.assemble(Some(payload), metas),
+                    Err(avro::NativeError::Final(e)) => return Err(e),
+                    Err(avro::NativeError::Unmapped(e)) => {
+                        tracing::debug!(error = %e, "Avro messages decoded through JSON values");
+                        Some(e)
+                    }
+                }
+            };
+            // Through Avro values and JSON (types the direct decoding maps differently).
             let rows = payloads
                 .iter()
                 .map(|p| avro::decode_to_json(&mut registry, p))
-                .collect::<Result<Vec<_>, _>>()?;
+                .collect::<Result<Vec<_>, _>>();
             drop(registry);
-            let slices: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
-            return self.decode_rows(&slices, metas);
+            let decoded = rows.and_then(|rows| {
+                let slices: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
+                self.decode_rows(&slices, metas)
+            });
+            return match (decoded, native) {
+                (Ok(batch), _) => Ok(batch),
+                // The direct decoder's reason names the failing field or frame.
+                (Err(_), Some(native)) => Err(native),
+                (Err(e), None) => Err(e),
+            };
         }
         self.decode_rows(payloads, metas)
     }
@@ -1203,6 +1234,16 @@ impl KafkaSource {
         } else {
             Some(self.decode_payloads(payloads)?)
         };
+        self.assemble(payload, metas)
+    }
+
+    /// The declared columns: payload columns from `payload`, metadata columns from `metas`.
+    fn assemble(
+        &self,
+        payload: Option<RecordBatch>,
+        metas: &[MessageMeta],
+    ) -> Result<RecordBatch, ConnectorError> {
+        let rows = metas.len();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
         for (field, column) in self.schema.fields().iter().zip(&self.columns) {
             let array: ArrayRef = match column {
@@ -1638,7 +1679,11 @@ impl KafkaSinkConfig {
             Some("round-robin") => Partitioner::RoundRobin,
             _ => Partitioner::KeyHash,
         };
-        options.get_choice(NAME, "compression.type", &["none", "gzip", "snappy", "lz4"])?;
+        options.get_choice(
+            NAME,
+            "compression.type",
+            &["none", "gzip", "snappy", "lz4", "zstd"],
+        )?;
         if upsert && format == MessageFormat::Debezium {
             return Err(invalid(
                 "upsert",

@@ -1,15 +1,18 @@
 //! Avro with the Confluent wire format (`0x00`, a 4-byte big-endian schema id, the Avro
 //! body) and a Schema Registry client (cargo feature `kafka`).
 //!
-//! Decoding looks the writer schema up by id (cached), reads the body into Avro values and
-//! hands them on as JSON objects, which the JSON decoder turns into the declared Arrow
-//! columns (records as structs, arrays as lists, maps as maps, unions as their branch).
+//! Decoding looks the writer schema up by id (cached) and decodes the bodies straight into
+//! Arrow columns with arrow-avro ([`NativeDecoder`]), taking the declared columns by name
+//! and casting them to the declared types. Where that mapping fails (a type arrow-avro
+//! decodes differently from the declared column), the message is read into Avro values and
+//! handed on as a JSON object to the JSON decoder instead (records as structs, arrays as
+//! lists, maps as maps, unions as their branch).
 //! Encoding derives an Avro record schema from the Arrow schema, registers it under the
 //! subject (checking compatibility first), and writes each row through the same JSON form.
 //! The registry speaks the Confluent REST API over HTTP or HTTPS, with optional basic
 //! authentication (`user:password`, never shown in errors).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -277,6 +280,191 @@ pub(crate) fn decode_to_json(
     Ok(json.to_string().into_bytes())
 }
 
+/// Decodes Confluent-framed Avro messages straight into Arrow columns (arrow-avro's
+/// decoder, one per set of writer schemas seen), then takes the declared columns by name
+/// and casts them to the declared types. Writer schemas come from the registry by id; a new
+/// id rebuilds the decoder. After a failure the decoder is rebuilt (it may hold part of a
+/// row).
+#[derive(Default)]
+pub(crate) struct NativeDecoder {
+    /// Writer schemas (full JSON form, logical types included) by id.
+    known: BTreeMap<u32, String>,
+    decoder: Option<arrow_avro::reader::Decoder>,
+}
+
+impl std::fmt::Debug for NativeDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeDecoder")
+            .field("schema_ids", &self.known.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why [`NativeDecoder::decode`] failed.
+#[derive(Debug)]
+pub(crate) enum NativeError {
+    /// A message is not in the wire format or names a schema the registry does not have:
+    /// no other decoding can do better.
+    Final(ConnectorError),
+    /// The body or a field could not be decoded into the declared columns this way (the
+    /// decoding through Avro values may still succeed).
+    Unmapped(ConnectorError),
+}
+
+/// Rows an arrow-avro decoder takes before it must be flushed.
+const NATIVE_BATCH_ROWS: usize = 1 << 16;
+
+impl NativeDecoder {
+    /// One row per payload, in the columns of `target`.
+    pub(crate) fn decode(
+        &mut self,
+        registry: &mut SchemaRegistry,
+        payloads: &[&[u8]],
+        target: &SchemaRef,
+    ) -> Result<RecordBatch, NativeError> {
+        for payload in payloads {
+            let (id, _) =
+                split_frame(payload).map_err(|e| NativeError::Final(avro_error("message", e)))?;
+            if let std::collections::btree_map::Entry::Vacant(entry) = self.known.entry(id) {
+                let schema = registry.schema_by_id(id).map_err(NativeError::Final)?;
+                let text = serde_json::to_string(&*schema)
+                    .map_err(|e| NativeError::Final(avro_error(format!("schema id {id}"), e)))?;
+                entry.insert(text);
+                self.decoder = None;
+            }
+        }
+        let result = self.decode_batches(payloads).and_then(|batches| {
+            let conformed = batches
+                .iter()
+                .map(|b| conform_to(b, target))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(arrow::compute::concat_batches(target, &conformed)?)
+        });
+        result.map_err(|e| {
+            self.decoder = None;
+            NativeError::Unmapped(e)
+        })
+    }
+
+    fn decode_batches(&mut self, payloads: &[&[u8]]) -> Result<Vec<RecordBatch>, ConnectorError> {
+        if self.decoder.is_none() {
+            let mut store = arrow_avro::schema::SchemaStore::new_with_type(
+                arrow_avro::schema::FingerprintAlgorithm::Id,
+            );
+            for (id, text) in &self.known {
+                store
+                    .set(
+                        arrow_avro::schema::Fingerprint::Id(*id),
+                        arrow_avro::schema::AvroSchema::new(text.clone()),
+                    )
+                    .map_err(|e| avro_error(format!("schema id {id}"), e))?;
+            }
+            self.decoder = Some(
+                arrow_avro::reader::ReaderBuilder::new()
+                    .with_writer_schema_store(store)
+                    .with_batch_size(NATIVE_BATCH_ROWS)
+                    .build_decoder()
+                    .map_err(|e| avro_error("writer schemas", e))?,
+            );
+        }
+        let decoder = self.decoder.as_mut().expect("built above");
+        let mut batches = Vec::new();
+        let mut rows = 0usize;
+        for payload in payloads {
+            let mut rest: &[u8] = payload;
+            while !rest.is_empty() {
+                let used = decoder.decode(rest).map_err(|e| avro_error("message", e))?;
+                if used == 0 {
+                    // A full batch or a schema change: take the rows so far, then go on.
+                    match decoder.flush().map_err(|e| avro_error("message", e))? {
+                        Some(batch) => {
+                            rows += batch.num_rows();
+                            batches.push(batch);
+                        }
+                        None => {
+                            return Err(avro_error(
+                                "message",
+                                "truncated (the record ends before its last field)",
+                            ));
+                        }
+                    }
+                }
+                rest = &rest[used..];
+            }
+        }
+        if let Some(batch) = decoder.flush().map_err(|e| avro_error("message", e))? {
+            rows += batch.num_rows();
+            batches.push(batch);
+        }
+        if rows != payloads.len() {
+            return Err(avro_error(
+                "message",
+                format!("{} messages gave {rows} records", payloads.len()),
+            ));
+        }
+        Ok(batches)
+    }
+}
+
+/// The columns of `target` taken by name from `batch` (missing nullable columns as NULL) and
+/// cast to their declared types.
+fn conform_to(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, ConnectorError> {
+    let options = arrow::compute::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    let mut columns = Vec::with_capacity(target.fields().len());
+    for field in target.fields() {
+        let column = match batch.column_by_name(field.name()) {
+            Some(c) if c.data_type() == field.data_type() => c.clone(),
+            // A cast from a union keeps one branch and nulls the others: not here.
+            Some(c) if holds_union(c.data_type()) => {
+                return Err(avro_error(
+                    format!("field '{}'", field.name()),
+                    format!(
+                        "a union ({}) is not read into {}",
+                        c.data_type(),
+                        field.data_type()
+                    ),
+                ));
+            }
+            Some(c) => arrow::compute::cast_with_options(c, field.data_type(), &options)
+                .map_err(|e| avro_error(format!("field '{}'", field.name()), e))?,
+            None if field.is_nullable() => {
+                arrow::array::new_null_array(field.data_type(), batch.num_rows())
+            }
+            None => {
+                return Err(avro_error(
+                    format!("field '{}'", field.name()),
+                    "declared NOT NULL but missing from the message's schema",
+                ));
+            }
+        };
+        columns.push(column);
+    }
+    Ok(RecordBatch::try_new_with_options(
+        target.clone(),
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?)
+}
+
+/// Whether `data_type` is or contains a union.
+fn holds_union(data_type: &DataType) -> bool {
+    match data_type {
+        DataType::Union(..) => true,
+        DataType::Struct(fields) => fields.iter().any(|f| holds_union(f.data_type())),
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::ListView(f)
+        | DataType::LargeListView(f)
+        | DataType::FixedSizeList(f, _)
+        | DataType::Map(f, _) => holds_union(f.data_type()),
+        DataType::Dictionary(_, value) => holds_union(value),
+        _ => false,
+    }
+}
+
 /// The Avro type of an Arrow type (`name` names nested records).
 fn avro_type(data_type: &DataType, name: &str) -> Result<serde_json::Value, String> {
     use serde_json::json;
@@ -352,6 +540,11 @@ fn arrow_type(schema: &AvroSchema) -> Result<(DataType, bool), String> {
         S::Double => (DataType::Float64, false),
         S::String | S::Enum(_) | S::Uuid(_) => (DataType::Utf8, false),
         S::Date => (DataType::Date32, false),
+        S::Bytes | S::Fixed(_) => (DataType::Binary, false),
+        S::Decimal(decimal) if decimal.precision <= 38 => (
+            DataType::Decimal128(decimal.precision as u8, decimal.scale as i8),
+            false,
+        ),
         S::TimestampMillis | S::LocalTimestampMillis => {
             (DataType::Timestamp(TimeUnit::Millisecond, None), false)
         }

@@ -740,3 +740,39 @@ fn a_kafka_source_pauses_its_partitions_while_the_pipeline_is_backpressured() {
     db.shutdown_sync();
     assert!(db.failures().is_empty(), "{:?}", db.failures());
 }
+
+/// A partition that never delivers does not hold the watermark forever: after
+/// `watermark.idle_timeout` it leaves the minimum and the other partitions' windows close.
+#[test]
+fn an_idle_partition_stops_holding_back_the_watermark() {
+    let Some(brokers) = brokers() else { return };
+    let topic = unique("idle");
+    create_topic(&brokers, &topic, 2);
+    // Only partition 0 gets messages: bids 0, 4, .. 396 (ts = id * 100 ms).
+    produce_to_partitions(&brokers, &topic, 0..400, &[0]);
+    let db = LaminarDB::builder().workers(1).build_sync().unwrap();
+    block_on(async {
+        db.execute(&READER.replace("${B}", &brokers).replace("${T}", &topic))
+            .await
+            .unwrap();
+        db.execute("CREATE STREAM counts AS SELECT tumble(ts, INTERVAL '5' SECOND) AS w, COUNT(*) AS n FROM k GROUP BY tumble(ts, INTERVAL '5' SECOND) EMIT ON WINDOW CLOSE")
+            .await
+            .unwrap();
+    });
+    let mut sub = db.subscribe_arrow("counts").unwrap();
+    block_on(db.start()).unwrap();
+    // Window [0, 5 s) closes only once partition 1, which never delivers, counts as idle.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut closed = Vec::new();
+    while closed.len() < 7 && Instant::now() < deadline {
+        if let Ok(Some(batch)) = sub.recv_timeout(Duration::from_millis(100)) {
+            for row in rows(&[batch]) {
+                closed.push(row[1].parse::<i64>().unwrap());
+            }
+        }
+    }
+    // Bids 0, 4, .. 396 at id * 100 ms: 13 per 5 s window (the last, [35, 40) s, stays open).
+    assert_eq!(closed, vec![13, 12, 13, 12, 13, 12, 13]);
+    db.shutdown_sync();
+    assert!(db.failures().is_empty(), "{:?}", db.failures());
+}
