@@ -247,6 +247,9 @@ pub(crate) struct KafkaLatencyArgs {
     /// Broker address.
     #[arg(long)]
     brokers: Option<String>,
+    /// Extra source options, e.g. `max.poll.records = '8192'`.
+    #[arg(long, default_value = "")]
+    source_options: String,
 }
 
 fn now_us() -> i64 {
@@ -286,7 +289,9 @@ pub(crate) fn latency(args: &KafkaLatencyArgs) -> Result<Report> {
         db.execute(&format!(
             "CREATE SOURCE events (id BIGINT, sent_us BIGINT) \
              FROM KAFKA (bootstrap.servers = '{brokers}', topic = '{input}', startup.mode = 'earliest', \
-             kafka.fetch.wait.max.ms = '5')"
+             kafka.fetch.wait.max.ms = '5'{}{})",
+            if args.source_options.is_empty() { "" } else { ", " },
+            args.source_options
         ))
         .await?;
         db.execute(&format!(
@@ -384,6 +389,7 @@ pub(crate) fn latency(args: &KafkaLatencyArgs) -> Result<Report> {
         bail!("pipeline failed: {:?}", db.failures());
     }
     let stats = db.checkpoint_stats();
+    let pauses = db.source_metrics("events")?.connector_pauses;
     db.shutdown_sync();
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -410,6 +416,7 @@ pub(crate) fn latency(args: &KafkaLatencyArgs) -> Result<Report> {
     r.float("latency_p50", pct(0.5), "ms");
     r.float("latency_p99", pct(0.99), "ms");
     r.float("latency_max", pct(1.0), "ms");
+    r.int("source_partition_pauses", pauses, "");
     if let Some(stats) = stats {
         r.int("checkpoints_completed", stats.completed, "");
         r.int("checkpoints_failed", stats.failed, "");
