@@ -50,8 +50,9 @@ pub struct SourceEnvironment {
     pub queue_fill: Arc<dyn Fn() -> f64 + Send + Sync>,
     /// Asks for a checkpoint soon (without periodic checkpoints it does nothing).
     pub request_checkpoint: Arc<dyn Fn() + Send + Sync>,
-    /// Checkpoints record the source's position: [`SourceConnector::checkpoint_completed`]
-    /// will be called.
+    /// Checkpoints record the source's position and run periodically (so that
+    /// `request_checkpoint` is answered): [`SourceConnector::checkpoint_completed`] will be
+    /// called.
     pub checkpointed: bool,
 }
 

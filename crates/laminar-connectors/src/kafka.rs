@@ -1441,6 +1441,13 @@ impl SourceConnector for KafkaSource {
             }
             chunks.push(chunk);
         }
+        if !taken.is_empty()
+            && self.config.group_strategy.is_some()
+            && !self.environment.checkpointed
+        {
+            // What a revoked partition is handed over at without checkpoints.
+            self.consumer.context().delivered(&self.next);
+        }
         let metas: Vec<MessageMeta> = taken
             .iter()
             .map(|&(c, i)| chunks[c].metas[i].clone())
@@ -1864,7 +1871,24 @@ fn encode_rows(
     Ok(match format {
         MessageFormat::Avro => {
             let writer = avro.ok_or_else(|| kafka_error("Avro message", "no registered schema"))?;
-            avro::encode_rows(batch, &writer.schema, writer.id)?
+            let mut native = writer
+                .native
+                .lock()
+                .map_err(|_| kafka_error("Avro encoder", "it panicked"))?;
+            let encoded = match native.as_mut().map(|n| n.encode(batch)) {
+                Some(Ok(messages)) => Some(messages),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Avro rows are encoded through JSON values from now on");
+                    *native = None;
+                    None
+                }
+                None => None,
+            };
+            drop(native);
+            match encoded {
+                Some(messages) => messages,
+                None => avro::encode_rows(batch, &writer.schema, writer.id)?,
+            }
         }
         MessageFormat::Json | MessageFormat::Debezium => {
             // JSON lines hold no raw newline: one line per row.
@@ -2040,6 +2064,9 @@ struct Transactions {
 struct AvroWriter {
     schema: apache_avro::Schema,
     id: u32,
+    /// Straight from Arrow, when arrow-avro can encode the columns (dropped after a failure:
+    /// it may hold part of a row).
+    native: std::sync::Mutex<Option<avro::NativeEncoder>>,
 }
 
 /// See the module docs.
@@ -2070,7 +2097,8 @@ impl KafkaSink {
                     &schema,
                     config.options.get_str("schema.compatibility"),
                 )?;
-                Some(AvroWriter { schema, id })
+                let native = std::sync::Mutex::new(avro::NativeEncoder::new(&image, &schema, id));
+                Some(AvroWriter { schema, id, native })
             }
             _ => None,
         };

@@ -587,15 +587,15 @@ fn spawn_periodic_checkpoints(
                     return;
                 };
                 let state = *inner.state.lock();
+                // Taken whatever the interval says, so one request gives one checkpoint.
+                let requested = state == PipelineState::Running
+                    && inner
+                        .durability
+                        .as_ref()
+                        .is_some_and(|d| d.take_checkpoint_request());
                 match state {
                     PipelineState::ShuttingDown | PipelineState::Stopped => return,
-                    PipelineState::Running
-                        if last.elapsed() >= interval
-                            || inner
-                                .durability
-                                .as_ref()
-                                .is_some_and(|d| d.take_checkpoint_request()) =>
-                    {
+                    PipelineState::Running if requested || last.elapsed() >= interval => {
                         last = Instant::now();
                         let db = LaminarDB { inner };
                         // Failures are counted in the stats and logged.

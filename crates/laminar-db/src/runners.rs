@@ -180,7 +180,9 @@ fn source_environment(
                 d.request_checkpoint();
             }
         }),
-        checkpointed: durable.is_some(),
+        // Periodic checkpoints answer `request_checkpoint`; with manual ones only, a source
+        // must not wait for one.
+        checkpointed: durable.is_some_and(|d| d.config.checkpoint_interval.is_some()),
     }
 }
 

@@ -370,7 +370,13 @@ impl NativeDecoder {
         let decoder = self.decoder.as_mut().expect("built above");
         let mut batches = Vec::new();
         let mut rows = 0usize;
+        // Rows finished so far: flushed, plus those the decoder holds (exact between two
+        // messages; a pending schema switch empties the capacity and is flushed below).
+        let finished = |rows: usize, d: &arrow_avro::reader::Decoder| {
+            rows + (NATIVE_BATCH_ROWS - d.capacity())
+        };
         for payload in payloads {
+            let before = finished(rows, decoder);
             let mut rest: &[u8] = payload;
             while !rest.is_empty() {
                 let used = decoder.decode(rest).map_err(|e| avro_error("message", e))?;
@@ -390,6 +396,15 @@ impl NativeDecoder {
                     }
                 }
                 rest = &rest[used..];
+            }
+            // Exactly one record per message: a frame without a body, or a second frame in
+            // the same message, would shift every later row against its message.
+            let got = finished(rows, decoder) - before;
+            if got != 1 {
+                return Err(avro_error(
+                    "message",
+                    format!("holds {got} records, expected exactly one"),
+                ));
             }
         }
         if let Some(batch) = decoder.flush().map_err(|e| avro_error("message", e))? {
@@ -417,6 +432,17 @@ fn conform_to(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, Co
     for field in target.fields() {
         let column = match batch.column_by_name(field.name()) {
             Some(c) if c.data_type() == field.data_type() => c.clone(),
+            // A struct cast with differing field names goes by position: not here.
+            Some(c) if !fields_align(c.data_type(), field.data_type()) => {
+                return Err(avro_error(
+                    format!("field '{}'", field.name()),
+                    format!(
+                        "record fields ({}) differ from the declared ones ({})",
+                        c.data_type(),
+                        field.data_type()
+                    ),
+                ));
+            }
             // A cast from a union keeps one branch and nulls the others: not here.
             Some(c) if holds_union(c.data_type()) => {
                 return Err(avro_error(
@@ -449,6 +475,124 @@ fn conform_to(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, Co
     )?)
 }
 
+/// Encodes rows straight from Arrow (arrow-avro's encoder), each row one Confluent-framed
+/// message of the registered schema.
+pub(crate) struct NativeEncoder {
+    encoder: arrow_avro::writer::Encoder,
+    /// The column types the encoder takes (each input column is cast to its one first).
+    fields: Fields,
+}
+
+impl std::fmt::Debug for NativeEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeEncoder").finish_non_exhaustive()
+    }
+}
+
+/// The Arrow type arrow-avro encodes as the Avro type [`avro_type`] gives `data_type`.
+fn encodable_type(data_type: &DataType) -> DataType {
+    let utc = || Some(Arc::from("+00:00"));
+    match data_type {
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 | DataType::UInt16 => DataType::Int32,
+        DataType::UInt32 | DataType::UInt64 => DataType::Int64,
+        DataType::Float16 => DataType::Float32,
+        DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
+        DataType::LargeBinary | DataType::BinaryView => DataType::Binary,
+        DataType::Timestamp(TimeUnit::Second | TimeUnit::Millisecond, _) => {
+            DataType::Timestamp(TimeUnit::Millisecond, utc())
+        }
+        DataType::Timestamp(TimeUnit::Microsecond | TimeUnit::Nanosecond, _) => {
+            DataType::Timestamp(TimeUnit::Microsecond, utc())
+        }
+        other => other.clone(),
+    }
+}
+
+impl NativeEncoder {
+    /// An encoder of rows of `input` as records of `schema` (registered under `id`); `None`
+    /// when arrow-avro cannot encode these columns (rows then go through JSON values).
+    pub(crate) fn new(input: &Schema, schema: &AvroSchema, id: u32) -> Option<NativeEncoder> {
+        let text = serde_json::to_string(schema).ok()?;
+        let fields: Fields = input
+            .fields()
+            .iter()
+            .map(|f| {
+                Field::new(f.name(), encodable_type(f.data_type()), f.is_nullable())
+                    .with_metadata(f.metadata().clone())
+            })
+            .collect();
+        let arrow = Schema::new_with_metadata(
+            fields.clone(),
+            HashMap::from([(arrow_avro::schema::SCHEMA_METADATA_KEY.to_string(), text)]),
+        );
+        let encoder = arrow_avro::writer::WriterBuilder::new(arrow)
+            .with_fingerprint_strategy(arrow_avro::schema::FingerprintStrategy::Id(id))
+            .build_encoder::<arrow_avro::writer::format::AvroSoeFormat>()
+            .map_err(|e| tracing::debug!(error = %e, "Avro rows are encoded through JSON values"))
+            .ok()?;
+        Some(NativeEncoder { encoder, fields })
+    }
+
+    /// One framed message per row of `batch` (in the input schema given to `new`).
+    pub(crate) fn encode(
+        &mut self,
+        batch: &RecordBatch,
+    ) -> Result<Vec<Option<Vec<u8>>>, ConnectorError> {
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(self.fields.iter())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c.clone())
+                } else {
+                    arrow::compute::cast(c, f.data_type())
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(self.fields.clone())), columns)?;
+        let encoded = self
+            .encoder
+            .encode(&batch)
+            .map(|()| self.encoder.flush())
+            .map_err(|e| avro_error("row", e))?;
+        if encoded.len() != batch.num_rows() {
+            return Err(avro_error(
+                "rows",
+                format!("{} rows gave {} messages", batch.num_rows(), encoded.len()),
+            ));
+        }
+        Ok(encoded.iter().map(|row| Some(row.to_vec())).collect())
+    }
+}
+
+/// Whether every struct inside `from` has the field names, in order, of the struct at the
+/// same place in `to` (what a cast by position needs to be a cast by name).
+fn fields_align(from: &DataType, to: &DataType) -> bool {
+    match (from, to) {
+        (DataType::Struct(a), DataType::Struct(b)) => {
+            a.len() == b.len()
+                && a.iter().zip(b.iter()).all(|(x, y)| {
+                    x.name() == y.name() && fields_align(x.data_type(), y.data_type())
+                })
+        }
+        (
+            DataType::List(a) | DataType::LargeList(a),
+            DataType::List(b) | DataType::LargeList(b),
+        ) => fields_align(a.data_type(), b.data_type()),
+        // Map entries are (key, value) by position whatever their names.
+        (DataType::Map(a, _), DataType::Map(b, _)) => match (a.data_type(), b.data_type()) {
+            (DataType::Struct(x), DataType::Struct(y)) if x.len() == y.len() => x
+                .iter()
+                .zip(y.iter())
+                .all(|(x, y)| fields_align(x.data_type(), y.data_type())),
+            _ => false,
+        },
+        (DataType::Dictionary(_, a), b) => fields_align(a, b),
+        _ => true,
+    }
+}
+
 /// Whether `data_type` is or contains a union.
 fn holds_union(data_type: &DataType) -> bool {
     match data_type {
@@ -477,6 +621,13 @@ fn avro_type(data_type: &DataType, name: &str) -> Result<serde_json::Value, Stri
         DataType::Float16 | DataType::Float32 => json!("float"),
         DataType::Float64 => json!("double"),
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => json!("string"),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => json!("bytes"),
+        DataType::Decimal128(precision, scale) if *scale >= 0 => json!({
+            "type": "bytes",
+            "logicalType": "decimal",
+            "precision": precision,
+            "scale": scale,
+        }),
         DataType::Date32 => json!({"type": "int", "logicalType": "date"}),
         DataType::Timestamp(TimeUnit::Second | TimeUnit::Millisecond, _) => {
             json!({"type": "long", "logicalType": "timestamp-millis"})
@@ -714,8 +865,21 @@ mod tests {
         let avro = avro_schema_of(&schema, "row").unwrap();
         let back = arrow_schema_of(&avro).unwrap();
         assert_eq!(back.as_ref(), &schema);
+        let bytes_and_decimals = Schema::new(vec![
+            Field::new("b", DataType::Binary, true),
+            Field::new("d", DataType::Decimal128(10, 2), false),
+        ]);
+        let avro = avro_schema_of(&bytes_and_decimals, "row").unwrap();
+        assert_eq!(
+            arrow_schema_of(&avro).unwrap().as_ref(),
+            &bytes_and_decimals
+        );
         let e = avro_schema_of(
-            &Schema::new(vec![Field::new("d", DataType::Decimal128(10, 2), false)]),
+            &Schema::new(vec![Field::new(
+                "d",
+                DataType::Duration(TimeUnit::Second),
+                false,
+            )]),
             "row",
         )
         .unwrap_err()

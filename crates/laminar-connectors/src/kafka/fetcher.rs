@@ -113,6 +113,8 @@ pub(super) struct FetchContext {
     /// The offsets of the last completed checkpoint (group mode).
     completed: Mutex<BTreeMap<PartitionKey, i64>>,
     completed_changed: Condvar,
+    /// Without checkpoints: the next offset after the last message the source returned.
+    delivered: Mutex<BTreeMap<PartitionKey, i64>>,
     state: Mutex<FetchState>,
 }
 
@@ -154,6 +156,7 @@ impl FetchContext {
             environment: Mutex::new(SourceEnvironment::detached()),
             completed: Mutex::new(BTreeMap::new()),
             completed_changed: Condvar::new(),
+            delivered: Mutex::new(BTreeMap::new()),
             state: Mutex::new(FetchState {
                 out: None,
                 chunk: Chunk::default(),
@@ -187,6 +190,11 @@ impl FetchContext {
         self.completed_changed.notify_all();
     }
 
+    /// The source returned messages up to these offsets (used without checkpoints).
+    pub(super) fn delivered(&self, offsets: &BTreeMap<PartitionKey, i64>) {
+        lock(&self.delivered).clone_from(offsets);
+    }
+
     /// The partitions this thread reads now.
     pub(super) fn owns(&self, key: &PartitionKey) -> bool {
         lock(&self.state).fetched.contains_key(key)
@@ -199,11 +207,13 @@ impl FetchContext {
         self.completed_changed.notify_all();
     }
 
-    /// Sends `item` to the source, waiting while the channel is full (until stopped).
-    fn send(&self, state: &mut FetchState, mut item: Fetched) {
-        let Some(out) = &state.out else {
+    /// Sends `item` to the source, waiting while the channel is full (until stopped). Never
+    /// called with `state` locked: the source and the checkpoint thread lock it too.
+    fn send(&self, item: Fetched) {
+        let Some(out) = lock(&self.state).out.clone() else {
             return;
         };
+        let mut item = item;
         loop {
             match out.send_timeout(item, Duration::from_millis(5)) {
                 Ok(()) => return,
@@ -214,7 +224,7 @@ impl FetchContext {
                     item = back;
                 }
                 Err(SendTimeoutError::Disconnected(_)) => {
-                    state.out = None;
+                    lock(&self.state).out = None;
                     return;
                 }
             }
@@ -222,23 +232,29 @@ impl FetchContext {
     }
 
     /// Hands the current chunk over.
-    fn flush(&self, state: &mut FetchState) {
-        if state.chunk.len() == 0 {
-            return;
-        }
-        let chunk = std::mem::take(&mut state.chunk);
-        state.chunk_started = None;
-        self.send(state, Fetched::Messages(chunk));
+    fn flush(&self) {
+        let chunk = {
+            let mut state = lock(&self.state);
+            if state.chunk.len() == 0 {
+                return;
+            }
+            state.chunk_started = None;
+            std::mem::take(&mut state.chunk)
+        };
+        self.send(Fetched::Messages(chunk));
     }
 
     fn take(&self, message: &BorrowedMessage<'_>) {
-        let mut state = lock(&self.state);
-        let key = (message.topic().to_string(), message.partition());
-        state.fetched.insert(key, message.offset() + 1);
-        state.chunk.push(message, self.settings.wants_headers);
-        let started = *state.chunk_started.get_or_insert_with(Instant::now);
-        if state.chunk.len() >= self.settings.chunk_rows || started.elapsed() >= CHUNK_MAX_AGE {
-            self.flush(&mut state);
+        let full = {
+            let mut state = lock(&self.state);
+            let key = (message.topic().to_string(), message.partition());
+            state.fetched.insert(key, message.offset() + 1);
+            state.chunk.push(message, self.settings.wants_headers);
+            let started = *state.chunk_started.get_or_insert_with(Instant::now);
+            state.chunk.len() >= self.settings.chunk_rows || started.elapsed() >= CHUNK_MAX_AGE
+        };
+        if full {
+            self.flush();
         }
     }
 
@@ -293,16 +309,24 @@ impl FetchContext {
                 tracing::warn!(error = %e, "cannot read the group's committed offsets; assigned partitions start per startup.mode");
                 BTreeMap::new()
             });
+        self.flush();
         let mut state = lock(&self.state);
-        self.flush(&mut state);
+        let durable = lock(&self.completed).clone();
         let mut assigned = Vec::new();
         let mut by_time = TopicPartitionList::new();
         for element in list.elements() {
             let key = (element.topic().to_string(), element.partition());
-            let known = match (state.resume.get(&key), committed.get(&key)) {
-                (Some(&a), Some(&b)) => Some(a.max(b)),
-                (a, b) => a.or(b).copied(),
-            };
+            // The latest known durable offset: the restored checkpoint's, the group's, or
+            // one this member saw committed before (should the group's lookup fail).
+            let known = [
+                state.resume.get(&key),
+                committed.get(&key),
+                durable.get(&key),
+            ]
+            .into_iter()
+            .flatten()
+            .copied()
+            .max();
             let (offset, skip_before) = match (known, &self.settings.startup) {
                 (Some(o), _) => (Offset::Offset(o), None),
                 (None, StartupMode::GroupOffsets) => (Offset::Stored, None),
@@ -348,9 +372,8 @@ impl FetchContext {
             match start {
                 Some(o) => {
                     // Durable already (a checkpoint of this source or of the previous owner):
-                    // handing the partition over again never goes back before it.
-                    let entry = completed.entry(key.clone()).or_insert(o);
-                    *entry = (*entry).max(o);
+                    // what a later handover starts from at the least.
+                    completed.insert(key.clone(), o);
                     state.fetched.insert(key.clone(), o)
                 }
                 // Known at the first message; owned meanwhile.
@@ -359,11 +382,12 @@ impl FetchContext {
             announced.push((key, start, skip_before));
         }
         drop(completed);
+        drop(state);
         tracing::info!(
             partitions = ?announced.iter().map(|(k, o, _)| (k, o)).collect::<Vec<_>>(),
             "Kafka partitions assigned"
         );
-        self.send(&mut state, Fetched::Assigned(announced));
+        self.send(Fetched::Assigned(announced));
     }
 
     /// Hands revoked partitions over once a checkpoint covers what was read from them.
@@ -373,9 +397,9 @@ impl FetchContext {
             .iter()
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
+        self.flush();
         let need: BTreeMap<PartitionKey, i64> = {
-            let mut state = lock(&self.state);
-            self.flush(&mut state);
+            let state = lock(&self.state);
             keys.iter()
                 .filter_map(|k| {
                     state
@@ -388,7 +412,12 @@ impl FetchContext {
         };
         let environment = lock(&self.environment).clone();
         let commit: BTreeMap<PartitionKey, i64> = if !environment.checkpointed {
-            need.clone()
+            // What the source returned (fetched messages it never returned are read by the
+            // next owner).
+            let delivered = lock(&self.delivered);
+            keys.iter()
+                .filter_map(|k| delivered.get(k).map(|&o| (k.clone(), o)))
+                .collect()
         } else {
             let deadline = Instant::now() + REVOKE_CHECKPOINT_TIMEOUT;
             (environment.request_checkpoint)();
@@ -431,11 +460,22 @@ impl FetchContext {
             tracing::warn!(error = %e, "cannot commit the revoked partitions' offsets to the group");
         }
         tracing::info!(partitions = ?commit, "Kafka partitions revoked");
-        let mut state = lock(&self.state);
-        for key in &keys {
-            state.fetched.remove(key);
+        self.release(keys);
+    }
+
+    /// The partitions leave this member: the source stops reporting them.
+    fn release(&self, keys: Vec<PartitionKey>) {
+        {
+            let mut state = lock(&self.state);
+            let mut completed = lock(&self.completed);
+            let mut delivered = lock(&self.delivered);
+            for key in &keys {
+                state.fetched.remove(key);
+                completed.remove(key);
+                delivered.remove(key);
+            }
         }
-        self.send(&mut state, Fetched::Revoked(keys));
+        self.send(Fetched::Revoked(keys));
     }
 }
 
@@ -463,6 +503,13 @@ impl ConsumerContext for FetchContext {
                 if assigned.is_ok() && lock(&self.state).paused {
                     let _ = consumer.pause(list);
                 }
+                if let Err(e) = &assigned {
+                    // The group counts these partitions as read here: fail rather than
+                    // leave them unread.
+                    self.send(Fetched::Failed(format!(
+                        "cannot take the partitions the consumer group assigned: {e}"
+                    )));
+                }
                 assigned
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -474,7 +521,9 @@ impl ConsumerContext for FetchContext {
                 }
             }
             other => {
-                tracing::error!(error = ?other, "Kafka consumer group rebalance failed");
+                tracing::error!(error = ?other, "Kafka consumer group rebalance failed; this member's partitions are given up");
+                let keys: Vec<PartitionKey> = lock(&self.state).fetched.keys().cloned().collect();
+                self.release(keys);
                 consumer.unassign()
             }
         };
@@ -523,15 +572,11 @@ fn run(consumer: &BaseConsumer<FetchContext>, membership: &Membership) {
         match consumer.poll(wait) {
             Some(Ok(message)) => context.take(&message),
             Some(Err(e)) => {
-                let mut state = lock(&context.state);
-                context.flush(&mut state);
-                context.send(&mut state, Fetched::Failed(e.to_string()));
+                context.flush();
+                context.send(Fetched::Failed(e.to_string()));
                 return;
             }
-            None => {
-                let mut state = lock(&context.state);
-                context.flush(&mut state);
-            }
+            None => context.flush(),
         }
     }
     if let Membership::Group(_) = membership {
