@@ -798,7 +798,6 @@ impl KafkaSource {
                 config.options.get_str("group.id").unwrap_or("laminardb"),
             )
             .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false");
         for (named, value) in [
             ("auto.offset.reset", &config.offset_reset),
@@ -818,10 +817,15 @@ impl KafkaSource {
             client.set("fetch.queue.backoff.ms", "10");
         }
         let wants_headers = columns.contains(&Ok(Meta::Headers));
+        let max_poll_interval_ms = client
+            .get("max.poll.interval.ms")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(300_000);
         let context = FetchContext::new(FetchSettings {
             wants_headers,
             chunk_rows: config.chunk_rows,
             poll_timeout: config.poll_timeout,
+            keepalive: Duration::from_millis((max_poll_interval_ms / 3).max(1)),
             high_watermark: config.high_watermark,
             low_watermark: config.low_watermark,
             startup: config.startup.clone(),

@@ -8,7 +8,10 @@
 //! - **Backpressure.** Before every poll the thread reads the queue's fill: at or above
 //!   `backpressure.high.watermark` it pauses every assigned partition (librdkafka stops
 //!   fetching them, so nothing piles up in the client), at or below
-//!   `backpressure.low.watermark` it resumes them.
+//!   `backpressure.low.watermark` it resumes them. While the channel to the source is full
+//!   the thread waits (librdkafka's own bounded queue absorbs a decoder slower than the
+//!   fetching); after a third of `max.poll.interval.ms` it pauses the partitions and polls
+//!   again, so the group keeps it as a member however long the pipeline stalls.
 //! - **Consumer-group rebalances** (`partition.assignment.strategy` other than `all`). An
 //!   assigned partition starts at the later of the offset the restored checkpoint holds for
 //!   it and the group's committed offset (else per `startup.mode`). A revoked partition is
@@ -23,12 +26,12 @@
 //! Ordering: the channel carries messages and partition changes ([`Fetched`]) in the
 //! order they happened, so the source's positions always match what it delivered.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{SendTimeoutError, Sender};
+use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -115,6 +118,8 @@ pub(super) struct FetchContext {
     completed_changed: Condvar,
     /// Without checkpoints: the next offset after the last message the source returned.
     delivered: Mutex<BTreeMap<PartitionKey, i64>>,
+    /// Items for the source that the channel had no room for yet, in order.
+    backlog: Mutex<VecDeque<Fetched>>,
     state: Mutex<FetchState>,
 }
 
@@ -123,6 +128,9 @@ pub(super) struct FetchSettings {
     pub(super) wants_headers: bool,
     pub(super) chunk_rows: usize,
     pub(super) poll_timeout: Duration,
+    /// How long the thread waits for room in the channel before it pauses its partitions
+    /// and polls again (a third of `max.poll.interval.ms`, so the group keeps the member).
+    pub(super) keepalive: Duration,
     pub(super) high_watermark: f64,
     pub(super) low_watermark: f64,
     pub(super) startup: StartupMode,
@@ -157,6 +165,7 @@ impl FetchContext {
             completed: Mutex::new(BTreeMap::new()),
             completed_changed: Condvar::new(),
             delivered: Mutex::new(BTreeMap::new()),
+            backlog: Mutex::new(VecDeque::new()),
             state: Mutex::new(FetchState {
                 out: None,
                 chunk: Chunk::default(),
@@ -207,28 +216,59 @@ impl FetchContext {
         self.completed_changed.notify_all();
     }
 
-    /// Sends `item` to the source, waiting while the channel is full (until stopped). Never
-    /// called with `state` locked: the source and the checkpoint thread lock it too.
+    /// Queues `item` for the source behind everything queued before, and hands over what
+    /// the channel takes now. Never called with `state` locked.
     fn send(&self, item: Fetched) {
+        lock(&self.backlog).push_back(item);
+        self.drain(false);
+    }
+
+    /// Hands queued items to the source in order: as many as the channel takes now, or
+    /// (`wait`) all of them, waiting for room (until stopped). Returns whether none is left.
+    /// The fetch thread keeps polling while items wait (with its partitions paused), so the
+    /// group keeps it as a member however long the pipeline stalls.
+    fn drain(&self, wait: bool) -> bool {
         let Some(out) = lock(&self.state).out.clone() else {
-            return;
+            lock(&self.backlog).clear();
+            return true;
         };
-        let mut item = item;
-        loop {
-            match out.send_timeout(item, Duration::from_millis(5)) {
-                Ok(()) => return,
-                Err(SendTimeoutError::Timeout(back)) => {
-                    if self.stop.load(Ordering::SeqCst) {
-                        return;
+        let mut backlog = lock(&self.backlog);
+        while let Some(item) = backlog.pop_front() {
+            let result = if wait {
+                let mut item = item;
+                loop {
+                    match out.send_timeout(item, Duration::from_millis(5)) {
+                        Ok(()) => break Ok(()),
+                        Err(SendTimeoutError::Timeout(back))
+                            if !self.stop.load(Ordering::SeqCst) =>
+                        {
+                            item = back;
+                        }
+                        Err(SendTimeoutError::Timeout(back)) => break Err(Some(back)),
+                        Err(SendTimeoutError::Disconnected(_)) => break Err(None),
                     }
-                    item = back;
                 }
-                Err(SendTimeoutError::Disconnected(_)) => {
+            } else {
+                out.try_send(item).map_err(|e| match e {
+                    TrySendError::Full(back) => Some(back),
+                    TrySendError::Disconnected(_) => None,
+                })
+            };
+            match result {
+                Ok(()) => {}
+                Err(Some(back)) => {
+                    backlog.push_front(back);
+                    return false;
+                }
+                Err(None) => {
+                    backlog.clear();
+                    drop(backlog);
                     lock(&self.state).out = None;
-                    return;
+                    return true;
                 }
             }
         }
+        true
     }
 
     /// Hands the current chunk over.
@@ -258,13 +298,32 @@ impl FetchContext {
         }
     }
 
-    /// Pauses or resumes every assigned partition per the queue's fill.
-    fn apply_backpressure(&self, consumer: &BaseConsumer<FetchContext>) {
+    /// Hands queued items over, waiting while the channel is full (a decoder slower than
+    /// the fetching: librdkafka's own bounded queue absorbs the difference) for up to the
+    /// keep-alive interval, pausing the partitions meanwhile if the pipeline's queue fills.
+    /// Returns whether nothing is left waiting.
+    fn wait_for_room(&self, consumer: &BaseConsumer<FetchContext>) -> bool {
+        let deadline = Instant::now() + self.settings.keepalive;
+        loop {
+            if self.drain(false) {
+                return true;
+            }
+            if self.stop.load(Ordering::SeqCst) || Instant::now() >= deadline {
+                return false;
+            }
+            self.apply_backpressure(consumer, false);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Pauses or resumes every assigned partition per the queue's fill (and pauses them
+    /// while items wait for room in the channel).
+    fn apply_backpressure(&self, consumer: &BaseConsumer<FetchContext>, waiting: bool) {
         let fill = (lock(&self.environment).queue_fill)();
         let mut state = lock(&self.state);
-        let pause = if !state.paused && fill >= self.settings.high_watermark {
+        let pause = if !state.paused && (waiting || fill >= self.settings.high_watermark) {
             true
-        } else if state.paused && fill <= self.settings.low_watermark {
+        } else if state.paused && !waiting && fill <= self.settings.low_watermark {
             false
         } else {
             return;
@@ -398,6 +457,8 @@ impl FetchContext {
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
         self.flush();
+        // Every message fetched from these partitions reaches the source before the wait.
+        self.drain(true);
         let need: BTreeMap<PartitionKey, i64> = {
             let state = lock(&self.state);
             keys.iter()
@@ -562,10 +623,13 @@ pub(super) fn spawn(
 fn run(consumer: &BaseConsumer<FetchContext>, membership: &Membership) {
     let context = consumer.context();
     while !context.stop.load(Ordering::SeqCst) {
-        context.apply_backpressure(consumer);
+        let waiting = !context.wait_for_room(consumer);
+        context.apply_backpressure(consumer, waiting);
         let holding = lock(&context.state).chunk.len() > 0;
         let wait = if holding {
             Duration::ZERO
+        } else if waiting {
+            Duration::from_millis(5)
         } else {
             context.settings.poll_timeout
         };
@@ -574,6 +638,7 @@ fn run(consumer: &BaseConsumer<FetchContext>, membership: &Membership) {
             Some(Err(e)) => {
                 context.flush();
                 context.send(Fetched::Failed(e.to_string()));
+                context.drain(true);
                 return;
             }
             None => context.flush(),

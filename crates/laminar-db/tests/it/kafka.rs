@@ -776,3 +776,43 @@ fn an_idle_partition_stops_holding_back_the_watermark() {
     db.shutdown_sync();
     assert!(db.failures().is_empty(), "{:?}", db.failures());
 }
+
+/// A group member whose pipeline stalls for longer than `max.poll.interval.ms` keeps its
+/// membership (the consumer keeps being polled with its partitions paused): nothing is
+/// read twice after the stall.
+#[test]
+fn a_stalled_group_member_keeps_its_partitions() {
+    let Some(brokers) = brokers() else { return };
+    let topic = unique("stall");
+    create_topic(&brokers, &topic, 2);
+    produce_to_partitions(&brokers, &topic, 0..400_000, &[0, 1]);
+    let group = unique("stall-group");
+    let db = LaminarDB::builder()
+        .workers(1)
+        .subscription_buffer(4)
+        .build_sync()
+        .unwrap();
+    block_on(db.execute(&format!(
+        "CREATE SOURCE k (id BIGINT, auction BIGINT, ts BIGINT) FROM KAFKA (\
+           bootstrap.servers = '{brokers}', topic = '{topic}', group.id = '{group}', \
+           partition.assignment.strategy = 'range', startup.mode = 'earliest', \
+           max.poll.records = '100', kafka.session.timeout.ms = '6000', \
+           kafka.heartbeat.interval.ms = '500', kafka.max.poll.interval.ms = '6000') \
+           WITH (buffer_size = 8); \
+         CREATE STREAM ids AS SELECT id FROM k"
+    )))
+    .unwrap();
+    let mut sub = db.subscribe_arrow("ids").unwrap();
+    block_on(db.start()).unwrap();
+    // Stalled well past max.poll.interval.ms.
+    std::thread::sleep(Duration::from_secs(10));
+    let stalled = db.source_metrics("k").unwrap();
+    assert!(stalled.connector_pauses >= 1, "{stalled:?}");
+    assert!(stalled.total_events < 200_000, "{stalled:?}");
+    let ids = collect_ids(&mut sub, 200_000);
+    let expected: Vec<i64> = (0..400_000).filter(|i| i % 4 < 2).collect();
+    assert_eq!(ids.len(), expected.len(), "nothing read twice or lost");
+    assert_eq!(ids, expected);
+    assert!(db.failures().is_empty(), "{:?}", db.failures());
+    db.shutdown_sync();
+}
