@@ -694,6 +694,31 @@ fn two_pipelines_in_one_consumer_group_split_the_partitions_and_read_every_messa
     assert!(b.failures().is_empty(), "{:?}", b.failures());
 }
 
+/// A started pipeline reading `topic` from the beginning in batches of 100 messages into a
+/// source queue of 8 batches, and a subscription (4 batches) on its ids that nobody reads
+/// yet: the pipeline stalls.
+fn small_queue_reader(
+    brokers: &str,
+    topic: &str,
+    extra_options: &str,
+) -> (LaminarDB, laminar_db::ArrowSubscription) {
+    let db = LaminarDB::builder()
+        .workers(1)
+        .subscription_buffer(4)
+        .build_sync()
+        .unwrap();
+    block_on(db.execute(&format!(
+        "CREATE SOURCE k (id BIGINT, auction BIGINT, ts BIGINT) FROM KAFKA (\
+           bootstrap.servers = '{brokers}', topic = '{topic}', startup.mode = 'earliest', \
+           max.poll.records = '100'{extra_options}) WITH (buffer_size = 8); \
+         CREATE STREAM ids AS SELECT id FROM k"
+    )))
+    .unwrap();
+    let sub = db.subscribe_arrow("ids").unwrap();
+    block_on(db.start()).unwrap();
+    (db, sub)
+}
+
 /// A pipeline that cannot keep up (its subscriber stops reading) fills the source's queue:
 /// the Kafka source pauses its partitions instead of buffering in the client, and resumes
 /// them when the queue drains; every message still arrives exactly once.
@@ -703,20 +728,7 @@ fn a_kafka_source_pauses_its_partitions_while_the_pipeline_is_backpressured() {
     let topic = unique("pause");
     create_topic(&brokers, &topic, 4);
     produce_to_partitions(&brokers, &topic, 0..200_000, &[0, 1, 2, 3]);
-    let db = LaminarDB::builder()
-        .workers(1)
-        .subscription_buffer(4)
-        .build_sync()
-        .unwrap();
-    block_on(db.execute(&format!(
-        "CREATE SOURCE k (id BIGINT, auction BIGINT, ts BIGINT) FROM KAFKA (\
-           bootstrap.servers = '{brokers}', topic = '{topic}', startup.mode = 'earliest', \
-           max.poll.records = '100') WITH (buffer_size = 8); \
-         CREATE STREAM ids AS SELECT id FROM k"
-    )))
-    .unwrap();
-    let mut sub = db.subscribe_arrow("ids").unwrap();
-    block_on(db.start()).unwrap();
+    let (db, mut sub) = small_queue_reader(&brokers, &topic, "");
     // Nobody reads: the query stalls, the source's queue fills.
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut stalled = db.source_metrics("k").unwrap();
@@ -787,23 +799,15 @@ fn a_stalled_group_member_keeps_its_partitions() {
     create_topic(&brokers, &topic, 2);
     produce_to_partitions(&brokers, &topic, 0..400_000, &[0, 1]);
     let group = unique("stall-group");
-    let db = LaminarDB::builder()
-        .workers(1)
-        .subscription_buffer(4)
-        .build_sync()
-        .unwrap();
-    block_on(db.execute(&format!(
-        "CREATE SOURCE k (id BIGINT, auction BIGINT, ts BIGINT) FROM KAFKA (\
-           bootstrap.servers = '{brokers}', topic = '{topic}', group.id = '{group}', \
-           partition.assignment.strategy = 'range', startup.mode = 'earliest', \
-           max.poll.records = '100', kafka.session.timeout.ms = '6000', \
-           kafka.heartbeat.interval.ms = '500', kafka.max.poll.interval.ms = '6000') \
-           WITH (buffer_size = 8); \
-         CREATE STREAM ids AS SELECT id FROM k"
-    )))
-    .unwrap();
-    let mut sub = db.subscribe_arrow("ids").unwrap();
-    block_on(db.start()).unwrap();
+    let (db, mut sub) = small_queue_reader(
+        &brokers,
+        &topic,
+        &format!(
+            ", group.id = '{group}', partition.assignment.strategy = 'range', \
+             kafka.session.timeout.ms = '6000', kafka.heartbeat.interval.ms = '500', \
+             kafka.max.poll.interval.ms = '6000'"
+        ),
+    );
     // Stalled well past max.poll.interval.ms.
     std::thread::sleep(Duration::from_secs(10));
     let stalled = db.source_metrics("k").unwrap();
