@@ -495,3 +495,24 @@ fn var_flag_substitutes_config_variables() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("${T}"), "{}", stderr(&out));
 }
+
+#[test]
+fn shell_subscribe_prints_a_changelog_live() {
+    let out = run_with_stdin(
+        &["shell", "--format", "table"],
+        "CREATE SOURCE s (k VARCHAR, x BIGINT);\n\
+         CREATE STREAM totals AS SELECT k, SUM(x) AS total FROM s GROUP BY k;\n\
+         SUBSCRIBE totals;\n\
+         INSERT INTO s VALUES ('a', 1);\n\
+         INSERT INTO s VALUES ('a', 2);\n",
+    );
+    assert!(out.status.success(), "stderr:\n{}", stderr(&out));
+    let text = stdout(&out);
+    let row = |value: &str, op: &str| {
+        text.lines().any(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            cells.len() >= 5 && cells[1] == "a" && cells[2] == value && cells[3] == op
+        })
+    };
+    assert!(row("1", "I") && row("1", "U-") && row("3", "U+"), "{text}");
+}

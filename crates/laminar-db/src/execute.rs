@@ -198,6 +198,25 @@ impl LaminarDB {
                 .insert(&table, &columns, &source)
                 .await
                 .map(ExecuteResult::RowsAffected),
+            StreamingStatement::Subscribe { name, query } => {
+                match self.inner.catalog.read().kind_of(&name) {
+                    Some("source" | "stream") => {}
+                    Some(kind) => {
+                        return Err(SqlError::Invalid(format!(
+                            "SUBSCRIBE reads a source or stream; '{name}' is a {kind}{}",
+                            if kind == "table" {
+                                ": query it with SELECT"
+                            } else {
+                                ""
+                            }
+                        ))
+                        .into());
+                    }
+                    None => {}
+                }
+                self.start_query(&query, &Default::default(), sql)
+                    .map(ExecuteResult::Query)
+            }
             StreamingStatement::Query { query, clauses } => {
                 if clauses.is_empty() && self.reads_only_tables(&query)? {
                     let batches = self.snapshot_query(&query).await?;

@@ -248,6 +248,14 @@ pub enum StreamingStatement {
         /// The rows.
         source: Box<Query>,
     },
+    /// `SUBSCRIBE name [WHERE ..]`: the live rows of a source or stream (with `_op` for a
+    /// changelog), as the continuous query `SELECT * FROM name [WHERE ..]`.
+    Subscribe {
+        /// The source or stream (normalized).
+        name: String,
+        /// `SELECT * FROM name [WHERE ..]`.
+        query: Box<Query>,
+    },
     /// A query: continuous over sources/streams.
     Query {
         /// The query.
@@ -278,6 +286,7 @@ impl StreamingStatement {
             StreamingStatement::Explain { .. } => "EXPLAIN",
             StreamingStatement::Insert { .. } => "INSERT",
             StreamingStatement::Query { .. } => "SELECT",
+            StreamingStatement::Subscribe { .. } => "SUBSCRIBE",
         }
     }
 }

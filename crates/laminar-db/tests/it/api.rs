@@ -1094,3 +1094,62 @@ async fn typed_subscription_reports_rows_it_cannot_convert() {
     assert!(err.to_string().contains("name"), "{err}");
     db.shutdown_sync();
 }
+
+/// `SUBSCRIBE name [WHERE ..]` is the continuous `SELECT * FROM name [WHERE ..]`: live rows
+/// of a stream, with `_op` for a changelog; tables, sinks, unknown names and filters that do
+/// not plan are refused.
+#[tokio::test]
+async fn subscribe_streams_live_rows_and_changes() {
+    let db = db();
+    db.execute(
+        "CREATE SOURCE s (k VARCHAR, x BIGINT); \
+         CREATE STREAM totals AS SELECT k, SUM(x) AS total FROM s GROUP BY k; \
+         CREATE TABLE t (id BIGINT PRIMARY KEY)",
+    )
+    .await
+    .unwrap();
+    let ExecuteResult::Query(live) = db.execute("SUBSCRIBE s WHERE x > 1").await.unwrap() else {
+        panic!("expected a query handle")
+    };
+    let ExecuteResult::Query(changes) = db.execute("SUBSCRIBE totals").await.unwrap() else {
+        panic!("expected a query handle")
+    };
+    let mut live_rows = live.subscribe_arrow().unwrap();
+    let mut change_rows = changes.subscribe_arrow().unwrap();
+    db.execute("INSERT INTO s VALUES ('a', 1), ('b', 5)")
+        .await
+        .unwrap();
+    db.execute("INSERT INTO s VALUES ('a', 2)").await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.extend(rows(&[live_rows.recv_timeout(WAIT).unwrap().unwrap()]));
+    }
+    assert_eq!(got, vec![vec!["b", "5"], vec!["a", "2"]]);
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        got.extend(rows(&[change_rows.recv_timeout(WAIT).unwrap().unwrap()]));
+    }
+    got[..2].sort();
+    assert_eq!(
+        got,
+        vec![
+            vec!["a", "1", "I"],
+            vec!["b", "5", "I"],
+            vec!["a", "1", "U-"],
+            vec!["a", "3", "U+"],
+        ]
+    );
+    live.cancel().unwrap();
+    changes.cancel().unwrap();
+
+    let e = db.execute("SUBSCRIBE t").await.unwrap_err().to_string();
+    assert!(e.contains("'t' is a table"), "{e}");
+    let e = db.execute("SUBSCRIBE nope").await.unwrap_err();
+    assert_eq!(e.code(), "SQL_UNKNOWN_OBJECT", "{e}");
+    let e = db.execute("SUBSCRIBE s WHERE y > 1").await.unwrap_err();
+    assert_eq!(e.code(), "SQL_UNKNOWN_COLUMN", "{e}");
+    let e = db.execute("SUBSCRIBE").await.unwrap_err();
+    assert_eq!(e.code(), "SQL_SYNTAX", "{e}");
+    let e = db.execute("SUBSCRIBE s s").await.unwrap_err();
+    assert_eq!(e.code(), "SQL_SYNTAX", "{e}");
+}

@@ -76,6 +76,7 @@ fn parse_from(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement>
         Some("INSERT") => parse_insert(ts, start),
         Some("DELETE") => parse_delete(ts, start),
         Some("SELECT") | Some("WITH") | Some("VALUES") => parse_query_statement(ts, start),
+        Some("SUBSCRIBE") => parse_subscribe(ts, start),
         _ if matches!(ts.token(start).map(|t| &t.token), Some(Token::LParen)) => {
             parse_query_statement(ts, start)
         }
@@ -86,7 +87,7 @@ fn parse_from(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement>
                 Ok(stmt) => Err(SqlError::not_supported(
                     format!("the statement '{}'", statement_head(&stmt)),
                     Some(
-                        "LaminarDB runs CREATE SOURCE/STREAM/SINK/TABLE, DROP, SHOW, DESCRIBE, EXPLAIN, INSERT, DELETE and SELECT",
+                        "LaminarDB runs CREATE SOURCE/STREAM/SINK/TABLE, DROP, SHOW, DESCRIBE, EXPLAIN, INSERT, DELETE, SELECT and SUBSCRIBE",
                     ),
                 )),
                 Err(e) => Err(parse_error(e, ts.token(start))),
@@ -744,6 +745,38 @@ fn parse_insert(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatemen
         columns,
         source,
     })
+}
+
+/// `SUBSCRIBE name [WHERE condition]`.
+fn parse_subscribe(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
+    if matches!(
+        ts.token(start + 1).map(|t| &t.token),
+        None | Some(Token::EOF)
+    ) {
+        return Err(positioned(
+            ts,
+            start + 1,
+            "SUBSCRIBE needs the name of a source or stream",
+        ));
+    }
+    let mut p = ts.parser(start + 1, ts.len());
+    let object = p.parse_object_name(false).map_err(pe(&p))?;
+    let name = normalize_name(&object)?;
+    let filter = if p.parse_keyword(Keyword::WHERE) {
+        Some(p.parse_expr().map_err(pe(&p))?)
+    } else {
+        None
+    };
+    expect_end(&p)?;
+    let text = match &filter {
+        Some(condition) => format!("SELECT * FROM {object} WHERE {condition}"),
+        None => format!("SELECT * FROM {object}"),
+    };
+    let tokens = super::tokenize(&text)?;
+    let inner = TokenStream::new(tokens);
+    let mut q = inner.parser(0, inner.len());
+    let query = q.parse_query().map_err(pe(&q))?;
+    Ok(StreamingStatement::Subscribe { name, query })
 }
 
 fn parse_query_statement(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatement> {
