@@ -1153,3 +1153,63 @@ async fn subscribe_streams_live_rows_and_changes() {
     let e = db.execute("SUBSCRIBE s s").await.unwrap_err();
     assert_eq!(e.code(), "SQL_SYNTAX", "{e}");
 }
+
+/// An updating stream goes only into sinks that write changes: FILES with
+/// `changelog = 'true'` writes every change with its `_op`, in commit order; FILES without it
+/// and STDOUT are refused at CREATE SINK.
+#[tokio::test]
+async fn updating_streams_go_only_into_changelog_sinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db();
+    db.execute(
+        "CREATE SOURCE s (k VARCHAR, x BIGINT); \
+         CREATE STREAM totals AS SELECT k, SUM(x) AS total FROM s GROUP BY k",
+    )
+    .await
+    .unwrap();
+    for refused in [
+        format!(
+            "CREATE SINK f FROM totals INTO FILES (path = '{}', format = 'csv')",
+            dir.path().display()
+        ),
+        "CREATE SINK o FROM totals INTO STDOUT".to_string(),
+    ] {
+        let e = db.execute(&refused).await.unwrap_err();
+        assert_eq!(e.code(), "SQL_INVALID", "{e}");
+        assert!(e.to_string().contains("reads an updating stream"), "{e}");
+    }
+    db.execute(&format!(
+        "CREATE SINK f FROM totals INTO FILES (path = '{}', format = 'csv', changelog = 'true')",
+        dir.path().display()
+    ))
+    .await
+    .unwrap();
+    db.start().await.unwrap();
+    db.execute("INSERT INTO s VALUES ('a', 1)").await.unwrap();
+    assert!(db.wait_idle(WAIT));
+    db.execute("INSERT INTO s VALUES ('a', 2)").await.unwrap();
+    assert!(db.wait_idle(WAIT));
+    db.shutdown().await.unwrap();
+    let mut lines = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("part-")
+        })
+        .collect();
+    files.sort();
+    for path in files {
+        lines.extend(
+            std::fs::read_to_string(path)
+                .unwrap()
+                .lines()
+                .filter(|l| *l != "k,total,_op")
+                .map(str::to_string),
+        );
+    }
+    assert_eq!(lines, vec!["a,1,I", "a,1,U-", "a,3,U+"]);
+}
