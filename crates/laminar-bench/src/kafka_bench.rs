@@ -23,20 +23,46 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use super::Report;
 
+/// The broker, the input topic's partitions and the source's extra options of both Kafka
+/// benchmarks.
+#[derive(clap::Args, Debug)]
+pub(crate) struct KafkaInput {
+    /// Partitions of the input topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Broker address (default `$LAMINAR_TEST_KAFKA_BROKERS`, else 127.0.0.1:9092).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Extra source options, e.g. `max.poll.records = '8192'`.
+    #[arg(long, default_value = "")]
+    source_options: String,
+}
+
+impl KafkaInput {
+    fn brokers(&self) -> String {
+        self.brokers
+            .clone()
+            .or_else(|| std::env::var("LAMINAR_TEST_KAFKA_BROKERS").ok())
+            .unwrap_or_else(|| "127.0.0.1:9092".to_string())
+    }
+
+    /// The extra source options, to append to an option list.
+    fn extra_options(&self) -> String {
+        if self.source_options.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", self.source_options)
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub(crate) struct KafkaArgs {
     /// Bids produced and consumed.
     #[arg(long, default_value_t = 2_000_000)]
     events: u64,
-    /// Partitions of the input topic.
-    #[arg(long, default_value_t = 4)]
-    partitions: i32,
-    /// Broker address.
-    #[arg(long)]
-    brokers: Option<String>,
-    /// Extra source options, e.g. `kafka.fetch.wait.max.ms = '10'`.
-    #[arg(long, default_value = "")]
-    source_options: String,
+    #[command(flatten)]
+    input: KafkaInput,
     /// Message format of input and output: `json` or `avro`.
     #[arg(long, default_value = "json")]
     format: String,
@@ -65,11 +91,7 @@ fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
 }
 
 pub(crate) fn run(args: &KafkaArgs) -> Result<Report> {
-    let brokers = args
-        .brokers
-        .clone()
-        .or_else(|| std::env::var("LAMINAR_TEST_KAFKA_BROKERS").ok())
-        .unwrap_or_else(|| "127.0.0.1:9092".to_string());
+    let brokers = args.input.brokers();
     let avro = match args.format.as_str() {
         "json" => false,
         "avro" => true,
@@ -86,13 +108,13 @@ pub(crate) fn run(args: &KafkaArgs) -> Result<Report> {
     );
     r.text("build", super::build_profile());
     r.int("events", args.events, "");
-    r.int("partitions", args.partitions as u64, "");
+    r.int("partitions", args.input.partitions as u64, "");
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_nanos();
     let input = format!("bench-bids-{nanos}");
     let output = format!("bench-counts-{nanos}");
-    create_topic(&brokers, &input, args.partitions)?;
+    create_topic(&brokers, &input, args.input.partitions)?;
     create_topic(&brokers, &output, 1)?;
 
     // Avro: the registry, the bid schema registered under the input's subject.
@@ -153,7 +175,7 @@ pub(crate) fn run(args: &KafkaArgs) -> Result<Report> {
         };
         let mut record = BaseRecord::<(), [u8]>::to(&input)
             .payload(bytes)
-            .partition((i % args.partitions as u64) as i32);
+            .partition((i % args.input.partitions as u64) as i32);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -177,9 +199,8 @@ pub(crate) fn run(args: &KafkaArgs) -> Result<Report> {
         db.execute(&format!(
             "CREATE SOURCE bids (auction BIGINT, bidder BIGINT, price BIGINT, ts BIGINT, _partition INT, \
              WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
-             FROM KAFKA (bootstrap.servers = '{brokers}', topic = '{input}', startup.mode = 'earliest'{format_options}{}{})",
-            if args.source_options.is_empty() { "" } else { ", " },
-            args.source_options
+             FROM KAFKA (bootstrap.servers = '{brokers}', topic = '{input}', startup.mode = 'earliest'{format_options}{})",
+            args.input.extra_options()
         ))
         .await?;
         db.execute(
@@ -241,15 +262,8 @@ pub(crate) struct KafkaLatencyArgs {
     /// Sink delivery guarantee: `exactly-once` or `at-least-once`.
     #[arg(long, default_value = "exactly-once")]
     guarantee: String,
-    /// Partitions of the input topic.
-    #[arg(long, default_value_t = 4)]
-    partitions: i32,
-    /// Broker address.
-    #[arg(long)]
-    brokers: Option<String>,
-    /// Extra source options, e.g. `max.poll.records = '8192'`.
-    #[arg(long, default_value = "")]
-    source_options: String,
+    #[command(flatten)]
+    input: KafkaInput,
 }
 
 fn now_us() -> i64 {
@@ -261,11 +275,7 @@ fn now_us() -> i64 {
 pub(crate) fn latency(args: &KafkaLatencyArgs) -> Result<Report> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
-    let brokers = args
-        .brokers
-        .clone()
-        .or_else(|| std::env::var("LAMINAR_TEST_KAFKA_BROKERS").ok())
-        .unwrap_or_else(|| "127.0.0.1:9092".to_string());
+    let brokers = args.input.brokers();
     let mut r = Report::default();
     r.text("workload", "kafka json -> copy -> kafka json, fixed rate");
     r.text("build", super::build_profile());
@@ -277,7 +287,7 @@ pub(crate) fn latency(args: &KafkaLatencyArgs) -> Result<Report> {
         .as_nanos();
     let input = format!("bench-lat-in-{nanos}");
     let output = format!("bench-lat-out-{nanos}");
-    create_topic(&brokers, &input, args.partitions)?;
+    create_topic(&brokers, &input, args.input.partitions)?;
     create_topic(&brokers, &output, 1)?;
     let dir = std::env::temp_dir().join(format!("laminar-kafka-latency-{nanos}"));
     let db = LaminarDB::builder()
@@ -289,9 +299,8 @@ pub(crate) fn latency(args: &KafkaLatencyArgs) -> Result<Report> {
         db.execute(&format!(
             "CREATE SOURCE events (id BIGINT, sent_us BIGINT) \
              FROM KAFKA (bootstrap.servers = '{brokers}', topic = '{input}', startup.mode = 'earliest', \
-             kafka.fetch.wait.max.ms = '5'{}{})",
-            if args.source_options.is_empty() { "" } else { ", " },
-            args.source_options
+             kafka.fetch.wait.max.ms = '5'{})",
+            args.input.extra_options()
         ))
         .await?;
         db.execute(&format!(
@@ -357,7 +366,7 @@ pub(crate) fn latency(args: &KafkaLatencyArgs) -> Result<Report> {
             let payload = format!(r#"{{"id":{id},"sent_us":{}}}"#, now_us());
             let mut record = BaseRecord::<(), str>::to(&input)
                 .payload(payload.as_str())
-                .partition((id % args.partitions as u64) as i32);
+                .partition((id % args.input.partitions as u64) as i32);
             loop {
                 match producer.send(record) {
                     Ok(()) => break,

@@ -730,13 +730,29 @@ fn payload_ids(records: &[kafka_test::LogRecord]) -> Vec<i64> {
 
 /// The epoch the exactly-once sink with transactional id `id` last committed, as the
 /// marker offset of the group named like the id.
-fn committed_marker(brokers: &str, id: &str, topic: &str) -> Option<i64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = ClientConfig::new()
+/// A consumer of group `group` (to read or commit its offsets).
+fn group_member(brokers: &str, group: &str) -> rdkafka::consumer::BaseConsumer {
+    ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", id)
+        .set("group.id", group)
+        .create()
+        .unwrap()
+}
+
+/// A producer with transactional id `id`, its transactions initialized.
+fn transactional_producer(brokers: &str, id: &str) -> BaseProducer {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("transactional.id", id)
         .create()
         .unwrap();
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    producer
+}
+
+fn committed_marker(brokers: &str, id: &str, topic: &str) -> Option<i64> {
+    use rdkafka::consumer::Consumer;
+    let consumer = group_member(brokers, id);
     let mut list = rdkafka::TopicPartitionList::new();
     list.add_partition(topic, 0);
     let committed = consumer
@@ -922,21 +938,12 @@ fn exactly_once_options_are_checked() {
 /// (the producer stopped after sending the marker, before its commit) must not show.
 #[test]
 fn the_commit_marker_of_an_aborted_transaction_does_not_count() {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::consumer::Consumer;
     let Some(brokers) = brokers() else { return };
     let topic = topic(&brokers, "eos-marker", 1);
     let id = unique("eos-marker-txn");
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("transactional.id", &id)
-        .create()
-        .unwrap();
-    producer.init_transactions(Duration::from_secs(30)).unwrap();
-    let group: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", &id)
-        .create()
-        .unwrap();
+    let producer = transactional_producer(&brokers, &id);
+    let group = group_member(&brokers, &id);
     let marker = |epoch: i64| {
         let mut list = rdkafka::TopicPartitionList::new();
         list.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(epoch))
@@ -973,24 +980,12 @@ fn the_commit_marker_of_an_aborted_transaction_does_not_count() {
 /// transactional id fences it.
 #[test]
 fn the_commit_marker_of_a_fenced_transaction_does_not_count() {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::consumer::Consumer;
     let Some(brokers) = brokers() else { return };
     let topic = topic(&brokers, "eos-fenced-marker", 1);
     let id = unique("eos-fenced-marker-txn");
-    let producer = || -> BaseProducer {
-        let p: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("transactional.id", &id)
-            .create()
-            .unwrap();
-        p.init_transactions(Duration::from_secs(30)).unwrap();
-        p
-    };
-    let group: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", &id)
-        .create()
-        .unwrap();
+    let producer = || transactional_producer(&brokers, &id);
+    let group = group_member(&brokers, &id);
     let mut marker = rdkafka::TopicPartitionList::new();
     marker
         .add_partition_offset(&topic, 0, rdkafka::Offset::Offset(9))

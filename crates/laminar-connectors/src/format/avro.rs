@@ -432,30 +432,14 @@ fn conform_to(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, Co
     for field in target.fields() {
         let column = match batch.column_by_name(field.name()) {
             Some(c) if c.data_type() == field.data_type() => c.clone(),
-            // A struct cast with differing field names goes by position: not here.
-            Some(c) if !fields_align(c.data_type(), field.data_type()) => {
-                return Err(avro_error(
-                    format!("field '{}'", field.name()),
-                    format!(
-                        "record fields ({}) differ from the declared ones ({})",
-                        c.data_type(),
-                        field.data_type()
-                    ),
-                ));
+            Some(c) => {
+                let context = || format!("field '{}'", field.name());
+                if let Some(reason) = lossy_cast(c.data_type(), field.data_type()) {
+                    return Err(avro_error(context(), reason));
+                }
+                arrow::compute::cast_with_options(c, field.data_type(), &options)
+                    .map_err(|e| avro_error(context(), e))?
             }
-            // A cast from a union keeps one branch and nulls the others: not here.
-            Some(c) if holds_union(c.data_type()) => {
-                return Err(avro_error(
-                    format!("field '{}'", field.name()),
-                    format!(
-                        "a union ({}) is not read into {}",
-                        c.data_type(),
-                        field.data_type()
-                    ),
-                ));
-            }
-            Some(c) => arrow::compute::cast_with_options(c, field.data_type(), &options)
-                .map_err(|e| avro_error(format!("field '{}'", field.name()), e))?,
             None if field.is_nullable() => {
                 arrow::array::new_null_array(field.data_type(), batch.num_rows())
             }
@@ -563,6 +547,21 @@ impl NativeEncoder {
             ));
         }
         Ok(encoded.iter().map(|row| Some(row.to_vec())).collect())
+    }
+}
+
+/// Why arrow's cast from `from` to `to` would lose or misplace values silently: a struct
+/// cast with differing field names goes by position, and a cast from a union keeps one
+/// branch and nulls the others.
+fn lossy_cast(from: &DataType, to: &DataType) -> Option<String> {
+    if !fields_align(from, to) {
+        Some(format!(
+            "record fields ({from}) differ from the declared ones ({to})"
+        ))
+    } else if holds_union(from) {
+        Some(format!("a union ({from}) is not read into {to}"))
+    } else {
+        None
     }
 }
 

@@ -271,7 +271,7 @@ impl FetchContext {
         true
     }
 
-    /// Hands the current chunk over.
+    /// Hands the current chunk over, recording how far it reaches in each partition.
     fn flush(&self) {
         let chunk = {
             let mut state = lock(&self.state);
@@ -279,7 +279,22 @@ impl FetchContext {
                 return;
             }
             state.chunk_started = None;
-            std::mem::take(&mut state.chunk)
+            let chunk = std::mem::take(&mut state.chunk);
+            // The furthest offset per partition (a chunk holds messages of a few).
+            let mut furthest: Vec<(&str, i32, i64)> = Vec::new();
+            for meta in &chunk.metas {
+                match furthest
+                    .iter_mut()
+                    .find(|(t, p, _)| *p == meta.partition && *t == meta.topic)
+                {
+                    Some(entry) => entry.2 = entry.2.max(meta.offset + 1),
+                    None => furthest.push((&meta.topic, meta.partition, meta.offset + 1)),
+                }
+            }
+            for (topic, partition, next) in furthest {
+                state.fetched.insert((topic.to_string(), partition), next);
+            }
+            chunk
         };
         self.send(Fetched::Messages(chunk));
     }
@@ -287,8 +302,6 @@ impl FetchContext {
     fn take(&self, message: &BorrowedMessage<'_>) {
         let full = {
             let mut state = lock(&self.state);
-            let key = (message.topic().to_string(), message.partition());
-            state.fetched.insert(key, message.offset() + 1);
             state.chunk.push(message, self.settings.wants_headers);
             let started = *state.chunk_started.get_or_insert_with(Instant::now);
             state.chunk.len() >= self.settings.chunk_rows || started.elapsed() >= CHUNK_MAX_AGE
