@@ -2,8 +2,8 @@
 //!
 //! Lines accumulate until a statement ends with `;` (outside quotes and comments); the
 //! prompt is `laminardb> `, then `       -> ` for continuation lines. Each statement's result
-//! is printed; a `SELECT` over a source or stream prints its live rows until Ctrl-C, then
-//! the query is cancelled and the prompt returns. History lives in `~/.laminardb_history`
+//! is printed; a `SELECT` or `SUBSCRIBE` over a source or stream prints its live rows until
+//! Ctrl-C, then the query is cancelled and the prompt returns. History lives in `~/.laminardb_history`
 //! ([`crate::line_reader`]).
 //! Sources with connectors start reading as soon as they are created. When stdin is not a
 //! terminal, [`crate::script`] runs the input instead.
@@ -33,6 +33,7 @@ Statements end with ';' and may span lines. For example:
       WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
     FROM DATAGEN (table = 'bids', rate = '10');
   SELECT auction, price FROM bids WHERE price > 100000;   -- live rows until Ctrl-C
+  SUBSCRIBE bids WHERE price > 100000;   -- every column, and _op of a changelog
   SHOW SOURCES;  DESCRIBE bids;  EXPLAIN SELECT * FROM bids;
 Commands:
   \\h, help        this help
