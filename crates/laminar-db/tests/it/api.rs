@@ -1119,13 +1119,13 @@ async fn subscribe_streams_live_rows_and_changes() {
     db.execute("INSERT INTO s VALUES ('a', 1), ('b', 5)")
         .await
         .unwrap();
-    db.execute("INSERT INTO s VALUES ('a', 2)").await.unwrap();
+    // The second insert waits until the first one's changes arrived: two inserts may
+    // otherwise be aggregated in one batch, whose changes come in key order.
     let mut got = Vec::new();
     while got.len() < 2 {
-        got.extend(rows(&[live_rows.recv_timeout(WAIT).unwrap().unwrap()]));
+        got.extend(rows(&[change_rows.recv_timeout(WAIT).unwrap().unwrap()]));
     }
-    assert_eq!(got, vec![vec!["b", "5"], vec!["a", "2"]]);
-    let mut got = Vec::new();
+    db.execute("INSERT INTO s VALUES ('a', 2)").await.unwrap();
     while got.len() < 4 {
         got.extend(rows(&[change_rows.recv_timeout(WAIT).unwrap().unwrap()]));
     }
@@ -1139,6 +1139,11 @@ async fn subscribe_streams_live_rows_and_changes() {
             vec!["a", "3", "U+"],
         ]
     );
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.extend(rows(&[live_rows.recv_timeout(WAIT).unwrap().unwrap()]));
+    }
+    assert_eq!(got, vec![vec!["b", "5"], vec!["a", "2"]]);
     live.cancel().unwrap();
     changes.cancel().unwrap();
 
