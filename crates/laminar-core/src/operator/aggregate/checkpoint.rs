@@ -180,15 +180,22 @@ impl AggregateOperator {
 
 /// Reads the keys and accumulator states of one window or group batch back as arrays:
 /// the first `keys` columns are keys, the rest accumulator states in order.
+///
+/// `widths` gives each aggregate's number of state columns when it differs from its
+/// declared state fields (retracting accumulators keep more, e.g. a count beside a sum).
 pub(super) fn split_state_columns(
     spec: &AggregateSpec,
     batch: &RecordBatch,
     first: usize,
+    widths: Option<&[usize]>,
 ) -> Result<Vec<Vec<ArrayRef>>> {
     let mut states = Vec::with_capacity(spec.aggregates.len());
     let mut at = first;
-    for call in &spec.aggregates {
-        let n = call.function.state_fields().map_err(df(spec))?.len();
+    for (index, call) in spec.aggregates.iter().enumerate() {
+        let n = match widths.and_then(|w| w.get(index)) {
+            Some(n) => *n,
+            None => call.function.state_fields().map_err(df(spec))?.len(),
+        };
         let end = at + n;
         if end > batch.num_columns() {
             return Err(invalid(

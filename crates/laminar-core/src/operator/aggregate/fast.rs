@@ -516,7 +516,7 @@ impl FastState {
                     .get(..key_count)
                     .unwrap_or_default()
                     .to_vec();
-                let states = super::checkpoint::split_state_columns(spec, &batch, key_count)?;
+                let states = super::checkpoint::split_state_columns(spec, &batch, key_count, None)?;
                 let mut indices = Vec::new();
                 match &mut window.groups {
                     Some(groups) => groups.intern(&keys, &mut indices).map_err(&df)?,

@@ -1085,7 +1085,16 @@ impl GeneralState {
         }
         let batch = r.batch()?;
         rows_of(spec, &batch, count)?;
-        let states = split_state_columns(spec, &batch, group_state_start(spec))?;
+        // What `write_groups` wrote: the states of this state's own accumulators.
+        let widths = (0..spec.aggregates.len())
+            .map(|index| {
+                new_accumulator(spec, self.changelog, index)?
+                    .state()
+                    .map(|s| s.len())
+                    .map_err(df(spec))
+            })
+            .collect::<Result<Vec<usize>>>()?;
+        let states = split_state_columns(spec, &batch, group_state_start(spec), Some(&widths))?;
         for row in 0..count {
             let meta = group_row(spec, &batch, row)?;
             let mut group = new_group(spec, self.changelog)?;
