@@ -3,7 +3,8 @@
 //! Lines accumulate until a statement ends with `;` (outside quotes and comments); the
 //! prompt is `laminardb> `, then `       -> ` for continuation lines. Each statement's result
 //! is printed; a `SELECT` or `SUBSCRIBE` over a source or stream prints its live rows until
-//! Ctrl-C, then the query is cancelled and the prompt returns. History lives in `~/.laminardb_history`
+//! Ctrl-C, then the query is cancelled and the prompt returns (`SUBSCRIBE` of a materialized
+//! view prints its rows first; a `SELECT` over views and tables prints their current rows). History lives in `~/.laminardb_history`
 //! ([`crate::line_reader`]).
 //! Sources with connectors start reading as soon as they are created. When stdin is not a
 //! terminal, [`crate::script`] runs the input instead.
@@ -34,6 +35,9 @@ Statements end with ';' and may span lines. For example:
     FROM DATAGEN (table = 'bids', rate = '10');
   SELECT auction, price FROM bids WHERE price > 100000;   -- live rows until Ctrl-C
   SUBSCRIBE bids WHERE price > 100000;   -- every column, and _op of a changelog
+  CREATE MATERIALIZED VIEW best AS SELECT auction, MAX(price) AS top FROM bids GROUP BY auction;
+  SELECT * FROM best ORDER BY top DESC LIMIT 3;   -- the view's current rows, once
+  SUBSCRIBE best;   -- the view's rows, then its changes
   SHOW SOURCES;  DESCRIBE bids;  EXPLAIN SELECT * FROM bids;
 Commands:
   \\h, help        this help

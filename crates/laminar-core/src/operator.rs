@@ -9,6 +9,7 @@ mod exchange;
 pub mod join;
 mod source;
 mod stateless;
+mod view;
 
 use std::time::Instant;
 
@@ -21,6 +22,7 @@ use crate::message::Message;
 pub use exchange::ExchangeOperator;
 pub use source::{SourceOperator, SourceSettings};
 pub use stateless::{StatelessOperator, Step};
+pub use view::{ViewOperator, ViewStore};
 
 /// Size of the state an operator holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -175,9 +175,61 @@ impl Runtime {
     /// `counted` consumers take part in [`Runtime::wait_idle`]: they must call
     /// [`EdgeReceiver::done`] after handling each message.
     pub fn attach(&self, node: &Arc<Node>, capacity: usize, counted: bool) -> EdgeReceiver {
-        let receiver = node.connect_external(&self.shared, capacity.max(1), counted);
+        match node.connect_external(&self.shared, capacity.max(1), counted, false) {
+            Ok(receiver) => {
+                self.wake_node(node);
+                receiver
+            }
+            Err(_) => unreachable!("an unseeded attach does not fail"),
+        }
+    }
+
+    /// [`Runtime::attach`] whose consumer first receives the node's seed (see
+    /// [`node::Seeder`]), or only its watermark when the node has no seeder.
+    pub fn attach_seeded(
+        &self,
+        node: &Arc<Node>,
+        capacity: usize,
+        counted: bool,
+    ) -> Result<EdgeReceiver> {
+        let receiver = node.connect_external(&self.shared, capacity.max(1), counted, true)?;
         self.wake_node(node);
-        receiver
+        Ok(receiver)
+    }
+
+    /// [`Runtime::add_node`] whose inputs from upstreams with a seeder (materialized views)
+    /// start with the upstream's seed: a new reader of a view starts from its contents.
+    pub fn add_node_seeded(
+        &self,
+        name: &str,
+        operator: Box<dyn Operator>,
+        metrics: Arc<NodeMetrics>,
+        upstreams: &[Arc<Node>],
+    ) -> Result<Arc<Node>> {
+        let node = self.new_node(name, operator, metrics);
+        if let Err(e) = self.connect_inputs_seeded(&node, upstreams) {
+            self.remove_node(&node);
+            return Err(e);
+        }
+        self.schedule(&node);
+        Ok(node)
+    }
+
+    /// [`Runtime::connect_inputs`] with the seeds of [`Runtime::add_node_seeded`].
+    pub fn connect_inputs_seeded(&self, node: &Arc<Node>, upstreams: &[Arc<Node>]) -> Result<()> {
+        for upstream in upstreams {
+            let (receiver, seeded) =
+                upstream.connect_seeded(&self.shared, node, self.shared.config.edge_capacity)?;
+            // A seed carries the upstream's watermark after its rows.
+            let watermark = if seeded {
+                None
+            } else {
+                upstream.output_watermark()
+            };
+            node.add_input(receiver, watermark);
+        }
+        self.wake_node(node);
+        Ok(())
     }
 
     /// Removes a node from scheduling; its queues are dropped and in-flight accounting fixed.

@@ -72,13 +72,29 @@ pub(crate) struct StreamEntry {
     pub(crate) exchange: Option<(Arc<Node>, Arc<NodeMetrics>)>,
     /// The ingestion queue of a `LATE DATA TO` side output (checkpoint barriers enter it).
     pub(crate) late_input: Option<laminar_core::runtime::SourceInput>,
+    /// For a materialized view: the node keeping its contents, which readers read.
+    pub(crate) view: Option<ViewEntry>,
+}
+
+/// The part of a materialized view that keeps its result.
+pub(crate) struct ViewEntry {
+    /// The node applying the query's changes to `store` (named `<view>[view]`); it passes
+    /// them on, so every reader of the view is connected to it.
+    pub(crate) node: Arc<Node>,
+    pub(crate) metrics: Arc<NodeMetrics>,
+    pub(crate) store: Arc<laminar_core::operator::ViewStore>,
 }
 
 impl StreamEntry {
     /// State held by the stream (summed over parallel instances).
     pub(crate) fn state_size(&self) -> laminar_core::operator::StateSize {
         let mut size = self.node.state_size();
-        for (node, _) in &self.instances {
+        for node in self
+            .instances
+            .iter()
+            .map(|(n, _)| n)
+            .chain(self.view.as_ref().map(|v| &v.node))
+        {
             let s = node.state_size();
             size.rows += s.rows;
             size.bytes += s.bytes;
@@ -142,8 +158,12 @@ impl Catalog {
     pub(crate) fn kind_of(&self, name: &str) -> Option<&'static str> {
         if self.sources.contains_key(name) {
             Some("source")
-        } else if self.streams.contains_key(name) {
-            Some("stream")
+        } else if let Some(s) = self.streams.get(name) {
+            Some(if s.view.is_some() {
+                "materialized view"
+            } else {
+                "stream"
+            })
         } else if self.sinks.contains_key(name) {
             Some("sink")
         } else if self.tables.contains_key(name) {
@@ -155,10 +175,48 @@ impl Catalog {
 
     /// The node producing a relation (source or stream).
     pub(crate) fn relation_node(&self, name: &str) -> Option<Arc<Node>> {
-        self.sources
-            .get(name)
-            .map(|s| s.node.clone())
-            .or_else(|| self.streams.get(name).map(|s| s.node.clone()))
+        self.sources.get(name).map(|s| s.node.clone()).or_else(|| {
+            self.streams.get(name).map(|s| match &s.view {
+                Some(view) => view.node.clone(),
+                None => s.node.clone(),
+            })
+        })
+    }
+
+    /// Names of the objects reading `name` (queries as `__query_<id>`), then the objects
+    /// reading those, and so on: in an order in which they can be dropped.
+    pub(crate) fn dependents_deep(&self, name: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        self.collect_dependents(name, &mut out);
+        out
+    }
+
+    fn collect_dependents(&self, name: &str, out: &mut Vec<String>) {
+        let direct: Vec<String> = self
+            .streams
+            .values()
+            .filter(|s| {
+                s.side_output_of.is_none()
+                    && (s.plan.inputs.iter().any(|i| i == name)
+                        || s.plan
+                            .join
+                            .as_ref()
+                            .is_some_and(|j| j.tables.iter().any(|t| t == name)))
+            })
+            .map(|s| s.name.clone())
+            .chain(
+                self.sinks
+                    .values()
+                    .filter(|s| s.input == name || s.reads.iter().any(|r| r == name))
+                    .map(|s| s.name.clone()),
+            )
+            .collect();
+        for d in direct {
+            if !out.contains(&d) {
+                self.collect_dependents(&d, out);
+                out.push(d);
+            }
+        }
     }
 
     /// Names of objects reading `name`.
@@ -203,6 +261,7 @@ impl SchemaCatalog for Catalog {
                 event_time: s.event_time.as_ref().map(|e| e.name.clone()),
                 keyed_watermark: s.keyed_watermark.clone(),
                 table: None,
+                view: None,
             });
         }
         if let Some(t) = self.tables.get(name) {
@@ -211,6 +270,7 @@ impl SchemaCatalog for Catalog {
                 event_time: None,
                 keyed_watermark: None,
                 table: Some(t.store.clone()),
+                view: None,
             });
         }
         self.streams
@@ -221,6 +281,7 @@ impl SchemaCatalog for Catalog {
                 event_time: s.plan.event_time.clone(),
                 keyed_watermark: s.plan.keyed_watermark.clone(),
                 table: None,
+                view: s.view.as_ref().map(|v| v.store.clone()),
             })
     }
 

@@ -312,6 +312,7 @@ impl LaminarDB {
             nodes.push(stream.node.clone());
             nodes.extend(stream.instances.iter().map(|(n, _)| n.clone()));
             nodes.extend(stream.exchange.iter().map(|(n, _)| n.clone()));
+            nodes.extend(stream.view.iter().map(|v| v.node.clone()));
             if stream.side_output_of.is_none() && stream.query_id.is_none() {
                 objects.push((stream.name.clone(), stream.sql.clone()));
             }
@@ -531,17 +532,24 @@ impl LaminarDB {
         config: SubscriptionConfig,
     ) -> Result<PushSubscription, DbError> {
         self.ensure_open()?;
-        if config.send_snapshot {
-            return Err(DbError::InvalidOperation(
-                "send_snapshot applies to materialized views, which are not supported yet".into(),
-            ));
-        }
         let node = self.output_node(name)?;
+        if config.send_snapshot && !node.has_seeder() {
+            let kind = self.inner.catalog.read().kind_of(name).unwrap_or("sink");
+            return Err(DbError::InvalidOperation(format!(
+                "send_snapshot applies to materialized views; '{name}' is a {kind}, which keeps no contents"
+            )));
+        }
         let filter = self.compile_filter(&node.schema(), config.filter.as_deref())?;
-        let rx = self
-            .inner
-            .runtime
-            .attach(&node, self.inner.config.subscription_buffer, false);
+        let rx = if config.send_snapshot {
+            self.inner
+                .runtime
+                .attach_seeded(&node, self.inner.config.subscription_buffer, false)
+                .map_err(|e| DbError::Engine(format!("snapshot of '{name}': {e}")))?
+        } else {
+            self.inner
+                .runtime
+                .attach(&node, self.inner.config.subscription_buffer, false)
+        };
         Ok(start_push(&self.inner.io_handle, name, rx, &config, filter))
     }
 

@@ -339,7 +339,12 @@ impl LaminarDB {
                 ));
             }
         }
-        let size = stream.state_size();
+        let mut size = stream.state_size();
+        if let Some(view) = &stream.view {
+            let held = view.node.state_size();
+            size.rows -= held.rows;
+            size.bytes -= held.bytes;
+        }
         if let Some((_, metrics)) = &stream.exchange {
             rows.push((
                 format!("exchange {}", stream.name),
@@ -383,6 +388,21 @@ impl LaminarDB {
                     .map_or("none".into(), |w| w.to_string())
             ),
         ));
+        if let Some(view) = &stream.view {
+            let size = view.store.size();
+            rows.push((
+                format!("view {}", stream.name),
+                format!(
+                    "ViewOperator rows_in={} view_rows={} state_bytes={} watermark={}",
+                    view.metrics.rows_in.load(Ordering::Relaxed),
+                    size.rows,
+                    size.bytes,
+                    view.node
+                        .output_watermark()
+                        .map_or("none".into(), |w| w.to_string())
+                ),
+            ));
+        }
         for sink in catalog.sinks.values().filter(|s| s.input == name) {
             rows.push((
                 format!("sink {}", sink.name),

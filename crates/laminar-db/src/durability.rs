@@ -403,6 +403,12 @@ impl Durability {
     }
 
     /// The epoch whose checkpoint was restored (the sinks' commit decision at open).
+    /// True when the checkpoint being recovered holds an object of that name that has not
+    /// been restored yet: it is being re-created, not created.
+    pub(crate) fn is_recovering(&self, name: &str) -> bool {
+        self.recovered.lock().objects.contains_key(name)
+    }
+
     pub(crate) fn recovered_epoch(&self) -> Option<u64> {
         self.stats.lock().recovered_epoch
     }

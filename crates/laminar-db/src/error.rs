@@ -98,6 +98,10 @@ pub enum DbError {
     /// holds (or that state no longer fits it).
     #[error("{0}")]
     StateMismatch(String),
+    /// A materialized view cannot be created as written (its query cannot be maintained
+    /// incrementally, or it would form a cycle).
+    #[error("{0}")]
+    MaterializedView(String),
     /// An engine error (DataFusion execution of a bounded query, internal failures).
     #[error("engine error: {0}")]
     Engine(String),
@@ -131,6 +135,7 @@ impl DbError {
             DbError::Checkpoint(_) => "CHECKPOINT",
             DbError::StateMismatch(_) => "STATE_MISMATCH",
             DbError::Engine(_) => "ENGINE",
+            DbError::MaterializedView(_) => "MATERIALIZED_VIEW",
         }
     }
 

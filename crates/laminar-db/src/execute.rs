@@ -200,10 +200,10 @@ impl LaminarDB {
                 .map(ExecuteResult::RowsAffected),
             StreamingStatement::Subscribe { name, query } => {
                 match self.inner.catalog.read().kind_of(&name) {
-                    Some("source" | "stream") => {}
+                    Some("source" | "stream" | "materialized view") => {}
                     Some(kind) => {
                         return Err(SqlError::Invalid(format!(
-                            "SUBSCRIBE reads a source or stream; '{name}' is a {kind}{}",
+                            "SUBSCRIBE reads a source, stream or materialized view; '{name}' is a {kind}{}",
                             if kind == "table" {
                                 ": query it with SELECT"
                             } else {
@@ -234,19 +234,18 @@ impl LaminarDB {
         }
     }
 
-    /// True when a query reads at least one table and no source or stream (a snapshot
-    /// query).
+    /// True when a query reads at least one table or materialized view and no source or
+    /// stream (a snapshot query).
     fn reads_only_tables(&self, query: &Query) -> Result<bool, DbError> {
         let catalog = self.inner.catalog.read();
-        if catalog.tables.is_empty() {
+        if catalog.tables.is_empty() && !catalog.streams.values().any(|s| s.view.is_some()) {
             return Ok(false);
         }
         let Ok(plan) = self.inner.planner.logical_plan(query, &*catalog) else {
             // Planning errors are reported by the continuous path with its own checks.
             return Ok(false);
         };
-        Ok(laminar_sql::plan::reads_relations(&plan)
-            && !laminar_sql::plan::reads_streams(&plan, &*catalog))
+        Ok(laminar_sql::plan::reads_only_snapshots(&plan, &*catalog))
     }
 
     pub(crate) fn not_exists_or(
@@ -734,16 +733,48 @@ impl LaminarDB {
     }
 
     fn create_stream(&self, c: CreateStream, sql: &str) -> Result<String, DbError> {
-        if !self.not_exists_or(&c.name, "stream", c.if_not_exists, c.or_replace)? {
+        let kind = if c.materialized {
+            "materialized view"
+        } else {
+            "stream"
+        };
+        // A view replaced by OR REPLACE goes with everything that reads it (SPEC 2.4).
+        let replaced_view = c.materialized
+            && c.or_replace
+            && self.inner.catalog.read().kind_of(&c.name) == Some("materialized view");
+        if !replaced_view && !self.not_exists_or(&c.name, kind, c.if_not_exists, c.or_replace)? {
             return Ok(c.name);
         }
-        if let Some((key, _)) = c.options.first() {
-            return Err(SqlError::Invalid(format!(
-                "unknown stream option '{key}' (streams take no options yet)"
-            ))
-            .into());
+        let view = if c.materialized {
+            Some(crate::views::view_settings(&c.name, &c.options)?)
+        } else {
+            if let Some((key, _)) = c.options.first() {
+                return Err(SqlError::Invalid(format!(
+                    "unknown stream option '{key}' (streams take no options yet)"
+                ))
+                .into());
+            }
+            None
+        };
+        if c.materialized {
+            crate::views::check_view_query(&self.inner.planner, &c.name, &c.query)?;
         }
         let plan = self.plan(&c.query, &c.clauses)?;
+        if c.materialized {
+            crate::views::check_view_plan(&c.name, &plan)?;
+        }
+        if replaced_view {
+            let dependents = self.inner.catalog.read().dependents_deep(&c.name);
+            if let Some(cycle) = plan.inputs.iter().find(|i| dependents.contains(i)) {
+                return Err(DbError::MaterializedView(format!(
+                    "materialized view '{}' cannot read '{cycle}': '{cycle}' reads '{}', so the views would form a cycle",
+                    c.name, c.name
+                )));
+            }
+            for dependent in dependents {
+                self.remove_dependent(&dependent);
+            }
+        }
         if let Some(late) = plan
             .aggregate
             .as_ref()
@@ -769,7 +800,8 @@ impl LaminarDB {
         if c.or_replace {
             self.remove_object(&c.name);
         }
-        self.install_stream(&c.name, sql, plan, None)?;
+        let (_, _, pending) = self.install_stream(&c.name, sql, plan, None, view)?;
+        self.connect_pending(pending)?;
         Ok(c.name)
     }
 
@@ -779,7 +811,23 @@ impl LaminarDB {
         sql: &str,
         plan: StreamPlan,
         query_id: Option<u64>,
-    ) -> Result<(Arc<laminar_core::runtime::Node>, Arc<AtomicBool>), DbError> {
+        view: Option<crate::views::ViewSettings>,
+    ) -> Result<
+        (
+            Arc<laminar_core::runtime::Node>,
+            Arc<AtomicBool>,
+            PendingInputs,
+        ),
+        DbError,
+    > {
+        // A new reader of a materialized view starts from the view's contents; one
+        // re-created from a checkpoint already holds them in its state.
+        let seeded = query_id.is_some()
+            || !self
+                .inner
+                .durability
+                .as_ref()
+                .is_some_and(|d| d.is_recovering(name));
         let mut catalog = self.inner.catalog.write();
         let upstreams = plan
             .inputs
@@ -829,11 +877,15 @@ impl LaminarDB {
         };
         let instances = aggregation_instances(&plan, self.inner.runtime.workers());
         // Checkpointed state of a named stream: its single node, or its instances.
-        let stateful_nodes: Vec<String> = if instances > 1 && plan.aggregate.is_some() {
+        let mut stateful_nodes: Vec<String> = if instances > 1 && plan.aggregate.is_some() {
             (0..instances).map(|i| format!("{name}[{i}]")).collect()
         } else {
             vec![name.to_string()]
         };
+        let view_node_name = format!("{name}[view]");
+        if view.is_some() {
+            stateful_nodes.push(view_node_name.clone());
+        }
         let mut restored = match query_id {
             None => self.restore_object("stream", name, sql, &stateful_nodes)?,
             Some(_) => Restored::default(),
@@ -851,6 +903,8 @@ impl LaminarDB {
             };
         let mut instance_nodes: Vec<(Arc<laminar_core::runtime::Node>, Arc<NodeMetrics>)> =
             Vec::new();
+        // The node reading the upstreams: connected last (see `PendingInputs`).
+        let mut inputs_of: Option<Arc<laminar_core::runtime::Node>> = None;
         let mut exchange: Option<(Arc<laminar_core::runtime::Node>, Arc<NodeMetrics>)> = None;
         let built = if let (true, Some(a)) = (instances > 1, &plan.aggregate) {
             // Parallel instances behind a hash exchange: the exchange runs the input chain
@@ -947,9 +1001,7 @@ impl LaminarDB {
                         metrics.clone(),
                         &inputs,
                     );
-                    self.inner
-                        .runtime
-                        .connect_inputs(&exchange_node, &upstreams);
+                    inputs_of = Some(exchange_node.clone());
                     Ok(merged)
                 }
             }
@@ -960,13 +1012,34 @@ impl LaminarDB {
                     Ok(op)
                 })
                 .map(|operator| {
-                    self.inner
+                    let node = self
+                        .inner
                         .runtime
-                        .add_node(name, operator, metrics.clone(), &upstreams)
+                        .add_node(name, operator, metrics.clone(), &[]);
+                    inputs_of = Some(node.clone());
+                    node
                 })
         };
-        let node = match built {
-            Ok(node) => node,
+        let built = match (built, view) {
+            (Ok(node), Some(settings)) => {
+                match crate::views::install_view_node(
+                    &self.inner.runtime,
+                    name,
+                    &node,
+                    &settings,
+                    restored.state(&view_node_name),
+                ) {
+                    Ok(view) => Ok((node, Some(view))),
+                    Err(e) => {
+                        self.inner.runtime.remove_node(&node);
+                        Err(e)
+                    }
+                }
+            }
+            (built, _) => built.map(|node| (node, None)),
+        };
+        let (node, view) = match built {
+            Ok(built) => built,
             Err(e) => {
                 for (node, _) in instance_nodes.iter().chain(&exchange) {
                     self.inner.runtime.remove_node(node);
@@ -997,6 +1070,7 @@ impl LaminarDB {
                     instances: Vec::new(),
                     exchange: None,
                     late_input: Some(late_input),
+                    view: None,
                 },
             );
         }
@@ -1015,9 +1089,16 @@ impl LaminarDB {
                 instances: instance_nodes,
                 exchange,
                 late_input: None,
+                view,
             },
         );
-        Ok((node, active))
+        let pending = PendingInputs {
+            name: name.to_string(),
+            node: inputs_of,
+            upstreams,
+            seeded,
+        };
+        Ok((node, active, pending))
     }
 
     fn start_query(
@@ -1036,11 +1117,12 @@ impl LaminarDB {
         let name = format!("__query_{id}");
         let plan = self.plan(query, clauses)?;
         let schema = plan.output_schema.clone();
-        let (node, active) = self.install_stream(&name, sql, plan, Some(id))?;
+        let (node, active, pending) = self.install_stream(&name, sql, plan, Some(id), None)?;
         let rx = self
             .inner
             .runtime
             .attach(&node, self.inner.config.subscription_buffer, false);
+        self.connect_pending(pending)?;
         Ok(QueryHandle {
             id,
             schema,
@@ -1184,8 +1266,16 @@ impl LaminarDB {
         if c.or_replace {
             self.remove_object(&c.name);
         }
+        // A new sink reading a materialized view starts from its contents.
+        let seeded = !self
+            .inner
+            .durability
+            .as_ref()
+            .is_some_and(|d| d.is_recovering(&c.name));
         let metrics = Arc::new(NodeMetrics::default());
         let mut catalog = self.inner.catalog.write();
+        // The sink node's inputs, connected once the sink's runner reads its output.
+        let mut sink_inputs = Vec::new();
         // A node in front of the sink when it filters, or when it has no connector (the
         // node is then the sink's subscribable in-memory endpoint).
         let node = match (plan, connector.is_none()) {
@@ -1196,11 +1286,12 @@ impl LaminarDB {
                     .filter_map(|i| catalog.relation_node(i))
                     .collect::<Vec<_>>();
                 let op = self.make_operator(&c.name, &plan, &metrics, None, false)?;
-                Some(
-                    self.inner
-                        .runtime
-                        .add_node(&c.name, op, metrics.clone(), &upstreams),
-                )
+                let node = self
+                    .inner
+                    .runtime
+                    .add_node(&c.name, op, metrics.clone(), &[]);
+                sink_inputs = upstreams;
+                Some(node)
             }
             (None, true) => {
                 let upstream = catalog
@@ -1208,11 +1299,12 @@ impl LaminarDB {
                     .into_iter()
                     .collect::<Vec<_>>();
                 let op = StatelessOperator::new(&c.name, vec![Vec::new()], schema.clone());
-                Some(
-                    self.inner
-                        .runtime
-                        .add_node(&c.name, Box::new(op), metrics.clone(), &upstream),
-                )
+                let node = self
+                    .inner
+                    .runtime
+                    .add_node(&c.name, Box::new(op), metrics.clone(), &[]);
+                sink_inputs = upstream;
+                Some(node)
             }
             (None, false) => None,
         };
@@ -1222,11 +1314,16 @@ impl LaminarDB {
                     .clone()
                     .or_else(|| catalog.relation_node(&input))
                     .ok_or_else(|| DbError::Engine(format!("relation '{input}' vanished")))?;
-                let rx = self.inner.runtime.attach(
-                    &feeding,
-                    self.inner.config.subscription_buffer,
-                    true,
-                );
+                let rx = if seeded && node.is_none() && feeding.has_seeder() {
+                    self.inner
+                        .runtime
+                        .attach_seeded(&feeding, self.inner.config.subscription_buffer, true)
+                        .map_err(|e| self.seed_error(&c.name, e))?
+                } else {
+                    self.inner
+                        .runtime
+                        .attach(&feeding, self.inner.config.subscription_buffer, true)
+                };
                 SinkRunner::start(
                     &self.inner.io_handle,
                     c.name.clone(),
@@ -1238,6 +1335,12 @@ impl LaminarDB {
                 )
             }
             None => SinkRunner::none(),
+        };
+        let pending = PendingInputs {
+            name: c.name.clone(),
+            node: node.clone(),
+            upstreams: sink_inputs,
+            seeded,
         };
         catalog.sinks.insert(
             c.name.clone(),
@@ -1252,6 +1355,8 @@ impl LaminarDB {
                 runner,
             },
         );
+        drop(catalog);
+        self.connect_pending(pending)?;
         Ok(c.name)
     }
 
@@ -1275,11 +1380,20 @@ impl LaminarDB {
             ObjectKind::Stream => catalog
                 .streams
                 .get(name)
-                .is_some_and(|s| s.query_id.is_none()),
+                .is_some_and(|s| s.query_id.is_none() && s.view.is_none()),
             ObjectKind::Sink => catalog.sinks.contains_key(name),
             ObjectKind::Table => catalog.tables.contains_key(name),
-            ObjectKind::MaterializedView => false,
+            ObjectKind::MaterializedView => {
+                catalog.streams.get(name).is_some_and(|s| s.view.is_some())
+            }
         };
+        if !exists && let Some(actual) = catalog.kind_of(name) {
+            return Err(SqlError::Invalid(format!(
+                "'{name}' is a {actual}, not a {kind_name}: drop it with DROP {}",
+                actual.to_uppercase()
+            ))
+            .into());
+        }
         if !exists {
             if if_exists {
                 return Ok(name.to_string());
@@ -1294,7 +1408,12 @@ impl LaminarDB {
                     .collect(),
                 ObjectKind::Sink => catalog.sinks.keys().cloned().collect(),
                 ObjectKind::Table => catalog.tables.keys().cloned().collect(),
-                _ => Vec::new(),
+                ObjectKind::MaterializedView => catalog
+                    .streams
+                    .values()
+                    .filter(|s| s.view.is_some())
+                    .map(|s| s.name.clone())
+                    .collect(),
             };
             return Err(DbError::NotFound {
                 kind: kind_name,
@@ -1303,14 +1422,22 @@ impl LaminarDB {
             });
         }
         let dependents = catalog.dependents(name);
+        let deep = catalog.dependents_deep(name);
         drop(catalog);
+        if cascade && kind != ObjectKind::MaterializedView {
+            return Err(SqlError::not_supported(
+                format!("DROP {} ... CASCADE", kind.keyword()),
+                Some("CASCADE drops materialized views; drop the dependants first"),
+            )
+            .into());
+        }
         if !dependents.is_empty() {
             if cascade {
-                return Err(SqlError::not_supported(
-                    format!("DROP {} ... CASCADE", kind.keyword()),
-                    Some("drop the dependants first"),
-                )
-                .into());
+                for dependent in deep {
+                    self.remove_dependent(&dependent);
+                }
+                self.remove_object(name);
+                return Ok(name.to_string());
             }
             return Err(DbError::HasDependents {
                 kind: kind_name,
@@ -1329,6 +1456,50 @@ impl LaminarDB {
             self.inner.runtime.remove_node(node);
         }
         self.inner.runtime.remove_node(&stream.node);
+        if let Some(view) = &stream.view {
+            self.inner.runtime.remove_node(&view.node);
+        }
+    }
+
+    /// Removes an object found by [`crate::catalog::Catalog::dependents_deep`]: a query is
+    /// cancelled, anything else dropped.
+    fn remove_dependent(&self, name: &str) {
+        match name
+            .strip_prefix("__query_")
+            .and_then(|id| id.parse::<u64>().ok())
+        {
+            Some(id) => {
+                let _ = self.cancel_query(id);
+            }
+            None => self.remove_object(name),
+        }
+    }
+
+    /// Connects a new stream's inputs, once everything reading its output is in place (a
+    /// reader of a view receives the view's contents at once). On failure the stream is
+    /// removed again.
+    fn connect_pending(&self, pending: PendingInputs) -> Result<(), DbError> {
+        let runtime = &self.inner.runtime;
+        let Some(node) = &pending.node else {
+            return Ok(());
+        };
+        if !pending.seeded {
+            runtime.connect_inputs(node, &pending.upstreams);
+            return Ok(());
+        }
+        runtime
+            .connect_inputs_seeded(node, &pending.upstreams)
+            .map_err(|e| {
+                self.remove_object(&pending.name);
+                self.seed_error(&pending.name, e)
+            })
+    }
+
+    /// The error of a new reader of a view that could not be given the view's contents.
+    fn seed_error(&self, name: &str, e: laminar_core::CoreError) -> DbError {
+        DbError::Engine(format!(
+            "'{name}' cannot start from the contents of the materialized view it reads: {e}"
+        ))
     }
 
     /// Removes an object (no dependency checks) and stops what runs for it.
@@ -1410,7 +1581,7 @@ impl LaminarDB {
                 catalog
                     .streams
                     .values()
-                    .filter(|s| s.query_id.is_none())
+                    .filter(|s| s.query_id.is_none() && s.view.is_none())
                     .map(|s| s.name.clone())
                     .collect(),
             ),
@@ -1419,14 +1590,25 @@ impl LaminarDB {
                 drop(catalog);
                 self.show_tables()
             }
-            ShowKind::MaterializedViews => batch(
-                &[
-                    ("view_name", DataType::Utf8),
-                    ("sql", DataType::Utf8),
-                    ("state", DataType::Utf8),
-                ],
-                vec![strings(vec![]), strings(vec![]), strings(vec![])],
-            ),
+            ShowKind::MaterializedViews => {
+                let views: Vec<&StreamEntry> = catalog
+                    .streams
+                    .values()
+                    .filter(|s| s.view.is_some())
+                    .collect();
+                batch(
+                    &[
+                        ("view_name", DataType::Utf8),
+                        ("sql", DataType::Utf8),
+                        ("state", DataType::Utf8),
+                    ],
+                    vec![
+                        strings(views.iter().map(|s| s.name.clone()).collect()),
+                        strings(views.iter().map(|s| s.sql.clone()).collect()),
+                        strings(views.iter().map(|s| crate::views::view_state(s)).collect()),
+                    ],
+                )
+            }
             ShowKind::Queries => {
                 let mut rows: Vec<(u64, String, bool)> = catalog
                     .streams
@@ -1462,6 +1644,16 @@ impl LaminarDB {
             }
         }
     }
+}
+
+/// The inputs of a stream just installed, connected by `connect_pending` once its readers
+/// are attached.
+pub(crate) struct PendingInputs {
+    name: String,
+    node: Option<Arc<laminar_core::runtime::Node>>,
+    upstreams: Vec<Arc<laminar_core::runtime::Node>>,
+    /// Readers of materialized views start from their contents.
+    seeded: bool,
 }
 
 /// Connector options merged with the `FORMAT x WITH (...)` options (a key given in both is an
@@ -1547,6 +1739,7 @@ pub(crate) fn compile_predicate(
                 event_time: None,
                 keyed_watermark: None,
                 table: None,
+                view: None,
             })
         }
         fn relation_names(&self) -> Vec<String> {
@@ -1589,12 +1782,14 @@ pub(crate) async fn bounded_query(db: &LaminarDB, sql: &str) -> Result<Vec<Recor
         let catalog = db.inner.catalog.read();
         db.inner.planner.logical_plan(&query, &*catalog)?
     };
-    if laminar_sql::plan::reads_streams(&plan, &*db.inner.catalog.read()) {
+    if laminar_sql::plan::reads_relations(&plan)
+        && !laminar_sql::plan::reads_only_snapshots(&plan, &*db.inner.catalog.read())
+    {
         return Err(DbError::InvalidOperation(
             "this query reads a source or stream, which is unbounded: run it with execute() to get a continuous QueryHandle".into(),
         ));
     }
-    // Tables (and constants) only: a snapshot query.
+    // Tables, materialized views and constants only: a snapshot query.
     db.snapshot_query(&query).await
 }
 

@@ -43,6 +43,7 @@ mod metrics;
 mod runners;
 mod subscription;
 mod tables;
+mod views;
 
 pub use config::{
     BackpressureStrategy, DbConfig, LaminarDbBuilder, StorageConfig, default_workers,

@@ -490,6 +490,18 @@ fn events_of(batch: RecordBatch, sequence: &mut u64) -> Vec<ChangeEvent> {
     out
 }
 
+/// The batch without its `_op` column (snapshot rows are the view's rows).
+fn without_op(batch: RecordBatch) -> RecordBatch {
+    match batch.schema().index_of(laminar_core::OP_COLUMN) {
+        Ok(index) => {
+            let mut batch = batch;
+            batch.remove_column(index);
+            batch
+        }
+        Err(_) => batch,
+    }
+}
+
 /// Starts the dispatcher of a push subscription.
 pub(crate) fn start_push(
     io: &tokio::runtime::Handle,
@@ -511,11 +523,14 @@ pub(crate) fn start_push(
     });
     let cancelled = Arc::new(AtomicBool::new(false));
     let policy = config.backpressure;
+    let snapshot = config.send_snapshot;
     {
         let buffer = buffer.clone();
         let cancelled = cancelled.clone();
         let name = name.to_string();
-        io.spawn_blocking(move || dispatch(&name, rx, &buffer, &cancelled, policy, filter));
+        io.spawn_blocking(move || {
+            dispatch(&name, rx, &buffer, &cancelled, policy, filter, snapshot)
+        });
     }
     PushSubscription {
         buffer,
@@ -531,9 +546,12 @@ fn dispatch(
     cancelled: &AtomicBool,
     policy: SubscriptionBackpressure,
     filter: Option<Step>,
+    snapshot: bool,
 ) {
     let mut sequence = 0u64;
     let mut seen = 0u64;
+    // With `send_snapshot` the first batch on the edge is the view's contents.
+    let mut snapshot_pending = snapshot;
     while !cancelled.load(Ordering::SeqCst) {
         let msg = match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(m) => m,
@@ -562,10 +580,18 @@ fn dispatch(
                     }
                     _ => batch,
                 };
-                if batch.num_rows() == 0 {
+                if std::mem::take(&mut snapshot_pending) {
+                    sequence += 1;
+                    vec![ChangeEvent::Snapshot(EventData {
+                        batch: Arc::new(without_op(batch)),
+                        timestamp: now_ms(),
+                        sequence,
+                    })]
+                } else if batch.num_rows() == 0 {
                     continue;
+                } else {
+                    events_of(batch, &mut sequence)
                 }
-                events_of(batch, &mut sequence)
             }
             Message::Watermark(w) => vec![ChangeEvent::Watermark(w)],
             Message::End => break,

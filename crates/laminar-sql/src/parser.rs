@@ -126,6 +126,8 @@ pub struct CreateStream {
     pub query: Box<Query>,
     /// Trailing streaming clauses.
     pub clauses: StreamingClauses,
+    /// `CREATE MATERIALIZED VIEW`: the query's current result is kept and queryable.
+    pub materialized: bool,
 }
 
 /// `CREATE TABLE`: a keyed reference table.
@@ -270,6 +272,7 @@ impl StreamingStatement {
     pub fn statement_type(&self) -> &'static str {
         match self {
             StreamingStatement::CreateSource(_) => "CREATE SOURCE",
+            StreamingStatement::CreateStream(c) if c.materialized => "CREATE MATERIALIZED VIEW",
             StreamingStatement::CreateStream(_) => "CREATE STREAM",
             StreamingStatement::CreateSink(_) => "CREATE SINK",
             StreamingStatement::CreateTable(_) => "CREATE TABLE",

@@ -12,7 +12,7 @@ mod window;
 
 pub use aggregate::AggregatePlan;
 pub use join::JoinPlan;
-pub use lower::{reads_relations, reads_streams};
+pub use lower::{reads_only_snapshots, reads_relations};
 pub use window::{parse_emit, parse_lateness};
 
 use std::sync::Arc;
@@ -50,6 +50,9 @@ pub struct RelationInfo {
     /// For a reference table (`CREATE TABLE`): its store. Tables are bounded: they can be
     /// queried as snapshots and joined, not read as streams.
     pub table: Option<laminar_core::table::TableRef>,
+    /// For a materialized view: its contents. Snapshot queries read them; continuous
+    /// queries read the view's changelog.
+    pub view: Option<std::sync::Arc<laminar_core::operator::ViewStore>>,
 }
 
 /// The catalog as the planner sees it.
@@ -217,6 +220,30 @@ impl Planner {
             }
         };
         lower::lower(&logical, catalog, clauses)
+    }
+
+    /// Names of the functions a query calls whose result is not determined by their
+    /// arguments (`random()`, `now()`, `uuid()`): volatile or stable in DataFusion's terms.
+    pub fn non_deterministic_functions(&self, query: &Query) -> Vec<String> {
+        use datafusion::logical_expr::Volatility;
+        use sqlparser::ast::{Expr as SqlExpr, visit_expressions};
+        let mut found: Vec<String> = Vec::new();
+        let _ = visit_expressions(query, |expr| {
+            if let SqlExpr::Function(f) = expr {
+                let name = f.name.to_string().to_lowercase();
+                if self
+                    .state
+                    .scalar_functions()
+                    .get(&name)
+                    .is_some_and(|udf| udf.signature().volatility != Volatility::Immutable)
+                    && !found.contains(&name)
+                {
+                    found.push(name);
+                }
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+        found
     }
 
     /// Plans a query to a type-coerced DataFusion logical plan.

@@ -61,7 +61,13 @@ pub struct Node {
     finished: AtomicBool,
     retired: AtomicBool,
     observer: Mutex<Option<Arc<dyn CheckpointObserver>>>,
+    seeder: Mutex<Option<Seeder>>,
 }
+
+/// What a new reader of a node receives before the node's live output, taken while no
+/// output is being produced: a materialized view's current contents and watermark. The first
+/// message is always a batch (possibly empty).
+pub type Seeder = Arc<dyn Fn() -> Result<Vec<Message>> + Send + Sync>;
 
 /// An operator's state taken at a checkpoint barrier.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +122,7 @@ impl Node {
             finished: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             observer: Mutex::new(None),
+            seeder: Mutex::new(None),
         }
     }
 
@@ -142,6 +149,16 @@ impl Node {
     /// Sets who receives this node's checkpoint snapshots.
     pub fn set_checkpoint_observer(&self, observer: Option<Arc<dyn CheckpointObserver>>) {
         *self.observer.lock() = observer;
+    }
+
+    /// Sets what new readers that ask for it receive first (see [`Seeder`]).
+    pub fn set_seeder(&self, seeder: Option<Seeder>) {
+        *self.seeder.lock() = seeder;
+    }
+
+    /// True when the node has a [`Seeder`].
+    pub fn has_seeder(&self) -> bool {
+        self.seeder.lock().is_some()
     }
 
     /// True when the node was removed from the graph.
@@ -193,24 +210,67 @@ impl Node {
         rx
     }
 
-    /// Adds an outgoing edge to an external consumer.
+    /// Adds an outgoing edge to another node that starts with the node's seed (its
+    /// [`Seeder`]'s messages, taken under the output lock, so the edge then carries exactly
+    /// the output produced after them); empty batches of the seed are left out. Returns the
+    /// receiver and whether a seed was sent (`false`: the node has no seeder).
+    pub(crate) fn connect_seeded(
+        &self,
+        shared: &Arc<RuntimeShared>,
+        target: &Arc<Node>,
+        capacity: usize,
+    ) -> Result<(Receiver<Message>, bool)> {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let mut edge = OutEdge::new(tx, Some(target.worker), true);
+        let mut outputs = self.outputs.lock();
+        let seeder = self.seeder.lock().clone();
+        let seeded = match seeder {
+            Some(seeder) => {
+                for msg in seeder()? {
+                    if !matches!(&msg, Message::Batch(b) if b.num_rows() == 0) {
+                        edge.offer(shared, msg);
+                    }
+                }
+                true
+            }
+            None => false,
+        };
+        if self.is_finished() {
+            edge.offer(shared, Message::End);
+        }
+        outputs.push(edge);
+        Ok((rx, seeded))
+    }
+
+    /// Adds an outgoing edge to an external consumer; with `seeded`, it starts with the
+    /// node's seed (see [`Node::connect_seeded`]; the batch is sent even when empty).
     pub(crate) fn connect_external(
         &self,
         shared: &Arc<RuntimeShared>,
         capacity: usize,
         counted: bool,
-    ) -> EdgeReceiver {
+        seeded: bool,
+    ) -> Result<EdgeReceiver> {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
         let mut edge = OutEdge::new(tx, None, counted);
         let mut outputs = self.outputs.lock();
-        if let Some(w) = self.output_watermark() {
+        let seeder = if seeded {
+            self.seeder.lock().clone()
+        } else {
+            None
+        };
+        if let Some(seeder) = seeder {
+            for msg in seeder()? {
+                edge.offer(shared, msg);
+            }
+        } else if let Some(w) = self.output_watermark() {
             edge.offer(shared, Message::Watermark(w));
         }
         if self.is_finished() {
             edge.offer(shared, Message::End);
         }
         outputs.push(edge);
-        EdgeReceiver::new(rx, shared.clone(), counted)
+        Ok(EdgeReceiver::new(rx, shared.clone(), counted))
     }
 
     /// Stops the node: queued input and outbox messages are discarded (and uncounted).

@@ -6,6 +6,7 @@
 //! - `robustness`: hostile SQL and batches never panic.
 //! - `tables`: reference tables through the Rust API and loaded from files.
 //! - `durability`: checkpoints, recovery from each of them, changed definitions, corruption.
+//! - `views`: materialized views: snapshots, subscriptions, recovery, the differential test.
 
 mod api;
 mod differential;
@@ -18,3 +19,4 @@ mod robustness;
 mod slt;
 mod tables;
 mod util;
+mod views;

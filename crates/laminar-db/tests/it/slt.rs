@@ -170,15 +170,20 @@ impl AsyncDB for Harness {
             .map_err(|e| HarnessError(format!("[{}] {e}", e.code())))?;
         match result {
             ExecuteResult::Ddl(info) => {
-                if info.statement_type == "CREATE STREAM" {
-                    // The stream and any LATE DATA TO stream it created.
-                    let streams = match self.db.execute("SHOW STREAMS").await {
+                if info.statement_type == "CREATE STREAM"
+                    || info.statement_type == "CREATE MATERIALIZED VIEW"
+                {
+                    // The stream (or view) and any LATE DATA TO stream it created.
+                    let mut streams = match self.db.execute("SHOW STREAMS").await {
                         Ok(ExecuteResult::Metadata(batch)) => rows(std::slice::from_ref(&batch))
                             .into_iter()
                             .filter_map(|r| r.into_iter().next())
                             .collect::<Vec<_>>(),
-                        _ => vec![info.object_name.clone()],
+                        _ => Vec::new(),
                     };
+                    streams.push(info.object_name.clone());
+                    // A new view first takes in the contents of the views it reads.
+                    self.db.wait_idle(WAIT);
                     for name in streams {
                         if self.subscriptions.contains_key(&name) {
                             continue;

@@ -266,10 +266,7 @@ fn parse_create(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatemen
         Some("SOURCE") => parse_create_source(ts, start),
         Some("STREAM") => parse_create_stream(ts, start),
         Some("SINK") => parse_create_sink(ts, start),
-        Some("MATERIALIZED") => Err(SqlError::not_supported(
-            "CREATE MATERIALIZED VIEW",
-            Some("use CREATE STREAM for an append-only continuous query"),
-        )),
+        Some("MATERIALIZED") => parse_create_stream(ts, start),
         Some("TABLE") => parse_create_table(ts, start),
         _ => {
             let mut p = ts.parser(start, ts.len());
@@ -291,7 +288,9 @@ fn parse_create(ts: &mut TokenStream, start: usize) -> PResult<StreamingStatemen
 fn parse_create_prefix(p: &mut Parser<'_>, kind: &str) -> PResult<(bool, bool, String)> {
     p.expect_keyword(Keyword::CREATE).map_err(pe(p))?;
     let or_replace = p.parse_keywords(&[Keyword::OR, Keyword::REPLACE]);
-    expect_word(p, kind)?;
+    for kind_word in kind.split(' ') {
+        expect_word(p, kind_word)?;
+    }
     let if_not_exists = p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
     let name = p.parse_object_name(false).map_err(pe(p))?;
     let name = normalize_name(&name)?;
@@ -357,7 +356,14 @@ fn parse_create_stream(ts: &mut TokenStream, start: usize) -> PResult<StreamingS
     let cut = clause_cut(ts, start);
     let clauses = parse_clauses(ts, cut)?;
     let mut p = ts.parser(start, cut);
-    let (or_replace, if_not_exists, name) = parse_create_prefix(&mut p, "STREAM")?;
+    let materialized = word(ts, start + 1).as_deref() == Some("MATERIALIZED")
+        || word(ts, start + 3).as_deref() == Some("MATERIALIZED");
+    let kind = if materialized {
+        "MATERIALIZED VIEW"
+    } else {
+        "STREAM"
+    };
+    let (or_replace, if_not_exists, name) = parse_create_prefix(&mut p, kind)?;
     let options = if p.parse_keyword(Keyword::WITH) {
         parse_options(&mut p)?
     } else {
@@ -374,6 +380,7 @@ fn parse_create_stream(ts: &mut TokenStream, start: usize) -> PResult<StreamingS
         options,
         query,
         clauses,
+        materialized,
     }))
 }
 

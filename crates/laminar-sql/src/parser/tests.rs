@@ -133,12 +133,6 @@ fn syntax_errors_have_positions() {
 
 #[test]
 fn unsupported_statements_are_named() {
-    let e = parse_statement("CREATE MATERIALIZED VIEW v AS SELECT 1").unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("CREATE MATERIALIZED VIEW is not supported yet"),
-        "{e}"
-    );
     let e = parse_statement("UPDATE s SET a = 1").unwrap_err();
     assert!(e.to_string().contains("not supported"), "{e}");
 }
@@ -184,4 +178,29 @@ fn unknown_emit_forms_are_parse_errors() {
     let e = parse_statement("CREATE STREAM x AS SELECT k, COUNT(*) FROM s GROUP BY k EMIT NEVER")
         .unwrap_err();
     assert!(e.to_string().contains("valid forms"), "{e}");
+}
+
+#[test]
+fn materialized_views_parse_like_streams() {
+    let StreamingStatement::CreateStream(c) = parse(
+        "CREATE OR REPLACE MATERIALIZED VIEW v WITH ('memory.budget' = '1MB') AS SELECT k, COUNT(*) FROM s GROUP BY k EMIT CHANGES",
+    ) else {
+        panic!("expected CREATE MATERIALIZED VIEW")
+    };
+    assert!(c.materialized && c.or_replace && !c.if_not_exists);
+    assert_eq!(c.name, "v");
+    assert_eq!(c.options, vec![("memory.budget".into(), "1MB".into())]);
+    assert_eq!(c.clauses.emit.as_deref(), Some("CHANGES"));
+    let StreamingStatement::CreateStream(c) =
+        parse("create materialized view if not exists v as select 1")
+    else {
+        panic!("expected CREATE MATERIALIZED VIEW")
+    };
+    assert!(c.materialized && c.if_not_exists);
+    let StreamingStatement::CreateStream(c) = parse("CREATE STREAM v AS SELECT 1") else {
+        panic!("expected CREATE STREAM")
+    };
+    assert!(!c.materialized);
+    let e = parse_statement("CREATE MATERIALIZED v AS SELECT 1").unwrap_err();
+    assert!(e.to_string().contains("VIEW"), "{e}");
 }

@@ -256,10 +256,8 @@ fn lower_aggregate(
                     .map(|e| compile(&replace_window_end(e)?, &schema))
                     .collect::<Result<Vec<_>, _>>()?;
                 time_column = time_column.and_then(|(index, _)| {
-                    p.expr
-                        .iter()
-                        .enumerate()
-                        .find_map(|(i, e)| match e.clone().unalias() {
+                    p.expr.iter().enumerate().find_map(|(i, e)| {
+                        match time_preserving(e.clone().unalias(), &schema) {
                             Expr::Column(c) if schema.index_of_column(&c).ok() == Some(index) => {
                                 Some((
                                     i,
@@ -274,7 +272,8 @@ fn lower_aggregate(
                                 Some((i, OutputTime::WindowEnd))
                             }
                             _ => None,
-                        })
+                        }
+                    })
                 });
                 descriptions.push(describe_projection(&p.expr));
                 post.push(Step::Project {
@@ -421,6 +420,36 @@ fn check_time_column(
 }
 
 /// `first_value(x)` / `last_value(x)` without ORDER BY order by event time.
+/// A cast of a column that keeps its value as event time (epoch milliseconds or a
+/// timestamp), e.g. `CAST(tumble(ts, ..) AS BIGINT)` over a BIGINT or millisecond-timestamp
+/// window, is the column itself; other expressions are returned unchanged.
+fn time_preserving(expr: Expr, schema: &datafusion::common::DFSchema) -> Expr {
+    use datafusion::arrow::datatypes::TimeUnit;
+    let Expr::Cast(cast) = &expr else {
+        return expr;
+    };
+    let Expr::Column(c) = cast.expr.as_ref() else {
+        return expr;
+    };
+    let Ok(field) = datafusion::common::ExprSchema::field_from_column(schema, c) else {
+        return expr;
+    };
+    let keeps = matches!(
+        (field.data_type(), cast.field.data_type()),
+        (DataType::Int64, DataType::Int64)
+            | (
+                DataType::Timestamp(TimeUnit::Millisecond, _),
+                DataType::Int64
+            )
+            | (
+                DataType::Int64,
+                DataType::Timestamp(TimeUnit::Millisecond, _)
+            )
+            | (DataType::Timestamp(_, _), DataType::Timestamp(_, _))
+    );
+    if keeps { Expr::Column(c.clone()) } else { expr }
+}
+
 fn order_by_event_time(
     expr: &Expr,
     event_time: Option<(Option<&datafusion::common::TableReference>, &Arc<Field>)>,

@@ -100,20 +100,77 @@ pub(super) fn peel_stateless(plan: &LogicalPlan) -> (Vec<&LogicalPlan>, &Logical
     (post_nodes, node)
 }
 
-/// True when the plan reads a source or stream (tables are bounded and do not count).
-pub fn reads_streams(plan: &LogicalPlan, catalog: &dyn SchemaCatalog) -> bool {
-    let mut found = false;
+/// True when every relation the plan reads is a table or a materialized view: a snapshot
+/// query.
+pub fn reads_only_snapshots(plan: &LogicalPlan, catalog: &dyn SchemaCatalog) -> bool {
+    let mut all = true;
     let _ = plan.apply(|node| {
         if let LogicalPlan::TableScan(scan) = node
             && catalog
                 .relation(scan.table_name.table())
-                .is_none_or(|r| r.table.is_none())
+                .is_none_or(|r| r.table.is_none() && r.view.is_none())
         {
-            found = true;
+            all = false;
         }
         Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
     });
-    found
+    all && reads_relations(plan)
+}
+
+/// A filter/projection over a changelog passes every change on with its weight: when the
+/// query reads a changelog (a relation with `_op`) and its `SELECT` list leaves `_op` out,
+/// `_op` is appended to the output. `None` when nothing needs changing.
+fn keep_changes(
+    plan: &LogicalPlan,
+    catalog: &dyn SchemaCatalog,
+) -> Result<Option<LogicalPlan>, SqlError> {
+    use laminar_core::message::OP_COLUMN;
+    if plan
+        .schema()
+        .index_of_column_by_name(None, OP_COLUMN)
+        .is_some()
+    {
+        return Ok(None);
+    }
+    let mut reads_changelog = false;
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && catalog
+                .relation(scan.table_name.table())
+                .is_some_and(|r| laminar_core::message::is_changelog(&r.schema))
+        {
+            reads_changelog = true;
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    if !reads_changelog {
+        return Ok(None);
+    }
+    let refused = || {
+        SqlError::not_supported(
+            "this query over a changelog (an input with _op)",
+            Some("select the changes' _op column, or aggregate them"),
+        )
+    };
+    let LogicalPlan::Projection(projection) = plan else {
+        return Err(refused());
+    };
+    let Some((qualifier, field)) = projection
+        .input
+        .schema()
+        .iter()
+        .find(|(_, f)| f.name() == OP_COLUMN)
+    else {
+        return Err(refused());
+    };
+    let mut exprs = projection.expr.clone();
+    exprs.push(Expr::Column(datafusion::common::Column::new(
+        qualifier.cloned(),
+        field.name(),
+    )));
+    datafusion::logical_expr::Projection::try_new(exprs, projection.input.clone())
+        .map(|p| Some(LogicalPlan::Projection(p)))
+        .map_err(SqlError::Plan)
 }
 
 /// True when the plan reads any catalog relation.
@@ -155,6 +212,8 @@ pub(crate) fn lower(
             "window functions (tumble, hop, session, cumulate, window_start, window_end) need a GROUP BY over the window".into(),
         ));
     }
+    let kept_changes = keep_changes(plan, catalog)?;
+    let plan = kept_changes.as_ref().unwrap_or(plan);
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     let mut branches = lower_node(plan, catalog)?;
     // Every chain ends in exactly the output schema (names, types, nullability), so batches

@@ -22,6 +22,9 @@ pub(crate) struct CatalogProvider<'a> {
     missing: RefCell<Option<String>>,
     /// Tables carry their current rows (for snapshot queries that execute the plan).
     snapshots: bool,
+    /// The rows of each view read so far: a query that reads a view twice reads one
+    /// snapshot of it.
+    taken: RefCell<std::collections::HashMap<String, arrow::record_batch::RecordBatch>>,
 }
 
 impl<'a> CatalogProvider<'a> {
@@ -31,6 +34,7 @@ impl<'a> CatalogProvider<'a> {
             state,
             missing: RefCell::new(None),
             snapshots: false,
+            taken: RefCell::default(),
         }
     }
 
@@ -59,6 +63,29 @@ impl ContextProvider for CatalogProvider<'_> {
                         info.schema.clone(),
                         vec![vec![rows]],
                     )?;
+                    Ok(provider_as_source(Arc::new(table)))
+                }
+                (None, true) if info.view.is_some() => {
+                    let taken = self.taken.borrow().get(table).cloned();
+                    let rows = match (taken, &info.view) {
+                        (Some(rows), _) => rows,
+                        (None, Some(view)) => {
+                            let rows = view
+                                .snapshot()
+                                .map_err(|e| DataFusionError::Execution(e.to_string()))?;
+                            self.taken
+                                .borrow_mut()
+                                .insert(table.to_string(), rows.clone());
+                            rows
+                        }
+                        (None, None) => {
+                            return Err(DataFusionError::Internal(format!(
+                                "view '{table}' has no contents"
+                            )));
+                        }
+                    };
+                    let table =
+                        datafusion::datasource::MemTable::try_new(rows.schema(), vec![vec![rows]])?;
                     Ok(provider_as_source(Arc::new(table)))
                 }
                 _ => Ok(provider_as_source(Arc::new(EmptyTable::new(info.schema)))),

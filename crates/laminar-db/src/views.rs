@@ -1,0 +1,151 @@
+//! Materialized views (`CREATE MATERIALIZED VIEW`): the settings and checks of a view
+//! definition and the node that keeps its contents.
+//!
+//! A view is a stream whose output goes through one more node, `<view>[view]`, running a
+//! [`ViewOperator`]: it applies every change to the view's [`ViewStore`] and passes it on.
+//! Everything that reads the view (streams, views, sinks, subscriptions) is connected to that
+//! node; a new reader first receives the view's contents (the node's seeder, taken while no
+//! change is being applied), then every later change. Snapshot queries (`SELECT .. FROM
+//! view`) read the store.
+
+use std::sync::Arc;
+
+use laminar_core::message::Message;
+use laminar_core::metrics::NodeMetrics;
+use laminar_core::operator::{Operator, ViewOperator, ViewStore};
+use laminar_core::runtime::{Node, Runtime};
+use laminar_sql::plan::{Planner, StreamPlan};
+use sqlparser::ast::Query;
+
+use crate::catalog::{StreamEntry, ViewEntry};
+use crate::durability::StateChain;
+use crate::error::DbError;
+
+/// The `WITH (..)` options of a view.
+pub(crate) struct ViewSettings {
+    /// `memory.budget`: the most bytes the view's contents may take.
+    pub(crate) budget: Option<u64>,
+}
+
+/// Reads a view's options; unknown keys and bad values are errors naming them.
+pub(crate) fn view_settings(
+    name: &str,
+    options: &[(String, String)],
+) -> Result<ViewSettings, DbError> {
+    let mut settings = ViewSettings { budget: None };
+    for (key, value) in options {
+        match crate::execute::normalized_option(key).as_str() {
+            "memory.budget" => {
+                let bytes = laminar_connectors::parse_size(value).map_err(|e| {
+                    DbError::MaterializedView(format!(
+                        "materialized view '{name}': invalid memory.budget '{value}': {e}"
+                    ))
+                })?;
+                if bytes == 0 {
+                    return Err(DbError::MaterializedView(format!(
+                        "materialized view '{name}': memory.budget must be positive"
+                    )));
+                }
+                settings.budget = Some(bytes);
+            }
+            _ => {
+                return Err(DbError::MaterializedView(format!(
+                    "materialized view '{name}': unknown option '{key}' (known: memory.budget)"
+                )));
+            }
+        }
+    }
+    Ok(settings)
+}
+
+/// Refuses view bodies that cannot be maintained incrementally: non-deterministic
+/// functions (their value would differ between the maintained result and a re-computation)
+/// and `ORDER BY` without `LIMIT` (a view's rows have no order).
+pub(crate) fn check_view_query(
+    planner: &Planner,
+    name: &str,
+    query: &Query,
+) -> Result<(), DbError> {
+    let functions = planner.non_deterministic_functions(query);
+    if !functions.is_empty() {
+        return Err(DbError::MaterializedView(format!(
+            "materialized view '{name}' calls {}, whose result is not determined by its arguments; a view's contents must be a function of its input (compute such values in the source or in the query that reads the view)",
+            functions
+                .iter()
+                .map(|f| format!("{f}()"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if query.order_by.is_some() && query.limit_clause.is_none() {
+        return Err(DbError::MaterializedView(format!(
+            "materialized view '{name}': ORDER BY without LIMIT has no meaning for a view, whose rows have no order; order the rows in the SELECT that reads the view"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a planned view query whose rows the view cannot hold.
+pub(crate) fn check_view_plan(name: &str, plan: &StreamPlan) -> Result<(), DbError> {
+    ViewStore::new(name, &plan.output_schema, None)
+        .map(|_| ())
+        .map_err(|e| DbError::MaterializedView(e.to_string()))
+}
+
+/// Adds the node that keeps a view's contents behind its query's node, restoring them from
+/// `state` when the view is re-created from a checkpoint.
+pub(crate) fn install_view_node(
+    runtime: &Runtime,
+    name: &str,
+    query_node: &Arc<Node>,
+    settings: &ViewSettings,
+    state: Option<StateChain>,
+) -> Result<ViewEntry, DbError> {
+    let output = query_node.schema();
+    let store = ViewStore::new(name, &output, settings.budget)
+        .map_err(|e| DbError::MaterializedView(e.to_string()))?;
+    let mut operator = ViewOperator::new(store.clone(), output);
+    if let Some(state) = state {
+        operator
+            .restore_chain(&state.base, &state.deltas)
+            .map_err(|e| {
+                DbError::Checkpoint(format!(
+                    "materialized view '{name}': cannot restore its checkpointed contents: {e}"
+                ))
+            })?;
+    }
+    let metrics = Arc::new(NodeMetrics::default());
+    let node = runtime.add_node(
+        &format!("{name}[view]"),
+        Box::new(operator),
+        metrics.clone(),
+        std::slice::from_ref(query_node),
+    );
+    let seed_store = store.clone();
+    node.set_seeder(Some(Arc::new(move || {
+        let mut seed = vec![Message::Batch(seed_store.snapshot_as_inserts()?)];
+        seed.extend(seed_store.watermark().map(Message::Watermark));
+        Ok(seed)
+    })));
+    Ok(ViewEntry {
+        node,
+        metrics,
+        store,
+    })
+}
+
+/// The `state` column of `SHOW MATERIALIZED VIEWS`.
+pub(crate) fn view_state(stream: &StreamEntry) -> String {
+    let Some(view) = &stream.view else {
+        return String::new();
+    };
+    let size = view.store.size();
+    let state = if view.node.has_failed() || stream.node.has_failed() {
+        "failed"
+    } else if view.node.is_finished() {
+        "ended"
+    } else {
+        "running"
+    };
+    format!("{state}, {} rows, {} bytes", size.rows, size.bytes)
+}

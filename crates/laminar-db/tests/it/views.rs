@@ -1,0 +1,639 @@
+//! Materialized views through the Rust API: subscriptions with `send_snapshot`, `SUBSCRIBE`,
+//! budgets, recovery from checkpoints, snapshot consistency, and the differential property
+//! test against DataFusion batch queries over the final input.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use laminar_db::{ChangeEvent, ExecuteResult, LaminarDB, SubscriptionConfig};
+use proptest::prelude::*;
+
+use crate::util::{batch_query, proptest_cases, rows};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn db(workers: usize) -> LaminarDB {
+    LaminarDB::builder().workers(workers).build_sync().unwrap()
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Runs a snapshot query once everything pushed so far is processed.
+fn select(db: &LaminarDB, sql: &str) -> Vec<Vec<String>> {
+    assert!(db.wait_idle(WAIT));
+    match block_on(db.execute(sql)).unwrap() {
+        ExecuteResult::Metadata(b) => rows(&[b]),
+        _ => panic!("expected rows from {sql}"),
+    }
+}
+
+fn sorted(mut v: Vec<Vec<String>>) -> Vec<Vec<String>> {
+    v.sort();
+    v
+}
+
+/// The first `n` columns of an event's rows.
+fn cells(batch: &RecordBatch, n: usize) -> Vec<Vec<String>> {
+    rows(std::slice::from_ref(batch))
+        .into_iter()
+        .map(|r| r.into_iter().take(n).collect())
+        .collect()
+}
+
+/// Adds an event's rows to a consolidated multiset (`n` data columns).
+fn consolidate(into: &mut BTreeMap<Vec<String>, i64>, event: &ChangeEvent, n: usize) {
+    let mut add = |b: &RecordBatch, w: i64| {
+        for row in cells(b, n) {
+            *into.entry(row).or_default() += w;
+        }
+    };
+    match event {
+        ChangeEvent::Snapshot(d) | ChangeEvent::Insert(d) => add(&d.batch, 1),
+        ChangeEvent::Delete(d) => add(&d.batch, -1),
+        ChangeEvent::Update { old, new } => {
+            add(&old.batch, -1);
+            add(&new.batch, 1);
+        }
+        ChangeEvent::Watermark(_) => {}
+        ChangeEvent::Lagged(n) => panic!("subscription lagged by {n}"),
+    }
+    into.retain(|_, w| *w != 0);
+}
+
+fn expand(multiset: &BTreeMap<Vec<String>, i64>) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for (row, w) in multiset {
+        assert!(*w > 0, "negative weight {w} for {row:?}");
+        for _ in 0..*w {
+            out.push(row.clone());
+        }
+    }
+    out
+}
+
+const REVENUE: &str = "CREATE SOURCE orders (region VARCHAR, amount BIGINT); \
+     CREATE MATERIALIZED VIEW revenue AS SELECT region, SUM(amount) AS total, COUNT(*) AS n FROM orders GROUP BY region";
+
+/// SPEC 1.5 AC: a view holding `(eu, 15)` sends it as a `Snapshot`, then the push of
+/// `(eu, 5)` as `Update { old: (eu, 15), new: (eu, 20) }`; a filter applies to both.
+#[test]
+fn spec_1_5_send_snapshot_then_changes() {
+    let db = db(2);
+    block_on(db.execute(REVENUE)).unwrap();
+    block_on(db.execute("INSERT INTO orders VALUES ('eu', 10), ('eu', 5), ('us', 1)")).unwrap();
+    assert!(db.wait_idle(WAIT));
+    // `query()` runs bounded queries, views included.
+    let counted = block_on(db.query("SELECT SUM(n) AS n FROM revenue")).unwrap();
+    assert_eq!(rows(&counted), vec![vec!["3"]]);
+    let mut sub = db
+        .subscribe_push(
+            "revenue",
+            SubscriptionConfig {
+                send_snapshot: true,
+                filter: Some("region = 'eu'".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let Some(ChangeEvent::Snapshot(snapshot)) = sub.recv_blocking(WAIT).unwrap() else {
+        panic!("expected the snapshot first")
+    };
+    assert_eq!(
+        rows(&[(*snapshot.batch).clone()]),
+        vec![vec!["eu", "15", "2"]]
+    );
+    block_on(db.execute("INSERT INTO orders VALUES ('us', 7), ('eu', 5)")).unwrap();
+    let event = loop {
+        match sub.recv_blocking(WAIT).unwrap() {
+            Some(ChangeEvent::Watermark(_)) => continue,
+            other => break other,
+        }
+    };
+    let Some(ChangeEvent::Update { old, new }) = event else {
+        panic!("expected an update, got {event:?}")
+    };
+    assert_eq!(cells(&old.batch, 3), vec![vec!["eu", "15", "2"]]);
+    assert_eq!(cells(&new.batch, 3), vec![vec!["eu", "20", "3"]]);
+
+    // An empty view sends an empty snapshot.
+    block_on(db.execute(
+        "CREATE MATERIALIZED VIEW big AS SELECT region, total FROM revenue WHERE total > 100",
+    ))
+    .unwrap();
+    let mut sub = db
+        .subscribe_push(
+            "big",
+            SubscriptionConfig {
+                send_snapshot: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let Some(ChangeEvent::Snapshot(snapshot)) = sub.recv_blocking(WAIT).unwrap() else {
+        panic!("expected the snapshot first")
+    };
+    assert_eq!(snapshot.batch.num_rows(), 0);
+    assert_eq!(
+        snapshot.batch.num_columns(),
+        2,
+        "snapshot rows carry no _op"
+    );
+
+    // Streams keep no contents.
+    block_on(db.execute("CREATE STREAM s AS SELECT region FROM orders")).unwrap();
+    let e = db
+        .subscribe_push(
+            "s",
+            SubscriptionConfig {
+                send_snapshot: true,
+                ..Default::default()
+            },
+        )
+        .err()
+        .expect("send_snapshot on a stream");
+    assert_eq!(e.code(), "INVALID_OPERATION", "{e}");
+    assert!(e.to_string().contains("'s' is a stream"), "{e}");
+    let e = db
+        .subscribe_push(
+            "revenue",
+            SubscriptionConfig {
+                send_snapshot: true,
+                filter: Some("nope > 1".into()),
+                ..Default::default()
+            },
+        )
+        .err()
+        .expect("a filter over an unknown column");
+    assert_eq!(e.code(), "SQL_UNKNOWN_COLUMN", "{e}");
+    db.shutdown_sync();
+}
+
+/// Subscribing while the view changes: the snapshot and the changes after it add up to
+/// the view's final contents, with no change missed or counted twice.
+#[test]
+fn a_snapshot_taken_under_load_has_no_gap_or_overlap() {
+    for workers in [1, 2] {
+        let db = db(workers);
+        block_on(db.execute(REVENUE)).unwrap();
+        let source = db.source_untyped("orders").unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("region", DataType::Utf8, true),
+            Field::new("amount", DataType::Int64, true),
+        ]));
+        let push = |i: i64| {
+            let regions: Vec<String> = (0..20).map(|j| format!("r{}", (i * 7 + j) % 13)).collect();
+            let amounts: Vec<i64> = (0..20).map(|j| i + j).collect();
+            source
+                .push_arrow(
+                    RecordBatch::try_new(
+                        schema.clone(),
+                        vec![
+                            Arc::new(StringArray::from(regions)) as ArrayRef,
+                            Arc::new(Int64Array::from(amounts)),
+                        ],
+                    )
+                    .unwrap(),
+                )
+                .unwrap();
+        };
+        for i in 0..50 {
+            push(i);
+        }
+        let mut sub = db
+            .subscribe_push(
+                "revenue",
+                SubscriptionConfig {
+                    send_snapshot: true,
+                    buffer_size: 1 << 20,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        for i in 50..100 {
+            push(i);
+        }
+        let want = sorted(select(&db, "SELECT * FROM revenue"));
+        let mut seen = BTreeMap::new();
+        let mut first = true;
+        // The dispatcher thread may still be handing events over.
+        let deadline = std::time::Instant::now() + WAIT;
+        while sorted(expand(&seen)) != want && std::time::Instant::now() < deadline {
+            if let Some(event) = sub.recv_blocking(Duration::from_millis(50)).unwrap() {
+                if first {
+                    assert!(matches!(event, ChangeEvent::Snapshot(_)), "{event:?}");
+                    first = false;
+                }
+                consolidate(&mut seen, &event, 3);
+            }
+        }
+        // Nothing more than the final contents arrives.
+        while let Some(Ok(event)) = sub.try_recv() {
+            consolidate(&mut seen, &event, 3);
+        }
+        assert_eq!(sorted(expand(&seen)), want, "{workers} workers");
+        db.shutdown_sync();
+    }
+}
+
+/// `SUBSCRIBE view` starts with the view's contents (as inserts), then its changes.
+#[test]
+fn subscribe_statement_on_a_view_starts_from_its_contents() {
+    let db = db(2);
+    block_on(db.execute(REVENUE)).unwrap();
+    block_on(db.execute("INSERT INTO orders VALUES ('eu', 10), ('us', 4)")).unwrap();
+    assert!(db.wait_idle(WAIT));
+    let ExecuteResult::Query(handle) =
+        block_on(db.execute("SUBSCRIBE revenue WHERE region = 'eu'")).unwrap()
+    else {
+        panic!("expected a query handle")
+    };
+    let mut sub = handle.subscribe_arrow().unwrap();
+    block_on(db.execute("INSERT INTO orders VALUES ('eu', 1)")).unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.extend(rows(&[sub.recv_timeout(WAIT).unwrap().expect("rows")]));
+    }
+    assert_eq!(
+        got,
+        vec![
+            vec!["eu", "10", "1", "I"],
+            vec!["eu", "10", "1", "U-"],
+            vec!["eu", "11", "2", "U+"],
+        ]
+    );
+    handle.cancel().unwrap();
+    db.shutdown_sync();
+}
+
+/// A view over its `memory.budget` stops with an error naming it and its size; the
+/// budget is counted on what the view holds.
+#[test]
+fn a_view_over_its_memory_budget_fails_clearly() {
+    let db = db(2);
+    block_on(db.execute(
+        "CREATE SOURCE s (k VARCHAR, x BIGINT); \
+         CREATE MATERIALIZED VIEW small WITH ('memory.budget' = '1KiB') AS SELECT k, x FROM s",
+    ))
+    .unwrap();
+    block_on(db.execute("INSERT INTO s VALUES ('a', 1), ('b', 2)")).unwrap();
+    assert!(db.wait_idle(WAIT));
+    assert!(db.failures().is_empty(), "{:?}", db.failures());
+    let values: Vec<String> = (0..100).map(|i| format!("('k{i}', {i})")).collect();
+    block_on(db.execute(&format!("INSERT INTO s VALUES {}", values.join(", ")))).unwrap();
+    db.wait_idle(WAIT);
+    let failures = db.failures();
+    assert!(
+        failures.iter().any(|f| {
+            let f = f.to_string();
+            f.contains("materialized view 'small' holds")
+                && f.contains("memory budget of 1024 bytes")
+        }),
+        "{failures:?}"
+    );
+    db.shutdown_sync();
+}
+
+/// Snapshot queries read the view between batches: two groups that every batch changes
+/// together are always read equal (one worker: the aggregation emits each batch's
+/// changes as one batch).
+#[test]
+fn concurrent_selects_never_see_a_half_applied_batch() {
+    let db = db(1);
+    block_on(db.execute(
+        "CREATE SOURCE s (k VARCHAR, x BIGINT); \
+         CREATE MATERIALIZED VIEW totals AS SELECT k, SUM(x) AS total, COUNT(*) AS n FROM s GROUP BY k",
+    ))
+    .unwrap();
+    let source = db.source_untyped("s").unwrap();
+    let schema: SchemaRef = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Utf8, true),
+        Field::new("x", DataType::Int64, true),
+    ]));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pusher = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            for i in 0..400i64 {
+                source
+                    .push_arrow(
+                        RecordBatch::try_new(
+                            schema.clone(),
+                            vec![
+                                Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef,
+                                Arc::new(Int64Array::from(vec![i, i])),
+                            ],
+                        )
+                        .unwrap(),
+                    )
+                    .unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut reads = 0;
+    while !done.load(std::sync::atomic::Ordering::SeqCst) || reads < 10 {
+        let ExecuteResult::Metadata(b) = rt
+            .block_on(db.execute(
+                "SELECT (SELECT total FROM totals WHERE k = 'a') AS a, (SELECT total FROM totals WHERE k = 'b') AS b, SUM(n) AS n FROM totals",
+            ))
+            .unwrap()
+        else {
+            panic!("expected rows")
+        };
+        let r = &rows(&[b])[0];
+        assert_eq!(r[0], r[1], "a half-applied batch: {r:?}");
+        reads += 1;
+    }
+    pusher.join().unwrap();
+    assert_eq!(
+        select(&db, "SELECT total, n FROM totals ORDER BY k"),
+        vec![vec!["79800", "400"], vec!["79800", "400"]]
+    );
+    db.shutdown_sync();
+}
+
+/// A view's contents, and those of views and streams reading it, come back from a
+/// checkpoint; readers re-created from the checkpoint do not receive the contents again.
+#[test]
+fn views_recover_from_a_checkpoint_without_counting_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = "CREATE SOURCE s (k VARCHAR, x BIGINT); \
+         CREATE MATERIALIZED VIEW per_key AS SELECT k, COUNT(*) AS n, SUM(x) AS total FROM s GROUP BY k; \
+         CREATE MATERIALIZED VIEW overall AS SELECT SUM(n) AS n, SUM(total) AS total FROM per_key";
+    let open = || {
+        let db = LaminarDB::builder()
+            .workers(2)
+            .storage_dir(dir.path())
+            .checkpoint_interval(None)
+            .unwrap()
+            .build_sync()
+            .unwrap();
+        block_on(db.execute(setup)).unwrap();
+        db
+    };
+    let db = open();
+    block_on(db.start()).unwrap();
+    block_on(db.execute("INSERT INTO s VALUES ('a', 1), ('b', 2), ('a', 3)")).unwrap();
+    assert!(db.wait_idle(WAIT));
+    // A view created after data arrived starts from what it reads.
+    block_on(db.execute("CREATE MATERIALIZED VIEW late AS SELECT k, n FROM per_key WHERE n > 1"))
+        .unwrap();
+    assert!(db.wait_idle(WAIT));
+    assert_eq!(select(&db, "SELECT * FROM late"), vec![vec!["a", "2"]]);
+    db.checkpoint().unwrap().expect("durable");
+    // Logged after the checkpoint: replayed at the next start.
+    block_on(db.execute("INSERT INTO s VALUES ('b', 10)")).unwrap();
+    assert!(db.wait_idle(WAIT));
+    let before = (
+        select(&db, "SELECT * FROM per_key ORDER BY k"),
+        select(&db, "SELECT * FROM overall"),
+        select(&db, "SELECT * FROM late ORDER BY k"),
+    );
+    assert_eq!(before.1, vec![vec!["4", "16"]]);
+    std::mem::forget(db); // a crash
+
+    let db = open();
+    block_on(db.execute("CREATE MATERIALIZED VIEW late AS SELECT k, n FROM per_key WHERE n > 1"))
+        .unwrap();
+    block_on(db.start()).unwrap();
+    assert!(db.wait_idle(WAIT));
+    let after = (
+        select(&db, "SELECT * FROM per_key ORDER BY k"),
+        select(&db, "SELECT * FROM overall"),
+        select(&db, "SELECT * FROM late ORDER BY k"),
+    );
+    assert_eq!(after, before);
+    db.shutdown_sync();
+}
+
+// ---- Differential property test ------------------------------------------------------
+
+/// View definitions over the changelog source `t (k, x, _op)`, each with the batch query
+/// over the final table `t (k, x)` that computes the same rows.
+const VIEWS: &[(&str, &str)] = &[
+    (
+        "SELECT k, COUNT(*) AS n, SUM(x) AS total FROM t GROUP BY k",
+        "SELECT k, COUNT(*) AS n, SUM(x) AS total FROM t GROUP BY k",
+    ),
+    (
+        "SELECT k, MIN(x) AS lo, MAX(x) AS hi FROM t GROUP BY k",
+        "SELECT k, MIN(x) AS lo, MAX(x) AS hi FROM t GROUP BY k",
+    ),
+    // A global aggregation has no row while its input is empty, where batch SQL has one
+    // row of empty aggregates (documented in SQL.md).
+    (
+        "SELECT COUNT(*) AS n, SUM(x) AS total FROM t",
+        "SELECT COUNT(*) AS n, SUM(x) AS total FROM t HAVING COUNT(*) > 0",
+    ),
+    (
+        "SELECT k, x FROM t WHERE x > 0",
+        "SELECT k, x FROM t WHERE x > 0",
+    ),
+    (
+        "SELECT upper(k) AS u, x * 2 AS y FROM t WHERE x % 3 <> 0",
+        "SELECT upper(k) AS u, x * 2 AS y FROM t WHERE x % 3 <> 0",
+    ),
+    (
+        "SELECT k, COUNT(*) AS n FROM t WHERE x % 2 = 0 GROUP BY k HAVING COUNT(*) > 1",
+        "SELECT k, COUNT(*) AS n FROM t WHERE x % 2 = 0 GROUP BY k HAVING COUNT(*) > 1",
+    ),
+    (
+        "SELECT x % 3 AS m, COUNT(DISTINCT k) AS keys FROM t GROUP BY x % 3",
+        "SELECT x % 3 AS m, COUNT(DISTINCT k) AS keys FROM t GROUP BY x % 3",
+    ),
+];
+
+/// Views over the first view of [`VIEWS`] (`v0`), each with its batch query over `t`.
+const CASCADED: &[(&str, &str)] = &[
+    (
+        "SELECT n, COUNT(*) AS keys FROM v0 GROUP BY n",
+        "SELECT n, COUNT(*) AS keys FROM (SELECT k, COUNT(*) AS n FROM t GROUP BY k) GROUP BY n",
+    ),
+    (
+        "SELECT k, total FROM v0 WHERE n >= 2",
+        "SELECT k, SUM(x) AS total FROM t GROUP BY k HAVING COUNT(*) >= 2",
+    ),
+    (
+        "SELECT SUM(total) AS total, MAX(n) AS most FROM v0",
+        "SELECT SUM(total) AS total, MAX(n) AS most FROM (SELECT k, COUNT(*) AS n, SUM(x) AS total FROM t GROUP BY k) HAVING COUNT(*) > 0",
+    ),
+];
+
+#[derive(Debug, Clone)]
+enum Change {
+    Insert(String, i64),
+    /// Deletes the i-th (modulo) row currently held.
+    Delete(usize),
+    /// Replaces the i-th (modulo) row currently held.
+    Update(usize, String, i64),
+}
+
+fn change_strategy() -> impl Strategy<Value = Change> {
+    let key = prop_oneof![Just("a"), Just("b"), Just("c"), Just("d")].prop_map(String::from);
+    prop_oneof![
+        3 => (key.clone(), -20i64..20).prop_map(|(k, x)| Change::Insert(k, x)),
+        1 => (0usize..1000).prop_map(Change::Delete),
+        1 => (0usize..1000, key, -20i64..20).prop_map(|(i, k, x)| Change::Update(i, k, x)),
+    ]
+}
+
+/// The changelog rows of `changes` (valid: only rows held are removed) and the final table.
+/// A changelog row: key, value, operation.
+type LogRow = (String, i64, &'static str);
+
+fn changelog(changes: &[Change]) -> (Vec<LogRow>, Vec<(String, i64)>) {
+    let mut held: Vec<(String, i64)> = Vec::new();
+    let mut log = Vec::new();
+    for c in changes {
+        match c {
+            Change::Insert(k, x) => {
+                held.push((k.clone(), *x));
+                log.push((k.clone(), *x, "I"));
+            }
+            Change::Delete(i) if !held.is_empty() => {
+                let (k, x) = held.swap_remove(i % held.len());
+                log.push((k, x, "D"));
+            }
+            Change::Update(i, k, x) if !held.is_empty() => {
+                let at = i % held.len();
+                let (ok, ox) = std::mem::replace(&mut held[at], (k.clone(), *x));
+                log.push((ok, ox, "U-"));
+                log.push((k.clone(), *x, "U+"));
+            }
+            _ => {}
+        }
+    }
+    (log, held)
+}
+
+fn changelog_batch(rows: &[(String, i64, &str)]) -> RecordBatch {
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("x", DataType::Int64, true),
+            Field::new("_op", DataType::Utf8, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.0.as_str()),
+            )) as ArrayRef,
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
+        ],
+    )
+    .unwrap()
+}
+
+fn table_batch(rows: &[(String, i64)]) -> RecordBatch {
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("x", DataType::Int64, true),
+        ])),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.0.as_str()),
+            )) as ArrayRef,
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+        ],
+    )
+    .unwrap()
+}
+
+/// Runs every view of the corpus over the changelog, cut into batches at `splits`, and
+/// checks each view's contents and its consolidated changelog against the batch query.
+fn check_views(changes: &[Change], splits: &[usize], workers: usize) {
+    let (log, table) = changelog(changes);
+    let db = db(workers);
+    block_on(db.execute("CREATE SOURCE t (k VARCHAR, x BIGINT, _op VARCHAR NOT NULL)")).unwrap();
+    let mut subs = Vec::new();
+    let mut expected = Vec::new();
+    let definitions = VIEWS.iter().chain(CASCADED);
+    for (i, (view, batch)) in definitions.enumerate() {
+        let name = format!("v{i}");
+        let view = view.replace("FROM v0", "FROM v0 ");
+        block_on(db.execute(&format!("CREATE MATERIALIZED VIEW {name} AS {view}")))
+            .unwrap_or_else(|e| panic!("{view}: {e}"));
+        let sub = db
+            .subscribe_push(
+                &name,
+                SubscriptionConfig {
+                    send_snapshot: true,
+                    buffer_size: 1 << 20,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        subs.push((name, view, sub));
+        expected.push(sorted(batch_query("t", table_batch(&table), batch)));
+    }
+    let source = db.source_untyped("t").unwrap();
+    let mut cuts: Vec<usize> = splits.iter().map(|s| s % (log.len() + 1)).collect();
+    cuts.extend([0, log.len()]);
+    cuts.sort_unstable();
+    cuts.dedup();
+    for w in cuts.windows(2) {
+        // An update's two rows stay in one batch.
+        let (mut from, mut to) = (w[0], w[1]);
+        if from > 0 && log[from].2 == "U+" {
+            from += 1;
+        }
+        if to < log.len() && log[to].2 == "U+" {
+            to += 1;
+        }
+        if from < to {
+            source.push_arrow(changelog_batch(&log[from..to])).unwrap();
+        }
+    }
+    assert!(db.wait_idle(WAIT));
+    assert!(db.failures().is_empty(), "{:?}", db.failures());
+    for ((name, view, mut sub), want) in subs.into_iter().zip(expected) {
+        let got = sorted(select(&db, &format!("SELECT * FROM {name}")));
+        let width = want
+            .first()
+            .map_or(got.first().map_or(0, Vec::len), Vec::len);
+        assert_eq!(got, want, "view {name}: {view}");
+        // The dispatcher thread may still be handing events over.
+        let mut changes = BTreeMap::new();
+        let deadline = std::time::Instant::now() + WAIT;
+        while sorted(expand(&changes)) != want && std::time::Instant::now() < deadline {
+            if let Some(event) = sub.recv_blocking(Duration::from_millis(50)).unwrap() {
+                consolidate(&mut changes, &event, width);
+            }
+        }
+        while let Some(Ok(event)) = sub.try_recv() {
+            consolidate(&mut changes, &event, width);
+        }
+        assert_eq!(
+            sorted(expand(&changes)),
+            want,
+            "changelog of {name}: {view}"
+        );
+    }
+    db.shutdown_sync();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: proptest_cases(24), failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn views_over_changelogs_equal_batch_queries(
+        changes in proptest::collection::vec(change_strategy(), 0..80),
+        splits in proptest::collection::vec(0usize..1000, 0..6),
+        workers in 1usize..3,
+    ) {
+        check_views(&changes, &splits, workers);
+    }
+}
