@@ -453,6 +453,22 @@ const VIEWS: &[(&str, &str)] = &[
         "SELECT x % 3 AS m, COUNT(DISTINCT k) AS keys FROM t GROUP BY x % 3",
         "SELECT x % 3 AS m, COUNT(DISTINCT k) AS keys FROM t GROUP BY x % 3",
     ),
+    (
+        "SELECT DISTINCT k FROM t WHERE x > 0",
+        "SELECT DISTINCT k FROM t WHERE x > 0",
+    ),
+    (
+        "SELECT DISTINCT x % 4 AS m FROM t",
+        "SELECT DISTINCT x % 4 AS m FROM t",
+    ),
+    (
+        "SELECT k FROM t WHERE x > 5 UNION SELECT k FROM t WHERE x < -5",
+        "SELECT k FROM t WHERE x > 5 UNION SELECT k FROM t WHERE x < -5",
+    ),
+    (
+        "SELECT k, x FROM t WHERE x > 10 UNION ALL SELECT k, x FROM t WHERE x < -10",
+        "SELECT k, x FROM t WHERE x > 10 UNION ALL SELECT k, x FROM t WHERE x < -10",
+    ),
 ];
 
 /// Views over the first view of [`VIEWS`] (`v0`), each with its batch query over `t`.
@@ -460,6 +476,10 @@ const CASCADED: &[(&str, &str)] = &[
     (
         "SELECT n, COUNT(*) AS keys FROM v0 GROUP BY n",
         "SELECT n, COUNT(*) AS keys FROM (SELECT k, COUNT(*) AS n FROM t GROUP BY k) GROUP BY n",
+    ),
+    (
+        "SELECT DISTINCT n FROM v0",
+        "SELECT DISTINCT n FROM (SELECT k, COUNT(*) AS n FROM t GROUP BY k)",
     ),
     (
         "SELECT k, total FROM v0 WHERE n >= 2",

@@ -8,7 +8,7 @@ use datafusion::common::DFSchema;
 use datafusion::common::tree_node::TreeNode;
 use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_expr::expressions::{CastExpr, Column};
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
@@ -152,6 +152,46 @@ fn keep_changes(
             Some("select the changes' _op column, or aggregate them"),
         )
     };
+    if let LogicalPlan::Union(union) = plan {
+        // Every branch carries `_op`; an append-only branch adds only (`I`).
+        let mut branches = Vec::with_capacity(union.inputs.len());
+        for input in &union.inputs {
+            let branch = match keep_changes(input, catalog)? {
+                Some(kept) => kept,
+                None if input
+                    .schema()
+                    .index_of_column_by_name(None, OP_COLUMN)
+                    .is_some() =>
+                {
+                    input.as_ref().clone()
+                }
+                None => {
+                    let mut exprs: Vec<Expr> = input
+                        .schema()
+                        .iter()
+                        .map(|(q, f)| {
+                            Expr::Column(datafusion::common::Column::new(q.cloned(), f.name()))
+                        })
+                        .collect();
+                    exprs.push(datafusion::logical_expr::lit("I").alias(OP_COLUMN));
+                    LogicalPlanBuilder::from(input.as_ref().clone())
+                        .project(exprs)
+                        .and_then(|b| b.build())
+                        .map_err(SqlError::Plan)?
+                }
+            };
+            branches.push(branch);
+        }
+        let mut branches = branches.into_iter();
+        let Some(first) = branches.next() else {
+            return Err(refused());
+        };
+        let mut builder = LogicalPlanBuilder::from(first);
+        for branch in branches {
+            builder = builder.union(branch).map_err(SqlError::Plan)?;
+        }
+        return builder.build().map(Some).map_err(SqlError::Plan);
+    }
     let LogicalPlan::Projection(projection) = plan else {
         return Err(refused());
     };
@@ -173,6 +213,38 @@ fn keep_changes(
         .map_err(SqlError::Plan)
 }
 
+/// `SELECT DISTINCT ..` and `UNION` (distinct) are a grouping by every output column without
+/// aggregates; they are rewritten into that aggregation, which is maintained incrementally: a
+/// row enters (`I`) with its first copy and leaves (`D`) when its last copy is retracted.
+fn distinct_as_aggregate(
+    plan: &LogicalPlan,
+    catalog: &dyn SchemaCatalog,
+) -> Result<Option<LogicalPlan>, SqlError> {
+    use laminar_core::message::OP_COLUMN;
+    let LogicalPlan::Distinct(distinct) = plan else {
+        return Ok(None);
+    };
+    let datafusion::logical_expr::Distinct::All(input) = distinct else {
+        return Err(not_supported(
+            "DISTINCT ON",
+            Some("use GROUP BY with first_value/last_value"),
+        ));
+    };
+    // Over a changelog the grouping needs each row's weight.
+    let input = keep_changes(input, catalog)?.unwrap_or_else(|| input.as_ref().clone());
+    let groups: Vec<Expr> = input
+        .schema()
+        .iter()
+        .filter(|(_, f)| f.name() != OP_COLUMN)
+        .map(|(q, f)| Expr::Column(datafusion::common::Column::new(q.cloned(), f.name())))
+        .collect();
+    LogicalPlanBuilder::from(input)
+        .aggregate(groups, Vec::<Expr>::new())
+        .and_then(|b| b.build())
+        .map(Some)
+        .map_err(SqlError::Plan)
+}
+
 /// True when the plan reads any catalog relation.
 pub fn reads_relations(plan: &LogicalPlan) -> bool {
     let mut found = false;
@@ -190,6 +262,8 @@ pub(crate) fn lower(
     catalog: &dyn SchemaCatalog,
     clauses: &StreamingClauses,
 ) -> Result<StreamPlan, SqlError> {
+    let distinct = distinct_as_aggregate(plan, catalog)?;
+    let plan = distinct.as_ref().unwrap_or(plan);
     if let Some(plan) = super::join::lower_join(plan, catalog, clauses)? {
         return Ok(plan);
     }
@@ -371,8 +445,10 @@ pub(super) fn lower_node(
         )),
         LogicalPlan::Limit(_) => Err(not_supported("LIMIT", None)),
         LogicalPlan::Distinct(_) => Err(not_supported(
-            "DISTINCT / UNION (distinct)",
-            Some("use UNION ALL"),
+            "INTERSECT, EXCEPT, and DISTINCT or UNION (distinct) inside a subquery or a UNION ALL branch",
+            Some(
+                "SELECT DISTINCT and UNION work as the whole query; create a stream or view for the inner one and read it",
+            ),
         )),
         LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Err(not_supported(
             "a continuous query without a source or stream in FROM",
