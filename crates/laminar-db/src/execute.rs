@@ -745,17 +745,8 @@ impl LaminarDB {
         if !replaced_view && !self.not_exists_or(&c.name, kind, c.if_not_exists, c.or_replace)? {
             return Ok(c.name);
         }
-        let view = if c.materialized {
-            Some(crate::views::view_settings(&c.name, &c.options)?)
-        } else {
-            if let Some((key, _)) = c.options.first() {
-                return Err(SqlError::Invalid(format!(
-                    "unknown stream option '{key}' (streams take no options yet)"
-                ))
-                .into());
-            }
-            None
-        };
+        let settings = crate::views::view_settings(c.materialized, &c.name, &c.options)?;
+        let view = c.materialized.then_some(settings);
         if c.materialized {
             crate::views::check_view_query(&self.inner.planner, &c.name, &c.query)?;
         }
@@ -800,7 +791,8 @@ impl LaminarDB {
         if c.or_replace {
             self.remove_object(&c.name);
         }
-        let (_, _, pending) = self.install_stream(&c.name, sql, plan, None, view)?;
+        let (_, _, pending) =
+            self.install_stream(&c.name, sql, plan, None, view, settings.budget)?;
         self.connect_pending(pending)?;
         Ok(c.name)
     }
@@ -812,6 +804,7 @@ impl LaminarDB {
         plan: StreamPlan,
         query_id: Option<u64>,
         view: Option<crate::views::ViewSettings>,
+        budget: Option<u64>,
     ) -> Result<
         (
             Arc<laminar_core::runtime::Node>,
@@ -1039,7 +1032,16 @@ impl LaminarDB {
             (built, _) => built.map(|node| (node, None)),
         };
         let (node, view) = match built {
-            Ok(built) => built,
+            Ok(built) => {
+                // Every stateful node of the stream: its single node or its instances.
+                if instance_nodes.is_empty() {
+                    built.0.set_memory_budget(budget);
+                }
+                for (instance, _) in &instance_nodes {
+                    instance.set_memory_budget(budget);
+                }
+                built
+            }
             Err(e) => {
                 for (node, _) in instance_nodes.iter().chain(&exchange) {
                     self.inner.runtime.remove_node(node);
@@ -1117,7 +1119,8 @@ impl LaminarDB {
         let name = format!("__query_{id}");
         let plan = self.plan(query, clauses)?;
         let schema = plan.output_schema.clone();
-        let (node, active, pending) = self.install_stream(&name, sql, plan, Some(id), None)?;
+        let (node, active, pending) =
+            self.install_stream(&name, sql, plan, Some(id), None, None)?;
         let rx = self
             .inner
             .runtime

@@ -21,36 +21,42 @@ use crate::catalog::{StreamEntry, ViewEntry};
 use crate::durability::StateChain;
 use crate::error::DbError;
 
-/// The `WITH (..)` options of a view.
+/// The `WITH (..)` options of a stream or view.
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ViewSettings {
-    /// `memory.budget`: the most bytes the view's contents may take.
+    /// `memory.budget`: the most bytes of state each of its operators may hold (a view's
+    /// contents count as one more operator).
     pub(crate) budget: Option<u64>,
 }
 
-/// Reads a view's options; unknown keys and bad values are errors naming them.
+/// Reads the options of a stream or view; unknown keys and bad values are errors naming
+/// them (`MATERIALIZED_VIEW` for a view, `SQL_INVALID` for a stream).
 pub(crate) fn view_settings(
+    materialized: bool,
     name: &str,
     options: &[(String, String)],
 ) -> Result<ViewSettings, DbError> {
-    let mut settings = ViewSettings { budget: None };
+    let error = |message: String| {
+        if materialized {
+            DbError::MaterializedView(format!("materialized view '{name}': {message}"))
+        } else {
+            laminar_sql::SqlError::Invalid(format!("stream '{name}': {message}")).into()
+        }
+    };
+    let mut settings = ViewSettings::default();
     for (key, value) in options {
         match crate::execute::normalized_option(key).as_str() {
             "memory.budget" => {
-                let bytes = laminar_connectors::parse_size(value).map_err(|e| {
-                    DbError::MaterializedView(format!(
-                        "materialized view '{name}': invalid memory.budget '{value}': {e}"
-                    ))
-                })?;
+                let bytes = laminar_connectors::parse_size(value)
+                    .map_err(|e| error(format!("invalid memory.budget '{value}': {e}")))?;
                 if bytes == 0 {
-                    return Err(DbError::MaterializedView(format!(
-                        "materialized view '{name}': memory.budget must be positive"
-                    )));
+                    return Err(error("memory.budget must be positive".into()));
                 }
                 settings.budget = Some(bytes);
             }
             _ => {
-                return Err(DbError::MaterializedView(format!(
-                    "materialized view '{name}': unknown option '{key}' (known: memory.budget)"
+                return Err(error(format!(
+                    "unknown option '{key}' (known: memory.budget)"
                 )));
             }
         }

@@ -62,7 +62,19 @@ pub struct Node {
     retired: AtomicBool,
     observer: Mutex<Option<Arc<dyn CheckpointObserver>>>,
     seeder: Mutex<Option<Seeder>>,
+    budget: Mutex<Option<MemoryBudget>>,
 }
+
+/// `memory.budget` of a node: the most bytes of state its operator may hold.
+struct MemoryBudget {
+    bytes: u64,
+    /// When the state size was last compared with the budget.
+    checked: Instant,
+}
+
+/// How often a node with a memory budget compares its state size with it (the size of some
+/// operators' state takes a walk over it to compute).
+const BUDGET_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// What a new reader of a node receives before the node's live output, taken while no
 /// output is being produced: a materialized view's current contents and watermark. The first
@@ -123,6 +135,7 @@ impl Node {
             retired: AtomicBool::new(false),
             observer: Mutex::new(None),
             seeder: Mutex::new(None),
+            budget: Mutex::new(None),
         }
     }
 
@@ -154,6 +167,16 @@ impl Node {
     /// Sets what new readers that ask for it receive first (see [`Seeder`]).
     pub fn set_seeder(&self, seeder: Option<Seeder>) {
         *self.seeder.lock() = seeder;
+    }
+
+    /// Bounds the bytes of state the node's operator may hold: checked on processing-time
+    /// ticks (at most every 200 ms); a node over its budget fails with an error naming it,
+    /// its state size and the budget.
+    pub fn set_memory_budget(&self, bytes: Option<u64>) {
+        *self.budget.lock() = bytes.map(|bytes| MemoryBudget {
+            bytes,
+            checked: Instant::now(),
+        });
     }
 
     /// True when the node has a [`Seeder`].
@@ -378,9 +401,29 @@ impl Node {
         st.out = out;
         if let Err(e) = result {
             self.fail(shared, &mut st, &e);
+        } else if let Some(error) = self.over_budget(&st, now) {
+            self.fail(shared, &mut st, &error);
         }
         let out = std::mem::take(&mut st.out);
         self.dispatch(shared, &mut outputs, out);
+    }
+
+    /// The error of a node whose state has grown past its memory budget (when it is time to
+    /// look).
+    fn over_budget(&self, st: &NodeState, now: Instant) -> Option<crate::error::CoreError> {
+        let mut budget = self.budget.lock();
+        let budget = budget.as_mut()?;
+        if now.duration_since(budget.checked) < BUDGET_CHECK_INTERVAL {
+            return None;
+        }
+        budget.checked = now;
+        let size = st.operator.state_size();
+        (size.bytes > budget.bytes).then(|| {
+            crate::error::CoreError::InvalidData(format!(
+                "operator '{}' holds {} rows in about {} bytes of state, over its memory budget of {} bytes (memory.budget); raise the budget or narrow the query",
+                self.name, size.rows, size.bytes, budget.bytes
+            ))
+        })
     }
 
     fn handle(&self, shared: &RuntimeShared, st: &mut NodeState, input: usize, msg: Message) {

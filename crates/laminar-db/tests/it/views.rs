@@ -302,6 +302,55 @@ fn a_view_over_its_memory_budget_fails_clearly() {
     db.shutdown_sync();
 }
 
+/// `memory.budget` on a stream bounds each of its operators' state: an aggregation that
+/// outgrows it stops with an error naming the operator, its size and the budget. Bad values
+/// are refused at CREATE.
+#[test]
+fn an_operator_over_its_memory_budget_fails_clearly() {
+    for workers in [1, 2] {
+        let db = db(workers);
+        block_on(db.execute(
+            "CREATE SOURCE s (k VARCHAR, x BIGINT); \
+             CREATE STREAM counts WITH ('memory.budget' = '16KiB') AS SELECT k, COUNT(*) AS n FROM s GROUP BY k",
+        ))
+        .unwrap();
+        let values: Vec<String> = (0..2000).map(|i| format!("('key-{i}', {i})")).collect();
+        block_on(db.execute(&format!("INSERT INTO s VALUES {}", values.join(", ")))).unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        while db.failures().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let failures = db.failures();
+        assert!(
+            failures.iter().any(|f| {
+                f.contains("operator 'counts")
+                    && f.contains("bytes of state, over its memory budget of 16384 bytes")
+            }),
+            "{workers} workers: {failures:?}"
+        );
+        db.shutdown_sync();
+    }
+    let db = db(1);
+    block_on(db.execute("CREATE SOURCE s (k VARCHAR)")).unwrap();
+    for (sql, code, text) in [
+        (
+            "CREATE STREAM c WITH ('memory.budget' = '0') AS SELECT k FROM s",
+            "SQL_INVALID",
+            "stream 'c': memory.budget must be positive",
+        ),
+        (
+            "CREATE STREAM c WITH ('state.ttl' = '1h') AS SELECT k FROM s",
+            "SQL_INVALID",
+            "stream 'c': unknown option 'state.ttl' (known: memory.budget)",
+        ),
+    ] {
+        let e = block_on(db.execute(sql)).unwrap_err();
+        assert_eq!(e.code(), code, "{e}");
+        assert!(e.to_string().contains(text), "{e}");
+    }
+    db.shutdown_sync();
+}
+
 /// Snapshot queries read the view between batches: two groups that every batch changes
 /// together are always read equal (one worker: the aggregation emits each batch's
 /// changes as one batch).
