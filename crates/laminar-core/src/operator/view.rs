@@ -11,7 +11,6 @@
 //! never emitted; the batch is refused whole and the operator fails, so the view never holds
 //! a wrong result.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array};
@@ -24,6 +23,8 @@ use crate::error::{CoreError, Result};
 use crate::message::{Message, OP_COLUMN, change_ops};
 use crate::operator::{Operator, StateSize};
 use crate::snapshot::{SnapshotReader, SnapshotWriter};
+
+type HashMap<K, V> = std::collections::HashMap<K, V, datafusion::common::hash_utils::RandomState>;
 
 /// Bytes counted per distinct row on top of its encoded length (map entry and weight).
 const ROW_OVERHEAD: u64 = 48;
@@ -50,6 +51,8 @@ struct Contents {
     bytes: u64,
     /// The last snapshot, until the next change.
     cached: Option<RecordBatch>,
+    /// Incremented by every batch that changes the contents.
+    version: u64,
     /// The last watermark the view passed on.
     watermark: Option<i64>,
 }
@@ -114,16 +117,45 @@ impl ViewStore {
     }
 
     /// The view's current rows (a row of weight n appears n times).
+    ///
+    /// Under the read lock the rows are only copied out (one buffer); they are decoded into
+    /// Arrow columns after it is released, so a large view does not hold up its changes for
+    /// the decoding.
     pub fn snapshot(&self) -> Result<RecordBatch> {
-        if let Some(b) = self.contents.read().cached.clone() {
-            return Ok(b);
-        }
+        let (buffer, ends, version) = {
+            let c = self.contents.read();
+            if let Some(b) = c.cached.clone() {
+                return Ok(b);
+            }
+            let mut buffer = Vec::with_capacity(c.bytes as usize);
+            let mut ends = Vec::with_capacity(c.count as usize);
+            for (row, weight) in &c.rows {
+                for _ in 0..*weight {
+                    buffer.extend_from_slice(row);
+                    ends.push(buffer.len());
+                }
+            }
+            (buffer, ends, c.version)
+        };
+        let parser = self.converter.parser();
+        let mut start = 0;
+        let rows = ends.iter().map(|&end| {
+            let row = parser.parse(&buffer[start..end]);
+            start = end;
+            row
+        });
+        let columns = self
+            .converter
+            .convert_rows(rows)
+            .map_err(|e| self.arrow(e))?;
+        let options =
+            arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(ends.len()));
+        let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)
+            .map_err(|e| self.arrow(e))?;
         let mut c = self.contents.write();
-        if let Some(b) = c.cached.clone() {
-            return Ok(b);
+        if c.version == version {
+            c.cached = Some(batch.clone());
         }
-        let (batch, _) = self.materialize(&c, false)?;
-        c.cached = Some(batch.clone());
         Ok(batch)
     }
 
@@ -154,36 +186,21 @@ impl ViewStore {
         }
     }
 
-    /// The rows as a batch; `distinct` gives each row once and returns the weights.
-    fn materialize(&self, c: &Contents, distinct: bool) -> Result<(RecordBatch, Vec<i64>)> {
+    /// Each distinct row once, with its weight (for checkpoints).
+    fn distinct_rows(&self, c: &Contents) -> Result<(RecordBatch, Vec<i64>)> {
         let parser = self.converter.parser();
-        let mut rows = Vec::with_capacity(if distinct {
-            c.rows.len()
-        } else {
-            c.count as usize
-        });
+        let mut rows = Vec::with_capacity(c.rows.len());
         let mut weights = Vec::with_capacity(c.rows.len());
         for (bytes, weight) in &c.rows {
-            let row = parser.parse(bytes);
-            if distinct {
-                rows.push(row);
-                weights.push(*weight);
-            } else {
-                for _ in 0..*weight {
-                    rows.push(row);
-                }
-            }
+            rows.push(parser.parse(bytes));
+            weights.push(*weight);
         }
         let columns = self
             .converter
             .convert_rows(rows)
             .map_err(|e| self.arrow(e))?;
         let options =
-            arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(if distinct {
-                c.rows.len()
-            } else {
-                c.count as usize
-            }));
+            arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(c.rows.len()));
         let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)
             .map_err(|e| self.arrow(e))?;
         Ok((batch, weights))
@@ -217,7 +234,7 @@ impl ViewStore {
             .map_err(|e| self.arrow(e))?;
         // Net change per distinct row, so a batch that deletes and re-inserts a row is
         // checked as a whole.
-        let mut deltas: HashMap<&[u8], i64> = HashMap::new();
+        let mut deltas: HashMap<&[u8], i64> = HashMap::default();
         for (i, row) in rows.iter().enumerate() {
             let w = ops.as_ref().map_or(1, |ops| ops[i].weight());
             *deltas.entry(row.data()).or_default() += w;
@@ -273,6 +290,7 @@ impl ViewStore {
         c.bytes = (c.bytes as i64 + added_bytes) as u64;
         if changed {
             c.cached = None;
+            c.version += 1;
         }
         if let Some(budget) = self.budget
             && c.bytes > budget
@@ -289,7 +307,7 @@ impl ViewStore {
 
     fn snapshot_bytes(&self) -> Result<Vec<u8>> {
         let c = self.contents.read();
-        let (rows, weights) = self.materialize(&c, true)?;
+        let (rows, weights) = self.distinct_rows(&c)?;
         let mut columns = rows.columns().to_vec();
         columns.push(Arc::new(Int64Array::from(weights)));
         let mut fields: Vec<Arc<Field>> = rows.schema().fields().iter().cloned().collect();

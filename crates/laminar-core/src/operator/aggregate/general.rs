@@ -119,6 +119,9 @@ pub(crate) struct GeneralState {
     /// Removals since the previous snapshot (`Some` once a snapshot was taken; changed
     /// groups carry their own flag).
     changes: Option<Changes>,
+    /// Every window group whose `dirty` flag is set (and possibly some no longer dirty or
+    /// gone): `emit_dirty` visits these instead of every group.
+    dirty: Vec<(WindowKey, Box<[u8]>)>,
 }
 
 /// What an incremental snapshot must carry besides the changed groups.
@@ -152,6 +155,7 @@ impl GeneralState {
             session_min_start: None,
             retractions: Vec::new(),
             changes: None,
+            dirty: Vec::new(),
         })
     }
 
@@ -234,8 +238,12 @@ impl GeneralState {
                 window.groups.insert(key.into(), group);
             }
             let group = window.groups.get_mut(key).expect("inserted");
+            let was_dirty = group.dirty;
             update_group(spec, group, prepared, &adds, false)?;
             update_group(spec, group, prepared, &retracts, true)?;
+            if !was_dirty {
+                self.dirty.push((target, key.into()));
+            }
         }
         Ok(any_late.then(|| BooleanArray::from(late)))
     }
@@ -353,18 +361,33 @@ impl GeneralState {
         output: &SchemaRef,
         only_emitted: bool,
     ) -> Result<Option<RecordBatch>> {
-        let mut entries = Vec::new();
-        for (&(end, start), window) in self.windows.iter_mut() {
-            for (key, group) in window.groups.iter_mut() {
-                if group.dirty && (group.emitted || !only_emitted) {
-                    entries.push(Entry {
-                        key,
-                        start,
-                        end,
-                        group,
-                    });
+        // The dirty window groups leave their maps while they are emitted (the entries
+        // borrow them together), then go back.
+        let mut taken: Vec<(WindowKey, Box<[u8]>, Group)> = Vec::new();
+        let mut still_dirty = Vec::new();
+        for (window_key, key) in std::mem::take(&mut self.dirty) {
+            let Some(window) = self.windows.get_mut(&window_key) else {
+                continue;
+            };
+            match window.groups.get(&key) {
+                Some(group) if group.dirty && (group.emitted || !only_emitted) => {
+                    if let Some(group) = window.groups.remove(&key) {
+                        taken.push((window_key, key, group));
+                    }
                 }
+                Some(group) if group.dirty => still_dirty.push((window_key, key)),
+                _ => {}
             }
+        }
+        self.dirty = still_dirty;
+        let mut entries = Vec::new();
+        for ((end, start), key, group) in taken.iter_mut() {
+            entries.push(Entry {
+                key,
+                start: *start,
+                end: *end,
+                group,
+            });
         }
         for (key, sessions) in self.sessions.iter_mut() {
             for session in sessions.iter_mut() {
@@ -379,33 +402,38 @@ impl GeneralState {
             }
         }
         let retractions = std::mem::take(&mut self.retractions);
-        let batch = emit_updates(spec, converter, output, entries, retractions)?;
-        self.drop_vanished();
-        Ok(batch)
-    }
-
-    /// Removes groups whose rows were all retracted (their `D` has been emitted).
-    fn drop_vanished(&mut self) {
-        if !self.changelog {
-            return;
-        }
+        let emitted = emit_updates(spec, converter, output, entries, retractions);
+        // Back into their windows, except groups whose rows were all retracted (their `D`
+        // has been emitted) over a changelog input.
         let mut changes = self.changes.as_mut();
-        for (&window_key, window) in self.windows.iter_mut() {
-            window.groups.retain(|key, g| {
-                let keep = g.weight > 0 || g.dirty || g.last.is_some();
+        for (window_key, key, group) in taken {
+            let vanished =
+                self.changelog && !(group.weight > 0 || group.dirty || group.last.is_some());
+            if vanished {
+                if let Some(changes) = changes.as_mut() {
+                    changes.removed_groups.push((window_key, key));
+                }
+                continue;
+            }
+            if group.dirty {
+                self.dirty.push((window_key, key.clone()));
+            }
+            self.windows
+                .entry(window_key)
+                .or_default()
+                .groups
+                .insert(key, group);
+        }
+        if self.changelog {
+            self.windows.retain(|&k, w| {
+                let keep = k == GLOBAL || !w.groups.is_empty();
                 if !keep && let Some(changes) = changes.as_mut() {
-                    changes.removed_groups.push((window_key, key.clone()));
+                    changes.removed_windows.push(k);
                 }
                 keep
             });
         }
-        self.windows.retain(|&k, w| {
-            let keep = k == GLOBAL || !w.groups.is_empty();
-            if !keep && let Some(changes) = changes.as_mut() {
-                changes.removed_windows.push(k);
-            }
-            keep
-        });
+        emitted
     }
 
     /// Handles a watermark advance: first emissions (ON WATERMARK, EVERY), final emissions
@@ -1114,6 +1142,9 @@ impl GeneralState {
                     group,
                 });
             } else {
+                if group.dirty {
+                    self.dirty.push(((meta.end, meta.start), meta.key.clone()));
+                }
                 self.windows
                     .entry((meta.end, meta.start))
                     .or_default()
@@ -1135,6 +1166,7 @@ impl GeneralState {
         self.windows = BTreeMap::new();
         self.sessions = HashMap::default();
         self.changes = None;
+        self.dirty.clear();
         self.read_header(spec, r)?;
         self.read_groups(spec, r)?;
         for d in deltas.iter_mut() {
