@@ -6,6 +6,7 @@
 //! laminar-bench gen-parquet --events 10000000 --out /var/tmp/laminar-bids-10m.parquet
 //! laminar-bench latency --rate 100000 --batch 100 --seconds 10
 //! laminar-bench rss --events 100000000 [--workload tumble]
+//! laminar-bench view --groups 1000000 --events 10000000 --rate 200000
 //! ```
 //!
 //! Every run prints one `name: value` line per metric; `--json` adds one JSON line.
@@ -71,6 +72,9 @@ enum Command {
     /// Checkpoints: duration and size for an aggregation with many groups, restore time,
     /// and the tumble workload's throughput with periodic checkpoints vs none.
     Checkpoint(CheckpointArgs),
+    /// Materialized view: an updating aggregation with many groups (throughput, change-to-
+    /// subscriber latency, ad-hoc SELECT latency while it changes).
+    View(view_bench::ViewArgs),
     /// Kafka JSON source -> tumble aggregation -> Kafka JSON sink, against a running broker
     /// (build with `--features kafka`).
     #[cfg(feature = "kafka")]
@@ -414,6 +418,7 @@ fn main() -> Result<()> {
         Command::Join(args) => join(&args)?,
         Command::Wal(args) => wal(&args)?,
         Command::Checkpoint(args) => checkpoint(&args)?,
+        Command::View(args) => view_bench::run(&args)?,
         #[cfg(feature = "kafka")]
         Command::Kafka(args) => kafka_bench::run(&args)?,
         #[cfg(feature = "kafka")]
@@ -963,6 +968,7 @@ fn checkpoint(args: &CheckpointArgs) -> Result<Report> {
 
 #[cfg(feature = "kafka")]
 mod kafka_bench;
+mod view_bench;
 
 /// Reports one run of the checkpoint benchmark's throughput part and shuts it down.
 fn report_throughput_run(
