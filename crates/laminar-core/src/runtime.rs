@@ -162,11 +162,15 @@ impl Runtime {
     /// Connects more upstreams to an existing node (its inputs `n..` in order). Used to wire a
     /// node's inputs only after its downstream nodes exist, so nothing it emits is lost.
     pub fn connect_inputs(&self, node: &Arc<Node>, upstreams: &[Arc<Node>]) {
-        for upstream in upstreams {
-            let receiver =
-                upstream.connect(&self.shared, Some(node), self.shared.config.edge_capacity);
-            node.add_input(receiver, upstream.output_watermark());
-        }
+        let inputs = upstreams
+            .iter()
+            .map(|upstream| {
+                let receiver =
+                    upstream.connect(&self.shared, Some(node), self.shared.config.edge_capacity);
+                (receiver, upstream.output_watermark())
+            })
+            .collect();
+        node.add_inputs(inputs);
         self.wake_node(node);
     }
 
@@ -217,6 +221,7 @@ impl Runtime {
 
     /// [`Runtime::connect_inputs`] with the seeds of [`Runtime::add_node_seeded`].
     pub fn connect_inputs_seeded(&self, node: &Arc<Node>, upstreams: &[Arc<Node>]) -> Result<()> {
+        let mut inputs = Vec::with_capacity(upstreams.len());
         for upstream in upstreams {
             let (receiver, seeded) =
                 upstream.connect_seeded(&self.shared, node, self.shared.config.edge_capacity)?;
@@ -226,8 +231,10 @@ impl Runtime {
             } else {
                 upstream.output_watermark()
             };
-            node.add_input(receiver, watermark);
+            inputs.push((receiver, watermark));
         }
+        // All at once: the node's watermark never runs ahead on one input's seed.
+        node.add_inputs(inputs);
         self.wake_node(node);
         Ok(())
     }

@@ -409,6 +409,11 @@ impl Durability {
         self.recovered.lock().objects.contains_key(name)
     }
 
+    /// Forgets that `name` is being re-created (see [`Durability::is_recovering`]).
+    pub(crate) fn forget_recovering(&self, name: &str) {
+        self.recovered.lock().objects.remove(name);
+    }
+
     pub(crate) fn recovered_epoch(&self) -> Option<u64> {
         self.stats.lock().recovered_epoch
     }

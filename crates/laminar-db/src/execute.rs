@@ -754,7 +754,7 @@ impl LaminarDB {
         if c.materialized {
             crate::views::check_view_plan(&c.name, &plan)?;
         }
-        if replaced_view {
+        let replaced_readers = if replaced_view {
             let dependents = self.inner.catalog.read().dependents_deep(&c.name);
             if let Some(cycle) = plan.inputs.iter().find(|i| dependents.contains(i)) {
                 return Err(DbError::MaterializedView(format!(
@@ -762,10 +762,10 @@ impl LaminarDB {
                     c.name, c.name
                 )));
             }
-            for dependent in dependents {
-                self.remove_dependent(&dependent);
-            }
-        }
+            dependents
+        } else {
+            Vec::new()
+        };
         if let Some(late) = plan
             .aggregate
             .as_ref()
@@ -787,6 +787,10 @@ impl LaminarDB {
             return Err(
                 SqlError::Invalid(format!("stream '{}' cannot read itself", c.name)).into(),
             );
+        }
+        // Every check passed: a replaced view goes with everything that reads it.
+        for dependent in replaced_readers {
+            self.remove_dependent(&dependent);
         }
         if c.or_replace {
             self.remove_object(&c.name);
@@ -1161,6 +1165,13 @@ impl LaminarDB {
         if !self.not_exists_or(&c.name, "sink", c.if_not_exists, c.or_replace)? {
             return Ok(c.name);
         }
+        // A new sink reading a materialized view starts from its contents; one re-created
+        // from a checkpoint does not (asked before its checkpointed state is taken).
+        let seeded = !self
+            .inner
+            .durability
+            .as_ref()
+            .is_some_and(|d| d.is_recovering(&c.name));
         // The sink reads `input` through an optional filter/projection node.
         let (input, query) = match &c.input {
             SinkInput::Object(name) => {
@@ -1269,12 +1280,6 @@ impl LaminarDB {
         if c.or_replace {
             self.remove_object(&c.name);
         }
-        // A new sink reading a materialized view starts from its contents.
-        let seeded = !self
-            .inner
-            .durability
-            .as_ref()
-            .is_some_and(|d| d.is_recovering(&c.name));
         let metrics = Arc::new(NodeMetrics::default());
         let mut catalog = self.inner.catalog.write();
         // The sink node's inputs, connected once the sink's runner reads its output.
@@ -1359,6 +1364,10 @@ impl LaminarDB {
             },
         );
         drop(catalog);
+        if let Some(d) = &self.inner.durability {
+            // Re-created once: a later sink of the same name is a new one.
+            d.forget_recovering(&c.name);
+        }
         self.connect_pending(pending)?;
         Ok(c.name)
     }

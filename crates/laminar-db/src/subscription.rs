@@ -560,6 +560,7 @@ fn dispatch(
         };
         let events = match msg {
             Message::Batch(batch) => {
+                let is_snapshot = std::mem::take(&mut snapshot_pending);
                 let batch = match &filter {
                     Some(Step::Filter(predicate)) => {
                         match predicate
@@ -580,7 +581,7 @@ fn dispatch(
                     }
                     _ => batch,
                 };
-                if std::mem::take(&mut snapshot_pending) {
+                if is_snapshot {
                     sequence += 1;
                     vec![ChangeEvent::Snapshot(EventData {
                         batch: Arc::new(without_op(batch)),

@@ -240,8 +240,18 @@ impl ViewStore {
             *deltas.entry(row.data()).or_default() += w;
         }
         let mut c = self.contents.write();
+        let mut new_bytes = c.bytes as i64;
+        let mut new_rows = c.rows.len() as i64;
         for (row, delta) in &deltas {
             let now = c.rows.get(*row).copied().unwrap_or(0);
+            let size = row.len() as i64 + ROW_OVERHEAD as i64;
+            if now == 0 && now + delta > 0 {
+                new_bytes += size;
+                new_rows += 1;
+            } else if now > 0 && now + delta == 0 {
+                new_bytes -= size;
+                new_rows -= 1;
+            }
             if now + delta < 0 {
                 let shown = self
                     .converter
@@ -262,6 +272,14 @@ impl ViewStore {
                     self.name, now, -delta
                 )));
             }
+        }
+        if let Some(budget) = self.budget
+            && new_bytes > budget as i64
+        {
+            return Err(CoreError::InvalidData(format!(
+                "materialized view '{}' would hold {new_rows} rows in about {new_bytes} bytes, over its memory budget of {budget} bytes (memory.budget); the batch was not applied; raise the budget or narrow the view",
+                self.name
+            )));
         }
         let mut added_bytes: i64 = 0;
         let mut added_count: i64 = 0;
@@ -291,16 +309,6 @@ impl ViewStore {
         if changed {
             c.cached = None;
             c.version += 1;
-        }
-        if let Some(budget) = self.budget
-            && c.bytes > budget
-        {
-            return Err(CoreError::InvalidData(format!(
-                "materialized view '{}' holds {} rows in about {} bytes, over its memory budget of {budget} bytes (memory.budget); raise the budget or narrow the view",
-                self.name,
-                c.rows.len(),
-                c.bytes
-            )));
         }
         Ok(())
     }
@@ -552,8 +560,13 @@ mod tests {
         let many: Vec<(&str, i64, &str)> = many.iter().map(|r| (r.0.as_str(), r.1, r.2)).collect();
         let e = store.apply(&changes(&many)).unwrap_err().to_string();
         assert!(
-            e.contains("materialized view 'v' holds 11 rows") && e.contains("memory.budget"),
+            e.contains("materialized view 'v' would hold 11 rows") && e.contains("memory.budget"),
             "{e}"
+        );
+        assert_eq!(
+            contents(&store),
+            vec![("a".to_string(), 1)],
+            "nothing applied"
         );
     }
 }

@@ -195,7 +195,24 @@ impl Node {
     }
 
     pub(crate) fn add_input(&self, rx: Receiver<Message>, upstream_watermark: Option<i64>) {
+        self.add_inputs(vec![(rx, upstream_watermark)]);
+    }
+
+    /// Adds several inputs at once: a running node never computes a watermark from some of
+    /// them without the others.
+    pub(crate) fn add_inputs(&self, inputs: Vec<(Receiver<Message>, Option<i64>)>) {
         let mut st = self.state.lock();
+        for (rx, upstream_watermark) in inputs {
+            self.add_input_locked(&mut st, rx, upstream_watermark);
+        }
+    }
+
+    fn add_input_locked(
+        &self,
+        st: &mut NodeState,
+        rx: Receiver<Message>,
+        upstream_watermark: Option<i64>,
+    ) {
         let index = st.merger.add_input();
         st.inputs.push(Input {
             rx,

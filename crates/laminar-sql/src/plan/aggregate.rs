@@ -445,7 +445,14 @@ fn time_preserving(expr: Expr, schema: &datafusion::common::DFSchema) -> Expr {
                 DataType::Int64,
                 DataType::Timestamp(TimeUnit::Millisecond, _)
             )
-            | (DataType::Timestamp(_, _), DataType::Timestamp(_, _))
+            // Window starts are whole milliseconds: exact in any unit down from there.
+            | (
+                DataType::Timestamp(_, _),
+                DataType::Timestamp(
+                    TimeUnit::Millisecond | TimeUnit::Microsecond | TimeUnit::Nanosecond,
+                    _
+                )
+            )
     );
     if keeps { Expr::Column(c.clone()) } else { expr }
 }

@@ -241,7 +241,7 @@ impl GeneralState {
             let was_dirty = group.dirty;
             update_group(spec, group, prepared, &adds, false)?;
             update_group(spec, group, prepared, &retracts, true)?;
-            if !was_dirty {
+            if !was_dirty && emits_dirty(spec) {
                 self.dirty.push((target, key.into()));
             }
         }
@@ -610,6 +610,15 @@ fn new_accumulators(spec: &AggregateSpec, changelog: bool) -> Result<Vec<Box<dyn
     (0..spec.aggregates.len())
         .map(|index| new_accumulator(spec, changelog, index))
         .collect()
+}
+
+/// True when the emit mode emits dirty groups through `emit_dirty` (the others emit at
+/// window close, from the windows themselves), so the list of dirty groups is kept.
+fn emits_dirty(spec: &AggregateSpec) -> bool {
+    matches!(
+        spec.emit,
+        EmitMode::OnUpdate | EmitMode::Changes | EmitMode::OnWatermark | EmitMode::Every(_)
+    )
 }
 
 /// The accumulator of aggregate `index`: a retracting one over changelog input.
@@ -1142,7 +1151,7 @@ impl GeneralState {
                     group,
                 });
             } else {
-                if group.dirty {
+                if group.dirty && emits_dirty(spec) {
                     self.dirty.push(((meta.end, meta.start), meta.key.clone()));
                 }
                 self.windows
