@@ -86,6 +86,16 @@ pub(crate) struct ViewEntry {
 }
 
 impl StreamEntry {
+    /// True when the stream reads `name` (as an input, or a table its joins look up).
+    pub(crate) fn reads(&self, name: &str) -> bool {
+        self.plan.inputs.iter().any(|i| i == name)
+            || self
+                .plan
+                .join
+                .as_ref()
+                .is_some_and(|j| j.tables.iter().any(|t| t == name))
+    }
+
     /// State held by the stream (summed over parallel instances).
     pub(crate) fn state_size(&self) -> laminar_core::operator::StateSize {
         let mut size = self.node.state_size();
@@ -142,6 +152,13 @@ pub(crate) struct SinkEntry {
     pub(crate) runner: SinkRunner,
 }
 
+impl SinkEntry {
+    /// True when the sink reads `name`.
+    pub(crate) fn reads(&self, name: &str) -> bool {
+        self.input == name || self.reads.iter().any(|r| r == name)
+    }
+}
+
 /// See the module docs.
 #[derive(Default)]
 pub(crate) struct Catalog {
@@ -195,19 +212,12 @@ impl Catalog {
         let direct: Vec<String> = self
             .streams
             .values()
-            .filter(|s| {
-                s.side_output_of.is_none()
-                    && (s.plan.inputs.iter().any(|i| i == name)
-                        || s.plan
-                            .join
-                            .as_ref()
-                            .is_some_and(|j| j.tables.iter().any(|t| t == name)))
-            })
+            .filter(|s| s.side_output_of.is_none() && s.reads(name))
             .map(|s| s.name.clone())
             .chain(
                 self.sinks
                     .values()
-                    .filter(|s| s.input == name || s.reads.iter().any(|r| r == name))
+                    .filter(|s| s.reads(name))
                     .map(|s| s.name.clone()),
             )
             .collect();
@@ -224,13 +234,7 @@ impl Catalog {
         let mut out: Vec<String> = self
             .streams
             .values()
-            .filter(|s| {
-                s.plan.inputs.iter().any(|i| i == name)
-                    || s.plan
-                        .join
-                        .as_ref()
-                        .is_some_and(|j| j.tables.iter().any(|t| t == name))
-            })
+            .filter(|s| s.reads(name))
             .map(|s| match s.query_id {
                 Some(id) => format!("query {id}"),
                 None => format!("stream {}", s.name),
@@ -239,7 +243,7 @@ impl Catalog {
         out.extend(
             self.sinks
                 .values()
-                .filter(|s| s.input == name || s.reads.iter().any(|r| r == name))
+                .filter(|s| s.reads(name))
                 .map(|s| format!("sink {}", s.name)),
         );
         out

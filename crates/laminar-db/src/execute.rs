@@ -1283,39 +1283,36 @@ impl LaminarDB {
         let metrics = Arc::new(NodeMetrics::default());
         let mut catalog = self.inner.catalog.write();
         // The sink node's inputs, connected once the sink's runner reads its output.
-        let mut sink_inputs = Vec::new();
         // A node in front of the sink when it filters, or when it has no connector (the
         // node is then the sink's subscribable in-memory endpoint).
-        let node = match (plan, connector.is_none()) {
+        let (node, sink_inputs) = match (plan, connector.is_none()) {
             (Some(plan), _) => {
                 let upstreams = plan
                     .inputs
                     .iter()
                     .filter_map(|i| catalog.relation_node(i))
                     .collect::<Vec<_>>();
-                let op = self.make_operator(&c.name, &plan, &metrics, None, false)?;
-                let node = self
-                    .inner
-                    .runtime
-                    .add_node(&c.name, op, metrics.clone(), &[]);
-                sink_inputs = upstreams;
-                Some(node)
+                (
+                    Some(self.make_operator(&c.name, &plan, &metrics, None, false)?),
+                    upstreams,
+                )
             }
-            (None, true) => {
-                let upstream = catalog
-                    .relation_node(&input)
-                    .into_iter()
-                    .collect::<Vec<_>>();
-                let op = StatelessOperator::new(&c.name, vec![Vec::new()], schema.clone());
-                let node = self
-                    .inner
-                    .runtime
-                    .add_node(&c.name, Box::new(op), metrics.clone(), &[]);
-                sink_inputs = upstream;
-                Some(node)
-            }
-            (None, false) => None,
+            (None, true) => (
+                Some(Box::new(StatelessOperator::new(
+                    &c.name,
+                    vec![Vec::new()],
+                    schema.clone(),
+                ))
+                    as Box<dyn laminar_core::operator::Operator>),
+                catalog.relation_node(&input).into_iter().collect(),
+            ),
+            (None, false) => (None, Vec::new()),
         };
+        let node = node.map(|op| {
+            self.inner
+                .runtime
+                .add_node(&c.name, op, metrics.clone(), &[])
+        });
         let runner = match connector {
             Some(sink) => {
                 let feeding = node

@@ -144,14 +144,7 @@ impl ViewStore {
             start = end;
             row
         });
-        let columns = self
-            .converter
-            .convert_rows(rows)
-            .map_err(|e| self.arrow(e))?;
-        let options =
-            arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(ends.len()));
-        let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)
-            .map_err(|e| self.arrow(e))?;
+        let batch = self.decode(rows, ends.len())?;
         let mut c = self.contents.write();
         if c.version == version {
             c.cached = Some(batch.clone());
@@ -195,15 +188,22 @@ impl ViewStore {
             rows.push(parser.parse(bytes));
             weights.push(*weight);
         }
+        Ok((self.decode(rows, c.rows.len())?, weights))
+    }
+
+    /// `count` encoded rows as a batch of the view's rows.
+    fn decode<'a>(
+        &self,
+        rows: impl IntoIterator<Item = arrow::row::Row<'a>>,
+        count: usize,
+    ) -> Result<RecordBatch> {
         let columns = self
             .converter
             .convert_rows(rows)
             .map_err(|e| self.arrow(e))?;
-        let options =
-            arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(c.rows.len()));
-        let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)
-            .map_err(|e| self.arrow(e))?;
-        Ok((batch, weights))
+        let options = arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(count));
+        RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)
+            .map_err(|e| self.arrow(e))
     }
 
     /// Applies one batch of the query's output; all of it or, on an error, none of it.

@@ -168,10 +168,9 @@ fn keep_changes(
                 None => {
                     let mut exprs: Vec<Expr> = input
                         .schema()
-                        .iter()
-                        .map(|(q, f)| {
-                            Expr::Column(datafusion::common::Column::new(q.cloned(), f.name()))
-                        })
+                        .columns()
+                        .into_iter()
+                        .map(Expr::Column)
                         .collect();
                     exprs.push(datafusion::logical_expr::lit("I").alias(OP_COLUMN));
                     LogicalPlanBuilder::from(input.as_ref().clone())
@@ -234,9 +233,10 @@ fn distinct_as_aggregate(
     let input = keep_changes(input, catalog)?.unwrap_or_else(|| input.as_ref().clone());
     let groups: Vec<Expr> = input
         .schema()
-        .iter()
-        .filter(|(_, f)| f.name() != OP_COLUMN)
-        .map(|(q, f)| Expr::Column(datafusion::common::Column::new(q.cloned(), f.name())))
+        .columns()
+        .into_iter()
+        .filter(|c| c.name != OP_COLUMN)
+        .map(Expr::Column)
         .collect();
     LogicalPlanBuilder::from(input)
         .aggregate(groups, Vec::<Expr>::new())
