@@ -26,6 +26,10 @@ pub enum JoinWorkload {
     Temporal,
     /// Nexmark q8 shape: persons and auctions per 10 s window, joined on seller and window.
     Window,
+    /// Nexmark q4 shape: bids joined with their auction while it is open (an updating join
+    /// with a state TTL, as its bound `a.expires` is per row), the highest bid per auction in
+    /// a view, and the average of those per category in a view over that view.
+    Q4,
 }
 
 impl JoinWorkload {
@@ -38,6 +42,7 @@ impl JoinWorkload {
             JoinWorkload::Asof => "asof",
             JoinWorkload::Temporal => "temporal",
             JoinWorkload::Window => "window",
+            JoinWorkload::Q4 => "q4",
         }
     }
 
@@ -72,6 +77,15 @@ impl JoinWorkload {
                  CREATE STREAM a AS SELECT seller, tumble(ts, INTERVAL '10' SECOND) AS starttime
                    FROM auctions GROUP BY seller, tumble(ts, INTERVAL '10' SECOND) EMIT ON WINDOW CLOSE"
             }
+            JoinWorkload::Q4 => {
+                "CREATE SOURCE auctions (id BIGINT, category BIGINT, expires BIGINT, ts BIGINT, WATERMARK FOR ts AS ts);
+                 CREATE SOURCE bids (auction BIGINT, price BIGINT, ts BIGINT, WATERMARK FOR ts AS ts);
+                 CREATE STREAM open_bids WITH ('state.ttl' = '20 seconds') AS
+                   SELECT a.id, a.category, b.price FROM auctions a JOIN bids b
+                   ON a.id = b.auction AND b.ts BETWEEN a.ts AND a.expires;
+                 CREATE MATERIALIZED VIEW winning AS
+                   SELECT id, category, MAX(price) AS final FROM open_bids GROUP BY id, category"
+            }
         }
     }
 
@@ -99,6 +113,9 @@ impl JoinWorkload {
             }
             JoinWorkload::Window => {
                 "SELECT p.id, p.name, p.starttime FROM p JOIN a ON p.id = a.seller AND p.starttime = a.starttime"
+            }
+            JoinWorkload::Q4 => {
+                "SELECT category, AVG(final) AS average_final FROM winning GROUP BY category"
             }
         }
     }
@@ -251,13 +268,14 @@ pub fn generate(
             }
         }
         JoinWorkload::Interval
+        | JoinWorkload::Q4
         | JoinWorkload::Asof
         | JoinWorkload::Temporal
         | JoinWorkload::Window => {
             // Two interleaved inputs: the "slow" side gets one event in `ratio`.
             let (left, right, ratio, keys): (&'static str, &'static str, u64, u64) = match workload
             {
-                JoinWorkload::Interval => ("auctions", "bids", 10, 0),
+                JoinWorkload::Interval | JoinWorkload::Q4 => ("auctions", "bids", 10, 0),
                 JoinWorkload::Asof => ("quotes", "trades", 2, 1_000),
                 JoinWorkload::Temporal => ("rates", "orders", 100, 100),
                 _ => ("persons", "auctions", 10, 0),
@@ -269,7 +287,46 @@ pub fn generate(
                 let slow: Vec<u64> = idx.iter().copied().filter(|k| k % ratio == 0).collect();
                 let fast: Vec<u64> = idx.iter().copied().filter(|k| k % ratio != 0).collect();
                 let ts = |v: &[u64]| col(v.iter().map(|&k| ts_of(k)).collect());
+                // A bid on one of the 1,000 most recent auctions.
+                let bids = |v: &[u64]| {
+                    ints(
+                        &[
+                            ("auction", i64t.clone()),
+                            ("price", i64t.clone()),
+                            ("ts", i64t.clone()),
+                        ],
+                        vec![
+                            col(v
+                                .iter()
+                                .map(|&k| ((k / ratio).saturating_sub(h(k, 1) % 1000)) as i64)
+                                .collect()),
+                            col(v.iter().map(|&k| (h(k, 2) % 10_000) as i64).collect()),
+                            ts(v),
+                        ],
+                    )
+                };
                 let (slow_batch, fast_batch) = match workload {
+                    JoinWorkload::Q4 => (
+                        // Auction k / ratio in one of 20 categories, open for 1 to 10 s.
+                        ints(
+                            &[
+                                ("id", i64t.clone()),
+                                ("category", i64t.clone()),
+                                ("expires", i64t.clone()),
+                                ("ts", i64t.clone()),
+                            ],
+                            vec![
+                                col(slow.iter().map(|&k| (k / ratio) as i64).collect()),
+                                col(slow.iter().map(|&k| (h(k, 3) % 20) as i64).collect()),
+                                col(slow
+                                    .iter()
+                                    .map(|&k| ts_of(k) + 1_000 + (h(k, 4) % 9_000) as i64)
+                                    .collect()),
+                                ts(&slow),
+                            ],
+                        )?,
+                        bids(&fast)?,
+                    ),
                     JoinWorkload::Interval => (
                         // Auction k / ratio, opened at its event time.
                         ints(
@@ -284,22 +341,7 @@ pub fn generate(
                                 ts(&slow),
                             ],
                         )?,
-                        // A bid on one of the 1,000 most recent auctions.
-                        ints(
-                            &[
-                                ("auction", i64t.clone()),
-                                ("price", i64t.clone()),
-                                ("ts", i64t.clone()),
-                            ],
-                            vec![
-                                col(fast
-                                    .iter()
-                                    .map(|&k| ((k / ratio).saturating_sub(h(k, 1) % 1000)) as i64)
-                                    .collect()),
-                                col(fast.iter().map(|&k| (h(k, 2) % 10_000) as i64).collect()),
-                                ts(&fast),
-                            ],
-                        )?,
+                        bids(&fast)?,
                     ),
                     JoinWorkload::Asof | JoinWorkload::Temporal => {
                         let (a, b, c) = if workload == JoinWorkload::Asof {

@@ -140,6 +140,7 @@ enum JoinKindArg {
     Asof,
     Temporal,
     Window,
+    Q4,
 }
 
 #[derive(clap::Args, Debug)]
@@ -618,6 +619,7 @@ fn join(args: &JoinArgs) -> Result<Report> {
         JoinKindArg::Asof => JoinWorkload::Asof,
         JoinKindArg::Temporal => JoinWorkload::Temporal,
         JoinKindArg::Window => JoinWorkload::Window,
+        JoinKindArg::Q4 => JoinWorkload::Q4,
     };
     let mut r = Report::default();
     r.text("workload", format!("join-{}", workload.name()));
@@ -666,7 +668,7 @@ fn join(args: &JoinArgs) -> Result<Report> {
     }
     // Stream-side ids that must not repeat across passes (keys into a table or symbols do).
     let shifted: &[&str] = match workload {
-        JoinWorkload::Interval => &["id", "auction"],
+        JoinWorkload::Interval | JoinWorkload::Q4 => &["id", "auction"],
         JoinWorkload::Window => &["id", "seller"],
         _ => &[],
     };
@@ -1011,7 +1013,7 @@ fn shift_columns(
     let schema = batch.schema();
     let mut columns = batch.columns().to_vec();
     for (i, field) in schema.fields().iter().enumerate() {
-        let by = if field.name() == "ts" {
+        let by = if field.name() == "ts" || field.name() == "expires" {
             shift_ms
         } else if ids.contains(&field.name().as_str()) {
             id_shift

@@ -204,7 +204,12 @@ impl LaminarDB {
         }
         let rows = match statement {
             StreamingStatement::CreateStream(c) => {
-                let plan = self.plan(&c.query, &c.clauses)?;
+                let settings = crate::views::view_settings(c.materialized, &c.name, &c.options)?;
+                let clauses = laminar_sql::parser::StreamingClauses {
+                    state_ttl_ms: settings.state_ttl_ms,
+                    ..c.clauses.clone()
+                };
+                let plan = self.plan(&c.query, &clauses)?;
                 self.with_parallelism(explain_stream(&c.name, &plan), &plan)
             }
             StreamingStatement::Query { query, clauses } => {

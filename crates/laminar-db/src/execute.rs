@@ -750,7 +750,11 @@ impl LaminarDB {
         if c.materialized {
             crate::views::check_view_query(&self.inner.planner, &c.name, &c.query)?;
         }
-        let plan = self.plan(&c.query, &c.clauses)?;
+        let clauses = StreamingClauses {
+            state_ttl_ms: settings.state_ttl_ms,
+            ..c.clauses.clone()
+        };
+        let plan = self.plan(&c.query, &clauses)?;
         if c.materialized {
             crate::views::check_view_plan(&c.name, &plan)?;
         }

@@ -27,6 +27,9 @@ pub(crate) struct ViewSettings {
     /// `memory.budget`: the most bytes of state each of its operators may hold (a view's
     /// contents count as one more operator).
     pub(crate) budget: Option<u64>,
+    /// `state.ttl`: how long (ms of event time) an updating join keeps a row of an
+    /// append-only input.
+    pub(crate) state_ttl_ms: Option<i64>,
 }
 
 /// Reads the options of a stream or view; unknown keys and bad values are errors naming
@@ -54,9 +57,18 @@ pub(crate) fn view_settings(
                 }
                 settings.budget = Some(bytes);
             }
+            "state.ttl" => {
+                let ttl = laminar_connectors::parse_duration(value)
+                    .map_err(|e| error(format!("invalid state.ttl '{value}': {e}")))?;
+                let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+                if ms == 0 {
+                    return Err(error("state.ttl must be positive".into()));
+                }
+                settings.state_ttl_ms = Some(ms);
+            }
             _ => {
                 return Err(error(format!(
-                    "unknown option '{key}' (known: memory.budget)"
+                    "unknown option '{key}' (known: memory.budget, state.ttl)"
                 )));
             }
         }

@@ -81,10 +81,13 @@ pub struct StreamingClauses {
     pub late_data_to: Option<String>,
     /// `EMIT ...`, as written.
     pub emit: Option<String>,
+    /// `state.ttl` of the stream or view (`WITH (..)`), in ms: how long an updating join
+    /// keeps a row of an append-only input. A planning input, not a clause.
+    pub state_ttl_ms: Option<i64>,
 }
 
 impl StreamingClauses {
-    /// True when no streaming clause was given.
+    /// True when no streaming clause was given (`state_ttl_ms` is not a clause).
     pub fn is_empty(&self) -> bool {
         self.allow_lateness.is_none() && self.late_data_to.is_none() && self.emit.is_none()
     }

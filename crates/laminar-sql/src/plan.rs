@@ -115,6 +115,7 @@ impl StreamPlan {
         self.aggregate
             .as_ref()
             .is_some_and(|a| a.emit.is_updating(a.lateness))
+            || self.join.as_ref().is_some_and(|j| j.updating)
     }
 }
 
@@ -138,7 +139,11 @@ impl Planner {
         let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
-            .with_optimizer_rules(vec![Arc::new(SimplifyExpressions::new())])
+            .with_optimizer_rules(vec![
+                Arc::new(SimplifyExpressions::new()),
+                // `EXISTS` / `IN` subqueries become SEMI / ANTI joins.
+                Arc::new(datafusion::optimizer::decorrelate_predicate_subquery::DecorrelatePredicateSubquery::new()),
+            ])
             .build();
         for udf in window::udfs().into_iter().chain(join_markers()) {
             // Registering a new name cannot fail.

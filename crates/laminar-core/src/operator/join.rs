@@ -15,6 +15,7 @@ mod asof;
 mod interval;
 mod lookup;
 mod store;
+mod updating;
 
 use std::sync::Arc;
 
@@ -45,6 +46,10 @@ pub enum JoinType {
     Right,
     /// Both.
     Full,
+    /// Left rows with at least one match (`EXISTS`, `IN`); updating joins only.
+    Semi,
+    /// Left rows without a match (`NOT EXISTS`, `NOT IN`); updating joins only.
+    Anti,
 }
 
 impl JoinType {
@@ -65,6 +70,8 @@ impl JoinType {
             JoinType::Left => "LEFT",
             JoinType::Right => "RIGHT",
             JoinType::Full => "FULL",
+            JoinType::Semi => "SEMI",
+            JoinType::Anti => "ANTI",
         }
     }
 }
@@ -107,6 +114,20 @@ pub enum JoinKind {
     Lookup {
         /// The table.
         table: TableRef,
+    },
+    /// Regular join of two changelogs, itself a changelog (see `updating.rs`).
+    Updating {
+        /// A `NOT IN` ANTI join: SQL NULL semantics over its single key.
+        null_aware: bool,
+        /// Left columns then right columns: the schema the condition reads (the joined
+        /// schema of a SEMI/ANTI join holds only the left columns).
+        pair_schema: SchemaRef,
+        /// State TTL in ms of the sides that have an event-time column below.
+        ttl: Option<i64>,
+        /// Event time of the left side, when its rows expire after the TTL.
+        left_time: Option<TimeColumn>,
+        /// Event time of the right side, when its rows expire after the TTL.
+        right_time: Option<TimeColumn>,
     },
 }
 
@@ -251,6 +272,7 @@ impl JoinOperator {
                 JoinKind::Interval { .. } => Box::new(interval::IntervalStep::new(step)?),
                 JoinKind::Asof { .. } => Box::new(asof::AsofStep::new(step)?),
                 JoinKind::Lookup { table } => Box::new(lookup::LookupStep::new(step, table)?),
+                JoinKind::Updating { .. } => Box::new(updating::UpdatingStep::new(step)?),
             });
         }
         let times = spec
@@ -275,6 +297,7 @@ impl JoinOperator {
                     JoinKind::Interval { .. } => "interval",
                     JoinKind::Asof { .. } => "asof",
                     JoinKind::Lookup { .. } => "lookup",
+                    JoinKind::Updating { .. } => "updating",
                 })
                 .collect(),
             steps,

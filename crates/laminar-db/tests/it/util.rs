@@ -43,14 +43,21 @@ pub fn proptest_cases(default: u32) -> u32 {
 
 /// Runs `query` with DataFusion batch execution over `batch` registered as `table`.
 pub fn batch_query(table: &str, batch: RecordBatch, query: &str) -> Vec<Vec<String>> {
+    batch_query_tables(vec![(table, batch)], query)
+}
+
+/// Runs `query` in DataFusion over the given tables.
+pub fn batch_query_tables(tables: Vec<(&str, RecordBatch)>, query: &str) -> Vec<Vec<String>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
     rt.block_on(async {
         let ctx = datafusion::prelude::SessionContext::new();
-        let mem =
-            datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
-        ctx.register_table(table, std::sync::Arc::new(mem)).unwrap();
+        for (table, batch) in tables {
+            let mem = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])
+                .unwrap();
+            ctx.register_table(table, std::sync::Arc::new(mem)).unwrap();
+        }
         let out = ctx.sql(query).await.unwrap().collect().await.unwrap();
         rows(&out)
     })

@@ -12,7 +12,7 @@ use arrow::record_batch::RecordBatch;
 use laminar_db::{ChangeEvent, ExecuteResult, LaminarDB, SubscriptionConfig};
 use proptest::prelude::*;
 
-use crate::util::{batch_query, proptest_cases, rows};
+use crate::util::{batch_query_tables, proptest_cases, rows};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -339,9 +339,14 @@ fn an_operator_over_its_memory_budget_fails_clearly() {
             "stream 'c': memory.budget must be positive",
         ),
         (
+            "CREATE STREAM c WITH ('state.size' = '1h') AS SELECT k FROM s",
+            "SQL_INVALID",
+            "stream 'c': unknown option 'state.size' (known: memory.budget, state.ttl)",
+        ),
+        (
             "CREATE STREAM c WITH ('state.ttl' = '1h') AS SELECT k FROM s",
             "SQL_INVALID",
-            "stream 'c': unknown option 'state.ttl' (known: memory.budget)",
+            "state.ttl applies to updating joins",
         ),
     ] {
         let e = block_on(db.execute(sql)).unwrap_err();
@@ -550,6 +555,64 @@ const CASCADED: &[(&str, &str)] = &[
     ),
 ];
 
+/// Updating joins of `t (k, x)` with a second changelog `u (k, y)` (keys may be NULL in
+/// both), each with its batch query. `{j0}` names the first of them, `{v0}` the first view
+/// of [`VIEWS`].
+const JOINS: &[(&str, &str)] = &[
+    (
+        "SELECT t.k, t.x, u.y FROM t JOIN u ON t.k = u.k",
+        "SELECT t.k, t.x, u.y FROM t JOIN u ON t.k = u.k",
+    ),
+    (
+        "SELECT t.k, t.x, u.y FROM t LEFT JOIN u ON t.k = u.k",
+        "SELECT t.k, t.x, u.y FROM t LEFT JOIN u ON t.k = u.k",
+    ),
+    (
+        "SELECT t.x, u.k, u.y FROM t RIGHT JOIN u ON t.k = u.k",
+        "SELECT t.x, u.k, u.y FROM t RIGHT JOIN u ON t.k = u.k",
+    ),
+    (
+        "SELECT t.k AS tk, t.x, u.k AS uk, u.y FROM t FULL JOIN u ON t.k = u.k",
+        "SELECT t.k AS tk, t.x, u.k AS uk, u.y FROM t FULL JOIN u ON t.k = u.k",
+    ),
+    (
+        "SELECT t.k, t.x, u.y FROM t JOIN u ON t.k = u.k AND t.x < u.y",
+        "SELECT t.k, t.x, u.y FROM t JOIN u ON t.k = u.k AND t.x < u.y",
+    ),
+    (
+        "SELECT t.k, t.x, u.y FROM t FULL JOIN u ON t.k = u.k AND t.x + u.y > 0",
+        "SELECT t.k, t.x, u.y FROM t FULL JOIN u ON t.k = u.k AND t.x + u.y > 0",
+    ),
+    (
+        "SELECT k, x FROM t WHERE k IN (SELECT k FROM u WHERE y > 0)",
+        "SELECT k, x FROM t WHERE k IN (SELECT k FROM u WHERE y > 0)",
+    ),
+    (
+        "SELECT k, x FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.k = t.k AND u.y > t.x)",
+        "SELECT k, x FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.k = t.k AND u.y > t.x)",
+    ),
+    (
+        "SELECT k, x FROM t WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.k = t.k)",
+        "SELECT k, x FROM t WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.k = t.k)",
+    ),
+    (
+        "SELECT k, x FROM t WHERE k NOT IN (SELECT k FROM u)",
+        "SELECT k, x FROM t WHERE k NOT IN (SELECT k FROM u)",
+    ),
+    (
+        "SELECT t.x, a.y AS ay, b.k AS bk FROM t JOIN u a ON t.k = a.k JOIN u b ON a.y = b.y",
+        "SELECT t.x, a.y AS ay, b.k AS bk FROM t JOIN u a ON t.k = a.k JOIN u b ON a.y = b.y",
+    ),
+    (
+        "SELECT k, COUNT(*) AS n, SUM(y) AS s FROM {j0} GROUP BY k",
+        "SELECT t.k, COUNT(*) AS n, SUM(u.y) AS s FROM t JOIN u ON t.k = u.k GROUP BY t.k",
+    ),
+    (
+        "SELECT v.k, v.n, u.y FROM {v0} v LEFT JOIN u ON v.k = u.k",
+        "SELECT v.k, v.n, u.y FROM (SELECT k, COUNT(*) AS n FROM t GROUP BY k) v LEFT JOIN u ON v.k = u.k",
+    ),
+];
+
 #[derive(Debug, Clone)]
 enum Change {
     Insert(String, i64),
@@ -559,8 +622,16 @@ enum Change {
     Update(usize, String, i64),
 }
 
+/// Changes whose keys include NULL (the empty string stands for it).
 fn change_strategy() -> impl Strategy<Value = Change> {
-    let key = prop_oneof![Just("a"), Just("b"), Just("c"), Just("d")].prop_map(String::from);
+    let key = prop_oneof![
+        4 => Just("a"),
+        4 => Just("b"),
+        4 => Just("c"),
+        4 => Just("d"),
+        1 => Just(""),
+    ]
+    .prop_map(String::from);
     prop_oneof![
         3 => (key.clone(), -20i64..20).prop_map(|(k, x)| Change::Insert(k, x)),
         1 => (0usize..1000).prop_map(Change::Delete),
@@ -597,17 +668,22 @@ fn changelog(changes: &[Change]) -> (Vec<LogRow>, Vec<(String, i64)>) {
     (log, held)
 }
 
-fn changelog_batch(rows: &[(String, i64, &str)]) -> RecordBatch {
+/// Keys, with the empty string as NULL.
+fn key_array<'a>(keys: impl Iterator<Item = &'a str>) -> ArrayRef {
+    Arc::new(StringArray::from_iter(
+        keys.map(|k| (!k.is_empty()).then_some(k)),
+    ))
+}
+
+fn changelog_batch(value: &str, rows: &[(String, i64, &str)]) -> RecordBatch {
     RecordBatch::try_new(
         Arc::new(Schema::new(vec![
             Field::new("k", DataType::Utf8, true),
-            Field::new("x", DataType::Int64, true),
+            Field::new(value, DataType::Int64, true),
             Field::new("_op", DataType::Utf8, false),
         ])),
         vec![
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.0.as_str()),
-            )) as ArrayRef,
+            key_array(rows.iter().map(|r| r.0.as_str())),
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
         ],
@@ -615,16 +691,14 @@ fn changelog_batch(rows: &[(String, i64, &str)]) -> RecordBatch {
     .unwrap()
 }
 
-fn table_batch(rows: &[(String, i64)]) -> RecordBatch {
+fn table_batch(value: &str, rows: &[(String, i64)]) -> RecordBatch {
     RecordBatch::try_new(
         Arc::new(Schema::new(vec![
             Field::new("k", DataType::Utf8, true),
-            Field::new("x", DataType::Int64, true),
+            Field::new(value, DataType::Int64, true),
         ])),
         vec![
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.0.as_str()),
-            )) as ArrayRef,
+            key_array(rows.iter().map(|r| r.0.as_str())),
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
         ],
     )
@@ -633,16 +707,21 @@ fn table_batch(rows: &[(String, i64)]) -> RecordBatch {
 
 /// Runs every view of the corpus over the changelog, cut into batches at `splits`, and
 /// checks each view's contents and its consolidated changelog against the batch query.
-fn check_views(changes: &[Change], splits: &[usize], workers: usize) {
+fn check_views(changes: &[Change], other: &[Change], splits: &[usize], workers: usize) {
     let (log, table) = changelog(changes);
+    let (other_log, other_table) = changelog(other);
     let db = db(workers);
     block_on(db.execute("CREATE SOURCE t (k VARCHAR, x BIGINT, _op VARCHAR NOT NULL)")).unwrap();
+    block_on(db.execute("CREATE SOURCE u (k VARCHAR, y BIGINT, _op VARCHAR NOT NULL)")).unwrap();
     let mut subs = Vec::new();
     let mut expected = Vec::new();
-    let definitions = VIEWS.iter().chain(CASCADED);
+    let definitions = VIEWS.iter().chain(CASCADED).chain(JOINS);
+    let first_join = VIEWS.len() + CASCADED.len();
     for (i, (view, batch)) in definitions.enumerate() {
         let name = format!("v{i}");
-        let view = view.replace("FROM v0", "FROM v0 ");
+        let view = view
+            .replace("{j0}", &format!("v{first_join}"))
+            .replace("{v0}", "v0");
         block_on(db.execute(&format!("CREATE MATERIALIZED VIEW {name} AS {view}")))
             .unwrap_or_else(|e| panic!("{view}: {e}"));
         let sub = db
@@ -656,24 +735,44 @@ fn check_views(changes: &[Change], splits: &[usize], workers: usize) {
             )
             .unwrap();
         subs.push((name, view, sub));
-        expected.push(sorted(batch_query("t", table_batch(&table), batch)));
+        expected.push(sorted(batch_query_tables(
+            vec![
+                ("t", table_batch("x", &table)),
+                ("u", table_batch("y", &other_table)),
+            ],
+            batch,
+        )));
     }
-    let source = db.source_untyped("t").unwrap();
-    let mut cuts: Vec<usize> = splits.iter().map(|s| s % (log.len() + 1)).collect();
-    cuts.extend([0, log.len()]);
-    cuts.sort_unstable();
-    cuts.dedup();
-    for w in cuts.windows(2) {
-        // An update's two rows stay in one batch.
-        let (mut from, mut to) = (w[0], w[1]);
-        if from > 0 && log[from].2 == "U+" {
-            from += 1;
+    // Both changelogs, cut into batches at the same relative positions and interleaved.
+    let batches = |log: &[LogRow]| -> Vec<(usize, usize)> {
+        let mut cuts: Vec<usize> = splits.iter().map(|s| s % (log.len() + 1)).collect();
+        cuts.extend([0, log.len()]);
+        cuts.sort_unstable();
+        cuts.dedup();
+        cuts.windows(2)
+            .filter_map(|w| {
+                // An update's two rows stay in one batch.
+                let (mut from, mut to) = (w[0], w[1]);
+                if from > 0 && log[from].2 == "U+" {
+                    from += 1;
+                }
+                if to < log.len() && log[to].2 == "U+" {
+                    to += 1;
+                }
+                (from < to).then_some((from, to))
+            })
+            .collect()
+    };
+    let t = db.source_untyped("t").unwrap();
+    let u = db.source_untyped("u").unwrap();
+    let (t_batches, u_batches) = (batches(&log), batches(&other_log));
+    for i in 0..t_batches.len().max(u_batches.len()) {
+        if let Some(&(from, to)) = t_batches.get(i) {
+            t.push_arrow(changelog_batch("x", &log[from..to])).unwrap();
         }
-        if to < log.len() && log[to].2 == "U+" {
-            to += 1;
-        }
-        if from < to {
-            source.push_arrow(changelog_batch(&log[from..to])).unwrap();
+        if let Some(&(from, to)) = u_batches.get(i) {
+            u.push_arrow(changelog_batch("y", &other_log[from..to]))
+                .unwrap();
         }
     }
     assert!(db.wait_idle(WAIT));
@@ -710,9 +809,10 @@ proptest! {
     #[test]
     fn views_over_changelogs_equal_batch_queries(
         changes in proptest::collection::vec(change_strategy(), 0..80),
+        other in proptest::collection::vec(change_strategy(), 0..40),
         splits in proptest::collection::vec(0usize..1000, 0..6),
         workers in 1usize..3,
     ) {
-        check_views(&changes, &splits, workers);
+        check_views(&changes, &other, &splits, workers);
     }
 }

@@ -26,6 +26,7 @@ use laminar_core::time::EventTimeKind;
 
 use super::lower::{
     Branch, compile, conform, describe_projection, follow_column, lower_node, peel_stateless,
+    reads_changelog,
 };
 use super::{SchemaCatalog, StreamPlan};
 use crate::error::SqlError;
@@ -46,6 +47,8 @@ pub struct JoinPlan {
     pub post_descriptions: Vec<String>,
     /// Reference tables read by lookup steps.
     pub tables: Vec<String>,
+    /// True when the steps are updating joins: the output is a changelog.
+    pub updating: bool,
 }
 
 /// Compiled key expressions of the left and right inputs.
@@ -55,6 +58,7 @@ pub(crate) fn lower_join(
     plan: &LogicalPlan,
     catalog: &dyn SchemaCatalog,
     clauses: &StreamingClauses,
+    updating: Option<&UpdatingJoins>,
 ) -> Result<Option<StreamPlan>, SqlError> {
     let (post_nodes, core) = peel_stateless(plan);
     let LogicalPlan::Join(top) = core else {
@@ -65,29 +69,15 @@ pub(crate) fn lower_join(
             "EMIT, ALLOW LATENESS and LATE DATA TO apply to aggregations; a join emits each result once (create a stream for the join and aggregate it)".into(),
         ));
     }
-    // Flatten the left-deep tree.
-    let mut joins = vec![top];
-    let mut left = top.left.as_ref();
-    loop {
-        match left {
-            LogicalPlan::Join(j) => {
-                joins.push(j);
-                left = j.left.as_ref();
-            }
-            LogicalPlan::SubqueryAlias(a) if matches!(a.input.as_ref(), LogicalPlan::Join(_)) => {
-                left = a.input.as_ref();
-            }
-            _ => break,
-        }
-    }
-    joins.reverse();
-    let base = left;
+    let (joins, base) = flatten_joins(top);
     let mut base_branches = lower_node(base, catalog)?;
     let base_schema: SchemaRef = Arc::new(base.schema().as_arrow().clone());
     for b in &mut base_branches {
         conform(b, base.schema(), &base_schema)?;
     }
-    refuse_changelog(base.schema())?;
+    if updating.is_none() {
+        refuse_changelog(base.schema())?;
+    }
     // WHERE conjuncts over the leftmost relation alone filter its rows before any join when
     // every join keeps only matched or left rows (INNER, LEFT): same result, less work.
     let keeps_left_only = joins
@@ -142,6 +132,8 @@ pub(crate) fn lower_join(
             DfJoinType::Left => JoinType::Left,
             DfJoinType::Right => JoinType::Right,
             DfJoinType::Full => JoinType::Full,
+            DfJoinType::LeftSemi if updating.is_some() => JoinType::Semi,
+            DfJoinType::LeftAnti if updating.is_some() => JoinType::Anti,
             other => {
                 return Err(SqlError::not_supported(
                     format!("{other} joins in a stream"),
@@ -186,11 +178,89 @@ pub(crate) fn lower_join(
         let right_plan = join.right.as_ref();
         let table = table_of(right_plan, catalog);
         let step_number = number + 1;
-        let (kind, right_relation, condition, left_keys, right_keys, description) = if let Some((
-            table_name,
-            table_ref,
-        )) = table
+        let mut step_right_time: Option<TimeColumn> = None;
+        let (kind, right_relation, condition, left_keys, right_keys, description) = if let Some(u) =
+            updating
         {
+            let relation = next_relation;
+            next_relation += 1;
+            let (right_time, right_name) = add_relation(
+                right_plan,
+                catalog,
+                relation,
+                &mut inputs,
+                &mut chains,
+                &mut chain_descriptions,
+                &mut relations,
+            )?;
+            step_right_time = right_time;
+            if join.null_aware && (keys.len() != 1 || !residual.is_empty()) {
+                return Err(SqlError::not_supported(
+                    "NOT IN over several columns or with a correlated condition",
+                    Some("write it as NOT EXISTS"),
+                ));
+            }
+            let pair_df = left_df.join(right_df).map_err(SqlError::Plan)?;
+            let lk = keys
+                .iter()
+                .map(|(l, _)| compile(l, left_df))
+                .collect::<Result<Vec<_>, _>>()?;
+            let rk = keys
+                .iter()
+                .map(|(_, r)| compile(r, right_df))
+                .collect::<Result<Vec<_>, _>>()?;
+            let condition = and_all(&residual)
+                .map(|c| compile(&c, &pair_df))
+                .transpose()?;
+            let left_append = u.append_only[..=number].iter().any(|a| *a);
+            let right_append = u.append_only.get(number + 1).copied().unwrap_or(false);
+            let left_name = u.names.first().cloned().unwrap_or_default();
+            let ttl_side = |append: bool,
+                            time: Option<TimeColumn>,
+                            name: &str|
+             -> Result<Option<TimeColumn>, SqlError> {
+                if !append {
+                    return Ok(None);
+                }
+                match u.ttl_ms {
+                    None => Err(SqlError::Invalid(format!(
+                        "this updating join keeps every row of the append-only stream '{name}' (the join has no time bound), so its state would grow without limit: add WITH ('state.ttl' = '1 hour') before AS to expire its rows, or join it with a time bound between the event-time columns"
+                    ))),
+                    Some(_) if time.is_none() => Err(SqlError::Invalid(format!(
+                        "state.ttl counts event time, and the join input '{name}' has no event-time column (declare WATERMARK FOR on its source and select the column unchanged)"
+                    ))),
+                    Some(_) => Ok(time),
+                }
+            };
+            let left_ttl = ttl_side(left_append, left_time, &left_name)?;
+            let right_ttl = ttl_side(right_append, right_time, &right_name)?;
+            (
+                JoinKind::Updating {
+                    null_aware: join.null_aware,
+                    pair_schema: Arc::new(pair_df.as_arrow().clone()),
+                    ttl: u.ttl_ms,
+                    left_time: left_ttl,
+                    right_time: right_ttl,
+                },
+                Some(relation),
+                condition,
+                lk,
+                rk,
+                format!(
+                    "join_step_{step_number}: updating {}{} JOIN {right_name} on {}{}{}",
+                    if join.null_aware { "null-aware " } else { "" },
+                    join_type.sql(),
+                    describe_keys(&keys),
+                    and_all(&residual)
+                        .map(|c| format!(" and {c}"))
+                        .unwrap_or_default(),
+                    match (left_ttl.is_some() || right_ttl.is_some(), u.ttl_ms) {
+                        (true, Some(ttl)) => format!(" (state.ttl {ttl} ms)"),
+                        _ => String::new(),
+                    }
+                ),
+            )
+        } else if let Some((table_name, table_ref)) = table {
             if let Some(Expr::Column(c)) = &temporal {
                 return Err(SqlError::Invalid(format!(
                     "FOR SYSTEM_TIME AS OF {c}: table '{table_name}' has no versions (no event-time column); use FOR SYSTEM_TIME AS OF PROCTIME() or a plain JOIN for its current row, or join a versioned source or stream"
@@ -266,24 +336,17 @@ pub(crate) fn lower_join(
             if temporal.is_none() {
                 refuse_changelog(right_df)?;
             }
-            let mut branches = lower_node(right_plan, catalog)?;
-            let right_schema: SchemaRef = Arc::new(right_df.as_arrow().clone());
-            for b in &mut branches {
-                conform(b, right_df, &right_schema)?;
-            }
-            let right_time = common_time(&branches, &right_schema);
             let relation = next_relation;
             next_relation += 1;
-            let right_name = branches
-                .first()
-                .map(|b| b.input.clone())
-                .unwrap_or_default();
-            for b in branches {
-                inputs.push(b.input);
-                chains.push(b.steps);
-                chain_descriptions.push(b.descriptions);
-                relations.push(relation);
-            }
+            let (right_time, right_name) = add_relation(
+                right_plan,
+                catalog,
+                relation,
+                &mut inputs,
+                &mut chains,
+                &mut chain_descriptions,
+                &mut relations,
+            )?;
             let need_time = |what: &str| -> Result<(TimeColumn, TimeColumn), SqlError> {
                 let l = left_time.ok_or_else(|| {
                         SqlError::Invalid(format!(
@@ -493,9 +556,10 @@ pub(crate) fn lower_join(
                 Some(*right_time)
             }
             JoinKind::Lookup { .. } => None,
+            JoinKind::Updating { .. } => step_right_time,
         };
         left_time = match join_type {
-            JoinType::Inner | JoinType::Left => left_time,
+            JoinType::Inner | JoinType::Left | JoinType::Semi | JoinType::Anti => left_time,
             JoinType::Right => right_time.map(|t| TimeColumn {
                 index: t.index + left_width,
                 kind: t.kind,
@@ -539,10 +603,11 @@ pub(crate) fn lower_join(
         }
     }
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-    if output_schema
-        .fields()
-        .iter()
-        .any(|f| f.name() == laminar_core::message::OP_COLUMN)
+    if updating.is_none()
+        && output_schema
+            .fields()
+            .iter()
+            .any(|f| f.name() == laminar_core::message::OP_COLUMN)
     {
         return Err(SqlError::Invalid(format!(
             "a join's output is append-only: do not select the versioned side's {} column",
@@ -571,8 +636,40 @@ pub(crate) fn lower_join(
             post,
             post_descriptions,
             tables,
+            updating: updating.is_some(),
         }),
     }))
+}
+
+/// Lowers a join's right input as relation `relation`: its branches join the operator's
+/// inputs. Returns its event-time column and its name.
+#[allow(clippy::too_many_arguments)]
+fn add_relation(
+    plan: &LogicalPlan,
+    catalog: &dyn SchemaCatalog,
+    relation: usize,
+    inputs: &mut Vec<String>,
+    chains: &mut Vec<Vec<Step>>,
+    chain_descriptions: &mut Vec<Vec<String>>,
+    relations: &mut Vec<usize>,
+) -> Result<(Option<TimeColumn>, String), SqlError> {
+    let mut branches = lower_node(plan, catalog)?;
+    let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+    for b in &mut branches {
+        conform(b, plan.schema(), &schema)?;
+    }
+    let time = common_time(&branches, &schema);
+    let name = branches
+        .first()
+        .map(|b| b.input.clone())
+        .unwrap_or_default();
+    for b in branches {
+        inputs.push(b.input);
+        chains.push(b.steps);
+        chain_descriptions.push(b.descriptions);
+        relations.push(relation);
+    }
+    Ok((time, name))
 }
 
 /// Joins over time read append-only inputs; a changelog (`_op`) input needs updating joins.
@@ -1015,4 +1112,254 @@ pub(crate) fn join_intervals_as_millis(query: &mut sqlparser::ast::Query) -> boo
     let mut changed = false;
     query_of(query, &mut changed);
     changed
+}
+
+/// How the joins of an updating query are planned (see [`prepare_updating`]).
+#[derive(Debug, Clone)]
+pub(crate) struct UpdatingJoins {
+    /// `state.ttl` in ms.
+    pub(crate) ttl_ms: Option<i64>,
+    /// Per relation of the join chain (0 = the leftmost, then each join's right side):
+    /// true when it is append-only (its rows never retract, so it needs a TTL).
+    pub(crate) append_only: Vec<bool>,
+    /// Names of the relations, for messages.
+    pub(crate) names: Vec<String>,
+}
+
+/// The name of the first relation a plan reads.
+fn relation_name(plan: &LogicalPlan) -> String {
+    let mut name = String::new();
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            name = scan.table_name.table().to_string();
+            return Ok(datafusion::common::tree_node::TreeNodeRecursion::Stop);
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    name
+}
+
+/// The left-deep chain of joins under `core`, in written order, and its leftmost input.
+fn flatten_joins(
+    top: &datafusion::logical_expr::Join,
+) -> (Vec<&datafusion::logical_expr::Join>, &LogicalPlan) {
+    let mut joins = vec![top];
+    let mut left = top.left.as_ref();
+    loop {
+        match left {
+            LogicalPlan::Join(j) => {
+                joins.push(j);
+                left = j.left.as_ref();
+            }
+            LogicalPlan::SubqueryAlias(a) if matches!(a.input.as_ref(), LogicalPlan::Join(_)) => {
+                left = a.input.as_ref();
+            }
+            _ => break,
+        }
+    }
+    joins.reverse();
+    (joins, left)
+}
+
+/// Decides whether the query's joins are updating (regular) joins — a changelog input, an
+/// `EXISTS` / `IN` subquery (SEMI / ANTI join), or a `state.ttl` — and if so rewrites the
+/// plan so that every join input carries `_op` (append-only inputs get `'I'`, a changelog
+/// whose `_op` a subquery dropped gets it back) and the output carries exactly one `_op`.
+pub(crate) fn prepare_updating(
+    plan: &LogicalPlan,
+    catalog: &dyn SchemaCatalog,
+    clauses: &StreamingClauses,
+) -> Result<Option<(LogicalPlan, UpdatingJoins)>, SqlError> {
+    use laminar_core::message::OP_COLUMN;
+    let (_, core) = peel_stateless(plan);
+    let LogicalPlan::Join(top) = core else {
+        return Ok(None);
+    };
+    let (joins, base) = flatten_joins(top);
+    let relations: Vec<&LogicalPlan> = std::iter::once(base)
+        .chain(joins.iter().map(|j| j.right.as_ref()))
+        .collect();
+    let changelog: Vec<bool> = relations
+        .iter()
+        .map(|r| reads_changelog(r, catalog))
+        .collect();
+    let filtering = joins.iter().any(|j| {
+        matches!(
+            j.join_type,
+            DfJoinType::LeftSemi
+                | DfJoinType::LeftAnti
+                | DfJoinType::RightSemi
+                | DfJoinType::RightAnti
+        )
+    });
+    let has_marker = joins.iter().any(|j| {
+        j.filter.as_ref().is_some_and(|f| {
+            let mut conjuncts = Vec::new();
+            split_and(f, &mut conjuncts);
+            conjuncts.iter().any(|c| marker(c).is_some())
+        })
+    });
+    // INTERSECT and EXCEPT are joins whose keys match NULL with NULL: refused elsewhere.
+    let null_equal = joins
+        .iter()
+        .any(|j| j.null_equality == datafusion::common::NullEquality::NullEqualsNull);
+    if has_marker
+        || null_equal
+        || !(changelog.iter().any(|c| *c) || filtering || clauses.state_ttl_ms.is_some())
+    {
+        return Ok(None);
+    }
+    for (r, relation) in relations.iter().enumerate().skip(1) {
+        if let Some((table, _)) = table_of(relation, catalog) {
+            let left = relation_name(relations[0]);
+            return Err(SqlError::not_supported(
+                format!(
+                    "an updating join with table '{table}' (the join reads '{left}', a changelog or a stream with state.ttl)"
+                ),
+                Some(if changelog[..r].iter().any(|c| *c) {
+                    "a TABLE is read by lookup joins from append-only streams; to join a changelog with it, join a materialized view over the table's source"
+                } else {
+                    "a TABLE is read by lookup joins: drop state.ttl to look rows up in it"
+                }),
+            ));
+        }
+    }
+    let rewritten = with_changes_spine(plan, catalog)?;
+    // Exactly one `_op` in the output.
+    let fixed = match &rewritten {
+        LogicalPlan::Projection(p) => {
+            let mut exprs = Vec::with_capacity(p.expr.len() + 1);
+            let mut has_op = false;
+            for (e, (_, field)) in p.expr.iter().zip(p.schema.iter()) {
+                if field.name() == OP_COLUMN {
+                    if has_op {
+                        continue;
+                    }
+                    has_op = true;
+                }
+                exprs.push(e.clone());
+            }
+            if !has_op {
+                let (qualifier, field) = p
+                    .input
+                    .schema()
+                    .iter()
+                    .find(|(_, f)| f.name() == OP_COLUMN)
+                    .ok_or_else(|| {
+                        SqlError::Invalid("an updating join lost its _op column".into())
+                    })?;
+                exprs.push(Expr::Column(Column::new(qualifier.cloned(), field.name())));
+            }
+            datafusion::logical_expr::Projection::try_new(exprs, p.input.clone())
+                .map(LogicalPlan::Projection)
+                .map_err(SqlError::Plan)?
+        }
+        other => {
+            let mut exprs = Vec::new();
+            let mut has_op = false;
+            for (qualifier, field) in other.schema().iter() {
+                if field.name() == OP_COLUMN {
+                    if has_op {
+                        continue;
+                    }
+                    has_op = true;
+                }
+                exprs.push(Expr::Column(Column::new(qualifier.cloned(), field.name())));
+            }
+            datafusion::logical_expr::LogicalPlanBuilder::from(other.clone())
+                .project(exprs)
+                .and_then(|b| b.build())
+                .map_err(SqlError::Plan)?
+        }
+    };
+    Ok(Some((
+        fixed,
+        UpdatingJoins {
+            ttl_ms: clauses.state_ttl_ms,
+            append_only: changelog.iter().map(|c| !c).collect(),
+            names: relations.iter().map(|r| relation_name(r)).collect(),
+        },
+    )))
+}
+
+/// Rebuilds the filters, projections and aliases above the join chain and the chain itself
+/// with every join input carrying `_op`.
+fn with_changes_spine(
+    node: &LogicalPlan,
+    catalog: &dyn SchemaCatalog,
+) -> Result<LogicalPlan, SqlError> {
+    match node {
+        LogicalPlan::Join(j) => {
+            let left = match j.left.as_ref() {
+                LogicalPlan::Join(_) => with_changes_spine(&j.left, catalog)?,
+                LogicalPlan::SubqueryAlias(a)
+                    if matches!(a.input.as_ref(), LogicalPlan::Join(_)) =>
+                {
+                    with_changes_spine(&j.left, catalog)?
+                }
+                other => with_changes(other, catalog)?,
+            };
+            let right = with_changes(&j.right, catalog)?;
+            LogicalPlan::Join(datafusion::logical_expr::Join {
+                left: Arc::new(left),
+                right: Arc::new(right),
+                ..j.clone()
+            })
+            .recompute_schema()
+            .map_err(SqlError::Plan)
+        }
+        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
+            let input = node
+                .inputs()
+                .first()
+                .map(|i| with_changes_spine(i, catalog))
+                .transpose()?
+                .ok_or_else(|| SqlError::Invalid("a plan node without input".into()))?;
+            node.with_new_exprs(node.expressions(), vec![input])
+                .map_err(SqlError::Plan)
+        }
+        other => Ok(other.clone()),
+    }
+}
+
+/// A join input with `_op`: kept when it has one, restored when it reads a changelog but
+/// dropped it, `'I'` for an append-only input.
+fn with_changes(plan: &LogicalPlan, catalog: &dyn SchemaCatalog) -> Result<LogicalPlan, SqlError> {
+    use laminar_core::message::OP_COLUMN;
+    if plan
+        .schema()
+        .index_of_column_by_name(None, OP_COLUMN)
+        .is_some()
+        || plan.schema().iter().any(|(_, f)| f.name() == OP_COLUMN)
+    {
+        return Ok(plan.clone());
+    }
+    if reads_changelog(plan, catalog) {
+        if let LogicalPlan::SubqueryAlias(a) = plan {
+            let inner = with_changes(&a.input, catalog)?;
+            return LogicalPlan::SubqueryAlias(
+                datafusion::logical_expr::SubqueryAlias::try_new(Arc::new(inner), a.alias.clone())
+                    .map_err(SqlError::Plan)?,
+            )
+            .recompute_schema()
+            .map_err(SqlError::Plan);
+        }
+        return super::lower::keep_changes(plan, catalog)?
+            .ok_or_else(|| SqlError::Invalid("an updating join input lost its _op column".into()));
+    }
+    let qualifier = plan.schema().iter().next().and_then(|(q, _)| q.cloned());
+    let mut exprs: Vec<Expr> = plan
+        .schema()
+        .columns()
+        .into_iter()
+        .map(Expr::Column)
+        .collect();
+    exprs.push(
+        datafusion::logical_expr::lit(laminar_core::message::ChangeOp::Insert.as_str())
+            .alias_qualified(qualifier, OP_COLUMN),
+    );
+    datafusion::logical_expr::LogicalPlanBuilder::from(plan.clone())
+        .project(exprs)
+        .and_then(|b| b.build())
+        .map_err(SqlError::Plan)
 }

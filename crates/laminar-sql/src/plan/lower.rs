@@ -117,10 +117,26 @@ pub fn reads_only_snapshots(plan: &LogicalPlan, catalog: &dyn SchemaCatalog) -> 
     all && reads_relations(plan)
 }
 
+/// True when the plan reads a changelog relation (one with `_op`).
+pub(super) fn reads_changelog(plan: &LogicalPlan, catalog: &dyn SchemaCatalog) -> bool {
+    let mut found = false;
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && catalog
+                .relation(scan.table_name.table())
+                .is_some_and(|r| laminar_core::message::is_changelog(&r.schema))
+        {
+            found = true;
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    found
+}
+
 /// A filter/projection over a changelog passes every change on with its weight: when the
 /// query reads a changelog (a relation with `_op`) and its `SELECT` list leaves `_op` out,
 /// `_op` is appended to the output. `None` when nothing needs changing.
-fn keep_changes(
+pub(super) fn keep_changes(
     plan: &LogicalPlan,
     catalog: &dyn SchemaCatalog,
 ) -> Result<Option<LogicalPlan>, SqlError> {
@@ -132,18 +148,7 @@ fn keep_changes(
     {
         return Ok(None);
     }
-    let mut reads_changelog = false;
-    let _ = plan.apply(|node| {
-        if let LogicalPlan::TableScan(scan) = node
-            && catalog
-                .relation(scan.table_name.table())
-                .is_some_and(|r| laminar_core::message::is_changelog(&r.schema))
-        {
-            reads_changelog = true;
-        }
-        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-    });
-    if !reads_changelog {
+    if !reads_changelog(plan, catalog) {
         return Ok(None);
     }
     let refused = || {
@@ -264,7 +269,19 @@ pub(crate) fn lower(
 ) -> Result<StreamPlan, SqlError> {
     let distinct = distinct_as_aggregate(plan, catalog)?;
     let plan = distinct.as_ref().unwrap_or(plan);
-    if let Some(plan) = super::join::lower_join(plan, catalog, clauses)? {
+    let prepared = super::join::prepare_updating(plan, catalog, clauses)?;
+    let joined = super::join::lower_join(
+        prepared.as_ref().map_or(plan, |(p, _)| p),
+        catalog,
+        clauses,
+        prepared.as_ref().map(|(_, u)| u),
+    )?;
+    if clauses.state_ttl_ms.is_some() && !joined.as_ref().is_some_and(|p| p.is_updating()) {
+        return Err(SqlError::Invalid(
+            "state.ttl applies to updating joins (it bounds how long a join keeps the rows of an append-only input); this query has none".into(),
+        ));
+    }
+    if let Some(plan) = joined {
         return Ok(plan);
     }
     if let Some(plan) = super::aggregate::lower_aggregation(plan, catalog, clauses)? {

@@ -353,7 +353,7 @@ impl StepState for IntervalStep {
         let left = self.min_time(0).map_or(time.left, |t| t.min(time.left));
         let right = self.min_time(1).map_or(time.right, |t| t.min(time.right));
         match self.join_type {
-            JoinType::Inner | JoinType::Left => left,
+            JoinType::Inner | JoinType::Left | JoinType::Semi | JoinType::Anti => left,
             JoinType::Right => right,
             JoinType::Full => left.min(right),
         }

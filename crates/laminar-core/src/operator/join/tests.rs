@@ -502,3 +502,114 @@ fn a_snapshot_of_another_join_is_refused() {
     assert!(wrong.restore(b"garbage").is_err());
     assert!(wrong.restore(&snapshot[..snapshot.len() / 2]).is_err());
 }
+
+// ---- Updating joins ---------------------------------------------------------------------
+
+fn changelog_schema() -> SchemaRef {
+    schema(
+        &[
+            ("k", DataType::Utf8),
+            ("v", DataType::Int64),
+            ("_op", DataType::Utf8),
+        ],
+        true,
+    )
+}
+
+fn changes(rows: &[(&str, i64, &str)]) -> RecordBatch {
+    RecordBatch::try_new(
+        changelog_schema(),
+        vec![
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+fn updating(join_type: JoinType) -> JoinOperator {
+    let s = changelog_schema();
+    let pair = joined_schema(&s, &s, JoinType::Inner);
+    operator(
+        s.clone(),
+        s,
+        join_type,
+        JoinKind::Updating {
+            null_aware: false,
+            pair_schema: pair,
+            ttl: None,
+            left_time: None,
+            right_time: None,
+        },
+    )
+}
+
+#[test]
+fn updating_full_join_retracts_padded_rows_and_survives_a_snapshot() {
+    let mut op = updating(JoinType::Full);
+    let mut out = Vec::new();
+    op.on_batch(0, changes(&[("a", 1, "I")]), &mut out).unwrap();
+    assert_eq!(rows(&out), vec!["a|1|I|NULL|NULL|I"]);
+    // Restored into a fresh operator, the state goes on as if nothing happened.
+    let snapshot = op.snapshot().unwrap().unwrap();
+    let mut op = updating(JoinType::Full);
+    op.restore(&snapshot).unwrap();
+    assert_eq!(op.state_size().rows, 1);
+    let mut out = Vec::new();
+    op.on_batch(1, changes(&[("a", 5, "I"), ("b", 6, "I")]), &mut out)
+        .unwrap();
+    assert_eq!(
+        rows(&out),
+        vec!["NULL|NULL|I|b|6|I", "a|1|D|NULL|NULL|D", "a|1|I|a|5|I"]
+    );
+    let mut out = Vec::new();
+    op.on_batch(1, changes(&[("a", 5, "U-"), ("a", 7, "U+")]), &mut out)
+        .unwrap();
+    // The padded row lost and regained within the batch cancels out.
+    assert_eq!(rows(&out), vec!["a|1|D|a|5|D", "a|1|I|a|7|I"]);
+    let mut out = Vec::new();
+    op.on_batch(0, changes(&[("a", 1, "D")]), &mut out).unwrap();
+    assert_eq!(rows(&out), vec!["NULL|NULL|I|a|7|I", "a|1|D|a|7|D"]);
+}
+
+#[test]
+fn updating_join_refuses_a_retraction_of_a_row_it_does_not_hold() {
+    let mut op = updating(JoinType::Inner);
+    let mut out = Vec::new();
+    op.on_batch(0, changes(&[("a", 1, "I")]), &mut out).unwrap();
+    let err = op
+        .on_batch(0, changes(&[("a", 2, "D")]), &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("retracts a row the join does not hold"),
+        "{err}"
+    );
+    let err = op
+        .on_batch(1, changes(&[("a", 2, "X")]), &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("invalid _op value 'X'"), "{err}");
+    // A snapshot of another kind of join is refused.
+    let snapshot = op.snapshot().unwrap().unwrap();
+    let s = changelog_schema();
+    let mut other = operator(
+        s.clone(),
+        s,
+        JoinType::Inner,
+        JoinKind::Interval {
+            left_time: time(1),
+            right_time: time(1),
+            lower: 0,
+            upper: 0,
+        },
+    );
+    assert!(other.restore(&snapshot).is_err());
+}
