@@ -9,6 +9,7 @@ mod exchange;
 pub mod join;
 mod source;
 mod stateless;
+mod topn;
 mod view;
 
 use std::time::Instant;
@@ -22,6 +23,7 @@ use crate::message::Message;
 pub use exchange::ExchangeOperator;
 pub use source::{SourceOperator, SourceSettings};
 pub use stateless::{StatelessOperator, Step};
+pub use topn::{RankFunction, TopNOperator, TopNSpec};
 pub use view::{ViewOperator, ViewStore};
 
 /// Size of the state an operator holds.

@@ -697,6 +697,24 @@ impl LaminarDB {
                 .map_err(|e| DbError::Engine(e.to_string()))?;
             return Ok(Box::new(operator));
         }
+        if let Some(t) = &plan.topn {
+            let operator =
+                laminar_core::operator::TopNOperator::new(laminar_core::operator::TopNSpec {
+                    name: name.to_string(),
+                    chains: plan.chains.clone(),
+                    input_schema: t.input_schema.clone(),
+                    partition_by: t.partition_by.clone(),
+                    order_by: t.order_by.clone(),
+                    function: t.function,
+                    limit: t.limit,
+                    ranked_schema: t.ranked_schema.clone(),
+                    post: t.post.clone(),
+                    output_schema: plan.output_schema.clone(),
+                    append_only: t.append_only,
+                })
+                .map_err(|e| DbError::Engine(e.to_string()))?;
+            return Ok(Box::new(operator));
+        }
         let Some(a) = &plan.aggregate else {
             return Ok(Box::new(StatelessOperator::new(
                 name,

@@ -27,6 +27,8 @@ pub fn explain_stream(name: &str, plan: &StreamPlan) -> Vec<(String, String)> {
                 if j.steps.len() == 1 { "" } else { "s" },
                 if j.steps.iter().all(|s| s.right_relation.is_none()) {
                     "none (lookups read the current table rows)"
+                } else if j.updating {
+                    "the current rows of each input, by key (an updating join emits a changelog)"
                 } else {
                     "rows kept until the other input's watermark rules out further matches"
                 }
@@ -45,8 +47,17 @@ pub fn explain_stream(name: &str, plan: &StreamPlan) -> Vec<(String, String)> {
             rows.push(("after_join".to_string(), j.post_descriptions.join(" -> ")));
         }
     }
+    if let Some(t) = &plan.topn {
+        rows.push((
+            "operator".to_string(),
+            format!("TopNOperator: {}", t.description),
+        ));
+        if !t.post_descriptions.is_empty() {
+            rows.push(("after_rank".to_string(), t.post_descriptions.join(" -> ")));
+        }
+    }
     match &plan.aggregate {
-        None if plan.join.is_some() => {}
+        None if plan.join.is_some() || plan.topn.is_some() => {}
         None => rows.push((
             "operator".to_string(),
             format!(

@@ -8,11 +8,13 @@ mod aggregate;
 mod join;
 mod lower;
 mod provider;
+mod topn;
 mod window;
 
 pub use aggregate::AggregatePlan;
 pub use join::JoinPlan;
 pub use lower::{reads_only_snapshots, reads_relations};
+pub use topn::TopNPlan;
 pub use window::{parse_emit, parse_lateness};
 
 use std::sync::Arc;
@@ -85,6 +87,8 @@ pub struct StreamPlan {
     pub aggregate: Option<AggregatePlan>,
     /// The joins, when the query joins (the chains then feed its relations).
     pub join: Option<JoinPlan>,
+    /// The top-N, when the query ranks (the chains then feed it).
+    pub topn: Option<TopNPlan>,
 }
 
 impl StreamPlan {
@@ -107,6 +111,7 @@ impl StreamPlan {
             }),
             aggregate: None,
             join: None,
+            topn: None,
         }
     }
 
@@ -116,6 +121,7 @@ impl StreamPlan {
             .as_ref()
             .is_some_and(|a| a.emit.is_updating(a.lateness))
             || self.join.as_ref().is_some_and(|j| j.updating)
+            || self.topn.is_some()
     }
 }
 

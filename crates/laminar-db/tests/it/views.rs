@@ -533,10 +533,32 @@ const VIEWS: &[(&str, &str)] = &[
         "SELECT k, x FROM t WHERE x > 10 UNION ALL SELECT k, x FROM t WHERE x < -10",
         "SELECT k, x FROM t WHERE x > 10 UNION ALL SELECT k, x FROM t WHERE x < -10",
     ),
+    // Top-N: ties in the order are whole-row ties here, so ROW_NUMBER's choice among them
+    // does not change the rows.
+    (
+        "SELECT k, x, rn FROM (SELECT k, x, ROW_NUMBER() OVER (PARTITION BY k ORDER BY x DESC) AS rn FROM t) WHERE rn <= 2",
+        "SELECT k, x, rn FROM (SELECT k, x, ROW_NUMBER() OVER (PARTITION BY k ORDER BY x DESC) AS rn FROM t) WHERE rn <= 2",
+    ),
+    (
+        "SELECT k, x, r FROM (SELECT k, x, RANK() OVER (PARTITION BY k ORDER BY x) AS r FROM t) WHERE r <= 3",
+        "SELECT k, x, r FROM (SELECT k, x, RANK() OVER (PARTITION BY k ORDER BY x) AS r FROM t) WHERE r <= 3",
+    ),
+    (
+        "SELECT x, d FROM (SELECT x, DENSE_RANK() OVER (ORDER BY x DESC) AS d FROM t) WHERE d <= 2",
+        "SELECT x, d FROM (SELECT x, DENSE_RANK() OVER (ORDER BY x DESC) AS d FROM t) WHERE d <= 2",
+    ),
+    (
+        "SELECT k, x FROM (SELECT k, x, ROW_NUMBER() OVER (PARTITION BY k ORDER BY x DESC) AS rn FROM t) WHERE rn = 1",
+        "SELECT k, x FROM (SELECT k, x, ROW_NUMBER() OVER (PARTITION BY k ORDER BY x DESC) AS rn FROM t) WHERE rn = 1",
+    ),
 ];
 
 /// Views over the first view of [`VIEWS`] (`v0`), each with its batch query over `t`.
 const CASCADED: &[(&str, &str)] = &[
+    (
+        "SELECT k, n FROM (SELECT k, n, ROW_NUMBER() OVER (ORDER BY n DESC, k) AS rn FROM v0) WHERE rn <= 2",
+        "SELECT k, n FROM (SELECT k, n, ROW_NUMBER() OVER (ORDER BY n DESC, k) AS rn FROM (SELECT k, COUNT(*) AS n FROM t GROUP BY k)) WHERE rn <= 2",
+    ),
     (
         "SELECT n, COUNT(*) AS keys FROM v0 GROUP BY n",
         "SELECT n, COUNT(*) AS keys FROM (SELECT k, COUNT(*) AS n FROM t GROUP BY k) GROUP BY n",
@@ -602,6 +624,14 @@ const JOINS: &[(&str, &str)] = &[
     (
         "SELECT t.x, a.y AS ay, b.k AS bk FROM t JOIN u a ON t.k = a.k JOIN u b ON a.y = b.y",
         "SELECT t.x, a.y AS ay, b.k AS bk FROM t JOIN u a ON t.k = a.k JOIN u b ON a.y = b.y",
+    ),
+    (
+        "SELECT k FROM t INTERSECT SELECT k FROM u",
+        "SELECT k FROM t INTERSECT SELECT k FROM u",
+    ),
+    (
+        "SELECT k, x FROM t WHERE x > 0 EXCEPT SELECT k, y FROM u",
+        "SELECT k, x FROM t WHERE x > 0 EXCEPT SELECT k, y FROM u",
     ),
     (
         "SELECT k, COUNT(*) AS n, SUM(y) AS s FROM {j0} GROUP BY k",

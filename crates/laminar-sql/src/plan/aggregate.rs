@@ -344,6 +344,7 @@ fn lower_aggregate(
         keyed_watermark: None,
         logical_plan: plan.clone(),
         join: None,
+        topn: None,
         aggregate: Some(AggregatePlan {
             input_schema,
             event_time,

@@ -638,6 +638,7 @@ pub(crate) fn lower_join(
             tables,
             updating: updating.is_some(),
         }),
+        topn: None,
     }))
 }
 
@@ -728,7 +729,7 @@ fn table_of(
     }
 }
 
-fn split_and(expr: &Expr, out: &mut Vec<Expr>) {
+pub(super) fn split_and(expr: &Expr, out: &mut Vec<Expr>) {
     match expr {
         Expr::BinaryExpr(BinaryExpr {
             left,
@@ -1170,7 +1171,6 @@ pub(crate) fn prepare_updating(
     catalog: &dyn SchemaCatalog,
     clauses: &StreamingClauses,
 ) -> Result<Option<(LogicalPlan, UpdatingJoins)>, SqlError> {
-    use laminar_core::message::OP_COLUMN;
     let (_, core) = peel_stateless(plan);
     let LogicalPlan::Join(top) = core else {
         return Ok(None);
@@ -1224,54 +1224,9 @@ pub(crate) fn prepare_updating(
             ));
         }
     }
-    let rewritten = with_changes_spine(plan, catalog)?;
-    // Exactly one `_op` in the output.
-    let fixed = match &rewritten {
-        LogicalPlan::Projection(p) => {
-            let mut exprs = Vec::with_capacity(p.expr.len() + 1);
-            let mut has_op = false;
-            for (e, (_, field)) in p.expr.iter().zip(p.schema.iter()) {
-                if field.name() == OP_COLUMN {
-                    if has_op {
-                        continue;
-                    }
-                    has_op = true;
-                }
-                exprs.push(e.clone());
-            }
-            if !has_op {
-                let (qualifier, field) = p
-                    .input
-                    .schema()
-                    .iter()
-                    .find(|(_, f)| f.name() == OP_COLUMN)
-                    .ok_or_else(|| {
-                        SqlError::Invalid("an updating join lost its _op column".into())
-                    })?;
-                exprs.push(Expr::Column(Column::new(qualifier.cloned(), field.name())));
-            }
-            datafusion::logical_expr::Projection::try_new(exprs, p.input.clone())
-                .map(LogicalPlan::Projection)
-                .map_err(SqlError::Plan)?
-        }
-        other => {
-            let mut exprs = Vec::new();
-            let mut has_op = false;
-            for (qualifier, field) in other.schema().iter() {
-                if field.name() == OP_COLUMN {
-                    if has_op {
-                        continue;
-                    }
-                    has_op = true;
-                }
-                exprs.push(Expr::Column(Column::new(qualifier.cloned(), field.name())));
-            }
-            datafusion::logical_expr::LogicalPlanBuilder::from(other.clone())
-                .project(exprs)
-                .and_then(|b| b.build())
-                .map_err(SqlError::Plan)?
-        }
-    };
+    let fixed = super::lower::one_op_on_top(super::lower::rebuild_spine(plan, &mut |core| {
+        with_changes_chain(core, catalog)
+    })?)?;
     Ok(Some((
         fixed,
         UpdatingJoins {
@@ -1282,20 +1237,22 @@ pub(crate) fn prepare_updating(
     )))
 }
 
-/// Rebuilds the filters, projections and aliases above the join chain and the chain itself
-/// with every join input carrying `_op`.
-fn with_changes_spine(
+/// Rebuilds a chain of joins with every join input carrying `_op`.
+fn with_changes_chain(
     node: &LogicalPlan,
     catalog: &dyn SchemaCatalog,
 ) -> Result<LogicalPlan, SqlError> {
     match node {
         LogicalPlan::Join(j) => {
             let left = match j.left.as_ref() {
-                LogicalPlan::Join(_) => with_changes_spine(&j.left, catalog)?,
+                LogicalPlan::Join(_) => with_changes_chain(&j.left, catalog)?,
                 LogicalPlan::SubqueryAlias(a)
                     if matches!(a.input.as_ref(), LogicalPlan::Join(_)) =>
                 {
-                    with_changes_spine(&j.left, catalog)?
+                    let inner = with_changes_chain(&a.input, catalog)?;
+                    j.left
+                        .with_new_exprs(j.left.expressions(), vec![inner])
+                        .map_err(SqlError::Plan)?
                 }
                 other => with_changes(other, catalog)?,
             };
@@ -1308,23 +1265,16 @@ fn with_changes_spine(
             .recompute_schema()
             .map_err(SqlError::Plan)
         }
-        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
-            let input = node
-                .inputs()
-                .first()
-                .map(|i| with_changes_spine(i, catalog))
-                .transpose()?
-                .ok_or_else(|| SqlError::Invalid("a plan node without input".into()))?;
-            node.with_new_exprs(node.expressions(), vec![input])
-                .map_err(SqlError::Plan)
-        }
         other => Ok(other.clone()),
     }
 }
 
 /// A join input with `_op`: kept when it has one, restored when it reads a changelog but
 /// dropped it, `'I'` for an append-only input.
-fn with_changes(plan: &LogicalPlan, catalog: &dyn SchemaCatalog) -> Result<LogicalPlan, SqlError> {
+pub(super) fn with_changes(
+    plan: &LogicalPlan,
+    catalog: &dyn SchemaCatalog,
+) -> Result<LogicalPlan, SqlError> {
     use laminar_core::message::OP_COLUMN;
     if plan
         .schema()

@@ -117,6 +117,95 @@ pub fn reads_only_snapshots(plan: &LogicalPlan, catalog: &dyn SchemaCatalog) -> 
     all && reads_relations(plan)
 }
 
+/// Rebuilds the filters, projections and aliases at the top of a plan over `core(node)` of
+/// the node below them (a join chain, a top-N), whose output carries `_op`: a projection that
+/// leaves `_op` out gets its input's first `_op` appended, so the change reaches the top.
+pub(super) fn rebuild_spine(
+    node: &LogicalPlan,
+    core: &mut dyn FnMut(&LogicalPlan) -> Result<LogicalPlan, SqlError>,
+) -> Result<LogicalPlan, SqlError> {
+    use laminar_core::message::OP_COLUMN;
+    match node {
+        LogicalPlan::Projection(p) => {
+            let input = rebuild_spine(&p.input, core)?;
+            let mut exprs = p.expr.clone();
+            if !p.schema.iter().any(|(_, f)| f.name() == OP_COLUMN)
+                && let Some((qualifier, field)) =
+                    input.schema().iter().find(|(_, f)| f.name() == OP_COLUMN)
+            {
+                exprs.push(Expr::Column(datafusion::common::Column::new(
+                    qualifier.cloned(),
+                    field.name(),
+                )));
+            }
+            datafusion::logical_expr::Projection::try_new(exprs, Arc::new(input))
+                .map(LogicalPlan::Projection)
+                .map_err(SqlError::Plan)
+        }
+        LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
+            let input = rebuild_spine(node.inputs()[0], core)?;
+            node.with_new_exprs(node.expressions(), vec![input])
+                .map_err(SqlError::Plan)
+        }
+        other => core(other),
+    }
+}
+
+/// The plan with exactly one `_op` column in its output (the first; appended from the
+/// input of the top projection when it has none).
+pub(super) fn one_op_on_top(plan: LogicalPlan) -> Result<LogicalPlan, SqlError> {
+    use laminar_core::message::OP_COLUMN;
+    let lost = || SqlError::Invalid("an updating query lost its _op column".into());
+    let (input, candidates): (LogicalPlan, Vec<(Expr, bool)>) = match &plan {
+        LogicalPlan::Projection(p) => (
+            p.input.as_ref().clone(),
+            p.expr
+                .iter()
+                .zip(p.schema.iter())
+                .map(|(e, (_, f))| (e.clone(), f.name() == OP_COLUMN))
+                .collect(),
+        ),
+        other => (
+            other.clone(),
+            other
+                .schema()
+                .iter()
+                .map(|(q, f)| {
+                    (
+                        Expr::Column(datafusion::common::Column::new(q.cloned(), f.name())),
+                        f.name() == OP_COLUMN,
+                    )
+                })
+                .collect(),
+        ),
+    };
+    let mut exprs = Vec::with_capacity(candidates.len() + 1);
+    let mut has_op = false;
+    for (e, is_op) in candidates {
+        if is_op {
+            if has_op {
+                continue;
+            }
+            has_op = true;
+        }
+        exprs.push(e);
+    }
+    if !has_op {
+        let (qualifier, field) = input
+            .schema()
+            .iter()
+            .find(|(_, f)| f.name() == OP_COLUMN)
+            .ok_or_else(lost)?;
+        exprs.push(Expr::Column(datafusion::common::Column::new(
+            qualifier.cloned(),
+            field.name(),
+        )));
+    }
+    datafusion::logical_expr::Projection::try_new(exprs, Arc::new(input))
+        .map(LogicalPlan::Projection)
+        .map_err(SqlError::Plan)
+}
+
 /// True when the plan reads a changelog relation (one with `_op`).
 pub(super) fn reads_changelog(plan: &LogicalPlan, catalog: &dyn SchemaCatalog) -> bool {
     let mut found = false;
@@ -250,6 +339,107 @@ fn distinct_as_aggregate(
         .map_err(SqlError::Plan)
 }
 
+/// `A INTERSECT B` and `A EXCEPT B` (distinct) are rewritten into a grouping of both inputs
+/// that counts, per distinct row, its copies on each side — `SELECT .. FROM (A UNION ALL B)
+/// GROUP BY .. HAVING` both counts positive (INTERSECT) or only the left one (EXCEPT) — which
+/// is maintained incrementally over append-only inputs and changelogs alike. DataFusion plans
+/// them as a SEMI / ANTI join of the distinct left rows whose keys match NULL with NULL; the
+/// grouping treats NULLs alike too. `INTERSECT ALL` / `EXCEPT ALL` are refused.
+fn set_operation_as_aggregate(
+    plan: &LogicalPlan,
+    catalog: &dyn SchemaCatalog,
+) -> Result<Option<LogicalPlan>, SqlError> {
+    use datafusion::common::NullEquality;
+    use datafusion::logical_expr::{JoinType, col, lit};
+    use laminar_core::message::{ChangeOp, OP_COLUMN};
+    let LogicalPlan::Join(join) = plan else {
+        return Ok(None);
+    };
+    let intersect = match join.join_type {
+        JoinType::LeftSemi => true,
+        JoinType::LeftAnti => false,
+        _ => return Ok(None),
+    };
+    if join.null_equality != NullEquality::NullEqualsNull || join.filter.is_some() {
+        return Ok(None);
+    }
+    let LogicalPlan::Distinct(datafusion::logical_expr::Distinct::All(left)) = join.left.as_ref()
+    else {
+        return Err(not_supported(
+            if intersect {
+                "INTERSECT ALL"
+            } else {
+                "EXCEPT ALL"
+            },
+            Some(if intersect {
+                "use INTERSECT (distinct)"
+            } else {
+                "use EXCEPT (distinct)"
+            }),
+        ));
+    };
+    let right = join.right.as_ref();
+    let changelog = reads_changelog(plan, catalog);
+    // Each side: its data columns under the left side's names, `_op` when either side is a
+    // changelog, and its side's count.
+    let names: Vec<String> = left
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let branch = |input: &LogicalPlan, counts: (i64, i64)| -> Result<LogicalPlan, SqlError> {
+        let kept = if changelog {
+            keep_changes(input, catalog)?
+        } else {
+            None
+        };
+        let input = kept.unwrap_or_else(|| input.clone());
+        let mut exprs: Vec<Expr> = input
+            .schema()
+            .columns()
+            .into_iter()
+            .filter(|c| c.name != OP_COLUMN)
+            .zip(&names)
+            .map(|(c, name)| Expr::Column(c).alias(name))
+            .collect();
+        if changelog {
+            let op = input
+                .schema()
+                .columns()
+                .into_iter()
+                .find(|c| c.name == OP_COLUMN)
+                .map_or_else(|| lit(ChangeOp::Insert.as_str()), Expr::Column);
+            exprs.push(op.alias(OP_COLUMN));
+        }
+        exprs.push(lit(counts.0).alias("__in_left"));
+        exprs.push(lit(counts.1).alias("__in_right"));
+        LogicalPlanBuilder::from(input)
+            .project(exprs)
+            .and_then(|b| b.build())
+            .map_err(SqlError::Plan)
+    };
+    let both = LogicalPlanBuilder::from(branch(left, (1, 0))?)
+        .union(branch(right, (0, 1))?)
+        .map_err(SqlError::Plan)?;
+    let groups: Vec<Expr> = names.iter().map(|n| col(format!("\"{n}\""))).collect();
+    let in_left =
+        datafusion::functions_aggregate::expr_fn::sum(col("__in_left")).alias("__in_left");
+    let in_right =
+        datafusion::functions_aggregate::expr_fn::sum(col("__in_right")).alias("__in_right");
+    let right_test = if intersect {
+        col("__in_right").gt(lit(0i64))
+    } else {
+        col("__in_right").eq(lit(0i64))
+    };
+    both.aggregate(groups.clone(), vec![in_left, in_right])
+        .and_then(|b| b.filter(col("__in_left").gt(lit(0i64)).and(right_test)))
+        .and_then(|b| b.project(groups))
+        .and_then(|b| b.build())
+        .map(Some)
+        .map_err(SqlError::Plan)
+}
+
 /// True when the plan reads any catalog relation.
 pub fn reads_relations(plan: &LogicalPlan) -> bool {
     let mut found = false;
@@ -267,6 +457,8 @@ pub(crate) fn lower(
     catalog: &dyn SchemaCatalog,
     clauses: &StreamingClauses,
 ) -> Result<StreamPlan, SqlError> {
+    let set_operation = set_operation_as_aggregate(plan, catalog)?;
+    let plan = set_operation.as_ref().unwrap_or(plan);
     let distinct = distinct_as_aggregate(plan, catalog)?;
     let plan = distinct.as_ref().unwrap_or(plan);
     let prepared = super::join::prepare_updating(plan, catalog, clauses)?;
@@ -282,6 +474,9 @@ pub(crate) fn lower(
         ));
     }
     if let Some(plan) = joined {
+        return Ok(plan);
+    }
+    if let Some(plan) = super::topn::lower_topn(plan, catalog, clauses)? {
         return Ok(plan);
     }
     if let Some(plan) = super::aggregate::lower_aggregation(plan, catalog, clauses)? {
@@ -332,6 +527,7 @@ pub(crate) fn lower(
         logical_plan: plan.clone(),
         aggregate: None,
         join: None,
+        topn: None,
     })
 }
 
@@ -455,16 +651,21 @@ pub(super) fn lower_node(
             "a JOIN below an aggregation, UNION ALL or subquery",
             Some("create a stream for the join and aggregate or union that stream"),
         )),
-        LogicalPlan::Window(_) => Err(not_supported("window functions (OVER ...)", None)),
+        LogicalPlan::Window(_) => Err(not_supported(
+            "window functions (OVER ...) below another operator",
+            Some(
+                "ROW_NUMBER(), RANK() and DENSE_RANK() run as a top-N query: in a subquery with WHERE rank <= N, as the whole query",
+            ),
+        )),
         LogicalPlan::Sort(_) => Err(not_supported(
             "ORDER BY",
             Some("a stream is unbounded; order results in the subscriber or the sink"),
         )),
         LogicalPlan::Limit(_) => Err(not_supported("LIMIT", None)),
         LogicalPlan::Distinct(_) => Err(not_supported(
-            "INTERSECT, EXCEPT, and DISTINCT or UNION (distinct) inside a subquery or a UNION ALL branch",
+            "INTERSECT, EXCEPT, DISTINCT or UNION (distinct) inside a subquery or a UNION ALL branch",
             Some(
-                "SELECT DISTINCT and UNION work as the whole query; create a stream or view for the inner one and read it",
+                "SELECT DISTINCT, UNION, INTERSECT and EXCEPT work as the whole query; create a stream or view for the inner one and read it",
             ),
         )),
         LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Err(not_supported(
