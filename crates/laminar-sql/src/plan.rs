@@ -149,6 +149,8 @@ impl Planner {
                 Arc::new(SimplifyExpressions::new()),
                 // `EXISTS` / `IN` subqueries become SEMI / ANTI joins.
                 Arc::new(datafusion::optimizer::decorrelate_predicate_subquery::DecorrelatePredicateSubquery::new()),
+                // Their correlated equalities become join keys (a null-aware NOT IN needs one).
+                Arc::new(datafusion::optimizer::extract_equijoin_predicate::ExtractEquijoinPredicate::new()),
             ])
             .build();
         for udf in window::udfs().into_iter().chain(join_markers()) {

@@ -137,7 +137,9 @@ pub(crate) fn lower_join(
             other => {
                 return Err(SqlError::not_supported(
                     format!("{other} joins in a stream"),
-                    Some("SEMI and ANTI joins (EXISTS, IN) come with materialized views"),
+                    Some(
+                        "EXISTS and IN subqueries work as conjuncts of WHERE (not under OR or NOT of a conjunction)",
+                    ),
                 ));
             }
         };
@@ -197,7 +199,9 @@ pub(crate) fn lower_join(
             if join.null_aware && (keys.len() != 1 || !residual.is_empty()) {
                 return Err(SqlError::not_supported(
                     "NOT IN over several columns or with a correlated condition",
-                    Some("write it as NOT EXISTS"),
+                    Some(
+                        "write it as NOT EXISTS (which, unlike NOT IN, lets NULLs simply not match)",
+                    ),
                 ));
             }
             let pair_df = left_df.join(right_df).map_err(SqlError::Plan)?;
@@ -214,7 +218,40 @@ pub(crate) fn lower_join(
                 .transpose()?;
             let left_append = u.append_only[..=number].iter().any(|a| *a);
             let right_append = u.append_only.get(number + 1).copied().unwrap_or(false);
-            let left_name = u.names.first().cloned().unwrap_or_default();
+            let left_name = u
+                .append_only
+                .iter()
+                .position(|a| *a)
+                .filter(|&i| i <= number)
+                .and_then(|i| u.names.get(i).cloned())
+                .unwrap_or_default();
+            // A later step's left rows come from the joins before it. A TTL may expire them
+            // only when nothing can retract them: every relation before is append-only and
+            // every join before is INNER (its rows carry the first relation's event time).
+            if number > 0
+                && left_append
+                && !(u.append_only[..=number].iter().all(|a| *a)
+                    && joins[..number]
+                        .iter()
+                        .all(|j| j.join_type == DfJoinType::Inner))
+            {
+                return Err(SqlError::not_supported(
+                    format!(
+                        "an append-only stream ('{left_name}') joined with a changelog or by an outer join before another updating join"
+                    ),
+                    Some(
+                        "a state TTL cannot expire rows that may still be retracted: join the append-only stream in the first join of the chain or as the right side of a join, or create a stream for the first joins and join that",
+                    ),
+                ));
+            }
+            if join.null_aware && (left_append || right_append) {
+                return Err(SqlError::not_supported(
+                    "NOT IN with an append-only input",
+                    Some(
+                        "with a state TTL a NULL would empty the result until it expires; write NOT EXISTS (which lets NULLs simply not match)",
+                    ),
+                ));
+            }
             let ttl_side = |append: bool,
                             time: Option<TimeColumn>,
                             name: &str|
@@ -224,10 +261,10 @@ pub(crate) fn lower_join(
                 }
                 match u.ttl_ms {
                     None => Err(SqlError::Invalid(format!(
-                        "this updating join keeps every row of the append-only stream '{name}' (the join has no time bound), so its state would grow without limit: add WITH ('state.ttl' = '1 hour') before AS to expire its rows, or join it with a time bound between the event-time columns"
+                        "this updating join keeps every row of the append-only stream '{name}', so its state would grow without limit: create it as a STREAM or MATERIALIZED VIEW WITH ('state.ttl' = '1 hour') (before AS) to expire its rows; two append-only streams can instead join with a time bound between their event-time columns"
                     ))),
                     Some(_) if time.is_none() => Err(SqlError::Invalid(format!(
-                        "state.ttl counts event time, and the join input '{name}' has no event-time column (declare WATERMARK FOR on its source and select the column unchanged)"
+                        "state.ttl counts event time, and the join input '{name}' has no event-time column (declare WATERMARK FOR on its source and select the column unchanged; an IN or EXISTS subquery keeps only the columns it compares)"
                     ))),
                     Some(_) => Ok(time),
                 }

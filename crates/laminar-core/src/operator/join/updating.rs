@@ -47,6 +47,9 @@ type HashMap<K, V> = std::collections::HashMap<K, V, RandomState>;
 /// Bytes counted per stored row besides its encoding.
 const ENTRY_OVERHEAD: usize = 48;
 
+/// Bytes counted per entry of the TTL index besides the encodings.
+const EXPIRY_OVERHEAD: usize = 40;
+
 /// Positions of the `_op` columns of a schema.
 fn op_columns(schema: &SchemaRef) -> Vec<usize> {
     schema
@@ -202,7 +205,9 @@ impl Side {
         let group = match key {
             Some(key) => match self.groups.get_mut(key) {
                 Some(g) => g,
-                None => self.groups.entry(key.into()).or_default(),
+                None if weight > 0 => self.groups.entry(key.into()).or_default(),
+                None if self.ttl.is_some() => return Ok(()),
+                None => return Err(()),
             },
             None => &mut self.null_keyed,
         };
@@ -239,6 +244,7 @@ impl Side {
             None => {}
         }
         if let (Some(t), Some(key), true) = (time, key, weight > 0) {
+            self.bytes += (key.len() + row.len() + EXPIRY_OVERHEAD) as u64;
             self.expiry
                 .entry(t)
                 .or_default()
@@ -461,6 +467,11 @@ impl UpdatingStep {
             let stored = self.sides[s].entry(key, row).map(|e| e.matches);
             let own_matches = stored.unwrap_or(fresh_matches);
             if s == 1 && self.null_aware {
+                if key.is_none() && self.right_nulls + w < 0 {
+                    return Err(CoreError::InvalidData(format!(
+                        "updating join: row {i} of the right input retracts a row the join does not hold (a changelog must insert a row before it deletes it)"
+                    )));
+                }
                 self.right_total += w;
                 if key.is_none() {
                     self.right_nulls += w;
@@ -540,14 +551,18 @@ impl UpdatingStep {
             }
             // Store the row.
             let keep_null_keyed = s == 0 && self.null_aware;
-            if key.is_some() || keep_null_keyed {
-                let time = times.as_ref().and_then(|t| t[i]);
-                if self.sides[s].apply(key, row, w, own_matches, time).is_err() {
-                    return Err(CoreError::InvalidData(format!(
-                        "updating join: row {i} of the {} input retracts a row the join does not hold (a changelog must insert a row before it deletes it)",
-                        if s == 0 { "left" } else { "right" }
-                    )));
-                }
+            let time = times.as_ref().and_then(|t| t[i]);
+            // A row of a TTL'd side without event time would never expire: it joins what is
+            // there now and is not kept.
+            let expires = times.is_none() || time.is_some();
+            if (key.is_some() || keep_null_keyed)
+                && expires
+                && self.sides[s].apply(key, row, w, own_matches, time).is_err()
+            {
+                return Err(CoreError::InvalidData(format!(
+                    "updating join: row {i} of the {} input retracts a row the join does not hold (a changelog must insert a row before it deletes it)",
+                    if s == 0 { "left" } else { "right" }
+                )));
             }
         }
         self.build(s, &rows, changes)
@@ -734,6 +749,7 @@ impl UpdatingStep {
                 break;
             }
             for (key, row) in entry.remove() {
+                side.bytes -= (key.len() + row.len() + EXPIRY_OVERHEAD) as u64;
                 let Some(group) = side.groups.get_mut(&key) else {
                     continue;
                 };
@@ -845,6 +861,7 @@ impl StepState for UpdatingStep {
                 let t = r.i64()?;
                 let key: Box<[u8]> = r.bytes()?.into();
                 let row: Box<[u8]> = r.bytes()?.into();
+                side.bytes += (key.len() + row.len() + EXPIRY_OVERHEAD) as u64;
                 side.expiry.entry(t).or_default().push((key, row));
             }
         }
