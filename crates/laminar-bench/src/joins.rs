@@ -30,6 +30,9 @@ pub enum JoinWorkload {
     /// with a state TTL, as its bound `a.expires` is per row), the highest bid per auction in
     /// a view, and the average of those per category in a view over that view.
     Q4,
+    /// Nexmark q6 shape: the same highest bids, the last 10 auctions of each seller kept by a
+    /// top-N (`ROW_NUMBER() .. WHERE rn <= 10`) and their average per seller.
+    Q6,
 }
 
 impl JoinWorkload {
@@ -43,6 +46,7 @@ impl JoinWorkload {
             JoinWorkload::Temporal => "temporal",
             JoinWorkload::Window => "window",
             JoinWorkload::Q4 => "q4",
+            JoinWorkload::Q6 => "q6",
         }
     }
 
@@ -78,13 +82,26 @@ impl JoinWorkload {
                    FROM auctions GROUP BY seller, tumble(ts, INTERVAL '10' SECOND) EMIT ON WINDOW CLOSE"
             }
             JoinWorkload::Q4 => {
-                "CREATE SOURCE auctions (id BIGINT, category BIGINT, expires BIGINT, ts BIGINT, WATERMARK FOR ts AS ts);
+                "CREATE SOURCE auctions (id BIGINT, seller BIGINT, category BIGINT, expires BIGINT, ts BIGINT, WATERMARK FOR ts AS ts);
                  CREATE SOURCE bids (auction BIGINT, price BIGINT, ts BIGINT, WATERMARK FOR ts AS ts);
                  CREATE STREAM open_bids WITH ('state.ttl' = '20 seconds') AS
                    SELECT a.id, a.category, b.price FROM auctions a JOIN bids b
                    ON a.id = b.auction AND b.ts BETWEEN a.ts AND a.expires;
                  CREATE MATERIALIZED VIEW winning AS
                    SELECT id, category, MAX(price) AS final FROM open_bids GROUP BY id, category"
+            }
+            JoinWorkload::Q6 => {
+                "CREATE SOURCE auctions (id BIGINT, seller BIGINT, category BIGINT, expires BIGINT, ts BIGINT, WATERMARK FOR ts AS ts);
+                 CREATE SOURCE bids (auction BIGINT, price BIGINT, ts BIGINT, WATERMARK FOR ts AS ts);
+                 CREATE STREAM open_bids WITH ('state.ttl' = '20 seconds') AS
+                   SELECT a.id, a.seller, b.price FROM auctions a JOIN bids b
+                   ON a.id = b.auction AND b.ts BETWEEN a.ts AND a.expires;
+                 CREATE MATERIALIZED VIEW winning AS
+                   SELECT id, seller, MAX(price) AS final FROM open_bids GROUP BY id, seller;
+                 CREATE MATERIALIZED VIEW last_ten AS
+                   SELECT seller, final FROM (SELECT seller, final,
+                     ROW_NUMBER() OVER (PARTITION BY seller ORDER BY id DESC) AS rn FROM winning)
+                   WHERE rn <= 10"
             }
         }
     }
@@ -116,6 +133,9 @@ impl JoinWorkload {
             }
             JoinWorkload::Q4 => {
                 "SELECT category, AVG(final) AS average_final FROM winning GROUP BY category"
+            }
+            JoinWorkload::Q6 => {
+                "SELECT seller, AVG(final) AS average_final FROM last_ten GROUP BY seller"
             }
         }
     }
@@ -269,13 +289,16 @@ pub fn generate(
         }
         JoinWorkload::Interval
         | JoinWorkload::Q4
+        | JoinWorkload::Q6
         | JoinWorkload::Asof
         | JoinWorkload::Temporal
         | JoinWorkload::Window => {
             // Two interleaved inputs: the "slow" side gets one event in `ratio`.
             let (left, right, ratio, keys): (&'static str, &'static str, u64, u64) = match workload
             {
-                JoinWorkload::Interval | JoinWorkload::Q4 => ("auctions", "bids", 10, 0),
+                JoinWorkload::Interval | JoinWorkload::Q4 | JoinWorkload::Q6 => {
+                    ("auctions", "bids", 10, 0)
+                }
                 JoinWorkload::Asof => ("quotes", "trades", 2, 1_000),
                 JoinWorkload::Temporal => ("rates", "orders", 100, 100),
                 _ => ("persons", "auctions", 10, 0),
@@ -306,17 +329,20 @@ pub fn generate(
                     )
                 };
                 let (slow_batch, fast_batch) = match workload {
-                    JoinWorkload::Q4 => (
-                        // Auction k / ratio in one of 20 categories, open for 1 to 10 s.
+                    JoinWorkload::Q4 | JoinWorkload::Q6 => (
+                        // Auction k / ratio by one of 1,000 sellers in one of 20 categories,
+                        // open for 1 to 10 s.
                         ints(
                             &[
                                 ("id", i64t.clone()),
+                                ("seller", i64t.clone()),
                                 ("category", i64t.clone()),
                                 ("expires", i64t.clone()),
                                 ("ts", i64t.clone()),
                             ],
                             vec![
                                 col(slow.iter().map(|&k| (k / ratio) as i64).collect()),
+                                col(slow.iter().map(|&k| (h(k, 5) % 1_000) as i64).collect()),
                                 col(slow.iter().map(|&k| (h(k, 3) % 20) as i64).collect()),
                                 col(slow
                                     .iter()

@@ -141,6 +141,7 @@ enum JoinKindArg {
     Temporal,
     Window,
     Q4,
+    Q6,
 }
 
 #[derive(clap::Args, Debug)]
@@ -620,6 +621,7 @@ fn join(args: &JoinArgs) -> Result<Report> {
         JoinKindArg::Temporal => JoinWorkload::Temporal,
         JoinKindArg::Window => JoinWorkload::Window,
         JoinKindArg::Q4 => JoinWorkload::Q4,
+        JoinKindArg::Q6 => JoinWorkload::Q6,
     };
     let mut r = Report::default();
     r.text("workload", format!("join-{}", workload.name()));
@@ -668,7 +670,7 @@ fn join(args: &JoinArgs) -> Result<Report> {
     }
     // Stream-side ids that must not repeat across passes (keys into a table or symbols do).
     let shifted: &[&str] = match workload {
-        JoinWorkload::Interval | JoinWorkload::Q4 => &["id", "auction"],
+        JoinWorkload::Interval | JoinWorkload::Q4 | JoinWorkload::Q6 => &["id", "auction"],
         JoinWorkload::Window => &["id", "seller"],
         _ => &[],
     };

@@ -313,7 +313,7 @@ fn sink_config(
 
 /// Whether a sink clause takes an updating (changelog) input: `KAFKA` in the `debezium`
 /// format or with `upsert = 'true'`, `FILES` with `changelog = 'true'` (the `_op` column is
-/// written with each row). Errors like [`validate_sink`].
+/// written with each row), and `BLACKHOLE`. Errors like [`validate_sink`].
 pub fn sink_accepts_changelog(
     connector: &str,
     options: &ConnectorOptions,
@@ -325,7 +325,9 @@ pub fn sink_accepts_changelog(
             SinkConfig::Files(c) => c.changelog,
             #[cfg(feature = "kafka")]
             SinkConfig::Kafka(c) => c.accepts_changelog(),
-            SinkConfig::Stdout(_) | SinkConfig::Blackhole => false,
+            // It discards every row, changes included.
+            SinkConfig::Blackhole => true,
+            SinkConfig::Stdout(_) => false,
         },
     )
 }

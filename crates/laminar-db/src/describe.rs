@@ -207,6 +207,7 @@ impl LaminarDB {
                 let settings = crate::views::view_settings(c.materialized, &c.name, &c.options)?;
                 let clauses = laminar_sql::parser::StreamingClauses {
                     state_ttl_ms: settings.state_ttl_ms,
+                    max_partitions: settings.max_partitions,
                     ..c.clauses.clone()
                 };
                 let plan = self.plan(&c.query, &clauses)?;

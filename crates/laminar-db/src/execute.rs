@@ -711,6 +711,7 @@ impl LaminarDB {
                     post: t.post.clone(),
                     output_schema: plan.output_schema.clone(),
                     append_only: t.append_only,
+                    max_partitions: Some(t.max_partitions),
                 })
                 .map_err(|e| DbError::Engine(e.to_string()))?;
             return Ok(Box::new(operator));
@@ -770,6 +771,7 @@ impl LaminarDB {
         }
         let clauses = StreamingClauses {
             state_ttl_ms: settings.state_ttl_ms,
+            max_partitions: settings.max_partitions,
             ..c.clauses.clone()
         };
         let plan = self.plan(&c.query, &clauses)?;

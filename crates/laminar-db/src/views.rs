@@ -30,6 +30,8 @@ pub(crate) struct ViewSettings {
     /// `state.ttl`: how long (ms of event time) an updating join keeps a row of an
     /// append-only input.
     pub(crate) state_ttl_ms: Option<i64>,
+    /// `max_partitions`: the most partitions a top-N keeps.
+    pub(crate) max_partitions: Option<u64>,
 }
 
 /// Reads the options of a stream or view; unknown keys and bad values are errors naming
@@ -66,9 +68,20 @@ pub(crate) fn view_settings(
                 }
                 settings.state_ttl_ms = Some(ms);
             }
+            "max_partitions" => {
+                let n: u64 = value.trim().parse().map_err(|_| {
+                    error(format!(
+                        "invalid max_partitions '{value}': expected a positive integer"
+                    ))
+                })?;
+                if n == 0 {
+                    return Err(error("max_partitions must be positive".into()));
+                }
+                settings.max_partitions = Some(n);
+            }
             _ => {
                 return Err(error(format!(
-                    "unknown option '{key}' (known: memory.budget, state.ttl)"
+                    "unknown option '{key}' (known: memory.budget, state.ttl, max_partitions)"
                 )));
             }
         }

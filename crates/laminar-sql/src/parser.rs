@@ -84,6 +84,9 @@ pub struct StreamingClauses {
     /// `state.ttl` of the stream or view (`WITH (..)`), in ms: how long an updating join
     /// keeps a row of an append-only input. A planning input, not a clause.
     pub state_ttl_ms: Option<i64>,
+    /// `max_partitions` of the stream or view (`WITH (..)`): the most partitions a top-N
+    /// keeps. A planning input, not a clause.
+    pub max_partitions: Option<u64>,
 }
 
 impl StreamingClauses {

@@ -83,6 +83,8 @@ pub struct TopNSpec {
     /// The input never retracts (its `_op`, if any, is always `I`): rows past the top are
     /// dropped from the state.
     pub append_only: bool,
+    /// The most partitions held; more fail the operator.
+    pub max_partitions: Option<u64>,
 }
 
 /// An encoded (sort key, row).
@@ -370,13 +372,48 @@ impl TopNOperator {
                 }
             }
         }
-        let ops: Vec<&str> = std::iter::repeat_n(ChangeOp::Delete.as_str(), removed.len())
-            .chain(std::iter::repeat_n(ChangeOp::Insert.as_str(), added.len()))
-            .collect();
+        if let Some(max) = self.spec.max_partitions
+            && self.partitions.len() as u64 > max
+        {
+            return Err(CoreError::InvalidData(format!(
+                "top-N '{}' holds {} partitions, over its max_partitions of {max}; raise it with WITH ('max_partitions' = ..) or partition by fewer values",
+                self.spec.name,
+                self.partitions.len()
+            )));
+        }
+        // A row that only changed rank is an update (`U-` old rank, `U+` new rank); the rest
+        // leave (`D`) or enter (`I`).
+        let mut changes: Vec<(Box<[u8]>, u64)> = Vec::new();
+        let mut ops: Vec<&str> = Vec::new();
+        let mut entering: Vec<Option<(Box<[u8]>, u64)>> = added.into_iter().map(Some).collect();
+        let mut updates = Vec::new();
+        for (row, rank) in removed {
+            match entering
+                .iter_mut()
+                .find(|a| a.as_ref().is_some_and(|(r, _)| *r == row))
+                .and_then(Option::take)
+            {
+                Some(new) => updates.push(((row, rank), new)),
+                None => {
+                    changes.push((row, rank));
+                    ops.push(ChangeOp::Delete.as_str());
+                }
+            }
+        }
+        for (old, new) in updates {
+            changes.push(old);
+            ops.push(ChangeOp::UpdateBefore.as_str());
+            changes.push(new);
+            ops.push(ChangeOp::UpdateAfter.as_str());
+        }
+        for new in entering.into_iter().flatten() {
+            changes.push(new);
+            ops.push(ChangeOp::Insert.as_str());
+        }
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let changes: Vec<(Box<[u8]>, u64)> = removed.into_iter().chain(added).collect();
+
         let parser = self.rows.parser();
         let mut columns = self
             .rows
@@ -392,11 +429,79 @@ impl TopNOperator {
         let ranked = RecordBatch::try_new(self.spec.ranked_schema.clone(), columns)
             .map_err(|e| CoreError::Internal(format!("top-N output: {e}")))?;
         let out = run_steps(&self.spec.name, &self.spec.post, ranked, None)?;
-        Ok(if out.num_rows() > 0 {
-            vec![out]
-        } else {
-            Vec::new()
-        })
+        self.pair_updates(out)
+    }
+
+    /// After the filters and projections: an update whose two images look the same (the
+    /// rank was not selected) is dropped; a `U-` or `U+` whose partner was filtered out
+    /// becomes `D` or `I`.
+    fn pair_updates(&self, out: RecordBatch) -> Result<Vec<RecordBatch>> {
+        let Some((op_index, _)) = out.schema().column_with_name(OP_COLUMN) else {
+            return Ok(vec![out]);
+        };
+        let n = out.num_rows();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let ops = out
+            .column(op_index)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| CoreError::Internal("top-N output _op is not text".into()))?;
+        let data: Vec<ArrayRef> = out
+            .columns()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != op_index)
+            .map(|(_, c)| c.clone())
+            .collect();
+        let converter = RowConverter::new(
+            data.iter()
+                .map(|c| SortField::new(c.data_type().clone()))
+                .collect(),
+        )
+        .map_err(row_error)?;
+        let rows = converter.convert_columns(&data).map_err(row_error)?;
+        let mut keep: Vec<u32> = Vec::with_capacity(n);
+        let mut labels: Vec<&str> = Vec::with_capacity(n);
+        let mut i = 0;
+        while i < n {
+            let op = ops.value(i);
+            let paired = op == ChangeOp::UpdateBefore.as_str()
+                && i + 1 < n
+                && ops.value(i + 1) == ChangeOp::UpdateAfter.as_str();
+            if paired {
+                if rows.row(i) != rows.row(i + 1) {
+                    keep.extend([i as u32, i as u32 + 1]);
+                    labels.extend([op, ops.value(i + 1)]);
+                }
+                i += 2;
+                continue;
+            }
+            keep.push(i as u32);
+            labels.push(if op == ChangeOp::UpdateBefore.as_str() {
+                ChangeOp::Delete.as_str()
+            } else if op == ChangeOp::UpdateAfter.as_str() {
+                ChangeOp::Insert.as_str()
+            } else {
+                op
+            });
+            i += 1;
+        }
+        if keep.is_empty() {
+            return Ok(Vec::new());
+        }
+        let indices = UInt64Array::from_iter_values(keep.iter().map(|&k| u64::from(k)));
+        let mut columns = out
+            .columns()
+            .iter()
+            .map(|c| arrow::compute::take(c.as_ref(), &indices, None))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| CoreError::Internal(format!("top-N output: {e}")))?;
+        columns[op_index] = Arc::new(StringArray::from(labels));
+        RecordBatch::try_new(out.schema(), columns)
+            .map(|b| vec![b])
+            .map_err(|e| CoreError::Internal(format!("top-N output: {e}")))
     }
 }
 
@@ -527,6 +632,7 @@ mod tests {
             post: Vec::new(),
             output_schema: ranked,
             append_only: !changelog,
+            max_partitions: Some(3),
         })
         .unwrap()
     }
@@ -579,7 +685,7 @@ mod tests {
         );
         assert_eq!(
             run(&mut op, batch(true, &[("a", 9, "D")])),
-            vec!["a|9|D|1", "a|7|D|2", "a|7|I|1", "a|5|I|2"]
+            vec!["a|9|D|1", "a|7|U-|2", "a|7|U+|1", "a|5|I|2"]
         );
         // Restored, the state goes on as before.
         let snapshot = op.snapshot().unwrap().unwrap();
@@ -595,6 +701,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("retracts a row it does not hold"), "{err}");
+        // A fourth partition is one more than the bound of 3.
+        let mut op3 = operator(RankFunction::RowNumber, 2, true);
+        run(
+            &mut op3,
+            batch(true, &[("a", 1, "I"), ("b", 1, "I"), ("c", 1, "I")]),
+        );
+        let err = op3
+            .on_batch(0, batch(true, &[("d", 1, "I")]), &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("4 partitions, over its max_partitions of 3"),
+            "{err}"
+        );
     }
 
     #[test]

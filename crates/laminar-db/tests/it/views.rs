@@ -341,7 +341,7 @@ fn an_operator_over_its_memory_budget_fails_clearly() {
         (
             "CREATE STREAM c WITH ('state.size' = '1h') AS SELECT k FROM s",
             "SQL_INVALID",
-            "stream 'c': unknown option 'state.size' (known: memory.budget, state.ttl)",
+            "stream 'c': unknown option 'state.size' (known: memory.budget, state.ttl, max_partitions)",
         ),
         (
             "CREATE STREAM c WITH ('state.ttl' = '1h') AS SELECT k FROM s",

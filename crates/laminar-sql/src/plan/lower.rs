@@ -473,10 +473,16 @@ pub(crate) fn lower(
             "state.ttl applies to updating joins (it bounds how long a join keeps the rows of an append-only input); this query has none".into(),
         ));
     }
-    if let Some(plan) = joined {
-        return Ok(plan);
+    let topn = match joined {
+        Some(plan) => Some(plan),
+        None => super::topn::lower_topn(plan, catalog, clauses)?,
+    };
+    if clauses.max_partitions.is_some() && topn.as_ref().is_none_or(|p| p.topn.is_none()) {
+        return Err(SqlError::Invalid(
+            "max_partitions applies to top-N queries (ROW_NUMBER, RANK or DENSE_RANK with WHERE rank <= N); this query has none".into(),
+        ));
     }
-    if let Some(plan) = super::topn::lower_topn(plan, catalog, clauses)? {
+    if let Some(plan) = topn {
         return Ok(plan);
     }
     if let Some(plan) = super::aggregate::lower_aggregation(plan, catalog, clauses)? {

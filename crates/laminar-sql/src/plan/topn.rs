@@ -19,6 +19,9 @@ use super::{SchemaCatalog, StreamPlan};
 use crate::error::SqlError;
 use crate::parser::StreamingClauses;
 
+/// Partitions a top-N keeps unless `max_partitions` says otherwise (SPEC 2.12).
+pub const DEFAULT_MAX_PARTITIONS: u64 = 100_000;
+
 /// A planned top-N.
 #[derive(Debug, Clone)]
 pub struct TopNPlan {
@@ -40,6 +43,8 @@ pub struct TopNPlan {
     pub post_descriptions: Vec<String>,
     /// The input never retracts.
     pub append_only: bool,
+    /// The most partitions kept (`max_partitions`, 100,000 unless set).
+    pub max_partitions: u64,
     /// One line for EXPLAIN.
     pub description: String,
 }
@@ -145,6 +150,7 @@ pub(crate) fn lower_topn(
             "EMIT, ALLOW LATENESS and LATE DATA TO apply to aggregations; a top-N query emits every change of its ranked rows".into(),
         ));
     }
+
     if function.params.order_by.is_empty() {
         return Err(SqlError::Invalid(format!(
             "{}() OVER (..) needs an ORDER BY: the rank follows it",
@@ -288,6 +294,7 @@ pub(crate) fn lower_topn(
             post_descriptions,
             append_only,
             description,
+            max_partitions: clauses.max_partitions.unwrap_or(DEFAULT_MAX_PARTITIONS),
         }),
     }))
 }
