@@ -5,6 +5,7 @@
 //! what it emits to an output buffer. Operators never block and never do I/O.
 
 pub mod aggregate;
+mod analytic;
 mod exchange;
 pub mod join;
 mod source;
@@ -20,6 +21,7 @@ use arrow::record_batch::RecordBatch;
 use crate::error::Result;
 use crate::message::Message;
 
+pub use analytic::{AnalyticOperator, AnalyticSpec, Lookback};
 pub use exchange::ExchangeOperator;
 pub use source::{SourceOperator, SourceSettings};
 pub use stateless::{StatelessOperator, Step};

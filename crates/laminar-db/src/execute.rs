@@ -697,6 +697,26 @@ impl LaminarDB {
                 .map_err(|e| DbError::Engine(e.to_string()))?;
             return Ok(Box::new(operator));
         }
+        if let Some(a) = &plan.analytic {
+            let operator = laminar_core::operator::AnalyticOperator::new(
+                laminar_core::operator::AnalyticSpec {
+                    name: name.to_string(),
+                    chains: plan.chains.clone(),
+                    input_schema: a.input_schema.clone(),
+                    event_time: a.event_time,
+                    partition_by: a.partition_by.clone(),
+                    functions: a.functions.clone(),
+                    lookback: a.lookback,
+                    lookahead: a.lookahead,
+                    window_schema: a.window_schema.clone(),
+                    post: a.post.clone(),
+                    output_schema: plan.output_schema.clone(),
+                    metrics: metrics.clone(),
+                },
+            )
+            .map_err(|e| DbError::Engine(e.to_string()))?;
+            return Ok(Box::new(operator));
+        }
         if let Some(t) = &plan.topn {
             let operator =
                 laminar_core::operator::TopNOperator::new(laminar_core::operator::TopNSpec {

@@ -56,8 +56,17 @@ pub fn explain_stream(name: &str, plan: &StreamPlan) -> Vec<(String, String)> {
             rows.push(("after_rank".to_string(), t.post_descriptions.join(" -> ")));
         }
     }
+    if let Some(a) = &plan.analytic {
+        rows.push((
+            "operator".to_string(),
+            format!("AnalyticOperator: {}", a.description),
+        ));
+        if !a.post_descriptions.is_empty() {
+            rows.push(("after_window".to_string(), a.post_descriptions.join(" -> ")));
+        }
+    }
     match &plan.aggregate {
-        None if plan.join.is_some() || plan.topn.is_some() => {}
+        None if plan.join.is_some() || plan.topn.is_some() || plan.analytic.is_some() => {}
         None => rows.push((
             "operator".to_string(),
             format!(

@@ -5,6 +5,7 @@
 //! LIMIT, DISTINCT) are rejected here with an error naming them.
 
 mod aggregate;
+mod analytic;
 mod join;
 mod lower;
 mod provider;
@@ -12,6 +13,7 @@ mod topn;
 mod window;
 
 pub use aggregate::AggregatePlan;
+pub use analytic::AnalyticPlan;
 pub use join::JoinPlan;
 pub use lower::{reads_only_snapshots, reads_relations};
 pub use topn::TopNPlan;
@@ -89,6 +91,8 @@ pub struct StreamPlan {
     pub join: Option<JoinPlan>,
     /// The top-N, when the query ranks (the chains then feed it).
     pub topn: Option<TopNPlan>,
+    /// The analytic functions, when the query has them (the chains then feed them).
+    pub analytic: Option<AnalyticPlan>,
 }
 
 impl StreamPlan {
@@ -112,6 +116,7 @@ impl StreamPlan {
             aggregate: None,
             join: None,
             topn: None,
+            analytic: None,
         }
     }
 

@@ -556,7 +556,7 @@ fn cast_columns(columns: Vec<ArrayRef>, types: &[DataType]) -> Result<Vec<ArrayR
 }
 
 /// Event times of a batch in epoch ms (`None` for NULL).
-fn times_ms(batch: &RecordBatch, time: TimeColumn) -> Result<Vec<Option<i64>>> {
+pub(crate) fn times_ms(batch: &RecordBatch, time: TimeColumn) -> Result<Vec<Option<i64>>> {
     let column = batch.column(time.index);
     let raw: Vec<Option<i64>> = match column.data_type() {
         DataType::Int64 => column.as_primitive::<Int64Type>().iter().collect(),

@@ -10,6 +10,7 @@
 
 mod api;
 mod differential;
+mod differential_analytic;
 mod differential_joins;
 mod differential_windows;
 mod durability;

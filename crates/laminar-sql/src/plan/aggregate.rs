@@ -345,6 +345,7 @@ fn lower_aggregate(
         logical_plan: plan.clone(),
         join: None,
         topn: None,
+        analytic: None,
         aggregate: Some(AggregatePlan {
             input_schema,
             event_time,

@@ -676,6 +676,7 @@ pub(crate) fn lower_join(
             updating: updating.is_some(),
         }),
         topn: None,
+        analytic: None,
     }))
 }
 

@@ -151,6 +151,46 @@ pub(super) fn rebuild_spine(
     }
 }
 
+/// Compiles the filters and projections above an operator (bottom-up, as
+/// [`peel_stateless`] returns them) into its post chain and their descriptions. The columns
+/// at `tracked` (positions in the operator's output) are followed through the projections
+/// (`None` once one drops them); `filter` sees each filter with the positions at that point.
+pub(super) fn post_chain(
+    post_nodes: &[&LogicalPlan],
+    tracked: &mut [Option<usize>],
+    mut filter: impl FnMut(&datafusion::logical_expr::Filter, &[Option<usize>]),
+) -> Result<(Vec<Step>, Vec<String>), SqlError> {
+    let mut post = Vec::new();
+    let mut descriptions = Vec::new();
+    for node in post_nodes {
+        match node {
+            LogicalPlan::Filter(f) => {
+                filter(f, tracked);
+                descriptions.push(format!("Filter {}", f.predicate));
+                post.push(Step::Filter(compile(&f.predicate, f.input.schema())?));
+            }
+            LogicalPlan::Projection(p) => {
+                let schema = p.input.schema();
+                for t in tracked.iter_mut() {
+                    *t = t.and_then(|i| follow_column(&p.expr, schema, i));
+                }
+                let exprs = p
+                    .expr
+                    .iter()
+                    .map(|e| compile(e, schema))
+                    .collect::<Result<Vec<_>, _>>()?;
+                descriptions.push(describe_projection(&p.expr));
+                post.push(Step::Project {
+                    exprs,
+                    schema: Arc::new(p.schema.as_arrow().clone()),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok((post, descriptions))
+}
+
 /// The plan with exactly one `_op` column in its output (the first; appended from the
 /// input of the top projection when it has none).
 pub(super) fn one_op_on_top(plan: LogicalPlan) -> Result<LogicalPlan, SqlError> {
@@ -475,6 +515,9 @@ pub(crate) fn lower(
     }
     let topn = match joined {
         Some(plan) => Some(plan),
+        None if super::analytic::is_analytic(plan) => {
+            super::analytic::lower_analytic(plan, catalog, clauses)?
+        }
         None => super::topn::lower_topn(plan, catalog, clauses)?,
     };
     if clauses.max_partitions.is_some() && topn.as_ref().is_none_or(|p| p.topn.is_none()) {
@@ -534,6 +577,7 @@ pub(crate) fn lower(
         aggregate: None,
         join: None,
         topn: None,
+        analytic: None,
     })
 }
 

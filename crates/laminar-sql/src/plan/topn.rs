@@ -12,8 +12,8 @@ use datafusion::physical_expr::PhysicalExpr;
 use laminar_core::operator::{RankFunction, Step};
 
 use super::lower::{
-    compile, conform, describe_projection, follow_column, lower_node, one_op_on_top,
-    peel_stateless, reads_changelog, rebuild_spine,
+    compile, conform, lower_node, one_op_on_top, peel_stateless, post_chain, reads_changelog,
+    rebuild_spine,
 };
 use super::{SchemaCatalog, StreamPlan};
 use crate::error::SqlError;
@@ -58,6 +58,33 @@ fn refuse_function(name: &str) -> SqlError {
     )
 }
 
+/// The value of an integer constant (possibly cast).
+pub(super) fn int_literal(e: &Expr) -> Option<i128> {
+    let mut e = e;
+    while let Expr::Cast(c) = e {
+        e = &c.expr;
+    }
+    match e {
+        Expr::Literal(v, _) => int_value(v),
+        _ => None,
+    }
+}
+
+/// The value of an integer scalar.
+pub(super) fn int_value(v: &ScalarValue) -> Option<i128> {
+    match v {
+        ScalarValue::Int8(Some(v)) => Some(i128::from(*v)),
+        ScalarValue::Int16(Some(v)) => Some(i128::from(*v)),
+        ScalarValue::Int32(Some(v)) => Some(i128::from(*v)),
+        ScalarValue::Int64(Some(v)) => Some(i128::from(*v)),
+        ScalarValue::UInt8(Some(v)) => Some(i128::from(*v)),
+        ScalarValue::UInt16(Some(v)) => Some(i128::from(*v)),
+        ScalarValue::UInt32(Some(v)) => Some(i128::from(*v)),
+        ScalarValue::UInt64(Some(v)) => Some(i128::from(*v)),
+        _ => None,
+    }
+}
+
 /// The largest rank `conjunct` keeps when it bounds the rank column (at `rank` in `schema`).
 fn rank_bound(conjunct: &Expr, schema: &DFSchema, rank: usize) -> Option<u64> {
     let Expr::BinaryExpr(BinaryExpr { left, op, right }) = conjunct else {
@@ -70,26 +97,7 @@ fn rank_bound(conjunct: &Expr, schema: &DFSchema, rank: usize) -> Option<u64> {
         }
         matches!(e, Expr::Column(c) if schema.index_of_column(c).ok() == Some(rank))
     };
-    let literal = |e: &Expr| -> Option<i128> {
-        let mut e = e;
-        while let Expr::Cast(c) = e {
-            e = &c.expr;
-        }
-        match e {
-            Expr::Literal(v, _) => match v {
-                ScalarValue::Int8(Some(v)) => Some(i128::from(*v)),
-                ScalarValue::Int16(Some(v)) => Some(i128::from(*v)),
-                ScalarValue::Int32(Some(v)) => Some(i128::from(*v)),
-                ScalarValue::Int64(Some(v)) => Some(i128::from(*v)),
-                ScalarValue::UInt8(Some(v)) => Some(i128::from(*v)),
-                ScalarValue::UInt16(Some(v)) => Some(i128::from(*v)),
-                ScalarValue::UInt32(Some(v)) => Some(i128::from(*v)),
-                ScalarValue::UInt64(Some(v)) => Some(i128::from(*v)),
-                _ => None,
-            },
-            _ => None,
-        }
-    };
+    let literal = int_literal;
     // Normalized to `rank op n`.
     let (op, n) = if is_rank(left) {
         (*op, literal(right)?)
@@ -197,47 +205,24 @@ pub(crate) fn lower_topn(
         })
         .collect::<Result<Vec<_>, SqlError>>()?;
     // The rank column through the filters and projections above, and its bound.
-    let mut rank_at = Some(input_df.fields().len());
-    let mut time_at = branches
+    let time_at = branches
         .first()
         .and_then(|b| b.event_time)
         .filter(|t| branches.iter().all(|b| b.event_time == Some(*t)));
     let mut limit: Option<u64> = None;
-    let mut post = Vec::new();
-    let mut post_descriptions = Vec::new();
-    for node in &post_nodes {
-        match node {
-            LogicalPlan::Filter(f) => {
-                if let Some(at) = rank_at {
-                    let mut conjuncts = Vec::new();
-                    super::join::split_and(&f.predicate, &mut conjuncts);
-                    for c in &conjuncts {
-                        if let Some(n) = rank_bound(c, f.input.schema(), at) {
-                            limit = Some(limit.map_or(n, |l| l.min(n)));
-                        }
-                    }
+    let mut tracked = [Some(input_df.fields().len()), time_at];
+    let (post, post_descriptions) = post_chain(&post_nodes, &mut tracked, |f, tracked| {
+        if let Some(at) = tracked[0] {
+            let mut conjuncts = Vec::new();
+            super::join::split_and(&f.predicate, &mut conjuncts);
+            for c in &conjuncts {
+                if let Some(n) = rank_bound(c, f.input.schema(), at) {
+                    limit = Some(limit.map_or(n, |l| l.min(n)));
                 }
-                post_descriptions.push(format!("Filter {}", f.predicate));
-                post.push(Step::Filter(compile(&f.predicate, f.input.schema())?));
             }
-            LogicalPlan::Projection(p) => {
-                let input_schema = p.input.schema();
-                rank_at = rank_at.and_then(|i| follow_column(&p.expr, input_schema, i));
-                time_at = time_at.and_then(|i| follow_column(&p.expr, input_schema, i));
-                let exprs = p
-                    .expr
-                    .iter()
-                    .map(|e| compile(e, input_schema))
-                    .collect::<Result<Vec<_>, _>>()?;
-                post_descriptions.push(describe_projection(&p.expr));
-                post.push(Step::Project {
-                    exprs,
-                    schema: Arc::new(p.schema.as_arrow().clone()),
-                });
-            }
-            _ => {}
         }
-    }
+    })?;
+    let time_at = tracked[1];
     let Some(limit) = limit else {
         return Err(SqlError::not_supported(
             format!(
@@ -283,6 +268,7 @@ pub(crate) fn lower_topn(
         logical_plan: rewritten.clone(),
         aggregate: None,
         join: None,
+        analytic: None,
         topn: Some(TopNPlan {
             input_schema,
             partition_by,
