@@ -705,6 +705,10 @@ impl UpdatingStep {
     /// emits nothing; a padded row that loses and regains its match within the batch
     /// neither), and puts retractions before insertions.
     fn consolidate(&self, s: usize, rows: &arrow::row::Rows, changes: Vec<Change>) -> Vec<Change> {
+        // Changes of one sign cannot cancel (weights only add up): nothing to merge.
+        if changes.iter().all(|c| c.weight > 0) || changes.iter().all(|c| c.weight < 0) {
+            return changes;
+        }
         let bytes = |side: usize, source: &Source| -> Vec<u8> {
             let row: &[u8] = match source {
                 Source::Batch(i) if side == s => rows.row(*i as usize).data(),
