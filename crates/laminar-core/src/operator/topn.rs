@@ -87,6 +87,9 @@ pub struct TopNSpec {
     pub max_partitions: Option<u64>,
 }
 
+/// An encoded row with its rank.
+type RankedRow = (Box<[u8]>, u64);
+
 /// An encoded (sort key, row).
 type SortedRow = (Box<[u8]>, Box<[u8]>);
 
@@ -297,8 +300,11 @@ impl TopNOperator {
                 })
                 .push(i);
         }
-        let mut removed: Vec<(Box<[u8]>, u64)> = Vec::new();
-        let mut added: Vec<(Box<[u8]>, u64)> = Vec::new();
+        // A row that only changed rank is an update (`U-` old rank, `U+` new rank); the rest
+        // leave (`D`) or enter (`I`). Paired within each partition.
+        let mut deletes: Vec<(Box<[u8]>, u64)> = Vec::new();
+        let mut updates: Vec<(RankedRow, RankedRow)> = Vec::new();
+        let mut inserts: Vec<(Box<[u8]>, u64)> = Vec::new();
         for key in order {
             let before = self
                 .partitions
@@ -355,6 +361,8 @@ impl TopNOperator {
             for r in &after {
                 *count.entry(r.clone()).or_default() += 1;
             }
+            let mut removed = Vec::new();
+            let mut entering: Vec<Option<(Box<[u8]>, u64)>> = Vec::new();
             for r in before {
                 if let Some(c) = count.get_mut(&r)
                     && *c < 0
@@ -368,9 +376,20 @@ impl TopNOperator {
                     && *c > 0
                 {
                     *c -= 1;
-                    added.push(r);
+                    entering.push(Some(r));
                 }
             }
+            for (row, rank) in removed {
+                match entering
+                    .iter_mut()
+                    .find(|a| a.as_ref().is_some_and(|(r, _)| *r == row))
+                    .and_then(Option::take)
+                {
+                    Some(new) => updates.push(((row, rank), new)),
+                    None => deletes.push((row, rank)),
+                }
+            }
+            inserts.extend(entering.into_iter().flatten());
         }
         if let Some(max) = self.spec.max_partitions
             && self.partitions.len() as u64 > max
@@ -381,24 +400,11 @@ impl TopNOperator {
                 self.partitions.len()
             )));
         }
-        // A row that only changed rank is an update (`U-` old rank, `U+` new rank); the rest
-        // leave (`D`) or enter (`I`).
         let mut changes: Vec<(Box<[u8]>, u64)> = Vec::new();
         let mut ops: Vec<&str> = Vec::new();
-        let mut entering: Vec<Option<(Box<[u8]>, u64)>> = added.into_iter().map(Some).collect();
-        let mut updates = Vec::new();
-        for (row, rank) in removed {
-            match entering
-                .iter_mut()
-                .find(|a| a.as_ref().is_some_and(|(r, _)| *r == row))
-                .and_then(Option::take)
-            {
-                Some(new) => updates.push(((row, rank), new)),
-                None => {
-                    changes.push((row, rank));
-                    ops.push(ChangeOp::Delete.as_str());
-                }
-            }
+        for old in deletes {
+            changes.push(old);
+            ops.push(ChangeOp::Delete.as_str());
         }
         for (old, new) in updates {
             changes.push(old);
@@ -406,7 +412,7 @@ impl TopNOperator {
             changes.push(new);
             ops.push(ChangeOp::UpdateAfter.as_str());
         }
-        for new in entering.into_iter().flatten() {
+        for new in inserts {
             changes.push(new);
             ops.push(ChangeOp::Insert.as_str());
         }
