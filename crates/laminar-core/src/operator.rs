@@ -8,6 +8,7 @@ pub mod aggregate;
 mod analytic;
 mod exchange;
 pub mod join;
+mod rows;
 mod source;
 mod stateless;
 mod topn;

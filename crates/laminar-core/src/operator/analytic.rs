@@ -133,14 +133,7 @@ impl AnalyticOperator {
         let partition_rows =
             RowConverter::new(partition_types.into_iter().map(SortField::new).collect())
                 .map_err(row_error)?;
-        let rows = RowConverter::new(
-            spec.input_schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )
-        .map_err(row_error)?;
+        let rows = crate::operator::rows::row_converter(&spec.input_schema).map_err(row_error)?;
         Ok(AnalyticOperator {
             spec,
             partition_rows,
@@ -173,19 +166,11 @@ impl AnalyticOperator {
         let partitions = if self.spec.partition_by.is_empty() {
             None
         } else {
-            let columns = self
-                .spec
-                .partition_by
-                .iter()
-                .map(|e| {
-                    e.evaluate(batch)
-                        .and_then(|v| v.into_array(n))
-                        .map_err(|source| CoreError::Evaluation {
-                            operator: self.spec.name.clone(),
-                            source,
-                        })
-                })
-                .collect::<Result<Vec<ArrayRef>>>()?;
+            let columns = crate::operator::rows::evaluate_all(
+                &self.spec.name,
+                &self.spec.partition_by,
+                batch,
+            )?;
             Some(
                 self.partition_rows
                     .convert_columns(&columns)

@@ -527,16 +527,7 @@ impl Operator for JoinOperator {
 
 /// Evaluates key expressions over a batch.
 fn eval_keys(keys: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
-    keys.iter()
-        .map(|k| {
-            k.evaluate(batch)
-                .and_then(|v| v.into_array(batch.num_rows()))
-                .map_err(|source| CoreError::Evaluation {
-                    operator: "join key".into(),
-                    source,
-                })
-        })
-        .collect()
+    crate::operator::rows::evaluate_all("join key", keys, batch)
 }
 
 /// Casts key columns to the given types where they differ.

@@ -22,6 +22,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use crate::error::{CoreError, Result};
 use crate::message::{ChangeOp, Message, OP_COLUMN, change_ops};
+use crate::operator::rows::{evaluate_all, op_columns, ops_as_inserts, row_converter};
 use crate::operator::stateless::run_steps;
 use crate::operator::{Operator, StateSize, Step};
 use crate::snapshot::{SnapshotReader, SnapshotWriter};
@@ -137,22 +138,8 @@ impl TopNOperator {
                 .collect(),
         )
         .map_err(row_error)?;
-        let rows = RowConverter::new(
-            spec.input_schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )
-        .map_err(row_error)?;
-        let op_columns = spec
-            .input_schema
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.name() == OP_COLUMN)
-            .map(|(i, _)| i)
-            .collect();
+        let rows = row_converter(&spec.input_schema).map_err(row_error)?;
+        let op_columns = op_columns(&spec.input_schema);
         Ok(TopNOperator {
             changelog: !spec.append_only,
             partition_rows,
@@ -244,20 +231,12 @@ impl TopNOperator {
                 )));
             }
         };
-        let eval = |exprs: &mut dyn Iterator<Item = &Arc<dyn PhysicalExpr>>| {
-            exprs
-                .map(|e| {
-                    e.evaluate(&batch)
-                        .and_then(|v| v.into_array(n))
-                        .map_err(|source| CoreError::Evaluation {
-                            operator: self.spec.name.clone(),
-                            source,
-                        })
-                })
-                .collect::<Result<Vec<ArrayRef>>>()
-        };
-        let partition_columns = eval(&mut self.spec.partition_by.iter())?;
-        let sort_columns = eval(&mut self.spec.order_by.iter().map(|(e, _)| e))?;
+        let partition_columns = evaluate_all(&self.spec.name, &self.spec.partition_by, &batch)?;
+        let sort_columns = evaluate_all(
+            &self.spec.name,
+            self.spec.order_by.iter().map(|(e, _)| e),
+            &batch,
+        )?;
         let partition_keys = if partition_columns.is_empty() {
             None
         } else {
@@ -276,14 +255,7 @@ impl TopNOperator {
                     .map_err(row_error)?,
             )
         };
-        let mut columns = batch.columns().to_vec();
-        if !self.op_columns.is_empty() {
-            let constant: ArrayRef =
-                Arc::new(StringArray::from(vec![ChangeOp::Insert.as_str(); n]));
-            for &i in &self.op_columns {
-                columns[i] = constant.clone();
-            }
-        }
+        let columns = ops_as_inserts(&batch, &self.op_columns);
         let rows = self.rows.convert_columns(&columns).map_err(row_error)?;
         // Rows by partition, in arrival order.
         let mut order: Vec<Box<[u8]>> = Vec::new();

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, SchemaRef};
-use arrow::row::{OwnedRow, Row, RowConverter, SortField};
+use arrow::row::{OwnedRow, Row, RowConverter};
 use datafusion::common::hash_utils::RandomState;
 use datafusion::physical_expr::PhysicalExpr;
 
@@ -38,8 +38,9 @@ use super::{
     condition_mask, eval_keys, joined, threshold, times_ms,
 };
 use crate::error::{CoreError, Result};
-use crate::message::{ChangeOp, OP_COLUMN, change_ops};
+use crate::message::{ChangeOp, change_ops};
 use crate::operator::StateSize;
+use crate::operator::rows::{op_columns, ops_as_inserts, row_converter};
 use crate::snapshot::{SnapshotReader, SnapshotWriter};
 
 type HashMap<K, V> = std::collections::HashMap<K, V, RandomState>;
@@ -49,17 +50,6 @@ const ENTRY_OVERHEAD: usize = 48;
 
 /// Bytes counted per entry of the TTL index besides the encodings.
 const EXPIRY_OVERHEAD: usize = 40;
-
-/// Positions of the `_op` columns of a schema.
-fn op_columns(schema: &SchemaRef) -> Vec<usize> {
-    schema
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| f.name() == OP_COLUMN)
-        .map(|(i, _)| i)
-        .collect()
-}
 
 /// A stored row with its key, both encoded.
 type KeyedRow = (Box<[u8]>, Box<[u8]>);
@@ -162,14 +152,8 @@ impl Side {
         key_types: Vec<DataType>,
         ttl: Option<(TimeColumn, i64)>,
     ) -> Result<Side> {
-        let converter = RowConverter::new(
-            schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )
-        .map_err(|e| CoreError::Internal(format!("join rows: {e}")))?;
+        let converter =
+            row_converter(schema).map_err(|e| CoreError::Internal(format!("join rows: {e}")))?;
         let nulls = crate::table::null_batch(schema, 1);
         let null_row = converter
             .convert_columns(&nulls)
@@ -387,15 +371,7 @@ impl UpdatingStep {
             Some(Err(e)) => return Err(CoreError::InvalidData(format!("join input: {e}"))),
         };
         let side = &self.sides[s];
-        // Stored rows do not depend on the operation that brought them.
-        let mut columns = batch.columns().to_vec();
-        if !side.op_columns.is_empty() {
-            let constant: ArrayRef =
-                Arc::new(StringArray::from(vec![ChangeOp::Insert.as_str(); n]));
-            for &i in &side.op_columns {
-                columns[i] = constant.clone();
-            }
-        }
+        let columns = ops_as_inserts(&batch, &side.op_columns);
         let rows = side
             .converter
             .convert_columns(&columns)
