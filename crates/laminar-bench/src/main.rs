@@ -91,7 +91,7 @@ struct CheckpointArgs {
     #[arg(long, default_value_t = 1_000_000)]
     groups: u64,
     /// `window`: a tumbling window holding every group (vectorized state); `updating`: an
-    /// unwindowed `EMIT CHANGES` aggregation (row-accumulator state).
+    /// unwindowed `EMIT CHANGES` aggregation (column-by-column changelog state).
     #[arg(long, value_enum, default_value = "window")]
     layout: CheckpointLayout,
     /// Events of the throughput comparison (tumble workload); 0 skips it.

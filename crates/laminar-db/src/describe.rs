@@ -396,10 +396,19 @@ impl LaminarDB {
         ));
         if let Some(view) = &stream.view {
             let size = view.store.size();
+            let schema = view.store.schema();
+            let key = view.store.key_columns().map_or("none".to_string(), |key| {
+                let names: Vec<&str> = key
+                    .iter()
+                    .map(|&i| schema.field(i).name().as_str())
+                    .collect();
+                format!("({})", names.join(", "))
+            });
+            let (key_reads, full_reads) = view.store.reads();
             rows.push((
                 format!("view {}", stream.name),
                 format!(
-                    "ViewOperator rows_in={} view_rows={} state_bytes={} watermark={}",
+                    "ViewOperator rows_in={} view_rows={} state_bytes={} key={key} key_reads={key_reads} full_reads={full_reads} watermark={}",
                     view.metrics.rows_in.load(Ordering::Relaxed),
                     size.rows,
                     size.bytes,

@@ -218,8 +218,10 @@ impl LaminarDB {
                     .map(ExecuteResult::Query)
             }
             StreamingStatement::Query { query, clauses } => {
-                if clauses.is_empty() && self.reads_only_tables(&query)? {
-                    let batches = self.snapshot_query(&query).await?;
+                if clauses.is_empty()
+                    && let Some(plan) = self.snapshot_candidate(&query)
+                {
+                    let batches = self.run_snapshot(plan).await?;
                     let schema = batches
                         .first()
                         .map(|b| b.schema())
@@ -234,18 +236,20 @@ impl LaminarDB {
         }
     }
 
-    /// True when a query reads at least one table or materialized view and no source or
-    /// stream (a snapshot query).
-    fn reads_only_tables(&self, query: &Query) -> Result<bool, DbError> {
-        let catalog = self.inner.catalog.read();
-        if catalog.tables.is_empty() && !catalog.streams.values().any(|s| s.view.is_some()) {
-            return Ok(false);
+    /// The snapshot plan of a query that reads at least one table or materialized view and
+    /// no source or stream; `None` for other queries (and for queries that fail to plan,
+    /// whose errors the continuous path reports with its own checks). Planning reads no rows.
+    fn snapshot_candidate(&self, query: &Query) -> Option<laminar_sql::plan::SnapshotQuery> {
+        {
+            let catalog = self.inner.catalog.read();
+            if catalog.tables.is_empty() && !catalog.streams.values().any(|s| s.view.is_some()) {
+                return None;
+            }
         }
-        let Ok(plan) = self.inner.planner.logical_plan(query, &*catalog) else {
-            // Planning errors are reported by the continuous path with its own checks.
-            return Ok(false);
-        };
-        Ok(laminar_sql::plan::reads_only_snapshots(&plan, &*catalog))
+        match self.snapshot_plan(query) {
+            Ok(Some(snapshot)) if snapshot.reads_relations() => Some(snapshot),
+            _ => None,
+        }
     }
 
     pub(crate) fn not_exists_or(
@@ -1068,6 +1072,7 @@ impl LaminarDB {
                     name,
                     &node,
                     &settings,
+                    plan.natural_key(),
                     restored.state(&view_node_name),
                 ) {
                     Ok(view) => Ok((node, Some(view))),
@@ -1831,19 +1836,13 @@ pub(crate) async fn bounded_query(db: &LaminarDB, sql: &str) -> Result<Vec<Recor
             "query() takes a SELECT; use execute() for other statements".into(),
         ));
     };
-    let plan = {
-        let catalog = db.inner.catalog.read();
-        db.inner.planner.logical_plan(&query, &*catalog)?
-    };
-    if laminar_sql::plan::reads_relations(&plan)
-        && !laminar_sql::plan::reads_only_snapshots(&plan, &*db.inner.catalog.read())
-    {
+    let Some(snapshot) = db.snapshot_plan(&query)? else {
         return Err(DbError::InvalidOperation(
             "this query reads a source or stream, which is unbounded: run it with execute() to get a continuous QueryHandle".into(),
         ));
-    }
+    };
     // Tables, materialized views and constants only: a snapshot query.
-    db.snapshot_query(&query).await
+    db.run_snapshot(snapshot).await
 }
 
 /// Delivers too-late rows to the `LATE DATA TO` stream's queue without blocking the worker.

@@ -365,18 +365,28 @@ impl LaminarDB {
         )
     }
 
-    /// Runs a query over tables only (a snapshot of their current rows).
-    pub(crate) async fn snapshot_query(&self, query: &Query) -> Result<Vec<RecordBatch>, DbError> {
-        let plan = {
-            let catalog = self.inner.catalog.read();
-            self.inner.planner.snapshot_plan(query, &*catalog)?
-        };
-        let ctx =
-            datafusion::prelude::SessionContext::new_with_state(self.inner.planner.state().clone());
-        ctx.execute_logical_plan(plan)
+    /// Plans `query` as a snapshot query: `None` when it reads a source or stream.
+    pub(crate) fn snapshot_plan(
+        &self,
+        query: &Query,
+    ) -> Result<Option<laminar_sql::plan::SnapshotQuery>, DbError> {
+        let catalog = self.inner.catalog.read();
+        Ok(self.inner.planner.snapshot_plan(query, &*catalog)?)
+    }
+
+    /// Runs a query from [`LaminarDB::snapshot_plan`] (tables, views and constants).
+    pub(crate) async fn run_snapshot(
+        &self,
+        query: laminar_sql::plan::SnapshotQuery,
+    ) -> Result<Vec<RecordBatch>, DbError> {
+        let (plan, state) = self.inner.planner.optimize_snapshot(query)?;
+        // The plan is optimized already: physical planning only.
+        let physical = state
+            .query_planner()
+            .create_physical_plan(&plan, &state)
             .await
-            .map_err(|e| DbError::from(SqlError::Plan(e)))?
-            .collect()
+            .map_err(|e| DbError::from(SqlError::Plan(e)))?;
+        datafusion::physical_plan::collect(physical, state.task_ctx())
             .await
             .map_err(|e| DbError::Engine(e.to_string()))
     }

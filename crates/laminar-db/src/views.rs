@@ -118,7 +118,7 @@ pub(crate) fn check_view_query(
 
 /// Refuses a planned view query whose rows the view cannot hold.
 pub(crate) fn check_view_plan(name: &str, plan: &StreamPlan) -> Result<(), DbError> {
-    ViewStore::new(name, &plan.output_schema, None)
+    ViewStore::new(name, &plan.output_schema, None, None)
         .map(|_| ())
         .map_err(|e| DbError::MaterializedView(e.to_string()))
 }
@@ -130,10 +130,11 @@ pub(crate) fn install_view_node(
     name: &str,
     query_node: &Arc<Node>,
     settings: &ViewSettings,
+    key: Option<Vec<String>>,
     state: Option<StateChain>,
 ) -> Result<ViewEntry, DbError> {
     let output = query_node.schema();
-    let store = ViewStore::new(name, &output, settings.budget)
+    let store = ViewStore::new(name, &output, settings.budget, key.as_deref())
         .map_err(|e| DbError::MaterializedView(e.to_string()))?;
     let mut operator = ViewOperator::new(store.clone(), output);
     if let Some(state) = state {

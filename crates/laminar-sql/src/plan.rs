@@ -9,6 +9,7 @@ mod analytic;
 mod join;
 mod lower;
 mod provider;
+mod snapshot_table;
 mod topn;
 mod window;
 
@@ -128,11 +129,56 @@ impl StreamPlan {
             || self.join.as_ref().is_some_and(|j| j.updating)
             || self.topn.is_some()
     }
+
+    /// The output columns that determine a row (the GROUP BY columns of an aggregation,
+    /// the window included), as DataFusion's functional dependencies of the query find them;
+    /// `None` when no set of columns is known to.
+    pub fn natural_key(&self) -> Option<Vec<String>> {
+        use datafusion::common::Dependency;
+        let schema = self.logical_plan.schema();
+        let fields = schema.fields();
+        let is_op = |i: usize| fields[i].name() == laminar_core::message::OP_COLUMN;
+        schema
+            .functional_dependencies()
+            .iter()
+            .filter(|d| {
+                d.mode == Dependency::Single
+                    && !d.source_indices.is_empty()
+                    && !d.source_indices.iter().any(|&i| is_op(i))
+                    && (0..fields.len()).all(|i| is_op(i) || d.target_indices.contains(&i))
+            })
+            .min_by_key(|d| d.source_indices.len())
+            .map(|d| {
+                d.source_indices
+                    .iter()
+                    .map(|&i| fields[i].name().clone())
+                    .collect()
+            })
+    }
+}
+
+/// A query over tables, materialized views and constants, planned
+/// ([`Planner::snapshot_plan`]), to be optimized and run ([`Planner::optimize_snapshot`]).
+#[derive(Debug)]
+pub struct SnapshotQuery {
+    plan: LogicalPlan,
+    reads_relations: bool,
+    reads: Arc<std::sync::Mutex<snapshot_table::SnapshotReads>>,
+}
+
+impl SnapshotQuery {
+    /// False for a query of constants only.
+    pub fn reads_relations(&self) -> bool {
+        self.reads_relations
+    }
 }
 
 /// Plans SQL against a catalog. Cheap to share; holds DataFusion's function registry.
 pub struct Planner {
     state: SessionState,
+    /// The same functions with DataFusion's default optimizer rules: for snapshot queries,
+    /// which run as batch queries (filters reach the scans, so view lookups use keys).
+    batch_state: SessionState,
 }
 
 impl Default for Planner {
@@ -147,6 +193,10 @@ impl Planner {
         // SPEC 2.1: VARCHAR/TEXT are Utf8 (DataFusion would pick Utf8View).
         let mut config = datafusion::prelude::SessionConfig::new();
         config.options_mut().sql_parser.map_string_types_to_utf8view = false;
+        let mut batch_state = SessionStateBuilder::new()
+            .with_config(config.clone())
+            .with_default_features()
+            .build();
         let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
@@ -160,9 +210,10 @@ impl Planner {
             .build();
         for udf in window::udfs().into_iter().chain(join_markers()) {
             // Registering a new name cannot fail.
-            let _ = datafusion::execution::FunctionRegistry::register_udf(&mut state, udf);
+            let _ = datafusion::execution::FunctionRegistry::register_udf(&mut state, udf.clone());
+            let _ = datafusion::execution::FunctionRegistry::register_udf(&mut batch_state, udf);
         }
-        Planner { state }
+        Planner { state, batch_state }
     }
 
     /// The DataFusion session state used for planning.
@@ -288,18 +339,58 @@ impl Planner {
             .map_err(|e| map_plan_error(e, &provider, catalog))
     }
 
-    /// Plans a bounded query over tables (and constants) for execution: every table it reads
-    /// is a snapshot of its rows taken now.
+    /// Plans a bounded query over tables and materialized views (and constants): `None`
+    /// when the query reads a source or stream. Nothing is read yet; tables and views are
+    /// read when the plan from [`Planner::optimize_snapshot`] is executed.
     pub fn snapshot_plan(
         &self,
         query: &Query,
         catalog: &dyn SchemaCatalog,
-    ) -> Result<LogicalPlan, SqlError> {
-        self.plan_with(
-            CatalogProvider::new(catalog, &self.state).with_snapshots(),
+    ) -> Result<Option<SnapshotQuery>, SqlError> {
+        let reads = Arc::new(std::sync::Mutex::new(
+            snapshot_table::SnapshotReads::default(),
+        ));
+        let plan = self.plan_with(
+            CatalogProvider::new(catalog, &self.state).with_snapshots(reads.clone()),
             query,
             catalog,
-        )
+        )?;
+        let reads_relations = lower::reads_relations(&plan);
+        if reads_relations && !lower::reads_only_snapshots(&plan, catalog) {
+            return Ok(None);
+        }
+        Ok(Some(SnapshotQuery {
+            plan,
+            reads_relations,
+            reads,
+        }))
+    }
+
+    /// Optimizes a snapshot query for execution with DataFusion's default rules (so filters
+    /// reach the scans and view lookups by key apply); returns the plan and the session state
+    /// to run it with, whose query start time (`now()`) is now.
+    pub fn optimize_snapshot(
+        &self,
+        query: SnapshotQuery,
+    ) -> Result<(LogicalPlan, SessionState), SqlError> {
+        use datafusion::common::tree_node::TreeNodeRecursion;
+        let mut state = self.batch_state.clone();
+        state.mark_start_execution();
+        let plan = state.optimize(&query.plan).map_err(SqlError::Plan)?;
+        let mut scans = std::collections::HashMap::new();
+        plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                *scans
+                    .entry(scan.table_name.table().to_string())
+                    .or_insert(0) += 1;
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .map_err(SqlError::Plan)?;
+        if let Ok(mut reads) = query.reads.lock() {
+            reads.set_scans(scans);
+        }
+        Ok((plan, state))
     }
 
     /// Plans the rows of `INSERT INTO target [(columns)] <query>` (VALUES or a constant

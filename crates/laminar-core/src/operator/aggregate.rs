@@ -4,7 +4,7 @@
 //! The operator receives rows after the query's input chain (filters and projections below
 //! the aggregation), assigns them to windows by event time, groups them by key and feeds
 //! DataFusion accumulators, so every aggregate function DataFusion registers works here.
-//! Two state layouts serve different EMIT modes:
+//! Three state layouts serve different EMIT modes:
 //!
 //! - [`fast`]: one DataFusion `GroupValues` hash table and `GroupsAccumulator`s per open
 //!   window — the batch engine's vectorized inner loop — for modes that emit each window
@@ -15,6 +15,9 @@
 //!   modes (`CHANGES`, `ON UPDATE`, `EVERY`, `ON WATERMARK` with lateness), sessions and
 //!   changelog input, and remembers each group's last emitted row to produce `U-`/`U+`
 //!   pairs and `D` retractions (also when a group stops satisfying HAVING).
+//! - [`incremental`]: unwindowed changelog aggregation of append-only input whose aggregates
+//!   are COUNT / SUM / MIN / MAX / AVG of BIGINT or DOUBLE, computed column by column as in
+//!   [`fast`] but readable without being consumed, so `U-` / `U+` come from vectorized reads.
 //!
 //! Rows are "too late" when every window they belong to has `end + lateness <= W`; they go
 //! to the `LATE DATA TO` side output when there is one (never for `EMIT FINAL`) and are
@@ -23,6 +26,7 @@
 mod checkpoint;
 mod fast;
 mod general;
+mod incremental;
 mod retract;
 mod window;
 
@@ -180,6 +184,7 @@ pub struct AggregateOperator {
 enum State {
     Fast(fast::FastState),
     General(general::GeneralState),
+    Incremental(incremental::IncrementalState),
 }
 
 /// A batch after the input chain, with everything the aggregation needs evaluated.
@@ -267,7 +272,9 @@ impl AggregateOperator {
             && keyed.is_none()
             && !changelog
             && spec.window.is_some_and(|w| !w.is_session());
-        let state = if fast_ok {
+        let state = if incremental::supports(&spec, changelog) {
+            State::Incremental(incremental::IncrementalState::new(&spec, &key_types)?)
+        } else if fast_ok {
             State::Fast(fast::FastState::new(&spec, &key_types)?)
         } else {
             State::General(general::GeneralState::new(&spec, changelog)?)
@@ -441,6 +448,7 @@ impl AggregateOperator {
         let retained = match &self.state {
             State::Fast(s) => s.min_retained(self.spec.output_time),
             State::General(s) => s.min_retained(self.spec.output_time),
+            State::Incremental(_) => None,
         };
         retained.map_or(bound, |r| r.min(bound))
     }
@@ -529,6 +537,7 @@ impl AggregateOperator {
         let converter = self.converter.as_ref();
         let emitted = match &mut self.state {
             State::Fast(state) => state.advance(&self.spec, self.watermark)?,
+            State::Incremental(_) => Vec::new(),
             State::General(state) => state.advance(
                 &self.spec,
                 converter,
@@ -631,6 +640,17 @@ impl Operator for AggregateOperator {
             None => general::RowWatermarks::All(self.watermark),
         };
         let late = match &mut self.state {
+            State::Incremental(state) => {
+                if let Some(batch) = state.ingest(
+                    &self.spec,
+                    self.converter.as_ref(),
+                    &self.output_schema,
+                    &prepared,
+                )? {
+                    self.push_output(batch, out);
+                }
+                None
+            }
             State::Fast(state) => state.ingest(&self.spec, &prepared, self.watermark)?,
             State::General(state) => state.ingest(
                 &self.spec,
@@ -715,6 +735,7 @@ impl Operator for AggregateOperator {
         match &self.state {
             State::Fast(s) => s.size(),
             State::General(s) => s.size(),
+            State::Incremental(s) => s.size(),
         }
     }
 

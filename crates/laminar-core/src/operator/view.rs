@@ -10,8 +10,13 @@
 //! A change that would take a row's weight below zero means the query retracted a row it
 //! never emitted; the batch is refused whole and the operator fails, so the view never holds
 //! a wrong result.
+//!
+//! A view with a natural key (the GROUP BY columns of an aggregation, found by the planner)
+//! keeps its rows bucketed by the key's encoding, so [`ViewStore::lookup`] answers a point
+//! query by key without reading the other rows.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::{ArrayRef, Int64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -39,13 +44,91 @@ pub struct ViewStore {
     /// `memory.budget`: the most bytes the view may hold.
     budget: Option<u64>,
     converter: RowConverter,
+    /// The key the rows are bucketed by, when the view has one.
+    key: Option<ViewKey>,
     contents: RwLock<Contents>,
+    /// Reads answered by key ([`ViewStore::lookup`]).
+    key_reads: AtomicU64,
+    /// Reads of the whole contents ([`ViewStore::snapshot`]).
+    full_reads: AtomicU64,
+}
+
+/// Columns of a view's natural key and their encoder.
+struct ViewKey {
+    columns: Vec<usize>,
+    converter: RowConverter,
+}
+
+/// The rows that share one bucket key, each with its weight (always > 0).
+enum Bucket {
+    /// A view without a key: the bucket key is the row itself.
+    Row(i64),
+    /// A keyed view: the row(s) with this key (one for an aggregation).
+    One(Box<[u8]>, i64),
+    Many(Vec<(Box<[u8]>, i64)>),
+}
+
+impl Bucket {
+    fn weight(&self, key: &[u8], row: &[u8]) -> i64 {
+        self.rows(key)
+            .find(|(r, _)| *r == row)
+            .map_or(0, |(_, w)| w)
+    }
+
+    /// Every row of the bucket with its weight.
+    fn rows<'a>(&'a self, key: &'a [u8]) -> impl Iterator<Item = (&'a [u8], i64)> + 'a {
+        let (single, many) = match self {
+            Bucket::Row(w) => (Some((key, *w)), None),
+            Bucket::One(row, w) => (Some((&row[..], *w)), None),
+            Bucket::Many(rows) => (None, Some(rows.iter().map(|(r, w)| (&r[..], *w)))),
+        };
+        single.into_iter().chain(many.into_iter().flatten())
+    }
+
+    /// Adds `delta` to `row`'s weight (the caller has checked it stays >= 0); true when the
+    /// bucket is left empty.
+    fn add(&mut self, row: &[u8], delta: i64) -> bool {
+        match self {
+            Bucket::Row(w) => {
+                *w += delta;
+                *w == 0
+            }
+            Bucket::One(r, w) if &r[..] == row => {
+                *w += delta;
+                *w == 0
+            }
+            Bucket::One(r, w) => {
+                let first = (std::mem::take(r), *w);
+                *self = Bucket::Many(vec![first, (row.into(), delta)]);
+                false
+            }
+            Bucket::Many(rows) => {
+                match rows.iter().position(|(r, _)| &r[..] == row) {
+                    Some(i) => {
+                        rows[i].1 += delta;
+                        if rows[i].1 == 0 {
+                            rows.swap_remove(i);
+                        }
+                    }
+                    None => rows.push((row.into(), delta)),
+                }
+                if rows.len() == 1 {
+                    let (row, w) = rows.pop().expect("one row");
+                    *self = Bucket::One(row, w);
+                    return false;
+                }
+                rows.is_empty()
+            }
+        }
+    }
 }
 
 #[derive(Default)]
 struct Contents {
-    /// Encoded row → weight (always > 0).
-    rows: HashMap<Box<[u8]>, i64>,
+    /// Bucket key → rows: the encoded key for a keyed view, the encoded row otherwise.
+    rows: HashMap<Box<[u8]>, Bucket>,
+    /// Number of distinct rows.
+    distinct: u64,
     /// Sum of the weights.
     count: u64,
     bytes: u64,
@@ -57,9 +140,23 @@ struct Contents {
     watermark: Option<i64>,
 }
 
+impl Contents {
+    /// Every distinct row with its weight.
+    fn iter(&self) -> impl Iterator<Item = (&[u8], i64)> {
+        self.rows.iter().flat_map(|(key, bucket)| bucket.rows(key))
+    }
+}
+
 impl ViewStore {
-    /// A store for the output of a query with schema `output` (with `_op` for a changelog).
-    pub fn new(name: &str, output: &SchemaRef, budget: Option<u64>) -> Result<Arc<ViewStore>> {
+    /// A store for the output of a query with schema `output` (with `_op` for a changelog),
+    /// its rows bucketed by the columns named in `key` when given (the view's natural key;
+    /// a name that is not a column leaves the view unkeyed).
+    pub fn new(
+        name: &str,
+        output: &SchemaRef,
+        budget: Option<u64>,
+        key: Option<&[String]>,
+    ) -> Result<Arc<ViewStore>> {
         let op_index = output
             .column_with_name(OP_COLUMN)
             .filter(|(_, f)| f.data_type() == &DataType::Utf8)
@@ -82,14 +179,106 @@ impl ViewStore {
                 "materialized view '{name}' cannot hold its rows: {e}"
             ))
         })?;
+        // Each name must be exactly one column.
+        let column = |n: &String| {
+            let mut matches = schema
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.name() == n);
+            match (matches.next(), matches.next()) {
+                (Some((i, _)), None) => Some(i),
+                _ => None,
+            }
+        };
+        let key_columns: Option<Vec<usize>> = key
+            .filter(|k| !k.is_empty())
+            .and_then(|names| names.iter().map(column).collect::<Option<Vec<usize>>>());
+        let key = match key_columns {
+            Some(columns) => {
+                let fields = columns
+                    .iter()
+                    .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+                    .collect();
+                RowConverter::new(fields)
+                    .ok()
+                    .map(|converter| ViewKey { columns, converter })
+            }
+            None => None,
+        };
         Ok(Arc::new(ViewStore {
             name: name.to_string(),
             schema,
             op_index,
             budget,
             converter,
+            key,
             contents: RwLock::new(Contents::default()),
+            key_reads: AtomicU64::new(0),
+            full_reads: AtomicU64::new(0),
         }))
+    }
+
+    /// The columns the rows are keyed by, when the view has a natural key: what
+    /// [`ViewStore::lookup`] takes.
+    pub fn key_columns(&self) -> Option<&[usize]> {
+        self.key.as_ref().map(|k| k.columns.as_slice())
+    }
+
+    /// How many reads were answered by key and how many read the whole view.
+    pub fn reads(&self) -> (u64, u64) {
+        (
+            self.key_reads.load(Ordering::Relaxed),
+            self.full_reads.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The rows whose key columns equal one of the given keys (one array per key column,
+    /// of the column's type), read under one lock: a consistent subset of the view.
+    pub fn lookup(&self, keys: &[ArrayRef]) -> Result<RecordBatch> {
+        let Some(key) = &self.key else {
+            return Err(CoreError::InvalidData(format!(
+                "materialized view '{}' has no key to look rows up by",
+                self.name
+            )));
+        };
+        let encoded = key
+            .converter
+            .convert_columns(keys)
+            .map_err(|e| self.arrow(e))?;
+        self.key_reads.fetch_add(1, Ordering::Relaxed);
+        let mut buffer = Vec::new();
+        let mut ends = Vec::new();
+        {
+            let c = self.contents.read();
+            let mut seen = std::collections::HashSet::new();
+            for k in encoded.iter() {
+                if !seen.insert(k.data()) {
+                    continue;
+                }
+                if let Some(bucket) = c.rows.get(k.data()) {
+                    for (row, weight) in bucket.rows(k.data()) {
+                        for _ in 0..weight {
+                            buffer.extend_from_slice(row);
+                            ends.push(buffer.len());
+                        }
+                    }
+                }
+            }
+        }
+        self.decode_buffer(&buffer, &ends)
+    }
+
+    /// Encoded rows laid end to end (`ends` marks where each ends) as a batch.
+    fn decode_buffer(&self, buffer: &[u8], ends: &[usize]) -> Result<RecordBatch> {
+        let parser = self.converter.parser();
+        let mut start = 0;
+        let rows = ends.iter().map(|&end| {
+            let row = parser.parse(&buffer[start..end]);
+            start = end;
+            row
+        });
+        self.decode(rows, ends.len())
     }
 
     /// Schema of the view's rows.
@@ -122,6 +311,7 @@ impl ViewStore {
     /// Arrow columns after it is released, so a large view does not hold up its changes for
     /// the decoding.
     pub fn snapshot(&self) -> Result<RecordBatch> {
+        self.full_reads.fetch_add(1, Ordering::Relaxed);
         let (buffer, ends, version) = {
             let c = self.contents.read();
             if let Some(b) = c.cached.clone() {
@@ -129,22 +319,15 @@ impl ViewStore {
             }
             let mut buffer = Vec::with_capacity(c.bytes as usize);
             let mut ends = Vec::with_capacity(c.count as usize);
-            for (row, weight) in &c.rows {
-                for _ in 0..*weight {
+            for (row, weight) in c.iter() {
+                for _ in 0..weight {
                     buffer.extend_from_slice(row);
                     ends.push(buffer.len());
                 }
             }
             (buffer, ends, c.version)
         };
-        let parser = self.converter.parser();
-        let mut start = 0;
-        let rows = ends.iter().map(|&end| {
-            let row = parser.parse(&buffer[start..end]);
-            start = end;
-            row
-        });
-        let batch = self.decode(rows, ends.len())?;
+        let batch = self.decode_buffer(&buffer, &ends)?;
         let mut c = self.contents.write();
         if c.version == version {
             c.cached = Some(batch.clone());
@@ -182,13 +365,14 @@ impl ViewStore {
     /// Each distinct row once, with its weight (for checkpoints).
     fn distinct_rows(&self, c: &Contents) -> Result<(RecordBatch, Vec<i64>)> {
         let parser = self.converter.parser();
-        let mut rows = Vec::with_capacity(c.rows.len());
-        let mut weights = Vec::with_capacity(c.rows.len());
-        for (bytes, weight) in &c.rows {
+        let mut rows = Vec::with_capacity(c.distinct as usize);
+        let mut weights = Vec::with_capacity(c.distinct as usize);
+        for (bytes, weight) in c.iter() {
             rows.push(parser.parse(bytes));
-            weights.push(*weight);
+            weights.push(weight);
         }
-        Ok((self.decode(rows, c.rows.len())?, weights))
+        let count = rows.len();
+        Ok((self.decode(rows, count)?, weights))
     }
 
     /// `count` encoded rows as a batch of the view's rows.
@@ -232,19 +416,26 @@ impl ViewStore {
             .converter
             .convert_columns(&columns)
             .map_err(|e| self.arrow(e))?;
+        let keys = self.encode_keys(&columns)?;
         // Net change per distinct row, so a batch that deletes and re-inserts a row is
-        // checked as a whole.
-        let mut deltas: HashMap<&[u8], i64> = HashMap::default();
+        // checked as a whole; with the position of one of its occurrences (for its key).
+        let mut deltas: HashMap<&[u8], (usize, i64)> = HashMap::default();
         for (i, row) in rows.iter().enumerate() {
             let w = ops.as_ref().map_or(1, |ops| ops[i].weight());
-            *deltas.entry(row.data()).or_default() += w;
+            deltas.entry(row.data()).or_insert((i, 0)).1 += w;
         }
         let mut c = self.contents.write();
+        // Each changed row: its bucket key, its weight now, the change.
+        let mut changes: Vec<(&[u8], &[u8], i64, i64)> = Vec::with_capacity(deltas.len());
         let mut new_bytes = c.bytes as i64;
-        let mut new_rows = c.rows.len() as i64;
-        for (row, delta) in &deltas {
-            let now = c.rows.get(*row).copied().unwrap_or(0);
-            let size = row.len() as i64 + ROW_OVERHEAD as i64;
+        let mut new_rows = c.distinct as i64;
+        for (row, (i, delta)) in deltas {
+            if delta == 0 {
+                continue;
+            }
+            let key = keys.as_ref().map_or(row, |k| k.row(i).data());
+            let now = c.rows.get(key).map_or(0, |b| b.weight(key, row));
+            let size = self.row_size(key, row);
             if now == 0 && now + delta > 0 {
                 new_bytes += size;
                 new_rows += 1;
@@ -253,25 +444,9 @@ impl ViewStore {
                 new_rows -= 1;
             }
             if now + delta < 0 {
-                let shown = self
-                    .converter
-                    .convert_rows([self.converter.parser().parse(row)])
-                    .ok()
-                    .and_then(|cols| {
-                        RecordBatch::try_new(self.schema.clone(), cols)
-                            .ok()
-                            .and_then(|b| {
-                                arrow::util::pretty::pretty_format_batches(&[b])
-                                    .ok()
-                                    .map(|t| t.to_string())
-                            })
-                    })
-                    .unwrap_or_default();
-                return Err(CoreError::InvalidData(format!(
-                    "materialized view '{}': a change removes a row the view does not hold ({} of it held, {} removed); the batch was not applied\n{shown}",
-                    self.name, now, -delta
-                )));
+                return Err(self.absent_row(row, now, delta));
             }
+            changes.push((key, row, now, delta));
         }
         if let Some(budget) = self.budget
             && new_bytes > budget as i64
@@ -281,36 +456,81 @@ impl ViewStore {
                 self.name
             )));
         }
-        let mut added_bytes: i64 = 0;
+        // Removals first: an update of a keyed row then replaces it within its bucket.
+        changes.sort_unstable_by_key(|c| c.3 > 0);
         let mut added_count: i64 = 0;
-        let mut changed = false;
-        for (row, delta) in deltas {
-            if delta == 0 {
-                continue;
-            }
-            changed = true;
+        for &(key, row, _, delta) in &changes {
             added_count += delta;
-            match c.rows.get_mut(row) {
-                Some(w) => {
-                    *w += delta;
-                    if *w == 0 {
-                        c.rows.remove(row);
-                        added_bytes -= row.len() as i64 + ROW_OVERHEAD as i64;
-                    }
-                }
-                None => {
-                    c.rows.insert(row.into(), delta);
-                    added_bytes += row.len() as i64 + ROW_OVERHEAD as i64;
-                }
-            }
+            self.add(&mut c, key, row, delta);
         }
         c.count = (c.count as i64 + added_count) as u64;
-        c.bytes = (c.bytes as i64 + added_bytes) as u64;
-        if changed {
+        c.bytes = new_bytes as u64;
+        c.distinct = new_rows as u64;
+        if !changes.is_empty() {
             c.cached = None;
             c.version += 1;
         }
         Ok(())
+    }
+
+    /// The encoded key of every row of `columns` (the view's columns), for a keyed view.
+    fn encode_keys(&self, columns: &[ArrayRef]) -> Result<Option<arrow::row::Rows>> {
+        let Some(key) = &self.key else {
+            return Ok(None);
+        };
+        let key_columns: Vec<ArrayRef> = key.columns.iter().map(|&i| columns[i].clone()).collect();
+        key.converter
+            .convert_columns(&key_columns)
+            .map(Some)
+            .map_err(|e| self.arrow(e))
+    }
+
+    /// Bytes counted for one distinct row.
+    fn row_size(&self, key: &[u8], row: &[u8]) -> i64 {
+        let key_len = if self.key.is_some() { key.len() } else { 0 };
+        (row.len() + key_len) as i64 + ROW_OVERHEAD as i64
+    }
+
+    /// Adds `delta` to the weight of `row` (in bucket `key`); the caller has checked that it
+    /// stays >= 0. Does not update the counters.
+    fn add(&self, c: &mut Contents, key: &[u8], row: &[u8], delta: i64) {
+        match c.rows.get_mut(key) {
+            Some(bucket) => {
+                if bucket.add(row, delta) {
+                    c.rows.remove(key);
+                }
+            }
+            None => {
+                let bucket = if self.key.is_some() {
+                    Bucket::One(row.into(), delta)
+                } else {
+                    Bucket::Row(delta)
+                };
+                c.rows.insert(key.into(), bucket);
+            }
+        }
+    }
+
+    /// The error for a change that removes more of `row` than the view holds.
+    fn absent_row(&self, row: &[u8], held: i64, delta: i64) -> CoreError {
+        let shown = self
+            .converter
+            .convert_rows([self.converter.parser().parse(row)])
+            .ok()
+            .and_then(|cols| {
+                RecordBatch::try_new(self.schema.clone(), cols)
+                    .ok()
+                    .and_then(|b| {
+                        arrow::util::pretty::pretty_format_batches(&[b])
+                            .ok()
+                            .map(|t| t.to_string())
+                    })
+            })
+            .unwrap_or_default();
+        CoreError::InvalidData(format!(
+            "materialized view '{}': a change removes a row the view does not hold ({} of it held, {} removed); the batch was not applied\n{shown}",
+            self.name, held, -delta
+        ))
     }
 
     fn snapshot_bytes(&self) -> Result<Vec<u8>> {
@@ -357,10 +577,12 @@ impl ViewStore {
                 ))
             })?
             .clone();
+        let columns = &batch.columns()[..n - 1];
         let rows = self
             .converter
-            .convert_columns(&batch.columns()[..n - 1])
+            .convert_columns(columns)
             .map_err(|e| self.arrow(e))?;
+        let keys = self.encode_keys(columns)?;
         let mut contents = Contents {
             watermark: has_watermark.then_some(watermark),
             ..Contents::default()
@@ -373,9 +595,21 @@ impl ViewStore {
                     self.name
                 )));
             }
+            let key = keys.as_ref().map_or(row.data(), |k| k.row(i).data());
+            if contents
+                .rows
+                .get(key)
+                .is_some_and(|b| b.weight(key, row.data()) > 0)
+            {
+                return Err(CoreError::InvalidData(format!(
+                    "materialized view '{}': a checkpointed row appears twice",
+                    self.name
+                )));
+            }
             contents.count += w as u64;
-            contents.bytes += row.as_ref().len() as u64 + ROW_OVERHEAD;
-            contents.rows.insert(row.as_ref().into(), w);
+            contents.distinct += 1;
+            contents.bytes += self.row_size(key, row.data()) as u64;
+            self.add(&mut contents, key, row.data(), w);
         }
         *self.contents.write() = contents;
         Ok(())
@@ -440,7 +674,7 @@ impl Operator for ViewOperator {
     fn state_size(&self) -> StateSize {
         let c = self.store.contents.read();
         StateSize {
-            rows: c.rows.len() as u64,
+            rows: c.distinct,
             bytes: c.bytes,
         }
     }
@@ -477,7 +711,11 @@ mod tests {
     }
 
     fn contents(store: &ViewStore) -> Vec<(String, i64)> {
-        let b = store.snapshot().unwrap();
+        pairs(&store.snapshot().unwrap())
+    }
+
+    /// The `(k, n)` rows of a batch, sorted.
+    fn pairs(b: &RecordBatch) -> Vec<(String, i64)> {
         let mut out: Vec<(String, i64)> = (0..b.num_rows())
             .map(|i| {
                 (
@@ -495,7 +733,7 @@ mod tests {
     #[test]
     fn changes_are_applied_by_weight_and_survive_a_snapshot() {
         let schema = changes(&[]).schema();
-        let store = ViewStore::new("v", &schema, None).unwrap();
+        let store = ViewStore::new("v", &schema, None, None).unwrap();
         let mut op = ViewOperator::new(store.clone(), schema.clone());
         let mut out = Vec::new();
         op.on_batch(0, changes(&[("a", 1, "I"), ("b", 5, "I")]), &mut out)
@@ -512,7 +750,7 @@ mod tests {
         assert_eq!(store.snapshot_as_inserts().unwrap().num_columns(), 3);
 
         let bytes = op.snapshot().unwrap().unwrap();
-        let restored = ViewStore::new("v", &schema, None).unwrap();
+        let restored = ViewStore::new("v", &schema, None, None).unwrap();
         ViewOperator::new(restored.clone(), schema)
             .restore(&bytes)
             .unwrap();
@@ -523,7 +761,7 @@ mod tests {
     #[test]
     fn a_retraction_of_an_absent_row_fails_and_changes_nothing() {
         let schema = changes(&[]).schema();
-        let store = ViewStore::new("v", &schema, None).unwrap();
+        let store = ViewStore::new("v", &schema, None, None).unwrap();
         store.apply(&changes(&[("a", 1, "I")])).unwrap();
         let e = store
             .apply(&changes(&[("b", 2, "I"), ("a", 7, "D")]))
@@ -551,10 +789,73 @@ mod tests {
         assert!(e.contains("invalid _op value 'X'"), "{e}");
     }
 
+    fn lookup(store: &ViewStore, keys: &[&str]) -> Vec<(String, i64)> {
+        let keys: ArrayRef = Arc::new(StringArray::from(keys.to_vec()));
+        pairs(&store.lookup(&[keys]).unwrap())
+    }
+
+    #[test]
+    fn a_keyed_view_answers_lookups_and_keeps_several_rows_per_key() {
+        let schema = changes(&[]).schema();
+        let key = ["k".to_string()];
+        let store = ViewStore::new("v", &schema, None, Some(&key)).unwrap();
+        assert_eq!(store.key_columns(), Some(&[0][..]));
+        store
+            .apply(&changes(&[("a", 1, "I"), ("b", 5, "I"), ("a", 2, "I")]))
+            .unwrap();
+        store
+            .apply(&changes(&[("a", 2, "I"), ("b", 5, "U-"), ("b", 6, "U+")]))
+            .unwrap();
+        assert_eq!(
+            lookup(&store, &["a"]),
+            vec![("a".into(), 1), ("a".into(), 2), ("a".into(), 2)]
+        );
+        assert_eq!(lookup(&store, &["b", "zz", "b"]), vec![("b".into(), 6)]);
+        assert_eq!(store.size().rows, 4);
+        let bytes_before = store.size().bytes;
+        // Removing rows of a bucket in any order leaves exactly the rest.
+        store
+            .apply(&changes(&[("a", 1, "D"), ("a", 2, "D")]))
+            .unwrap();
+        assert_eq!(lookup(&store, &["a"]), vec![("a".into(), 2)]);
+        let e = store
+            .apply(&changes(&[("a", 2, "D"), ("a", 2, "D")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not hold (1 of it held, 2 removed)"), "{e}");
+        assert!(store.size().bytes < bytes_before);
+        store.apply(&changes(&[("a", 2, "D")])).unwrap();
+        assert_eq!(lookup(&store, &["a"]), vec![]);
+        assert_eq!(contents(&store), vec![("b".to_string(), 6)]);
+        assert_eq!(store.size().rows, 1);
+
+        // A checkpoint restores the buckets.
+        store
+            .apply(&changes(&[("c", 1, "I"), ("c", 1, "I"), ("c", 3, "I")]))
+            .unwrap();
+        let mut op = ViewOperator::new(store.clone(), schema.clone());
+        let bytes = op.snapshot().unwrap().unwrap();
+        let restored = ViewStore::new("v", &schema, None, Some(&key)).unwrap();
+        ViewOperator::new(restored.clone(), schema.clone())
+            .restore(&bytes)
+            .unwrap();
+        assert_eq!(
+            lookup(&restored, &["c"]),
+            vec![("c".into(), 1), ("c".into(), 1), ("c".into(), 3)]
+        );
+        assert_eq!(restored.size(), store.size());
+        assert_eq!(contents(&restored), contents(&store));
+
+        // Unknown key names leave the view unkeyed.
+        let unkeyed = ViewStore::new("v", &schema, None, Some(&["x".to_string()])).unwrap();
+        assert_eq!(unkeyed.key_columns(), None);
+        assert!(unkeyed.lookup(&[]).is_err());
+    }
+
     #[test]
     fn a_view_over_its_budget_fails_with_its_size() {
         let schema = changes(&[]).schema();
-        let store = ViewStore::new("v", &schema, Some(200)).unwrap();
+        let store = ViewStore::new("v", &schema, Some(200), None).unwrap();
         store.apply(&changes(&[("a", 1, "I")])).unwrap();
         let many: Vec<(String, i64, &str)> = (0..10).map(|i| (format!("k{i}"), i, "I")).collect();
         let many: Vec<(&str, i64, &str)> = many.iter().map(|r| (r.0.as_str(), r.1, r.2)).collect();

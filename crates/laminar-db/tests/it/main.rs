@@ -11,6 +11,7 @@
 mod api;
 mod differential;
 mod differential_analytic;
+mod differential_changes;
 mod differential_joins;
 mod differential_windows;
 mod durability;

@@ -418,6 +418,149 @@ fn concurrent_selects_never_see_a_half_applied_batch() {
     db.shutdown_sync();
 }
 
+/// The key a view is indexed by and how often it was read by key and whole, from
+/// `EXPLAIN ANALYZE`.
+fn view_reads(db: &LaminarDB, view: &str) -> (String, u64, u64) {
+    let line = select(db, &format!("EXPLAIN ANALYZE {view}"))
+        .into_iter()
+        .find(|r| r[0] == format!("view {view}"))
+        .map(|r| r[1].clone())
+        .expect("a view line");
+    let field = |name: &str| {
+        line.split(&format!(" {name}="))
+            .nth(1)
+            .map(|rest| {
+                if rest.starts_with('(') {
+                    rest[..=rest.find(')').unwrap()].to_string()
+                } else {
+                    rest.split(' ').next().unwrap().to_string()
+                }
+            })
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    (
+        field("key"),
+        field("key_reads").parse().unwrap(),
+        field("full_reads").parse().unwrap(),
+    )
+}
+
+/// A snapshot query that fixes every column of a view's key with `=` / `IN` literals reads
+/// only those keys' rows; any other read takes the whole view, once per query. Both give the
+/// same answers.
+#[test]
+fn point_queries_read_a_view_by_its_key() {
+    let db = db(1);
+    block_on(db.execute(
+        "CREATE SOURCE s (a VARCHAR, b BIGINT, x BIGINT); \
+         CREATE MATERIALIZED VIEW one AS SELECT b, COUNT(*) AS n, SUM(x) AS total FROM s GROUP BY b; \
+         CREATE MATERIALIZED VIEW two AS SELECT a, b, SUM(x) AS total FROM s GROUP BY a, b; \
+         CREATE MATERIALIZED VIEW plain AS SELECT a, x FROM s WHERE x > 0; \
+         INSERT INTO s VALUES ('p', 1, 10), ('p', 2, 20), ('q', 1, 5), (NULL, NULL, 7), ('q', 3, -1), ('p', 1, 1)",
+    ))
+    .unwrap();
+    assert_eq!(view_reads(&db, "one").0, "(b)");
+    assert_eq!(view_reads(&db, "two").0, "(a, b)");
+    assert_eq!(view_reads(&db, "plain").0, "none");
+
+    // (query answered by key, the same question asked so that it reads the whole view)
+    let cases = [
+        (
+            "SELECT n, total FROM one WHERE b = 1",
+            "SELECT n, total FROM one WHERE b + 0 = 1",
+            vec![vec!["3", "16"]],
+        ),
+        (
+            "SELECT b, n FROM one WHERE b IN (1, 3, 99, NULL) ORDER BY b",
+            "SELECT b, n FROM one WHERE b + 0 IN (1, 3, 99) ORDER BY b",
+            vec![vec!["1", "3"], vec!["3", "1"]],
+        ),
+        (
+            "SELECT total FROM two WHERE a = 'q' AND b = 1",
+            "SELECT total FROM two WHERE a || '' = 'q' AND b = 1",
+            vec![vec!["5"]],
+        ),
+        (
+            "SELECT a, b, total FROM two WHERE 2 = b AND a IN ('p', 'q') ORDER BY a, b",
+            "SELECT a, b, total FROM two WHERE b + 0 = 2 AND a IN ('p', 'q') ORDER BY a, b",
+            vec![vec!["p", "2", "20"]],
+        ),
+        (
+            "SELECT a, b, total FROM two WHERE a IN ('p', 'q') AND b IN (1, 2) AND total > 5 ORDER BY a, b",
+            "SELECT a, b, total FROM two WHERE a || '' IN ('p', 'q') AND b IN (1, 2) AND total > 5 ORDER BY a, b",
+            vec![vec!["p", "1", "11"], vec!["p", "2", "20"]],
+        ),
+        (
+            "SELECT n FROM one WHERE b = 42",
+            "SELECT n FROM one WHERE b + 0 = 42",
+            vec![],
+        ),
+    ];
+    for (by_key, whole, expected) in &cases {
+        let (_, keyed_before, full_before) =
+            view_reads(&db, if by_key.contains("two") { "two" } else { "one" });
+        let view = if by_key.contains("two") { "two" } else { "one" };
+        assert_eq!(&select(&db, by_key), expected, "{by_key}");
+        let (_, keyed, full) = view_reads(&db, view);
+        assert_eq!(
+            (keyed, full),
+            (keyed_before + 1, full_before),
+            "{by_key} reads by key"
+        );
+        assert_eq!(&select(&db, whole), expected, "{whole}");
+        let (_, keyed_after, full_after) = view_reads(&db, view);
+        assert_eq!(
+            (keyed_after, full_after),
+            (keyed, full + 1),
+            "{whole} reads the view"
+        );
+    }
+    // An OR of key and non-key conditions, a part of the key, NULL keys and a view read twice
+    // read the whole view (once).
+    for (sql, expected) in [
+        (
+            "SELECT n FROM one WHERE b = 1 OR total = 7 ORDER BY n",
+            vec![vec!["1"], vec!["3"]],
+        ),
+        (
+            "SELECT total FROM two WHERE a = 'p' ORDER BY total",
+            vec![vec!["11"], vec!["20"]],
+        ),
+        ("SELECT n FROM one WHERE b IS NULL", vec![vec!["1"]]),
+        (
+            "SELECT x.n, y.total FROM one x JOIN one y ON x.b = y.b WHERE x.b = 1",
+            vec![vec!["3", "16"]],
+        ),
+    ] {
+        let (_, keyed_before, full_before) = view_reads(&db, "one");
+        let (_, keyed_two, full_two) = view_reads(&db, "two");
+        assert_eq!(select(&db, sql), expected, "{sql}");
+        let view = if sql.contains("two") { "two" } else { "one" };
+        let (_, keyed, full) = view_reads(&db, view);
+        let (kb, fb) = if view == "two" {
+            (keyed_two, full_two)
+        } else {
+            (keyed_before, full_before)
+        };
+        assert_eq!(
+            (keyed, full),
+            (kb, fb + 1),
+            "{sql} reads the whole view once"
+        );
+    }
+    // A lookup sees later changes.
+    block_on(db.execute("INSERT INTO s VALUES ('p', 1, 100)")).unwrap();
+    assert_eq!(
+        select(&db, "SELECT n, total FROM one WHERE b = 1"),
+        vec![vec!["4", "116"]]
+    );
+    assert_eq!(
+        select(&db, "SELECT COUNT(*) FROM plain WHERE a = 'p'"),
+        vec![vec!["4"]]
+    );
+    db.shutdown_sync();
+}
+
 /// A view's contents, and those of views and streams reading it, come back from a
 /// checkpoint; readers re-created from the checkpoint do not receive the contents again.
 #[test]
@@ -591,8 +734,9 @@ const VIEWS: &[(&str, &str)] = &[
         "SELECT k, MIN(x) AS lo, MAX(x) AS hi FROM t GROUP BY k",
         "SELECT k, MIN(x) AS lo, MAX(x) AS hi FROM t GROUP BY k",
     ),
-    // A global aggregation has no row while its input is empty, where batch SQL has one
-    // row of empty aggregates (documented in SQL.md).
+    // A global aggregation has no row until its first input row, then always one (batch
+    // SQL has one row of empty aggregates also for an empty input; SQL.md): see
+    // `check_views` for how the `HAVING` below is read.
     (
         "SELECT COUNT(*) AS n, SUM(x) AS total FROM t",
         "SELECT COUNT(*) AS n, SUM(x) AS total FROM t HAVING COUNT(*) > 0",
@@ -841,6 +985,12 @@ fn check_views(changes: &[Change], other: &[Change], splits: &[usize], workers: 
     block_on(db.execute("CREATE SOURCE u (k VARCHAR, y BIGINT, _op VARCHAR NOT NULL)")).unwrap();
     let mut subs = Vec::new();
     let mut expected = Vec::new();
+    let tables = || {
+        vec![
+            ("t", table_batch("x", &table)),
+            ("u", table_batch("y", &other_table)),
+        ]
+    };
     let definitions = VIEWS.iter().chain(CASCADED).chain(JOINS);
     let first_join = VIEWS.len() + CASCADED.len();
     for (i, (view, batch)) in definitions.enumerate() {
@@ -860,14 +1010,25 @@ fn check_views(changes: &[Change], other: &[Change], splits: &[usize], workers: 
                 },
             )
             .unwrap();
-        subs.push((name, view, sub));
-        expected.push(sorted(batch_query_tables(
-            vec![
-                ("t", table_batch("x", &table)),
-                ("u", table_batch("y", &other_table)),
+        // A global aggregation (its batch query ends in this HAVING, its view has none) has
+        // its row once any input row reached it. Every row of `t` reaches one over `t`; one
+        // over a view gets rows only when the view changes, so either answer is right while
+        // the input is empty (the HAVING is then false).
+        let global = batch
+            .strip_suffix(" HAVING COUNT(*) > 0")
+            .filter(|_| !view.contains("HAVING"));
+        let want = match global {
+            Some(all) if view.contains("FROM t") && !log.is_empty() => {
+                vec![sorted(batch_query_tables(tables(), all))]
+            }
+            Some(all) => vec![
+                sorted(batch_query_tables(tables(), batch)),
+                sorted(batch_query_tables(tables(), all)),
             ],
-            batch,
-        )));
+            None => vec![sorted(batch_query_tables(tables(), batch))],
+        };
+        subs.push((name, view, sub));
+        expected.push(want);
     }
     // Both changelogs, cut into batches at the same relative positions and interleaved.
     let batches = |log: &[LogRow]| -> Vec<(usize, usize)> {
@@ -903,8 +1064,13 @@ fn check_views(changes: &[Change], other: &[Change], splits: &[usize], workers: 
     }
     assert!(db.wait_idle(WAIT));
     assert!(db.failures().is_empty(), "{:?}", db.failures());
-    for ((name, view, mut sub), want) in subs.into_iter().zip(expected) {
+    for ((name, view, mut sub), wants) in subs.into_iter().zip(expected) {
         let got = sorted(select(&db, &format!("SELECT * FROM {name}")));
+        let want = wants
+            .iter()
+            .find(|w| **w == got)
+            .unwrap_or(&wants[0])
+            .clone();
         let width = want
             .first()
             .map_or(got.first().map_or(0, Vec::len), Vec::len);

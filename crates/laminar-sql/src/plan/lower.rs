@@ -104,7 +104,7 @@ pub(super) fn peel_stateless(plan: &LogicalPlan) -> (Vec<&LogicalPlan>, &Logical
 /// query.
 pub fn reads_only_snapshots(plan: &LogicalPlan, catalog: &dyn SchemaCatalog) -> bool {
     let mut all = true;
-    let _ = plan.apply(|node| {
+    let _ = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node
             && catalog
                 .relation(scan.table_name.table())
@@ -483,7 +483,7 @@ fn set_operation_as_aggregate(
 /// True when the plan reads any catalog relation.
 pub fn reads_relations(plan: &LogicalPlan) -> bool {
     let mut found = false;
-    let _ = plan.apply(|node| {
+    let _ = plan.apply_with_subqueries(|node| {
         if matches!(node, LogicalPlan::TableScan(_)) {
             found = true;
         }

@@ -2,7 +2,7 @@
 //! come from DataFusion's registry.
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::DataType;
 use datafusion::catalog::default_table_source::provider_as_source;
@@ -15,16 +15,15 @@ use datafusion::logical_expr::planner::{ContextProvider, ExprPlanner};
 use datafusion::logical_expr::{AggregateUDF, HigherOrderUDF, ScalarUDF, TableSource, WindowUDF};
 
 use super::SchemaCatalog;
+use super::snapshot_table::{Contents, SnapshotReads, SnapshotTable};
 
 pub(crate) struct CatalogProvider<'a> {
     catalog: &'a dyn SchemaCatalog,
     state: &'a SessionState,
     missing: RefCell<Option<String>>,
-    /// Tables carry their current rows (for snapshot queries that execute the plan).
-    snapshots: bool,
-    /// The rows of each view read so far: a query that reads a view twice reads one
-    /// snapshot of it.
-    taken: RefCell<std::collections::HashMap<String, arrow::record_batch::RecordBatch>>,
+    /// Tables and views read their rows when the plan is executed (for snapshot queries);
+    /// what the query has read of them.
+    snapshots: Option<Arc<Mutex<SnapshotReads>>>,
 }
 
 impl<'a> CatalogProvider<'a> {
@@ -33,14 +32,14 @@ impl<'a> CatalogProvider<'a> {
             catalog,
             state,
             missing: RefCell::new(None),
-            snapshots: false,
-            taken: RefCell::default(),
+            snapshots: None,
         }
     }
 
-    /// A provider whose tables carry a snapshot of their rows taken now.
-    pub(crate) fn with_snapshots(mut self) -> Self {
-        self.snapshots = true;
+    /// A provider whose tables and views are read when the plan is executed, recording
+    /// their reads in `reads`.
+    pub(crate) fn with_snapshots(mut self, reads: Arc<Mutex<SnapshotReads>>) -> Self {
+        self.snapshots = Some(reads);
         self
     }
 
@@ -54,39 +53,22 @@ impl ContextProvider for CatalogProvider<'_> {
     fn get_table_source(&self, name: TableReference) -> Result<Arc<dyn TableSource>> {
         let table = name.table();
         match self.catalog.relation(table) {
-            Some(info) => match (&info.table, self.snapshots) {
-                (Some(store), true) => {
-                    let rows = store
-                        .snapshot()
-                        .map_err(|e| DataFusionError::Execution(e.to_string()))?;
-                    let table = datafusion::datasource::MemTable::try_new(
+            Some(info) => match (&info.table, &info.view, &self.snapshots) {
+                (Some(store), _, Some(reads)) => {
+                    Ok(provider_as_source(Arc::new(SnapshotTable::new(
+                        table,
                         info.schema.clone(),
-                        vec![vec![rows]],
-                    )?;
-                    Ok(provider_as_source(Arc::new(table)))
+                        Contents::Table(store.clone()),
+                        reads.clone(),
+                    ))))
                 }
-                (None, true) if info.view.is_some() => {
-                    let taken = self.taken.borrow().get(table).cloned();
-                    let rows = match (taken, &info.view) {
-                        (Some(rows), _) => rows,
-                        (None, Some(view)) => {
-                            let rows = view
-                                .snapshot()
-                                .map_err(|e| DataFusionError::Execution(e.to_string()))?;
-                            self.taken
-                                .borrow_mut()
-                                .insert(table.to_string(), rows.clone());
-                            rows
-                        }
-                        (None, None) => {
-                            return Err(DataFusionError::Internal(format!(
-                                "view '{table}' has no contents"
-                            )));
-                        }
-                    };
-                    let table =
-                        datafusion::datasource::MemTable::try_new(rows.schema(), vec![vec![rows]])?;
-                    Ok(provider_as_source(Arc::new(table)))
+                (None, Some(view), Some(reads)) => {
+                    Ok(provider_as_source(Arc::new(SnapshotTable::new(
+                        table,
+                        view.schema().clone(),
+                        Contents::View(view.clone()),
+                        reads.clone(),
+                    ))))
                 }
                 _ => Ok(provider_as_source(Arc::new(EmptyTable::new(info.schema)))),
             },

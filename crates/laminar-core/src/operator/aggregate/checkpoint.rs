@@ -87,6 +87,7 @@ impl AggregateOperator {
         w.u64(match self.state {
             State::Fast(_) => 0,
             State::General(_) => 1,
+            State::Incremental(_) => 2,
         });
         w.bool(self.keyed.is_some());
         if let Some(keyed) = &self.keyed {
@@ -101,9 +102,15 @@ impl AggregateOperator {
         let layout = match self.state {
             State::Fast(_) => 0,
             State::General(_) => 1,
+            State::Incremental(_) => 2,
         };
         let header = (r.i64()?, r.i64()?, r.u64()?);
-        if r.u64()? != layout {
+        let written = r.u64()?;
+        if written == 1 && layout == 2 {
+            // Checkpointed before unwindowed changelog aggregations ran column by column:
+            // continue in the row-accumulator layout it was written in.
+            self.state = State::General(super::general::GeneralState::new(&self.spec, false)?);
+        } else if written != layout {
             return Err(invalid(
                 &self.spec,
                 "the state layout differs from the query's (was the query changed?)",
@@ -133,6 +140,9 @@ impl AggregateOperator {
         match &mut self.state {
             State::Fast(state) => state.snapshot(&self.spec, &mut w)?,
             State::General(state) => state.snapshot(&self.spec, &mut w)?,
+            State::Incremental(state) => {
+                state.snapshot(&self.spec, self.converter.as_ref(), &mut w)?
+            }
         }
         Ok(w.finish())
     }
@@ -145,6 +155,9 @@ impl AggregateOperator {
         let written = match &mut self.state {
             State::Fast(state) => state.snapshot_delta(&self.spec, &mut w)?,
             State::General(state) => state.snapshot_delta(&self.spec, &mut w)?,
+            State::Incremental(state) => {
+                state.snapshot_delta(&self.spec, self.converter.as_ref(), &mut w)?
+            }
         };
         Ok(written.then(|| w.finish()))
     }
@@ -162,6 +175,9 @@ impl AggregateOperator {
         match &mut self.state {
             State::Fast(state) => state.restore(&self.spec, &mut r, &mut readers)?,
             State::General(state) => state.restore(&self.spec, &mut r, &mut readers)?,
+            State::Incremental(state) => {
+                state.restore(&self.spec, self.converter.as_ref(), &mut r, &mut readers)?
+            }
         }
         if !r.is_done() || readers.iter().any(|d| !d.is_done()) {
             return Err(invalid(&self.spec, "trailing bytes"));

@@ -848,11 +848,16 @@ fn emit_updates(
         rows.push(old);
         ops.push("D");
     }
+    // Without GROUP BY keys or a window the query has one row however many input rows are
+    // left, as in batch SQL: when every row is retracted it shows the aggregates of no rows
+    // (`COUNT(*)` 0) instead of vanishing.
+    let single_row = spec.window.is_none() && spec.keys.is_empty();
     if !entries.is_empty() {
         let (batch, origin) = evaluate(spec, converter, &mut entries)?;
         let mut new_rows: Vec<Option<Vec<ScalarValue>>> = vec![None; entries.len()];
         for (out_row, &entry) in origin.iter().enumerate() {
-            if entries[entry as usize].group.weight <= 0 {
+            let weight = entries[entry as usize].group.weight;
+            if weight < 0 || (weight == 0 && !single_row) {
                 continue;
             }
             let row = batch

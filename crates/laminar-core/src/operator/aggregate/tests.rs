@@ -93,6 +93,81 @@ fn spec(emit: EmitMode, lateness: i64, window: WindowSpec) -> AggregateSpec {
     }
 }
 
+/// `SELECT k, count(*) ... GROUP BY k` (unwindowed, EMIT CHANGES): the column-by-column
+/// layout, or the row-accumulator one when `row_accumulators`.
+fn unwindowed_operator(row_accumulators: bool) -> AggregateOperator {
+    let input = input_schema();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Utf8, true),
+        Field::new("n", DataType::Int64, true),
+    ]));
+    let spec = AggregateSpec {
+        name: "t".into(),
+        chains: vec![Vec::new()],
+        input_schema: input.clone(),
+        event_time: Some((1, EventTimeKind::EpochMillis)),
+        window: None,
+        keys: vec![Arc::new(Column::new("k", 0))],
+        aggregates: vec![count_star(&input)],
+        aggregate_schema: schema.clone(),
+        window_position: 0,
+        post: vec![Step::Project {
+            exprs: (0..2)
+                .map(|i| Arc::new(Column::new(schema.field(i).name(), i)) as _)
+                .collect(),
+            schema: schema.clone(),
+        }],
+        post_schema: schema,
+        emit: EmitMode::Changes,
+        lateness: 0,
+        late_rows: None,
+        output_time: OutputTime::None,
+        metrics: Arc::new(NodeMetrics::default()),
+        keyed_watermark: None,
+    };
+    let general = row_accumulators.then(|| general::GeneralState::new(&spec, false).unwrap());
+    let mut op = AggregateOperator::new(spec).unwrap();
+    assert!(matches!(op.state, State::Incremental(_)));
+    if let Some(general) = general {
+        op.state = State::General(general);
+    }
+    op
+}
+
+#[test]
+fn unwindowed_changes_pair_updates_and_restore_from_either_layout() {
+    let mut out = Vec::new();
+    let mut op = unwindowed_operator(false);
+    op.on_batch(0, rows(&["a", "b", "a"], &[1, 2, 3]), &mut out)
+        .unwrap();
+    op.on_batch(0, rows(&["b", "c"], &[4, 5]), &mut out)
+        .unwrap();
+    assert_eq!(
+        emitted(&out),
+        ["a,2,I", "b,1,I", "b,1,U-", "b,2,U+", "c,1,I"]
+    );
+    // A checkpoint of the row-accumulator layout (written before this layout existed)
+    // restores into an operator that would run column by column.
+    for row_accumulators in [false, true] {
+        let mut old = unwindowed_operator(row_accumulators);
+        old.on_batch(0, rows(&["a", "b", "a"], &[1, 2, 3]), &mut Vec::new())
+            .unwrap();
+        let snapshot = old.snapshot().unwrap().unwrap();
+        let mut restored = unwindowed_operator(false);
+        restored.restore(&snapshot).unwrap();
+        let mut out = Vec::new();
+        restored
+            .on_batch(0, rows(&["a", "d"], &[6, 7]), &mut out)
+            .unwrap();
+        assert_eq!(
+            emitted(&out),
+            ["a,2,U-", "a,3,U+", "d,1,I"],
+            "{row_accumulators}"
+        );
+        assert_eq!(restored.state_size().rows, 3);
+    }
+}
+
 fn rows(keys: &[&str], ts: &[i64]) -> RecordBatch {
     RecordBatch::try_new(
         input_schema(),
@@ -327,7 +402,7 @@ proptest::proptest! {
     fn snapshot_chain_restore_round_trip(
         steps in proptest::collection::vec(step_strategy(), 0..48),
         split in 0usize..48,
-        kind in 0usize..8,
+        kind in 0usize..10,
     ) {
         let make = || match kind {
             0 => operator(EmitMode::OnWindowClose, 0, TUMBLE_5S),
@@ -337,6 +412,8 @@ proptest::proptest! {
             4 => operator(EmitMode::OnWindowClose, 0, WindowSpec::Session { gap: 3000 }),
             5 => operator(EmitMode::OnUpdate, 1000, TUMBLE_5S),
             6 => keyed_operator(EmitMode::OnWindowClose, TUMBLE_5S),
+            8 => unwindowed_operator(false),
+            9 => unwindowed_operator(true),
             _ => keyed_operator(EmitMode::OnWatermark, WindowSpec::Session { gap: 2000 }),
         };
         let split = split.min(steps.len());
