@@ -100,6 +100,13 @@ fn kv(s: &SchemaRef, rows: &[(&str, i64)]) -> RecordBatch {
 
 /// Rows of every batch in `out` as strings, "a|b|c", sorted.
 fn rows(out: &[Message]) -> Vec<String> {
+    let mut v = rows_in_order(out);
+    v.sort();
+    v
+}
+
+/// The output rows as `a|b|..` strings, in emission order.
+fn rows_in_order(out: &[Message]) -> Vec<String> {
     let mut v = Vec::new();
     for m in out {
         if let Message::Batch(b) = m {
@@ -119,7 +126,6 @@ fn rows(out: &[Message]) -> Vec<String> {
             }
         }
     }
-    v.sort();
     v
 }
 
@@ -565,18 +571,46 @@ fn updating_full_join_retracts_padded_rows_and_survives_a_snapshot() {
     let mut out = Vec::new();
     op.on_batch(1, changes(&[("a", 5, "I"), ("b", 6, "I")]), &mut out)
         .unwrap();
+    // The left row's padding is replaced by its first match: an update of that row, its
+    // `U-` immediately followed by its `U+`.
     assert_eq!(
-        rows(&out),
-        vec!["NULL|NULL|I|b|6|I", "a|1|D|NULL|NULL|D", "a|1|I|a|5|I"]
+        rows_in_order(&out),
+        vec!["a|1|U-|NULL|NULL|U-", "a|1|U+|a|5|U+", "NULL|NULL|I|b|6|I"]
     );
     let mut out = Vec::new();
     op.on_batch(1, changes(&[("a", 5, "U-"), ("a", 7, "U+")]), &mut out)
         .unwrap();
-    // The padded row lost and regained within the batch cancels out.
-    assert_eq!(rows(&out), vec!["a|1|D|a|5|D", "a|1|I|a|7|I"]);
+    // The padded row lost and regained within the batch cancels out; the joined row is
+    // updated.
+    assert_eq!(rows_in_order(&out), vec!["a|1|U-|a|5|U-", "a|1|U+|a|7|U+"]);
     let mut out = Vec::new();
     op.on_batch(0, changes(&[("a", 1, "D")]), &mut out).unwrap();
-    assert_eq!(rows(&out), vec!["NULL|NULL|I|a|7|I", "a|1|D|a|7|D"]);
+    // The right row loses its match: its joined row becomes its padded row.
+    assert_eq!(
+        rows_in_order(&out),
+        vec!["a|1|U-|a|7|U-", "NULL|NULL|U+|a|7|U+"]
+    );
+    // Unrelated changes of one batch stay a D and an I.
+    let mut out = Vec::new();
+    op.on_batch(
+        1,
+        changes(&[("a", 7, "D"), ("b", 6, "D"), ("c", 1, "I")]),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(
+        rows(&out),
+        vec![
+            "NULL|NULL|D|a|7|D",
+            "NULL|NULL|D|b|6|D",
+            "NULL|NULL|I|c|1|I"
+        ]
+    );
+    assert_eq!(
+        rows_in_order(&out)[2],
+        "NULL|NULL|I|c|1|I",
+        "retractions first"
+    );
 }
 
 #[test]

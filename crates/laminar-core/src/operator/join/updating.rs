@@ -119,6 +119,89 @@ enum Source {
     Null,
 }
 
+/// A source row as bytes that identify it within one batch's changes of side `s` (`rows`
+/// are the batch's encoded rows); NULL padding is one fixed value.
+fn source_key(s: usize, rows: &arrow::row::Rows, side: usize, source: &Source) -> Vec<u8> {
+    let row: &[u8] = match source {
+        Source::Batch(i) if side == s => rows.row(*i as usize).data(),
+        Source::Batch(_) | Source::Null => return vec![0],
+        Source::Stored(b) => b,
+    };
+    let mut key = Vec::with_capacity(row.len() + 1);
+    key.push(1);
+    key.extend_from_slice(row);
+    key
+}
+
+/// The consolidated changes of a batch of side `s`, one entry per copy, with their `_op`:
+/// a retraction and an insertion that join the same row of the other side (the side that
+/// did not change; NULL padding is no row) form an update, `U-` immediately followed by
+/// `U+` (an input row's update with each of its matches; an outer row's NULL padding
+/// replaced by its first match, or coming back). Unpaired retractions (`D`) come first, then
+/// the updates, then unpaired insertions (`I`).
+fn pair_updates<'c>(
+    s: usize,
+    rows: &arrow::row::Rows,
+    changes: &'c [Change],
+) -> Vec<(&'c Change, ChangeOp)> {
+    let copies = |sign: bool| {
+        changes
+            .iter()
+            .filter(move |c| (c.weight > 0) == sign)
+            .flat_map(|c| std::iter::repeat_n(c, c.weight.unsigned_abs() as usize))
+    };
+    let retractions: Vec<&Change> = copies(false).collect();
+    let insertions: Vec<&Change> = copies(true).collect();
+    if retractions.is_empty() || insertions.is_empty() {
+        let op = if insertions.is_empty() {
+            ChangeOp::Delete
+        } else {
+            ChangeOp::Insert
+        };
+        return retractions
+            .into_iter()
+            .chain(insertions)
+            .map(|c| (c, op))
+            .collect();
+    }
+    let other = 1 - s;
+    // The row of the other side a change joins, if it joins one.
+    let partner = |c: &Change| {
+        let source = if other == 0 { &c.left } else { &c.right };
+        (!matches!(source, Source::Null)).then(|| source_key(s, rows, other, source))
+    };
+    // Unpaired retractions by partner, in order.
+    let mut waiting: HashMap<Vec<u8>, std::collections::VecDeque<usize>> = HashMap::default();
+    for (i, c) in retractions.iter().enumerate() {
+        if let Some(p) = partner(c) {
+            waiting.entry(p).or_default().push_back(i);
+        }
+    }
+    let mut paired = vec![false; retractions.len()];
+    let mut updates = Vec::new();
+    let mut inserts = Vec::new();
+    for c in &insertions {
+        let waiting = partner(c).and_then(|p| waiting.get_mut(&p));
+        match waiting.and_then(|q| q.pop_front()) {
+            Some(i) => {
+                paired[i] = true;
+                updates.push((retractions[i], ChangeOp::UpdateBefore));
+                updates.push((*c, ChangeOp::UpdateAfter));
+            }
+            None => inserts.push((*c, ChangeOp::Insert)),
+        }
+    }
+    let mut out: Vec<(&Change, ChangeOp)> = retractions
+        .iter()
+        .zip(&paired)
+        .filter(|(_, p)| !**p)
+        .map(|(c, _)| (*c, ChangeOp::Delete))
+        .collect();
+    out.extend(updates);
+    out.extend(inserts);
+    out
+}
+
 /// One output change.
 struct Change {
     left: Source,
@@ -631,17 +714,10 @@ impl UpdatingStep {
         let mut lefts = Vec::new();
         let mut rights = Vec::new();
         let mut ops = Vec::new();
-        for change in &changes {
-            let op = if change.weight > 0 {
-                ChangeOp::Insert
-            } else {
-                ChangeOp::Delete
-            };
-            for _ in 0..change.weight.unsigned_abs() {
-                lefts.push(&change.left);
-                rights.push(&change.right);
-                ops.push(op.as_str());
-            }
+        for (change, op) in pair_updates(s, rows, &changes) {
+            lefts.push(&change.left);
+            rights.push(&change.right);
+            ops.push(op.as_str());
         }
         if ops.is_empty() {
             return Ok(Vec::new());
@@ -685,17 +761,7 @@ impl UpdatingStep {
         if changes.iter().all(|c| c.weight > 0) || changes.iter().all(|c| c.weight < 0) {
             return changes;
         }
-        let bytes = |side: usize, source: &Source| -> Vec<u8> {
-            let row: &[u8] = match source {
-                Source::Batch(i) if side == s => rows.row(*i as usize).data(),
-                Source::Batch(_) | Source::Null => return vec![0],
-                Source::Stored(b) => b,
-            };
-            let mut key = Vec::with_capacity(row.len() + 1);
-            key.push(1);
-            key.extend_from_slice(row);
-            key
-        };
+        let bytes = |side: usize, source: &Source| source_key(s, rows, side, source);
         let mut position: HashMap<(Vec<u8>, Vec<u8>), usize> = HashMap::default();
         let mut merged: Vec<Change> = Vec::with_capacity(changes.len());
         for change in changes {
