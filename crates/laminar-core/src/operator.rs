@@ -100,6 +100,14 @@ pub trait Operator: Send {
         StateSize::default()
     }
 
+    /// The rows the operator's result holds before any input (the one row of a global
+    /// aggregation over no rows), as a batch of its output, recorded as emitted; `None` for
+    /// most operators. Called at most once, before any input, on a fresh (not restored)
+    /// operator whose result a materialized view keeps.
+    fn initial_output(&mut self) -> Result<Option<RecordBatch>> {
+        Ok(None)
+    }
+
     /// The operator's state as bytes (see [`crate::snapshot`]), `None` when it holds no
     /// state that a restart would need.
     fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {

@@ -948,6 +948,8 @@ impl LaminarDB {
             };
         let mut instance_nodes: Vec<(Arc<laminar_core::runtime::Node>, Arc<NodeMetrics>)> =
             Vec::new();
+        // The view's rows before any input (see `Operator::initial_output`).
+        let mut initial: Option<RecordBatch> = None;
         // The node reading the upstreams: connected last (see `PendingInputs`).
         let mut inputs_of: Option<Arc<laminar_core::runtime::Node>> = None;
         let mut exchange: Option<(Arc<laminar_core::runtime::Node>, Arc<NodeMetrics>)> = None;
@@ -1053,7 +1055,16 @@ impl LaminarDB {
         } else {
             self.make_operator(name, &plan, &metrics, late_rows(), false)
                 .and_then(|mut op| {
-                    restore_one(name, &mut op, restored.state(name))?;
+                    let state = restored.state(name);
+                    let fresh = state.is_none();
+                    restore_one(name, &mut op, state)?;
+                    // A new view starts with what its query's result holds before any input
+                    // (a global aggregation's row).
+                    if fresh && view.is_some() {
+                        initial = op
+                            .initial_output()
+                            .map_err(|e| DbError::Engine(e.to_string()))?;
+                    }
                     Ok(op)
                 })
                 .map(|operator| {
@@ -1073,6 +1084,7 @@ impl LaminarDB {
                     &node,
                     &settings,
                     plan.natural_key(),
+                    initial.take(),
                     restored.state(&view_node_name),
                 ) {
                     Ok(view) => Ok((node, Some(view))),

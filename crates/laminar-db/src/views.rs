@@ -124,19 +124,26 @@ pub(crate) fn check_view_plan(name: &str, plan: &StreamPlan) -> Result<(), DbErr
 }
 
 /// Adds the node that keeps a view's contents behind its query's node, restoring them from
-/// `state` when the view is re-created from a checkpoint.
+/// `state` when the view is re-created from a checkpoint, or starting them with `initial`
+/// (the query's rows before any input) when it is new.
 pub(crate) fn install_view_node(
     runtime: &Runtime,
     name: &str,
     query_node: &Arc<Node>,
     settings: &ViewSettings,
     key: Option<Vec<String>>,
+    initial: Option<arrow::record_batch::RecordBatch>,
     state: Option<StateChain>,
 ) -> Result<ViewEntry, DbError> {
     let output = query_node.schema();
     let store = ViewStore::new(name, &output, settings.budget, key.as_deref())
         .map_err(|e| DbError::MaterializedView(e.to_string()))?;
     let mut operator = ViewOperator::new(store.clone(), output);
+    if let (Some(initial), None) = (&initial, &state) {
+        store
+            .apply(initial)
+            .map_err(|e| DbError::MaterializedView(e.to_string()))?;
+    }
     if let Some(state) = state {
         operator
             .restore_chain(&state.base, &state.deltas)

@@ -731,6 +731,19 @@ impl Operator for AggregateOperator {
         self.emit_all_dirty(out)
     }
 
+    fn initial_output(&mut self) -> Result<Option<RecordBatch>> {
+        // A global aggregation (no keys, no window) has one row from the start, as in batch
+        // SQL: the aggregates of no rows.
+        if self.spec.window.is_some() || !self.spec.keys.is_empty() || !self.updating {
+            return Ok(None);
+        }
+        match &mut self.state {
+            State::General(state) => state.start_global(&self.spec, &self.output_schema),
+            State::Incremental(state) => state.start_global(&self.spec, &self.output_schema),
+            State::Fast(_) => Ok(None),
+        }
+    }
+
     fn state_size(&self) -> StateSize {
         match &self.state {
             State::Fast(s) => s.size(),

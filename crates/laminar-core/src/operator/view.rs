@@ -391,7 +391,9 @@ impl ViewStore {
     }
 
     /// Applies one batch of the query's output; all of it or, on an error, none of it.
-    fn apply(&self, batch: &RecordBatch) -> Result<()> {
+    /// (The view's operator applies every batch; this is also how a view starts with its
+    /// query's [`Operator::initial_output`].)
+    pub fn apply(&self, batch: &RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }

@@ -354,6 +354,24 @@ impl GeneralState {
 
     /// Emits dirty groups as a changelog (`only_emitted`: only in windows whose first
     /// emission already happened, i.e. ON WATERMARK corrections).
+    /// Creates the one group of a global aggregation before any input and emits its row
+    /// (the aggregates of no rows), remembering it as emitted.
+    pub(crate) fn start_global(
+        &mut self,
+        spec: &AggregateSpec,
+        output: &SchemaRef,
+    ) -> Result<Option<RecordBatch>> {
+        let mut group = new_group(spec, self.changelog)?;
+        group.dirty = true;
+        self.windows
+            .entry(GLOBAL)
+            .or_default()
+            .groups
+            .insert(Box::from(&[][..]), group);
+        self.dirty.push((GLOBAL, Box::from(&[][..])));
+        self.emit_dirty(spec, None, output, false)
+    }
+
     pub(crate) fn emit_dirty(
         &mut self,
         spec: &AggregateSpec,

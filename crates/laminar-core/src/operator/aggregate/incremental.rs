@@ -426,6 +426,22 @@ impl IncrementalState {
         self.changes(spec, output, &touched, before, old, new)
     }
 
+    /// Creates the one group of a global aggregation (no keys) before any input and returns
+    /// its row (the aggregates of no rows) as an `I`; later batches update it.
+    pub(crate) fn start_global(
+        &mut self,
+        spec: &AggregateSpec,
+        output: &arrow::datatypes::SchemaRef,
+    ) -> Result<Option<RecordBatch>> {
+        if self.groups.is_some() || self.num_groups > 0 {
+            return Ok(None);
+        }
+        self.num_groups = 1;
+        self.add_keys(spec, None, &[], 0)?;
+        let row = self.evaluate(spec, None, &[0])?;
+        self.changes(spec, output, &[0], 0, None, row)
+    }
+
     /// Records the encoded keys of the groups numbered from `before` on, which this batch
     /// created (in order of their first row).
     fn add_keys(
