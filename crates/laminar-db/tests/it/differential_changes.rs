@@ -5,7 +5,6 @@
 //! different row, and the consolidated changelog must equal DataFusion batch SQL over all
 //! rows. `PROPTEST_CASES` scales the number of cases (default 24).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use arrow::record_batch::RecordBatch;
 use laminar_db::LaminarDB;
 use proptest::prelude::*;
 
-use crate::util::{batch_query, proptest_cases, rows};
+use crate::util::{batch_query, consolidate_changelog as consolidate, proptest_cases, rows};
 
 /// Queries that run column by column over an append-only source (the SQL is the same in
 /// DataFusion).
@@ -131,22 +130,6 @@ fn streaming(query: &str, input: &[Row], splits: &[usize]) -> Vec<(Rows, Rows)> 
     }
     assert!(db.failures().is_empty(), "{:?}", db.failures());
     db.shutdown_sync();
-    out
-}
-
-/// Consolidates a changelog (last column `_op`) by weight into the final set of rows.
-fn consolidate(changelog: impl IntoIterator<Item = Vec<String>>) -> Vec<Vec<String>> {
-    let mut weights: BTreeMap<Vec<String>, i64> = BTreeMap::new();
-    for mut row in changelog {
-        let op = row.pop().expect("_op column");
-        let weight = if op == "I" || op == "U+" { 1 } else { -1 };
-        *weights.entry(row).or_insert(0) += weight;
-    }
-    let mut out = Vec::new();
-    for (row, weight) in weights {
-        assert!(weight >= 0, "negative weight {weight} for {row:?}");
-        out.extend(std::iter::repeat_n(row, weight as usize));
-    }
     out
 }
 

@@ -9,7 +9,6 @@
 //! hash-partitioned instances).
 //! `PROPTEST_CASES` scales the number of cases (default 64 cases over all queries).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use arrow::record_batch::RecordBatch;
 use laminar_db::LaminarDB;
 use proptest::prelude::*;
 
-use crate::util::{batch_query, proptest_cases, rows};
+use crate::util::{batch_query, consolidate_changelog as consolidate, proptest_cases, rows};
 
 /// Out-of-orderness of the generated input, also the source's watermark delay (no row is
 /// late, so every row must be counted).
@@ -161,28 +160,6 @@ fn streaming(
     assert!(db.failures().is_empty(), "{:?}", db.failures());
     db.shutdown_sync();
     rows(&batches)
-}
-
-/// Consolidates a changelog (last column `_op`) by weight into the final set of rows.
-fn consolidate(changelog: Vec<Vec<String>>) -> Vec<Vec<String>> {
-    let mut weights: BTreeMap<Vec<String>, i64> = BTreeMap::new();
-    for mut row in changelog {
-        let op = row.pop().expect("_op column");
-        let weight = match op.as_str() {
-            "I" | "U+" | "r" => 1,
-            "D" | "U-" => -1,
-            other => panic!("invalid _op {other}"),
-        };
-        *weights.entry(row).or_insert(0) += weight;
-    }
-    let mut out = Vec::new();
-    for (row, weight) in weights {
-        assert!(weight >= 0, "negative weight {weight} for {row:?}");
-        for _ in 0..weight {
-            out.push(row.clone());
-        }
-    }
-    out
 }
 
 fn batch(query: &str, input: &[Bid]) -> Vec<Vec<String>> {

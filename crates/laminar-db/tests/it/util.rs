@@ -62,3 +62,24 @@ pub fn batch_query_tables(tables: Vec<(&str, RecordBatch)>, query: &str) -> Vec<
         rows(&out)
     })
 }
+
+/// Consolidates a changelog (rows whose last column is `_op`) by weight into the rows it
+/// leaves; a weight below zero fails the test.
+pub fn consolidate_changelog(changelog: impl IntoIterator<Item = Vec<String>>) -> Vec<Vec<String>> {
+    let mut weights: std::collections::BTreeMap<Vec<String>, i64> = Default::default();
+    for mut row in changelog {
+        let op = row.pop().expect("_op column");
+        let weight = match op.as_str() {
+            "I" | "U+" | "r" => 1,
+            "D" | "U-" => -1,
+            other => panic!("invalid _op {other}"),
+        };
+        *weights.entry(row).or_insert(0) += weight;
+    }
+    let mut out = Vec::new();
+    for (row, weight) in weights {
+        assert!(weight >= 0, "negative weight {weight} for {row:?}");
+        out.extend(std::iter::repeat_n(row, weight as usize));
+    }
+    out
+}

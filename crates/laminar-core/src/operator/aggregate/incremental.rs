@@ -481,6 +481,29 @@ impl IncrementalState {
         Ok(())
     }
 
+    /// The key columns of `groups`, decoded from their recorded encodings (none without
+    /// GROUP BY keys).
+    fn keys_of(
+        &self,
+        spec: &AggregateSpec,
+        converter: Option<&RowConverter>,
+        groups: &[usize],
+    ) -> Result<Vec<ArrayRef>> {
+        let Some(converter) = converter else {
+            return Ok(Vec::new());
+        };
+        let parser = converter.parser();
+        converter
+            .convert_rows(groups.iter().map(|&g| {
+                let start = if g == 0 { 0 } else { self.key_ends[g - 1] };
+                parser.parse(&self.key_bytes[start..self.key_ends[g]])
+            }))
+            .map_err(|source| CoreError::Arrow {
+                operator: spec.name.clone(),
+                source,
+            })
+    }
+
     /// The output rows of `groups` now (after HAVING and the SELECT list), with the
     /// position in `groups` of each row.
     fn evaluate(
@@ -492,22 +515,7 @@ impl IncrementalState {
         if groups.is_empty() {
             return Ok(None);
         }
-        let keys = match converter {
-            Some(converter) => {
-                let parser = converter.parser();
-                let key = |g: usize| {
-                    let start = if g == 0 { 0 } else { self.key_ends[g - 1] };
-                    parser.parse(&self.key_bytes[start..self.key_ends[g]])
-                };
-                converter
-                    .convert_rows(groups.iter().map(|&g| key(g)))
-                    .map_err(|source| CoreError::Arrow {
-                        operator: spec.name.clone(),
-                        source,
-                    })?
-            }
-            None => Vec::new(),
-        };
+        let keys = self.keys_of(spec, converter, groups)?;
         let values = self.values.iter().map(|v| v.evaluate(groups)).collect();
         let batch = AggregateOperator::aggregate_batch(spec, keys, None, values, groups.len())?;
         AggregateOperator::post(spec, batch).map(Some)
@@ -652,21 +660,7 @@ impl IncrementalState {
         converter: Option<&RowConverter>,
         groups: &[usize],
     ) -> Result<RecordBatch> {
-        let mut columns = match converter {
-            Some(converter) => {
-                let parser = converter.parser();
-                converter
-                    .convert_rows(groups.iter().map(|&g| {
-                        let start = if g == 0 { 0 } else { self.key_ends[g - 1] };
-                        parser.parse(&self.key_bytes[start..self.key_ends[g]])
-                    }))
-                    .map_err(|source| CoreError::Arrow {
-                        operator: spec.name.clone(),
-                        source,
-                    })?
-            }
-            None => Vec::new(),
-        };
+        let mut columns = self.keys_of(spec, converter, groups)?;
         for values in &self.values {
             columns.extend(values.state(groups));
         }
