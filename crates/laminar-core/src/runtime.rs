@@ -309,6 +309,12 @@ impl Runtime {
         }
     }
 
+    /// Wakes the worker of `node`, so it looks at the node again (after an operator stopped
+    /// being paused, for instance).
+    pub fn wake(&self, node: &Arc<Node>) {
+        self.wake_node(node);
+    }
+
     fn wake_node(&self, node: &Arc<Node>) {
         if let Some(worker) = self.shared.workers.get(node.worker) {
             worker.wake();

@@ -5,14 +5,18 @@
 //! row-encoded primary key to the chunk and row of its current version. A replaced or deleted
 //! version stays in its chunk until the table is compacted, which happens once dead rows
 //! outnumber live ones.
+//!
+//! A table read as a changelog by continuous queries has a change feed
+//! ([`TableStore::set_change_feed`]): every write hands the feed its changes (`I` for a new
+//! key, `U-` / `U+` for a replaced row, `D` for a deleted one) in write order.
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
-use arrow::compute::{cast, interleave};
-use arrow::datatypes::SchemaRef;
+use arrow::array::{Array, ArrayRef, RecordBatch, StringArray, new_null_array};
+use arrow::compute::{SortOptions, cast, interleave};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::error::{CoreError, Result};
 
@@ -32,6 +36,10 @@ struct TableData {
     converter: RowConverter,
 }
 
+/// Receives a table's changes: a batch of the table's columns and `_op`, in write order.
+/// An error fails the write that produced the changes (its rows are already written).
+pub type ChangeFeed = Box<dyn Fn(RecordBatch) -> Result<()> + Send + Sync>;
+
 /// A keyed in-memory table, shared between the catalog (writes, snapshots) and the lookup
 /// joins that read it.
 pub struct TableStore {
@@ -40,6 +48,10 @@ pub struct TableStore {
     key_columns: Vec<usize>,
     max_rows: Option<usize>,
     data: RwLock<TableData>,
+    /// Serializes writes and holds the change feed. A write computes its changes under the
+    /// data lock and hands them to the feed after releasing it, still holding this lock: the
+    /// feed sees the writes in order, and lookups never wait for the feed.
+    writer: Mutex<Option<ChangeFeed>>,
 }
 
 impl std::fmt::Debug for TableStore {
@@ -92,7 +104,80 @@ impl TableStore {
                 dead: 0,
                 converter,
             }),
+            writer: Mutex::new(None),
         })
+    }
+
+    /// The schema of the table's changes: its columns and `_op`.
+    pub fn changes_schema(&self) -> SchemaRef {
+        let mut fields: Vec<Field> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(crate::message::OP_COLUMN, DataType::Utf8, false));
+        Arc::new(Schema::new(fields))
+    }
+
+    /// Starts (or, with `None`, stops) handing every write's changes to `feed`. First, with
+    /// no write in between, `start` receives the rows the table holds: the feed's changes
+    /// apply to them. Nothing changes when `start` fails.
+    pub fn set_change_feed(
+        &self,
+        feed: Option<ChangeFeed>,
+        start: impl FnOnce(&RecordBatch) -> Result<()>,
+    ) -> Result<()> {
+        let mut writer = self.writer.lock();
+        start(&self.snapshot()?)?;
+        *writer = feed;
+        Ok(())
+    }
+
+    /// Stops handing changes to a feed.
+    pub fn clear_change_feed(&self) {
+        *self.writer.lock() = None;
+    }
+
+    /// True when a change feed is attached.
+    pub fn has_change_feed(&self) -> bool {
+        self.writer.lock().is_some()
+    }
+
+    /// [`TableStore::snapshot_bytes`], then `then()`, with no write in between: a checkpoint
+    /// puts its barrier into the change feed at exactly the point of the saved rows.
+    pub fn snapshot_bytes_then(&self, then: impl FnOnce() -> Result<()>) -> Result<Vec<u8>> {
+        let _writer = self.writer.lock();
+        let bytes = self.snapshot_bytes()?;
+        then()?;
+        Ok(bytes)
+    }
+
+    /// Hands `changes` to the feed, if any and if there are changes.
+    fn publish(&self, feed: &Option<ChangeFeed>, changes: Option<RecordBatch>) -> Result<()> {
+        match (feed, changes) {
+            (Some(feed), Some(changes)) if changes.num_rows() > 0 => feed(changes),
+            _ => Ok(()),
+        }
+    }
+
+    /// A changes batch: rows picked from `sources` by `(source, row)`, with their `_op`s.
+    fn changes_batch(
+        &self,
+        sources: &[&RecordBatch],
+        picks: &[(usize, usize)],
+        ops: Vec<&'static str>,
+    ) -> Result<RecordBatch> {
+        let mut columns = (0..self.schema.fields().len())
+            .map(|c| {
+                let arrays: Vec<&dyn Array> =
+                    sources.iter().map(|b| b.column(c).as_ref()).collect();
+                interleave(&arrays, picks).map_err(|e| CoreError::Internal(e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        columns.push(Arc::new(StringArray::from(ops)));
+        RecordBatch::try_new(self.changes_schema(), columns)
+            .map_err(|e| CoreError::Internal(e.to_string()))
     }
 
     /// Table name.
@@ -163,6 +248,7 @@ impl TableStore {
             return Ok(0);
         }
         let batch = self.conform(batch)?;
+        let writer = self.writer.lock();
         let mut data = self.data.write();
         let keys = self.keys_of(&data, &batch)?;
         if let Some(max) = self.max_rows {
@@ -186,6 +272,10 @@ impl TableStore {
         }
         let chunk = u32::try_from(data.chunks.len())
             .map_err(|_| CoreError::Internal("too many table chunks".into()))?;
+        let changes = match &*writer {
+            Some(_) => Some(self.upsert_changes(&data, &keys, &batch)?),
+            None => None,
+        };
         let mut replaced = 0;
         for (row, key) in keys.iter().enumerate() {
             let slot = Slot {
@@ -201,30 +291,105 @@ impl TableStore {
         let rows = keys.num_rows();
         drop(keys);
         if data.dead > data.index.len().max(1024) {
-            self.compact(&mut data)?;
+            // The write is done: a failed compaction keeps the dead rows for a later one.
+            if let Err(e) = self.compact(&mut data) {
+                tracing::warn!(table = %self.name, error = %e, "table compaction failed");
+            }
         }
+        drop(data);
+        self.publish(&writer, changes)?;
         Ok(rows)
+    }
+
+    /// The changes of upserting `batch` (whose keys are `keys`) into `data`: per key, in
+    /// order of first appearance, the last row written wins; a new key gives `I`, a replaced
+    /// row `U-` (old) and `U+` (new), and a row replaced by an identical one nothing.
+    fn upsert_changes(
+        &self,
+        data: &TableData,
+        keys: &Rows,
+        batch: &RecordBatch,
+    ) -> Result<RecordBatch> {
+        let mut last: HashMap<&[u8], usize> = HashMap::default();
+        let mut order: Vec<&[u8]> = Vec::new();
+        for (row, key) in keys.iter().enumerate() {
+            if last.insert(key.data(), row).is_none() {
+                order.push(key.data());
+            }
+        }
+        let mut old_slots = Vec::new();
+        let mut rows: Vec<(Option<usize>, usize)> = Vec::with_capacity(order.len());
+        for key in order {
+            let new = last[key];
+            match data.index.get(key) {
+                Some(slot) => {
+                    rows.push((Some(old_slots.len()), new));
+                    old_slots.push(*slot);
+                }
+                None => rows.push((None, new)),
+            }
+        }
+        let olds = gather(&self.schema, &data.chunks, &old_slots)?;
+        let same = RowsEqual::new(&olds, batch);
+        let mut picks = Vec::with_capacity(rows.len() * 2);
+        let mut ops = Vec::with_capacity(rows.len() * 2);
+        for (old, new) in rows {
+            match old {
+                Some(old) if same.equal(old, new) => {}
+                Some(old) => {
+                    picks.extend([(0, old), (1, new)]);
+                    ops.extend(["U-", "U+"]);
+                }
+                None => {
+                    picks.push((1, new));
+                    ops.push("I");
+                }
+            }
+        }
+        self.changes_batch(&[&olds, batch], &picks, ops)
     }
 
     /// Deletes the rows whose primary key appears in `keys` (one column per key column, in
     /// key order). Returns the number of rows removed.
     pub fn delete(&self, keys: &[ArrayRef]) -> Result<usize> {
+        let writer = self.writer.lock();
         let mut data = self.data.write();
         let columns = self.cast_keys(keys)?;
         let rows = data
             .converter
             .convert_columns(&columns)
             .map_err(|e| CoreError::Internal(e.to_string()))?;
-        let mut removed = 0;
+        // The rows to remove, each once; their changes are made before anything is removed.
+        let mut present: HashMap<&[u8], Slot> = HashMap::default();
+        let mut removed_slots = Vec::new();
         for row in rows.iter() {
-            if data.index.remove(row.as_ref()).is_some() {
-                removed += 1;
+            if let Some(slot) = data.index.get(row.as_ref())
+                && present.insert(row.data(), *slot).is_none()
+            {
+                removed_slots.push(*slot);
             }
+        }
+        let removed = removed_slots.len();
+        let changes = match &*writer {
+            Some(_) => {
+                let olds = gather(&self.schema, &data.chunks, &removed_slots)?;
+                let picks: Vec<(usize, usize)> = (0..removed).map(|i| (0, i)).collect();
+                Some(self.changes_batch(&[&olds], &picks, vec!["D"; removed])?)
+            }
+            None => None,
+        };
+        for key in present.into_keys() {
+            data.index.remove(key);
         }
         data.dead += removed;
         if data.dead > data.index.len().max(1024) {
-            self.compact(&mut data)?;
+            // The write is done: a failed compaction keeps the dead rows for a later one.
+            if let Err(e) = self.compact(&mut data) {
+                tracing::warn!(table = %self.name, error = %e, "table compaction failed");
+            }
         }
+        drop(data);
+        self.publish(&writer, changes)?;
         Ok(removed)
     }
 
@@ -285,8 +450,23 @@ impl TableStore {
             self.max_rows,
         )?;
         fresh.upsert(&rows)?;
+        let writer = self.writer.lock();
+        let changes = match &*writer {
+            // Every old row goes, every restored one comes.
+            Some(_) => {
+                let olds = self.snapshot()?;
+                let picks: Vec<(usize, usize)> = (0..olds.num_rows())
+                    .map(|i| (0, i))
+                    .chain((0..rows.num_rows()).map(|i| (1, i)))
+                    .collect();
+                let mut ops = vec!["D"; olds.num_rows()];
+                ops.extend(vec!["I"; rows.num_rows()]);
+                Some(self.changes_batch(&[&olds, &rows], &picks, ops)?)
+            }
+            None => None,
+        };
         *self.data.write() = fresh.data.into_inner();
-        Ok(())
+        self.publish(&writer, changes)
     }
 
     fn cast_keys(&self, keys: &[ArrayRef]) -> Result<Vec<ArrayRef>> {
@@ -340,10 +520,13 @@ impl TableStore {
             .map_err(|e| CoreError::InvalidData(format!("table '{}': {e}", self.name)))
     }
 
+    /// Gathers the live rows into one chunk; on error nothing changes.
     fn compact(&self, data: &mut TableData) -> Result<()> {
-        let entries: Vec<(Box<[u8]>, Slot)> = data.index.drain().collect();
+        let entries: Vec<(Box<[u8]>, Slot)> =
+            data.index.iter().map(|(k, s)| (k.clone(), *s)).collect();
         let slots: Vec<Slot> = entries.iter().map(|(_, s)| *s).collect();
         let merged = gather(&self.schema, &data.chunks, &slots)?;
+        data.index.clear();
         data.chunks = vec![merged];
         data.dead = 0;
         for (row, (key, _)) in entries.into_iter().enumerate() {
@@ -356,6 +539,32 @@ impl TableStore {
             );
         }
         Ok(())
+    }
+}
+
+/// Compares rows of two batches of the same schema column by column (NULL equals NULL);
+/// a column whose type cannot be compared counts as different.
+struct RowsEqual {
+    comparators: Option<Vec<arrow::array::DynComparator>>,
+}
+
+impl RowsEqual {
+    fn new(left: &RecordBatch, right: &RecordBatch) -> RowsEqual {
+        let comparators = left
+            .columns()
+            .iter()
+            .zip(right.columns())
+            .map(|(l, r)| {
+                arrow::array::make_comparator(l.as_ref(), r.as_ref(), SortOptions::default()).ok()
+            })
+            .collect();
+        RowsEqual { comparators }
+    }
+
+    fn equal(&self, left: usize, right: usize) -> bool {
+        self.comparators
+            .as_ref()
+            .is_some_and(|cs| cs.iter().all(|c| c(left, right).is_eq()))
     }
 }
 
@@ -535,6 +744,75 @@ mod tests {
             proptest::prop_assert_eq!(contents(&a), contents(&b));
             proptest::prop_assert_eq!(a.len(), b.len());
         }
+    }
+
+    /// The `(id, tier, _op)` rows of change batches.
+    fn change_rows(batches: &[RecordBatch]) -> Vec<(i64, String, String)> {
+        use arrow::array::AsArray;
+        let mut out = Vec::new();
+        for b in batches {
+            let ids = b.column(0).as_primitive::<arrow::datatypes::Int64Type>();
+            let tiers = b.column(1).as_string::<i32>();
+            let ops = b.column(2).as_string::<i32>();
+            for i in 0..b.num_rows() {
+                out.push((ids.value(i), tiers.value(i).into(), ops.value(i).into()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_change_feed_receives_every_write_as_changes() {
+        let t = TableStore::new("c", schema(), vec![0], Some(3)).unwrap();
+        t.upsert(&rows(&[7], &["gold"])).unwrap();
+        let fed: Arc<parking_lot::Mutex<Vec<RecordBatch>>> = Arc::default();
+        let sink = fed.clone();
+        let mut start = Vec::new();
+        t.set_change_feed(
+            Some(Box::new(move |b| {
+                sink.lock().push(b);
+                Ok(())
+            })),
+            |rows| {
+                start.push(rows.num_rows());
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(start, vec![1], "the feed starts from the rows held");
+        assert!(t.has_change_feed());
+        // A replaced row, a new key written twice (the last wins), an unchanged row.
+        t.upsert(&rows(&[7, 8, 8], &["platinum", "a", "b"]))
+            .unwrap();
+        t.upsert(&rows(&[8], &["b"])).unwrap();
+        // Past max_rows: nothing is written, nothing is fed.
+        assert!(t.upsert(&rows(&[1, 2], &["x", "y"])).is_err());
+        // A present and a missing key, one key twice.
+        t.delete(&[Arc::new(Int64Array::from(vec![8, 5, 8])) as ArrayRef])
+            .unwrap();
+        let s = |x: &str| x.to_string();
+        assert_eq!(
+            change_rows(&fed.lock()),
+            vec![
+                (7, s("gold"), s("U-")),
+                (7, s("platinum"), s("U+")),
+                (8, s("b"), s("I")),
+                (8, s("b"), s("D")),
+            ]
+        );
+        // A checkpoint's action runs with no write in between; a detached feed gets nothing.
+        let bytes = t
+            .snapshot_bytes_then(|| {
+                fed.lock().clear();
+                Ok(())
+            })
+            .unwrap();
+        t.set_change_feed(None, |_| Ok(())).unwrap();
+        t.upsert(&rows(&[9], &["new"])).unwrap();
+        assert!(fed.lock().is_empty());
+        let restored = TableStore::new("c", schema(), vec![0], None).unwrap();
+        restored.restore_bytes(&bytes).unwrap();
+        assert_eq!(restored.len(), 1);
     }
 
     #[test]

@@ -190,14 +190,24 @@ impl Catalog {
         }
     }
 
-    /// The node producing a relation (source or stream).
+    /// The node producing a relation (source or stream; for a table, its changelog once a
+    /// query reads it: see [`crate::tables::TableFeed`]).
     pub(crate) fn relation_node(&self, name: &str) -> Option<Arc<Node>> {
-        self.sources.get(name).map(|s| s.node.clone()).or_else(|| {
-            self.streams.get(name).map(|s| match &s.view {
-                Some(view) => view.node.clone(),
-                None => s.node.clone(),
+        self.sources
+            .get(name)
+            .map(|s| s.node.clone())
+            .or_else(|| {
+                self.streams.get(name).map(|s| match &s.view {
+                    Some(view) => view.node.clone(),
+                    None => s.node.clone(),
+                })
             })
-        })
+            .or_else(|| {
+                self.tables
+                    .get(name)
+                    .and_then(|t| t.feed.as_ref())
+                    .map(|f| f.rows.node.clone())
+            })
     }
 
     /// Names of the objects reading `name` (queries as `__query_<id>`), then the objects

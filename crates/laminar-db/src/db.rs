@@ -157,6 +157,7 @@ impl LaminarDB {
             }
         }
         self.replay_log();
+        self.open_table_feeds();
         self.start_source_runners();
         *self.inner.state.lock() = PipelineState::Running;
         Ok(())
@@ -323,13 +324,9 @@ impl LaminarDB {
             objects.push((sink.name.clone(), sink.sql.clone()));
         }
         nodes.retain(|n| !n.is_finished() && !n.is_retired());
-        let mut tables = Vec::new();
         for table in catalog.tables.values() {
+            // Its rows are saved as the barriers are injected (`inject_barriers`).
             objects.push((table.name.clone(), table.sql.clone()));
-            match table.store.snapshot_bytes() {
-                Ok(bytes) => tables.push((table.name.clone(), bytes)),
-                Err(e) => tracing::error!(table = %table.name, error = %e, "table snapshot failed"),
-            }
         }
         Participants {
             nodes,
@@ -346,11 +343,38 @@ impl LaminarDB {
                 .filter(|s| s.runner.has_task() && !s.runner.is_done())
                 .map(|s| s.name.clone())
                 .collect(),
-            tables,
         }
     }
 
-    fn inject_barriers(&self, epoch: u64) {
+    /// Puts barrier `epoch` into every source; returns the rows of every table, those of a
+    /// table read as a changelog saved at the point of its changelog's barrier.
+    fn inject_barriers(&self, epoch: u64) -> Vec<(String, Vec<u8>)> {
+        // Without the catalog lock: saving a table waits for a write in progress, which may
+        // wait for room in the table's changelog queue.
+        let stores: Vec<_> = self
+            .inner
+            .catalog
+            .read()
+            .tables
+            .values()
+            .map(|t| {
+                let input = t.feed.as_ref().map(|f| f.input.clone());
+                (t.name.clone(), t.store.clone(), input)
+            })
+            .collect();
+        let mut tables = Vec::new();
+        for (name, store, input) in stores {
+            let saved = store.snapshot_bytes_then(|| match &input {
+                Some(input) => input
+                    .send_blocking(Message::Barrier(epoch))
+                    .map_err(|e| laminar_core::CoreError::Internal(e.to_string())),
+                None => Ok(()),
+            });
+            match saved {
+                Ok(bytes) => tables.push((name, bytes)),
+                Err(e) => tracing::error!(table = %name, error = %e, "table snapshot failed"),
+            }
+        }
         let catalog = self.inner.catalog.read();
         for source in catalog.sources.values() {
             if let Some(runner) = &source.runner {
@@ -373,6 +397,7 @@ impl LaminarDB {
             Some(d) => d.inject_logged(epoch, inject),
             None => inject(),
         }
+        tables
     }
 
     /// Recovery's last step: the pushes logged after the restored checkpoint go into their
@@ -464,9 +489,13 @@ impl LaminarDB {
         })
     }
 
-    /// The node whose output a subscription to `name` reads (stream, source, or in-memory
-    /// sink).
+    /// The node whose output a subscription to `name` reads (stream, source, in-memory
+    /// sink, or a table's changelog, started if need be).
     pub(crate) fn output_node(&self, name: &str) -> Result<Arc<Node>, DbError> {
+        if self.inner.catalog.read().tables.contains_key(name) {
+            let mut catalog = self.inner.catalog.write();
+            self.ensure_table_feed(&mut catalog, name)?;
+        }
         let catalog = self.inner.catalog.read();
         if let Some(node) = catalog.relation_node(name) {
             return Ok(node);
@@ -536,7 +565,7 @@ impl LaminarDB {
         if config.send_snapshot && !node.has_seeder() {
             let kind = self.inner.catalog.read().kind_of(name).unwrap_or("sink");
             return Err(DbError::InvalidOperation(format!(
-                "send_snapshot applies to materialized views; '{name}' is a {kind}, which keeps no contents"
+                "send_snapshot applies to materialized views and tables; '{name}' is a {kind}, which keeps no contents"
             )));
         }
         let filter = self.compile_filter(&node.schema(), config.filter.as_deref())?;

@@ -160,7 +160,6 @@ pub(crate) struct Participants {
     /// Connector sources that report a position.
     pub(crate) sources: Vec<String>,
     pub(crate) sinks: Vec<String>,
-    pub(crate) tables: Vec<(String, Vec<u8>)>,
 }
 
 /// See the module docs. Shared by the database, its runners and its nodes.
@@ -491,7 +490,7 @@ impl Durability {
     pub(crate) fn checkpoint(
         self: &Arc<Self>,
         participants: impl FnOnce() -> Participants,
-        inject: impl FnOnce(u64),
+        inject: impl FnOnce(u64) -> Vec<(String, Vec<u8>)>,
         commit: impl FnOnce(u64, &BTreeMap<String, String>),
     ) -> Result<u64, DbError> {
         let _serial = self.serial.lock();
@@ -538,7 +537,7 @@ impl Durability {
         self: &Arc<Self>,
         epoch: u64,
         participants: impl FnOnce() -> Participants,
-        inject: impl FnOnce(u64),
+        inject: impl FnOnce(u64) -> Vec<(String, Vec<u8>)>,
     ) -> Result<(u64, u64, u64, BTreeMap<String, String>), DbError> {
         let parts = participants();
         {
@@ -559,7 +558,8 @@ impl Durability {
         for node in &parts.nodes {
             node.set_checkpoint_observer(Some(observer.clone()));
         }
-        inject(epoch);
+        // Tables are saved as the barriers are injected.
+        let tables = inject(epoch);
         let deadline = Instant::now() + self.config.alignment_timeout;
         let abandoned = || DbError::Checkpoint(format!("checkpoint {epoch} was abandoned"));
         let Round {
@@ -627,7 +627,7 @@ impl Durability {
                 written.push((node, base, None));
             }
         }
-        for (table, rows) in parts.tables {
+        for (table, rows) in tables {
             files.push((file_name("table", &table), rows));
         }
         for (sink, state) in sink_states {

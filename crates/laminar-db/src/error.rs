@@ -117,7 +117,7 @@ impl DbError {
                 SqlError::UnknownObject { .. } => "SQL_UNKNOWN_OBJECT",
                 SqlError::UnknownColumn { .. } => "SQL_UNKNOWN_COLUMN",
                 SqlError::Plan(_) => "SQL_PLAN",
-                SqlError::Invalid(_) => "SQL_INVALID",
+                SqlError::Invalid(_) | SqlError::TableAsChangelog(_) => "SQL_INVALID",
                 SqlError::Parse { .. } => "SQL_SYNTAX",
                 SqlError::UnresolvedConfigVar { .. } => "UNRESOLVED_CONFIG_VAR",
             },

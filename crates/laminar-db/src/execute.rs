@@ -200,15 +200,10 @@ impl LaminarDB {
                 .map(ExecuteResult::RowsAffected),
             StreamingStatement::Subscribe { name, query } => {
                 match self.inner.catalog.read().kind_of(&name) {
-                    Some("source" | "stream" | "materialized view") => {}
+                    Some("source" | "stream" | "materialized view" | "table") => {}
                     Some(kind) => {
                         return Err(SqlError::Invalid(format!(
-                            "SUBSCRIBE reads a source, stream or materialized view; '{name}' is a {kind}{}",
-                            if kind == "table" {
-                                ": query it with SELECT"
-                            } else {
-                                ""
-                            }
+                            "SUBSCRIBE reads a source, stream, materialized view or table; '{name}' is a {kind}"
                         ))
                         .into());
                     }
@@ -874,6 +869,9 @@ impl LaminarDB {
                 .as_ref()
                 .is_some_and(|d| d.is_recovering(name));
         let mut catalog = self.inner.catalog.write();
+        for input in &plan.inputs {
+            self.ensure_table_feed(&mut catalog, input)?;
+        }
         let upstreams = plan
             .inputs
             .iter()
@@ -1248,6 +1246,11 @@ impl LaminarDB {
                 }
                 let query = match &c.filter {
                     Some(filter) => Some(select_star_where(name, filter)?),
+                    // A table is read as its changelog, planned like a query over it.
+                    None if catalog.tables.contains_key(name) => Some(select_star_where(
+                        name,
+                        &sqlparser::ast::Expr::Value(sqlparser::ast::Value::Boolean(true).into()),
+                    )?),
                     None => None,
                 };
                 (name.clone(), query)
@@ -1343,6 +1346,9 @@ impl LaminarDB {
         }
         let metrics = Arc::new(NodeMetrics::default());
         let mut catalog = self.inner.catalog.write();
+        for input in plan.iter().flat_map(|p| p.inputs.iter()) {
+            self.ensure_table_feed(&mut catalog, input)?;
+        }
         // The sink node's inputs, connected once the sink's runner reads its output.
         // A node in front of the sink when it filters, or when it has no connector (the
         // node is then the sink's subscribable in-memory endpoint).
@@ -1595,8 +1601,10 @@ impl LaminarDB {
                     self.remove_stream_nodes(&s);
                 }
             }
-        } else if catalog.tables.remove(name).is_some() {
-            // Nothing runs for a table; lookups hold their own reference until they stop.
+        } else if let Some(table) = catalog.tables.remove(name) {
+            // Lookups hold their own reference until they stop; its changelog stops now.
+            drop(catalog);
+            self.retire_table(table);
         } else if let Some(sink) = catalog.sinks.remove(name) {
             sink.runner.stop();
             if let Some(node) = &sink.node {

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
+use laminar_core::message::{END_OF_TIME, Message, OP_COLUMN};
+use laminar_core::metrics::NodeMetrics;
+use laminar_core::operator::{Operator, ViewOperator, ViewStore};
 use laminar_core::table::{TableRef, TableStore};
 use laminar_sql::error::SqlError;
 use laminar_sql::parser::CreateTable;
@@ -27,6 +30,78 @@ pub(crate) struct TableEntry {
     pub(crate) connector: Option<String>,
     /// Stops a watching connector's reader when the table is dropped.
     pub(crate) stop: Arc<AtomicBool>,
+    /// Its changelog, from the first continuous query that reads the table other than by a
+    /// lookup join.
+    pub(crate) feed: Option<TableFeed>,
+    /// The rows restored from a checkpoint, kept until `start()`: queries re-created from
+    /// the same checkpoint hold state computed from them, so a changelog started before
+    /// `start()` starts from them and first delivers what writes since have changed.
+    pub(crate) checkpointed: Option<RecordBatch>,
+}
+
+/// A table's changelog in the running pipeline: every write's changes enter the queue of
+/// the source node `<table>[changes]`; the node `<table>[rows]` keeps a copy of the rows
+/// they add up to, so that a new reader starts from the rows and then reads every later
+/// change, as the reader of a materialized view does. Checkpoints save the table's rows
+/// and put their barrier into the queue at the same point between writes
+/// ([`TableStore::snapshot_bytes_then`]); after a restart the copy is rebuilt from the
+/// restored rows.
+pub(crate) struct TableFeed {
+    pub(crate) source: Arc<laminar_core::runtime::Node>,
+    pub(crate) input: laminar_core::runtime::SourceInput,
+    pub(crate) rows: crate::catalog::ViewEntry,
+    /// False while a recovering database has not started: changes wait in the queue until
+    /// every query re-created from the checkpoint is connected.
+    pub(crate) open: Arc<AtomicBool>,
+}
+
+/// The operator of `<table>[changes]`: passes the table's changes on, holding them while
+/// its gate is closed.
+struct TableChanges {
+    schema: arrow::datatypes::SchemaRef,
+    open: Arc<AtomicBool>,
+}
+
+impl Operator for TableChanges {
+    fn output_schema(&self) -> arrow::datatypes::SchemaRef {
+        self.schema.clone()
+    }
+
+    fn on_batch(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        out: &mut Vec<Message>,
+    ) -> laminar_core::error::Result<()> {
+        out.push(Message::Batch(batch));
+        Ok(())
+    }
+
+    fn on_watermark(
+        &mut self,
+        watermark: i64,
+        out: &mut Vec<Message>,
+    ) -> laminar_core::error::Result<()> {
+        out.push(Message::Watermark(watermark));
+        Ok(())
+    }
+
+    fn on_barrier(
+        &mut self,
+        epoch: u64,
+        out: &mut Vec<Message>,
+    ) -> laminar_core::error::Result<()> {
+        out.push(Message::Barrier(epoch));
+        Ok(())
+    }
+
+    fn on_end(&mut self, _out: &mut Vec<Message>) -> laminar_core::error::Result<()> {
+        Ok(())
+    }
+
+    fn paused(&self) -> bool {
+        !self.open.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for TableEntry {
@@ -124,6 +199,7 @@ impl LaminarDB {
             TableStore::new(&c.name, schema.clone(), key_columns, max_rows)
                 .map_err(|e| SqlError::Invalid(e.to_string()))?,
         );
+        let mut checkpointed = None;
         if let Some(rows) = self.restore_object("table", &c.name, sql, &[])?.table {
             store.restore_bytes(&rows).map_err(|e| {
                 DbError::Checkpoint(format!(
@@ -131,6 +207,13 @@ impl LaminarDB {
                     c.name
                 ))
             })?;
+            // Until start(), queries re-created from the checkpoint read the table's
+            // changelog from these rows (see `ensure_table_feed`).
+            checkpointed = Some(
+                store
+                    .snapshot()
+                    .map_err(|e| DbError::Engine(e.to_string()))?,
+            );
         }
         let stop = Arc::new(AtomicBool::new(false));
         if c.format.is_some() && c.connector.is_none() {
@@ -202,7 +285,10 @@ impl LaminarDB {
             }
         }
         if c.or_replace {
-            self.inner.catalog.write().tables.remove(&c.name);
+            let replaced = self.inner.catalog.write().tables.remove(&c.name);
+            if let Some(replaced) = replaced {
+                self.retire_table(replaced);
+            }
         }
         self.inner.catalog.write().tables.insert(
             c.name.clone(),
@@ -213,9 +299,137 @@ impl LaminarDB {
                 store,
                 connector: c.connector.as_ref().map(|s| s.name.clone()),
                 stop,
+                feed: None,
+                checkpointed,
             },
         );
         Ok(c.name)
+    }
+
+    /// Starts the changelog of table `name` (nothing for another relation, or a table whose
+    /// changelog runs already).
+    pub(crate) fn ensure_table_feed(
+        &self,
+        catalog: &mut crate::catalog::Catalog,
+        name: &str,
+    ) -> Result<(), DbError> {
+        let Some(table) = catalog.tables.get_mut(name) else {
+            return Ok(());
+        };
+        if table.feed.is_some() {
+            return Ok(());
+        }
+        let runtime = &self.inner.runtime;
+        let store = table.store.clone();
+        if store.schema().column_with_name(OP_COLUMN).is_some() {
+            return Err(SqlError::Invalid(format!(
+                "table '{name}' has a column named {OP_COLUMN}, which its changelog adds: rename the column to read the table as a changelog"
+            ))
+            .into());
+        }
+        let schema = store.changes_schema();
+        let source_name = format!("{name}[changes]");
+        let source_metrics = Arc::new(NodeMetrics::default());
+        // Before start(), a restored table's changelog waits for the re-created queries.
+        let open = Arc::new(AtomicBool::new(table.checkpointed.is_none()));
+        let operator = TableChanges {
+            schema: schema.clone(),
+            open: open.clone(),
+        };
+        let (source, input) = runtime.add_source(
+            &source_name,
+            Box::new(operator),
+            source_metrics,
+            // Room for the first watermark and a restored table's catch-up before start().
+            self.inner.config.buffer_size.max(64),
+        );
+        // A table's changes hold back no event time.
+        let started = input
+            .send_blocking(Message::Watermark(END_OF_TIME))
+            .map_err(|e| DbError::Engine(format!("table '{name}': {e}")));
+        let key = table.primary_key.clone();
+        let rows = ViewStore::new(&format!("{name}[rows]"), &schema, None, Some(&key))
+            .map_err(|e| DbError::Engine(e.to_string()));
+        let (rows, ()) = match (rows, started) {
+            (Ok(rows), Ok(())) => (rows, ()),
+            (Err(e), _) | (_, Err(e)) => {
+                runtime.remove_node(&source);
+                return Err(e);
+            }
+        };
+        let rows_metrics = Arc::new(NodeMetrics::default());
+        let rows_node = runtime.add_node(
+            &format!("{name}[rows]"),
+            Box::new(ViewOperator::mirror(rows.clone(), schema.clone())),
+            rows_metrics.clone(),
+            std::slice::from_ref(&source),
+        );
+        crate::views::seed_readers_from(&rows_node, rows.clone());
+        let feed_input = input.clone();
+        let table_name = name.to_string();
+        let send = move |changes: RecordBatch| {
+            feed_input
+                .send_blocking(Message::Batch(changes))
+                .map_err(|_| {
+                    laminar_core::CoreError::Internal(format!(
+                        "table '{table_name}' changed, but the queries reading it have stopped"
+                    ))
+                })
+        };
+        let checkpointed = table.checkpointed.clone();
+        let catch_up = send.clone();
+        let started = store.set_change_feed(Some(Box::new(send)), |current| match &checkpointed {
+            None => rows.apply(&with_insert_ops(&schema, current)?),
+            Some(restored) => {
+                // Start from the checkpoint; the writes since come first in the queue.
+                rows.apply(&with_insert_ops(&schema, restored)?)?;
+                let changes = changes_between(&store, restored, current)?;
+                if changes.num_rows() > 0 {
+                    catch_up(changes)?;
+                }
+                Ok(())
+            }
+        });
+        if let Err(e) = started {
+            runtime.remove_node(&rows_node);
+            runtime.remove_node(&source);
+            return Err(DbError::Engine(format!("table '{name}': {e}")));
+        }
+        table.feed = Some(TableFeed {
+            source,
+            input,
+            rows: crate::catalog::ViewEntry {
+                node: rows_node,
+                metrics: rows_metrics,
+                store: rows,
+            },
+            open,
+        });
+        Ok(())
+    }
+
+    /// At `start()`: the changelogs of restored tables flow, and their checkpointed rows
+    /// are dropped.
+    pub(crate) fn open_table_feeds(&self) {
+        let mut catalog = self.inner.catalog.write();
+        for table in catalog.tables.values_mut() {
+            table.checkpointed = None;
+            if let Some(feed) = &table.feed
+                && !feed.open.swap(true, Ordering::AcqRel)
+            {
+                self.inner.runtime.wake(&feed.source);
+            }
+        }
+    }
+
+    /// Stops what runs for a dropped or replaced table: its changelog. Call it without the
+    /// catalog lock (a write may be waiting for room in the changelog's queue).
+    pub(crate) fn retire_table(&self, table: TableEntry) {
+        if let Some(feed) = &table.feed {
+            table.store.clear_change_feed();
+            self.inner.runtime.remove_node(&feed.rows.node);
+            self.inner.runtime.remove_node(&feed.source);
+        }
     }
 
     /// `INSERT INTO table ...`: upserts the rows (all or nothing).
@@ -429,6 +643,72 @@ fn split_and(expr: &Expr, out: &mut Vec<(String, Expr)>) {
 
 /// Upserts rows already in the table's column order: NULL into a NOT NULL column, or past
 /// `max_rows`, rejects them all.
+/// The changes that turn the rows `from` of the table `store` into the rows `to`, as the
+/// table's changelog would have them.
+fn changes_between(
+    store: &TableStore,
+    from: &RecordBatch,
+    to: &RecordBatch,
+) -> laminar_core::error::Result<RecordBatch> {
+    let replay = TableStore::new(
+        store.name(),
+        store.schema().clone(),
+        store.key_columns().to_vec(),
+        None,
+    )?;
+    replay.upsert(from)?;
+    let captured: Arc<parking_lot::Mutex<Vec<RecordBatch>>> = Arc::default();
+    let sink = captured.clone();
+    replay.set_change_feed(
+        Some(Box::new(move |changes| {
+            sink.lock().push(changes);
+            Ok(())
+        })),
+        |_| Ok(()),
+    )?;
+    // Keys of `from` that `to` lacks are deleted; the rows of `to` are upserted.
+    let keys: Vec<ArrayRef> = store
+        .key_columns()
+        .iter()
+        .map(|&i| from.column(i).clone())
+        .collect();
+    let now = TableStore::new(
+        store.name(),
+        store.schema().clone(),
+        store.key_columns().to_vec(),
+        None,
+    )?;
+    now.upsert(to)?;
+    let found = now.lookup(&keys)?.probe_rows;
+    let mut gone = vec![true; from.num_rows()];
+    for row in found {
+        gone[row as usize] = false;
+    }
+    let gone = arrow::array::BooleanArray::from(gone);
+    let gone_keys = keys
+        .iter()
+        .map(|k| arrow::compute::filter(k, &gone))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| laminar_core::CoreError::Internal(e.to_string()))?;
+    replay.delete(&gone_keys)?;
+    replay.upsert(to)?;
+    let batches = std::mem::take(&mut *captured.lock());
+    let schema = store.changes_schema();
+    arrow::compute::concat_batches(&schema, &batches)
+        .map_err(|e| laminar_core::CoreError::Internal(e.to_string()))
+}
+
+/// `rows` of a table as changes that insert them (`_op` = `I`), of schema `changes`.
+fn with_insert_ops(
+    changes: &arrow::datatypes::SchemaRef,
+    rows: &RecordBatch,
+) -> laminar_core::error::Result<RecordBatch> {
+    let mut columns = rows.columns().to_vec();
+    columns.push(Arc::new(StringArray::from(vec!["I"; rows.num_rows()])));
+    RecordBatch::try_new(changes.clone(), columns)
+        .map_err(|e| laminar_core::CoreError::Internal(e.to_string()))
+}
+
 fn upsert_checked(table: &str, store: &TableStore, rows: &RecordBatch) -> Result<usize, DbError> {
     check_not_null(table, store.schema(), rows)?;
     store.upsert(rows).map_err(|e| DbError::InsertError {

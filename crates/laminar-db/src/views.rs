@@ -160,17 +160,22 @@ pub(crate) fn install_view_node(
         metrics.clone(),
         std::slice::from_ref(query_node),
     );
-    let seed_store = store.clone();
-    node.set_seeder(Some(Arc::new(move || {
-        let mut seed = vec![Message::Batch(seed_store.snapshot_as_inserts()?)];
-        seed.extend(seed_store.watermark().map(Message::Watermark));
-        Ok(seed)
-    })));
+    seed_readers_from(&node, store.clone());
     Ok(ViewEntry {
         node,
         metrics,
         store,
     })
+}
+
+/// A new reader of `node` first receives the contents of `store` (which the node keeps) as
+/// inserts, then its watermark.
+pub(crate) fn seed_readers_from(node: &Node, store: Arc<ViewStore>) {
+    node.set_seeder(Some(Arc::new(move || {
+        let mut seed = vec![Message::Batch(store.snapshot_as_inserts()?)];
+        seed.extend(store.watermark().map(Message::Watermark));
+        Ok(seed)
+    })));
 }
 
 /// The `state` column of `SHOW MATERIALIZED VIEWS`.

@@ -56,6 +56,11 @@ pub enum SqlError {
     /// Planning failed in DataFusion (type mismatch, unknown function, ...).
     #[error("{0}")]
     Plan(#[source] DataFusionError),
+    /// A continuous query reads a reference table other than by a lookup join. The planner
+    /// then plans it again reading the table's changelog, and reports that attempt's error
+    /// if it fails too.
+    #[error("{0}")]
+    TableAsChangelog(String),
 }
 
 impl SqlError {
@@ -67,7 +72,7 @@ impl SqlError {
             SqlError::NotSupported { .. } => "0A000",
             SqlError::UnknownObject { .. } => "42P01",
             SqlError::UnknownColumn { .. } => "42703",
-            SqlError::Invalid(_) => "42000",
+            SqlError::Invalid(_) | SqlError::TableAsChangelog(_) => "42000",
             SqlError::Plan(_) => "42804",
         }
     }

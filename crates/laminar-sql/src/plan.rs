@@ -68,6 +68,25 @@ pub trait SchemaCatalog {
     fn relation_names(&self) -> Vec<String>;
 }
 
+/// The catalog with every reference table presented as its changelog: the table's columns
+/// and `_op`, as its change feed delivers them. Continuous queries that read a table other
+/// than by a lookup join are planned against it.
+struct TablesAsChangelogs<'a>(&'a dyn SchemaCatalog);
+
+impl SchemaCatalog for TablesAsChangelogs<'_> {
+    fn relation(&self, name: &str) -> Option<RelationInfo> {
+        let mut info = self.0.relation(name)?;
+        if let Some(table) = info.table.take() {
+            info.schema = table.changes_schema();
+        }
+        Some(info)
+    }
+
+    fn relation_names(&self) -> Vec<String> {
+        self.0.relation_names()
+    }
+}
+
 /// A planned stateless continuous query.
 #[derive(Debug, Clone)]
 pub struct StreamPlan {
@@ -276,7 +295,22 @@ impl Planner {
     ) -> Result<StreamPlan, SqlError> {
         let mut query = query.clone();
         window::rewrite_query(&mut query)?;
-        let logical = match self.logical_plan(&query, catalog) {
+        match self.plan_continuous(&query, clauses, catalog) {
+            // A table read other than by a lookup join is read as its changelog.
+            Err(SqlError::TableAsChangelog(_)) => {
+                self.plan_continuous(&query, clauses, &TablesAsChangelogs(catalog))
+            }
+            other => other,
+        }
+    }
+
+    fn plan_continuous(
+        &self,
+        query: &Query,
+        clauses: &StreamingClauses,
+        catalog: &dyn SchemaCatalog,
+    ) -> Result<StreamPlan, SqlError> {
+        let logical = match self.logical_plan(query, catalog) {
             Ok(plan) => plan,
             Err(e) => {
                 // BIGINT (epoch-ms) event times: INTERVAL constants in join conditions count

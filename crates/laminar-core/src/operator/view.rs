@@ -631,12 +631,29 @@ impl std::fmt::Debug for ViewStore {
 pub struct ViewOperator {
     store: Arc<ViewStore>,
     output: SchemaRef,
+    /// False when the contents are rebuilt from elsewhere after a restart (the rows of a
+    /// table): checkpoints then hold nothing for this node.
+    checkpointed: bool,
 }
 
 impl ViewOperator {
     /// The operator of `store`, whose query emits batches of schema `output`.
     pub fn new(store: Arc<ViewStore>, output: SchemaRef) -> ViewOperator {
-        ViewOperator { store, output }
+        ViewOperator {
+            store,
+            output,
+            checkpointed: true,
+        }
+    }
+
+    /// The operator of a store whose contents are rebuilt after a restart from what they
+    /// mirror, so its snapshot is empty.
+    pub fn mirror(store: Arc<ViewStore>, output: SchemaRef) -> ViewOperator {
+        ViewOperator {
+            store,
+            output,
+            checkpointed: false,
+        }
     }
 }
 
@@ -682,6 +699,9 @@ impl Operator for ViewOperator {
     }
 
     fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+        if !self.checkpointed {
+            return Ok(None);
+        }
         self.store.snapshot_bytes().map(Some)
     }
 

@@ -1096,8 +1096,8 @@ async fn typed_subscription_reports_rows_it_cannot_convert() {
 }
 
 /// `SUBSCRIBE name [WHERE ..]` is the continuous `SELECT * FROM name [WHERE ..]`: live rows
-/// of a stream, with `_op` for a changelog; tables, sinks, unknown names and filters that do
-/// not plan are refused.
+/// of a stream, with `_op` for a changelog; a table's rows, then its changes; sinks, unknown
+/// names and filters that do not plan are refused.
 #[tokio::test]
 async fn subscribe_streams_live_rows_and_changes() {
     let db = db();
@@ -1147,8 +1147,34 @@ async fn subscribe_streams_live_rows_and_changes() {
     live.cancel().unwrap();
     changes.cancel().unwrap();
 
-    let e = db.execute("SUBSCRIBE t").await.unwrap_err().to_string();
-    assert!(e.contains("'t' is a table"), "{e}");
+    // A table: its rows when subscribed, then every change.
+    db.execute("CREATE TABLE u (id BIGINT PRIMARY KEY, v VARCHAR); INSERT INTO u VALUES (1, 'a'), (2, 'b')")
+        .await
+        .unwrap();
+    let ExecuteResult::Query(table) = db.execute("SUBSCRIBE u WHERE id < 3").await.unwrap() else {
+        panic!("expected a query handle")
+    };
+    let mut table_rows = table.subscribe_arrow().unwrap();
+    db.execute("INSERT INTO u VALUES (1, 'c'), (3, 'd')")
+        .await
+        .unwrap();
+    db.execute("DELETE FROM u WHERE id = 2").await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        got.extend(rows(&[table_rows.recv_timeout(WAIT).unwrap().unwrap()]));
+    }
+    got[..2].sort();
+    assert_eq!(
+        got,
+        vec![
+            vec!["1", "a", "I"],
+            vec!["2", "b", "I"],
+            vec!["1", "a", "U-"],
+            vec!["1", "c", "U+"],
+            vec!["2", "b", "D"],
+        ]
+    );
+    table.cancel().unwrap();
     let e = db.execute("SUBSCRIBE nope").await.unwrap_err();
     assert_eq!(e.code(), "SQL_UNKNOWN_OBJECT", "{e}");
     let e = db.execute("SUBSCRIBE s WHERE y > 1").await.unwrap_err();

@@ -5,6 +5,7 @@
 //! - `differential`: streaming output equals DataFusion batch execution.
 //! - `robustness`: hostile SQL and batches never panic.
 //! - `tables`: reference tables through the Rust API and loaded from files.
+//! - `table_changelogs`: tables read as changelogs, against DataFusion; their recovery.
 //! - `durability`: checkpoints, recovery from each of them, changed definitions, corruption.
 //! - `views`: materialized views: snapshots, subscriptions, recovery, the differential test.
 
@@ -19,6 +20,7 @@ mod durability;
 mod kafka;
 mod robustness;
 mod slt;
+mod table_changelogs;
 mod tables;
 mod util;
 mod views;

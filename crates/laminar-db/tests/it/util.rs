@@ -83,3 +83,26 @@ pub fn consolidate_changelog(changelog: impl IntoIterator<Item = Vec<String>>) -
     }
     out
 }
+
+/// Runs a future to completion on a current-thread runtime.
+pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Runs a snapshot query once everything pushed so far is processed (20 s at most).
+pub fn select(db: &laminar_db::LaminarDB, sql: &str) -> Vec<Vec<String>> {
+    assert!(db.wait_idle(std::time::Duration::from_secs(20)));
+    match block_on(db.execute(sql)).unwrap() {
+        laminar_db::ExecuteResult::Metadata(b) => rows(&[b]),
+        _ => panic!("expected rows from {sql}"),
+    }
+}
+
+/// The rows, sorted.
+pub fn sorted(mut v: Vec<Vec<String>>) -> Vec<Vec<String>> {
+    v.sort();
+    v
+}

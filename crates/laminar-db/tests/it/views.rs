@@ -12,33 +12,12 @@ use arrow::record_batch::RecordBatch;
 use laminar_db::{ChangeEvent, ExecuteResult, LaminarDB, SubscriptionConfig};
 use proptest::prelude::*;
 
-use crate::util::{batch_query_tables, proptest_cases, rows};
+use crate::util::{batch_query_tables, block_on, proptest_cases, rows, select, sorted};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 fn db(workers: usize) -> LaminarDB {
     LaminarDB::builder().workers(workers).build_sync().unwrap()
-}
-
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
-
-/// Runs a snapshot query once everything pushed so far is processed.
-fn select(db: &LaminarDB, sql: &str) -> Vec<Vec<String>> {
-    assert!(db.wait_idle(WAIT));
-    match block_on(db.execute(sql)).unwrap() {
-        ExecuteResult::Metadata(b) => rows(&[b]),
-        _ => panic!("expected rows from {sql}"),
-    }
-}
-
-fn sorted(mut v: Vec<Vec<String>>) -> Vec<Vec<String>> {
-    v.sort();
-    v
 }
 
 /// The first `n` columns of an event's rows.

@@ -1247,20 +1247,11 @@ pub(crate) fn prepare_updating(
     {
         return Ok(None);
     }
-    for (r, relation) in relations.iter().enumerate().skip(1) {
-        if let Some((table, _)) = table_of(relation, catalog) {
-            let left = relation_name(relations[0]);
-            return Err(SqlError::not_supported(
-                format!(
-                    "an updating join with table '{table}' (the join reads '{left}', a changelog or a stream with state.ttl)"
-                ),
-                Some(if changelog[..r].iter().any(|c| *c) {
-                    "a TABLE is read by lookup joins from append-only streams; to join a changelog with it, join a materialized view over the table's source"
-                } else {
-                    "a TABLE is read by lookup joins: drop state.ttl to look rows up in it"
-                }),
-            ));
-        }
+    // An updating join reads a table's changelog: planned again with tables as changelogs.
+    if let Some((table, _)) = relations.iter().find_map(|r| table_of(r, catalog)) {
+        return Err(SqlError::TableAsChangelog(format!(
+            "an updating join reads table '{table}' as its changelog"
+        )));
     }
     let fixed = super::lower::one_op_on_top(super::lower::rebuild_spine(plan, &mut |core| {
         with_changes_chain(core, catalog)

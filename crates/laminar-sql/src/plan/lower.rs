@@ -599,8 +599,8 @@ pub(super) fn lower_node(
                     suggestion: None,
                 })?;
             if info.table.is_some() {
-                return Err(SqlError::Invalid(format!(
-                    "'{table}' is a table: a continuous query can join it (FROM stream s JOIN {table} t ON ..), not read it as a stream; query its current contents with a SELECT over tables only"
+                return Err(SqlError::TableAsChangelog(format!(
+                    "'{table}' is a table: a continuous query reads it by a lookup join (FROM stream s JOIN {table} t ON ..) or as its changelog"
                 )));
             }
             let mut branch = Branch {
