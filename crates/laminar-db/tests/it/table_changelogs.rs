@@ -507,19 +507,22 @@ fn a_push_subscription_on_a_table_starts_from_its_rows() {
 fn a_sink_over_a_table_receives_its_changes() {
     let db = LaminarDB::builder().workers(1).build_sync().unwrap();
     block_on(db.execute(
-        "CREATE TABLE t (id BIGINT PRIMARY KEY, v VARCHAR); INSERT INTO t VALUES (1, 'a'); \
+        "CREATE TABLE t (id BIGINT PRIMARY KEY, v VARCHAR); \
          CREATE SINK out FROM t WHERE v <> 'x'",
     ))
     .unwrap();
+    // Subscribed before any write: an in-memory endpoint passes on only what arrives
+    // after its subscriber.
     let mut sub = db.subscribe_arrow("out").unwrap();
+    block_on(db.execute("INSERT INTO t VALUES (1, 'a')")).unwrap();
     block_on(db.execute("INSERT INTO t VALUES (2, 'b'), (1, 'x')")).unwrap();
     let mut got = Vec::new();
     while got.len() < 3 {
         got.extend(rows(&[sub.recv_timeout(WAIT).unwrap().unwrap()]));
     }
     let r = |a: &str, b: &str, c: &str| vec![a.to_string(), b.to_string(), c.to_string()];
-    // The sink started from the row held (1, a), then the write: (1, a) leaves (its new
-    // value fails the filter) and (2, b) arrives, in the order the keys were written.
+    // (1, a) arrives; then (1, a) leaves (its new value fails the filter) and (2, b)
+    // arrives, in the order the keys were written.
     assert_eq!(
         got,
         vec![r("1", "a", "I"), r("2", "b", "I"), r("1", "a", "U-")]
