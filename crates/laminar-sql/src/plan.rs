@@ -68,6 +68,13 @@ pub trait SchemaCatalog {
     fn relation_names(&self) -> Vec<String>;
 }
 
+/// True when `e` is an unknown `_op` column (qualified or not).
+fn names_op(e: &SqlError) -> bool {
+    use laminar_core::message::OP_COLUMN;
+    matches!(e, SqlError::UnknownColumn { column, .. }
+        if column == OP_COLUMN || column.ends_with(&format!(".{OP_COLUMN}")))
+}
+
 /// The catalog with every reference table presented as its changelog: the table's columns
 /// and `_op`, as its change feed delivers them. Continuous queries that read a table other
 /// than by a lookup join are planned against it.
@@ -300,6 +307,10 @@ impl Planner {
             Err(SqlError::TableAsChangelog(_)) => {
                 self.plan_continuous(&query, clauses, &TablesAsChangelogs(catalog))
             }
+            // So is a table whose changes' `_op` the query names.
+            Err(e @ SqlError::UnknownColumn { .. }) if names_op(&e) => self
+                .plan_continuous(&query, clauses, &TablesAsChangelogs(catalog))
+                .map_err(|_| e),
             other => other,
         }
     }
