@@ -350,9 +350,9 @@ impl LaminarDB {
         let key = table.primary_key.clone();
         let rows = ViewStore::new(&format!("{name}[rows]"), &schema, None, Some(&key))
             .map_err(|e| DbError::Engine(e.to_string()));
-        let (rows, ()) = match (rows, started) {
-            (Ok(rows), Ok(())) => (rows, ()),
-            (Err(e), _) | (_, Err(e)) => {
+        let rows = match started.and(rows) {
+            Ok(rows) => rows,
+            Err(e) => {
                 runtime.remove_node(&source);
                 return Err(e);
             }
@@ -641,10 +641,8 @@ fn split_and(expr: &Expr, out: &mut Vec<(String, Expr)>) {
     }
 }
 
-/// Upserts rows already in the table's column order: NULL into a NOT NULL column, or past
-/// `max_rows`, rejects them all.
-/// The changes that turn the rows `from` of the table `store` into the rows `to`, as the
-/// table's changelog would have them.
+/// The changes that turn the rows `from` of the table `store` into `to`, the rows `store`
+/// holds now (called with no write in between), as the table's changelog would have them.
 fn changes_between(
     store: &TableStore,
     from: &RecordBatch,
@@ -672,14 +670,7 @@ fn changes_between(
         .iter()
         .map(|&i| from.column(i).clone())
         .collect();
-    let now = TableStore::new(
-        store.name(),
-        store.schema().clone(),
-        store.key_columns().to_vec(),
-        None,
-    )?;
-    now.upsert(to)?;
-    let found = now.lookup(&keys)?.probe_rows;
+    let found = store.lookup(&keys)?.probe_rows;
     let mut gone = vec![true; from.num_rows()];
     for row in found {
         gone[row as usize] = false;
@@ -709,6 +700,8 @@ fn with_insert_ops(
         .map_err(|e| laminar_core::CoreError::Internal(e.to_string()))
 }
 
+/// Upserts rows already in the table's column order: NULL into a NOT NULL column, or past
+/// `max_rows`, rejects them all.
 fn upsert_checked(table: &str, store: &TableStore, rows: &RecordBatch) -> Result<usize, DbError> {
     check_not_null(table, store.schema(), rows)?;
     store.upsert(rows).map_err(|e| DbError::InsertError {

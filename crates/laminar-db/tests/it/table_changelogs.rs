@@ -77,24 +77,32 @@ struct Model {
     next_oid: i64,
 }
 
+/// Rows `(id, tier, score)` of the table `c`.
+fn customers(rows: &[(i64, Option<&'static str>, i64)]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("tier", DataType::Utf8, true),
+        Field::new("score", DataType::Int64, true),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef,
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.1))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+        ],
+    )
+    .unwrap()
+}
+
 impl Model {
     fn table_batch(&self) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Int64, false),
-            Field::new("tier", DataType::Utf8, true),
-            Field::new("score", DataType::Int64, true),
-        ]));
-        RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(Int64Array::from_iter_values(self.table.keys().copied())) as ArrayRef,
-                Arc::new(StringArray::from_iter(self.table.values().map(|v| v.0))),
-                Arc::new(Int64Array::from_iter_values(
-                    self.table.values().map(|v| v.1),
-                )),
-            ],
-        )
-        .unwrap()
+        let rows: Vec<_> = self
+            .table
+            .iter()
+            .map(|(id, (tier, score))| (*id, *tier, *score))
+            .collect();
+        customers(&rows)
     }
 
     fn orders_batch(&self) -> RecordBatch {
@@ -144,20 +152,10 @@ fn order_change(order: (i64, i64, i64), op: &str) -> RecordBatch {
 fn apply(db: &LaminarDB, model: &mut Model, op: &Op) {
     match op {
         Op::Upsert(rows) => {
-            let batch = RecordBatch::try_new(
-                Arc::new(Schema::new(vec![
-                    Field::new("id", DataType::Int64, false),
-                    Field::new("tier", DataType::Utf8, true),
-                    Field::new("score", DataType::Int64, true),
-                ])),
-                vec![
-                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef,
-                    Arc::new(StringArray::from_iter(rows.iter().map(|r| r.1))),
-                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
-                ],
-            )
-            .unwrap();
-            db.table("c").unwrap().upsert_arrow(batch).unwrap();
+            db.table("c")
+                .unwrap()
+                .upsert_arrow(customers(rows))
+                .unwrap();
             for (id, tier, score) in rows {
                 model.table.insert(*id, (*tier, *score));
             }
