@@ -88,12 +88,8 @@ pub(crate) struct ViewEntry {
 impl StreamEntry {
     /// True when the stream reads `name` (as an input, or a table its joins look up).
     pub(crate) fn reads(&self, name: &str) -> bool {
-        self.plan.inputs.iter().any(|i| i == name)
-            || self
-                .plan
-                .join
-                .as_ref()
-                .is_some_and(|j| j.tables.iter().any(|t| t == name))
+        self.plan.relations().iter().any(|i| i == name)
+            || self.plan.lookup_tables().any(|t| t == name)
     }
 
     /// State held by the stream (summed over parallel instances).

@@ -332,7 +332,7 @@ impl LaminarDB {
             .into());
         };
         let mut rows = Vec::new();
-        for input in &stream.plan.inputs {
+        for input in stream.plan.relations() {
             if let Some(node) = catalog.relation_node(input) {
                 rows.push((
                     format!("input {input}"),
@@ -379,10 +379,8 @@ impl LaminarDB {
             format!(
                 "{} rows_in={} rows_out={} state_rows={} state_bytes={} watermark={}",
                 match (stream.plan.aggregate.is_some(), stream.instances.len()) {
-                    (true, 0) => "AggregateOperator".to_string(),
-                    (true, n) => format!("AggregateOperator x{n} (merged)"),
-                    _ if stream.plan.join.is_some() => "JoinOperator".to_string(),
-                    _ => "StatelessOperator".to_string(),
+                    (true, n) if n > 0 => format!("AggregateOperator x{n} (merged)"),
+                    _ => operator_kinds(&stream.plan),
                 },
                 stream.rows_in(),
                 stream.metrics.rows_out.load(Ordering::Relaxed),
@@ -444,6 +442,28 @@ fn mask_statement(sql: &str, connector: Option<&ConnectorSpec>) -> String {
         }
     }
     masked
+}
+
+/// The operators running a plan, its stage's first (`JoinOperator -> AggregateOperator`).
+fn operator_kinds(plan: &laminar_sql::StreamPlan) -> String {
+    let mut kinds: Vec<&str> = plan
+        .levels()
+        .map(|level| {
+            if level.aggregate.is_some() {
+                "AggregateOperator"
+            } else if level.join.is_some() {
+                "JoinOperator"
+            } else if level.topn.is_some() {
+                "TopNOperator"
+            } else if level.analytic.is_some() {
+                "AnalyticOperator"
+            } else {
+                "StatelessOperator"
+            }
+        })
+        .collect();
+    kinds.reverse();
+    kinds.join(" -> ")
 }
 
 #[cfg(test)]

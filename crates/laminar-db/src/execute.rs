@@ -664,8 +664,30 @@ impl LaminarDB {
         Ok(self.inner.planner.plan_query(query, clauses, &*catalog)?)
     }
 
-    /// The operator executing `plan`: an aggregation, or fused filters/projections.
+    /// The operator executing `plan`: a join, an aggregation, a ranking or fused
+    /// filters/projections, stacked over the operator of its stage when it has one.
     fn make_operator(
+        &self,
+        name: &str,
+        plan: &StreamPlan,
+        metrics: &Arc<NodeMetrics>,
+        late_rows: Option<Box<dyn LateRows>>,
+        behind_exchange: bool,
+    ) -> Result<Box<dyn Operator>, DbError> {
+        let top = self.make_level_operator(name, plan, metrics, late_rows, behind_exchange)?;
+        match &plan.stage {
+            Some(stage) => {
+                let below = self.make_operator(name, stage, metrics, None, false)?;
+                Ok(Box::new(laminar_core::operator::StagedOperator::new(
+                    below, top,
+                )))
+            }
+            None => Ok(top),
+        }
+    }
+
+    /// The operator of one level of `plan` (not its stage).
+    fn make_level_operator(
         &self,
         name: &str,
         plan: &StreamPlan,
@@ -799,7 +821,7 @@ impl LaminarDB {
         }
         let replaced_readers = if replaced_view {
             let dependents = self.inner.catalog.read().dependents_deep(&c.name);
-            if let Some(cycle) = plan.inputs.iter().find(|i| dependents.contains(i)) {
+            if let Some(cycle) = plan.relations().iter().find(|i| dependents.contains(i)) {
                 return Err(DbError::MaterializedView(format!(
                     "materialized view '{}' cannot read '{cycle}': '{cycle}' reads '{}', so the views would form a cycle",
                     c.name, c.name
@@ -826,7 +848,7 @@ impl LaminarDB {
                 .into());
             }
         }
-        if plan.inputs.iter().any(|i| i == &c.name) {
+        if plan.relations().iter().any(|i| i == &c.name) {
             return Err(
                 SqlError::Invalid(format!("stream '{}' cannot read itself", c.name)).into(),
             );
@@ -869,11 +891,11 @@ impl LaminarDB {
                 .as_ref()
                 .is_some_and(|d| d.is_recovering(name));
         let mut catalog = self.inner.catalog.write();
-        for input in &plan.inputs {
+        for input in plan.relations() {
             self.ensure_table_feed(&mut catalog, input)?;
         }
         let upstreams = plan
-            .inputs
+            .relations()
             .iter()
             .map(|i| {
                 catalog.relation_node(i).ok_or_else(|| DbError::NotFound {
@@ -1272,17 +1294,12 @@ impl LaminarDB {
             None => None,
         };
         let input = match &plan {
-            Some(p) if input.is_empty() => p.inputs.first().cloned().unwrap_or_default(),
+            Some(p) if input.is_empty() => p.relations().first().cloned().unwrap_or_default(),
             _ => input,
         };
         let reads: Vec<String> = plan
             .iter()
-            .flat_map(|p| {
-                p.inputs
-                    .iter()
-                    .cloned()
-                    .chain(p.join.iter().flat_map(|j| j.tables.iter().cloned()))
-            })
+            .flat_map(|p| p.relations().iter().chain(p.lookup_tables()).cloned())
             .collect();
         let schema = match &plan {
             Some(p) => p.output_schema.clone(),
@@ -1346,7 +1363,7 @@ impl LaminarDB {
         }
         let metrics = Arc::new(NodeMetrics::default());
         let mut catalog = self.inner.catalog.write();
-        for input in plan.iter().flat_map(|p| p.inputs.iter()) {
+        for input in plan.iter().flat_map(|p| p.relations().iter()) {
             self.ensure_table_feed(&mut catalog, input)?;
         }
         // The sink node's inputs, connected once the sink's runner reads its output.
@@ -1355,7 +1372,7 @@ impl LaminarDB {
         let (node, sink_inputs) = match (plan, connector.is_none()) {
             (Some(plan), _) => {
                 let upstreams = plan
-                    .inputs
+                    .relations()
                     .iter()
                     .filter_map(|i| catalog.relation_node(i))
                     .collect::<Vec<_>>();
@@ -1885,7 +1902,8 @@ const CONNECTOR_QUEUE_BATCHES: usize = 16;
 
 pub(crate) fn aggregation_instances(plan: &StreamPlan, workers: usize) -> usize {
     match &plan.aggregate {
-        Some(a) if !a.keys.is_empty() => workers.max(1),
+        // A staged query runs its stage and its aggregation in one node.
+        Some(a) if !a.keys.is_empty() && plan.stage.is_none() => workers.max(1),
         _ => 1,
     }
 }

@@ -6,10 +6,16 @@ use crate::plan::StreamPlan;
 pub fn explain_stream(name: &str, plan: &StreamPlan) -> Vec<(String, String)> {
     let mut rows = Vec::new();
     rows.push(("stream".to_string(), name.to_string()));
-    let mut dag: Vec<String> = plan.inputs.clone();
+    let mut dag: Vec<String> = plan.relations().to_vec();
     dag.sort();
     dag.dedup();
     rows.push(("dag".to_string(), format!("{} -> {name}", dag.join(", "))));
+    // The stage runs first, in the same node: its rows (all but the two above), prefixed.
+    if let Some(stage) = &plan.stage {
+        for (key, value) in explain_stream(name, stage).into_iter().skip(2) {
+            rows.push((format!("stage.{key}"), value));
+        }
+    }
     for (i, (input, steps)) in plan.inputs.iter().zip(&plan.chain_descriptions).enumerate() {
         let chain = if steps.is_empty() {
             "pass-through".to_string()
@@ -127,6 +133,9 @@ pub fn explain_stream(name: &str, plan: &StreamPlan) -> Vec<(String, String)> {
     rows.push((
         "emit".to_string(),
         match &plan.aggregate {
+            None if plan.is_updating() => {
+                "updating: changelog with _op, as each batch is processed".to_string()
+            }
             None => "append-only, as each batch is processed".to_string(),
             Some(a) => format!(
                 "{} ({})",

@@ -10,6 +10,7 @@ mod join;
 mod lower;
 mod provider;
 mod snapshot_table;
+mod stage;
 mod topn;
 mod window;
 
@@ -17,6 +18,7 @@ pub use aggregate::AggregatePlan;
 pub use analytic::AnalyticPlan;
 pub use join::JoinPlan;
 pub use lower::{reads_only_snapshots, reads_relations};
+pub use stage::STAGE_RELATION;
 pub use topn::TopNPlan;
 pub use window::{parse_emit, parse_lateness};
 
@@ -120,6 +122,11 @@ pub struct StreamPlan {
     pub topn: Option<TopNPlan>,
     /// The analytic functions, when the query has them (the chains then feed them).
     pub analytic: Option<AnalyticPlan>,
+    /// The stateful query below this plan's operator (a join, an aggregation or a ranking
+    /// under an aggregation or a ranking): it runs first, in the same node, and its output is
+    /// this plan's only input, named [`STAGE_RELATION`]. `inputs` and `chains` then describe
+    /// that input; [`StreamPlan::relations`] gives the relations the query reads.
+    pub stage: Option<Box<StreamPlan>>,
 }
 
 impl StreamPlan {
@@ -144,7 +151,29 @@ impl StreamPlan {
             join: None,
             topn: None,
             analytic: None,
+            stage: None,
         }
+    }
+
+    /// The relations the query reads, one per input of its node (those of its stage, when
+    /// it has one).
+    pub fn relations(&self) -> &[String] {
+        match &self.stage {
+            Some(stage) => stage.relations(),
+            None => &self.inputs,
+        }
+    }
+
+    /// This plan, then its stage, then the stage's stage, and so on.
+    pub fn levels(&self) -> impl Iterator<Item = &StreamPlan> {
+        std::iter::successors(Some(self), |p| p.stage.as_deref())
+    }
+
+    /// The reference tables the query's lookup joins read.
+    pub fn lookup_tables(&self) -> impl Iterator<Item = &String> {
+        self.levels()
+            .filter_map(|p| p.join.as_ref())
+            .flat_map(|j| j.tables.iter())
     }
 
     /// True when the output is a changelog (it carries an `_op` column).

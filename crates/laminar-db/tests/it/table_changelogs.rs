@@ -17,7 +17,8 @@ use laminar_db::{ExecuteResult, LaminarDB, SubscriptionConfig};
 use proptest::prelude::*;
 
 use crate::util::{
-    batch_query_tables, block_on, consolidate_changelog, proptest_cases, rows, select, sorted,
+    batch_query_tables, block_on, consolidate_changelog, durable_db, proptest_cases, rows, select,
+    sorted,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -334,19 +335,12 @@ fn a_table_changelog_recovers_with_the_joins_that_read_it() {
         "CREATE MATERIALIZED VIEW per_tier AS SELECT tier, COUNT(*) AS n, SUM(score) AS s FROM c GROUP BY tier",
     ];
     let open = || {
-        let db = LaminarDB::builder()
-            .workers(2)
-            .storage_dir(dir.path())
-            .checkpoint_interval(None)
-            .unwrap()
-            .build_sync()
-            .unwrap();
-        block_on(db.execute(
+        durable_db(
+            dir.path(),
+            2,
             "CREATE TABLE c (id BIGINT PRIMARY KEY, tier VARCHAR, score BIGINT); \
              CREATE SOURCE orders_in (oid BIGINT, cid BIGINT, amount BIGINT, _op VARCHAR NOT NULL)",
-        ))
-        .unwrap();
-        db
+        )
     };
     let create_views = |db: &LaminarDB| {
         for view in views {

@@ -34,6 +34,20 @@ pub fn rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
 }
 
 /// `PROPTEST_CASES` from the environment, else `default`.
+/// A database storing its state under `dir` with `workers` workers and checkpoints taken only
+/// by `checkpoint()`, after running `setup` (the statements that define its objects).
+pub fn durable_db(dir: &std::path::Path, workers: usize, setup: &str) -> laminar_db::LaminarDB {
+    let db = laminar_db::LaminarDB::builder()
+        .workers(workers)
+        .storage_dir(dir)
+        .checkpoint_interval(None)
+        .unwrap()
+        .build_sync()
+        .unwrap();
+    block_on(db.execute(setup)).unwrap();
+    db
+}
+
 pub fn proptest_cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()

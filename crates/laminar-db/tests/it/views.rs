@@ -12,7 +12,7 @@ use arrow::record_batch::RecordBatch;
 use laminar_db::{ChangeEvent, ExecuteResult, LaminarDB, SubscriptionConfig};
 use proptest::prelude::*;
 
-use crate::util::{batch_query_tables, block_on, proptest_cases, rows, select, sorted};
+use crate::util::{batch_query_tables, block_on, durable_db, proptest_cases, rows, select, sorted};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -548,17 +548,7 @@ fn views_recover_from_a_checkpoint_without_counting_twice() {
     let setup = "CREATE SOURCE s (k VARCHAR, x BIGINT); \
          CREATE MATERIALIZED VIEW per_key AS SELECT k, COUNT(*) AS n, SUM(x) AS total FROM s GROUP BY k; \
          CREATE MATERIALIZED VIEW overall AS SELECT SUM(n) AS n, SUM(total) AS total FROM per_key";
-    let open = || {
-        let db = LaminarDB::builder()
-            .workers(2)
-            .storage_dir(dir.path())
-            .checkpoint_interval(None)
-            .unwrap()
-            .build_sync()
-            .unwrap();
-        block_on(db.execute(setup)).unwrap();
-        db
-    };
+    let open = || durable_db(dir.path(), 2, setup);
     let out = tempfile::tempdir().unwrap();
     let late_sink = format!(
         "CREATE SINK late_out FROM per_key INTO FILES (path = '{}', format = 'csv', changelog = 'true')",
@@ -617,17 +607,7 @@ fn joins_top_n_and_analytic_functions_recover_from_a_checkpoint() {
          CREATE MATERIALIZED VIEW biggest AS SELECT cid, amount, rn FROM (SELECT cid, amount, ROW_NUMBER() OVER (PARTITION BY cid ORDER BY amount DESC) AS rn FROM orders) WHERE rn <= 2; \
          CREATE MATERIALIZED VIEW click_tiers WITH ('state.ttl' = '1 minute') AS SELECT k.cid, k.ts, c.tier FROM clicks k JOIN customers c ON k.cid = c.id; \
          CREATE MATERIALIZED VIEW deltas AS SELECT cid, ts, v - LAG(v) OVER (PARTITION BY cid ORDER BY ts) AS d FROM clicks";
-    let open = || {
-        let db = LaminarDB::builder()
-            .workers(2)
-            .storage_dir(dir.path())
-            .checkpoint_interval(None)
-            .unwrap()
-            .build_sync()
-            .unwrap();
-        block_on(db.execute(setup)).unwrap();
-        db
-    };
+    let open = || durable_db(dir.path(), 2, setup);
     let snapshot = |db: &LaminarDB| {
         [
             "SELECT * FROM enriched ORDER BY oid",
@@ -695,6 +675,72 @@ fn joins_top_n_and_analytic_functions_recover_from_a_checkpoint() {
             vec!["7", "1000", "NULL"],
             vec!["7", "2000", "3"],
             vec!["7", "3000", "5"]
+        ]
+    );
+    db.shutdown_sync();
+}
+
+/// Stacked operators (an aggregation over a join, over an aggregation, over a top-N, and a
+/// top-N over an aggregation) restore both operators' state from one checkpoint: changes
+/// logged after it retract rows that only the restored state holds.
+#[test]
+fn stacked_operators_recover_from_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = "CREATE SOURCE auctions (id BIGINT, category VARCHAR, _op VARCHAR); \
+         CREATE SOURCE bids (auction BIGINT, price BIGINT, _op VARCHAR); \
+         CREATE MATERIALIZED VIEW avg_price AS SELECT category, AVG(best) AS average, COUNT(*) AS n FROM (SELECT a.id, a.category, MAX(b.price) AS best FROM auctions a JOIN bids b ON a.id = b.auction GROUP BY a.id, a.category) GROUP BY category; \
+         CREATE MATERIALIZED VIEW best_two AS SELECT auction, SUM(price) AS total FROM (SELECT auction, price, ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC) AS rn FROM bids) WHERE rn <= 2 GROUP BY auction; \
+         CREATE MATERIALIZED VIEW hot AS SELECT category, n FROM (SELECT category, n, ROW_NUMBER() OVER (ORDER BY n DESC, category) AS rn FROM (SELECT a.category, COUNT(*) AS n FROM auctions a JOIN bids b ON a.id = b.auction GROUP BY a.category)) WHERE rn = 1";
+    let open = || durable_db(dir.path(), 2, setup);
+    let snapshot = |db: &LaminarDB| {
+        [
+            "SELECT * FROM avg_price ORDER BY category",
+            "SELECT * FROM best_two ORDER BY auction",
+            "SELECT * FROM hot",
+        ]
+        .map(|q| select(db, q))
+    };
+    let db = open();
+    block_on(db.start()).unwrap();
+    for sql in [
+        "INSERT INTO auctions VALUES (1, 'books', 'I'), (2, 'books', 'I'), (3, 'games', 'I')",
+        "INSERT INTO bids VALUES (1, 10, 'I'), (1, 30, 'I'), (1, 20, 'I'), (2, 40, 'I'), (3, 5, 'I'), (3, 6, 'I')",
+    ] {
+        block_on(db.execute(sql)).unwrap();
+        assert!(db.wait_idle(WAIT));
+    }
+    db.checkpoint().unwrap().expect("durable");
+    // Logged after the checkpoint: each retracts rows from before it.
+    for sql in [
+        "INSERT INTO bids VALUES (1, 30, 'D'), (2, 40, 'D'), (3, 7, 'I'), (3, 8, 'I')",
+        "INSERT INTO auctions VALUES (1, 'books', 'U-'), (1, 'games', 'U+')",
+    ] {
+        block_on(db.execute(sql)).unwrap();
+        assert!(db.wait_idle(WAIT));
+    }
+    assert!(db.failures().is_empty(), "{:?}", db.failures());
+    let before = snapshot(&db);
+    // Auction 1 (now games) has 10 and 20, auction 2 none, auction 3 (games) 5, 6, 7, 8.
+    assert_eq!(before[0], vec![vec!["games", "14.0", "2"]]);
+    assert_eq!(before[1], vec![vec!["1", "30"], vec!["3", "15"]],);
+    assert_eq!(before[2], vec![vec!["games", "6"]]);
+    std::mem::forget(db); // a crash
+
+    let db = open();
+    block_on(db.start()).unwrap();
+    assert!(db.wait_idle(WAIT));
+    assert!(db.failures().is_empty(), "{:?}", db.failures());
+    assert_eq!(snapshot(&db), before);
+    // The restored state goes on.
+    block_on(db.execute("INSERT INTO bids VALUES (3, 8, 'D'), (1, 50, 'I')")).unwrap();
+    assert!(db.wait_idle(WAIT));
+    assert!(db.failures().is_empty(), "{:?}", db.failures());
+    assert_eq!(
+        snapshot(&db),
+        [
+            vec![vec!["games", "28.5", "2"]],
+            vec![vec!["1", "70"], vec!["3", "13"]],
+            vec![vec!["games", "6"]],
         ]
     );
     db.shutdown_sync();
@@ -857,6 +903,35 @@ const JOINS: &[(&str, &str)] = &[
     (
         "SELECT v.k, v.n, u.y FROM {v0} v LEFT JOIN u ON v.k = u.k",
         "SELECT v.k, v.n, u.y FROM (SELECT k, COUNT(*) AS n FROM t GROUP BY k) v LEFT JOIN u ON v.k = u.k",
+    ),
+    // Stacked operators in one query (the inner one runs as the query's stage).
+    (
+        "SELECT t.k, COUNT(*) AS n, SUM(u.y) AS s, MAX(t.x) AS hi FROM t JOIN u ON t.k = u.k GROUP BY t.k",
+        "SELECT t.k, COUNT(*) AS n, SUM(u.y) AS s, MAX(t.x) AS hi FROM t JOIN u ON t.k = u.k GROUP BY t.k",
+    ),
+    (
+        "SELECT u.y, COUNT(*) AS n, COUNT(t.x) AS nx FROM t RIGHT JOIN u ON t.k = u.k GROUP BY u.y",
+        "SELECT u.y, COUNT(*) AS n, COUNT(t.x) AS nx FROM t RIGHT JOIN u ON t.k = u.k GROUP BY u.y",
+    ),
+    (
+        "SELECT DISTINCT t.k FROM t FULL JOIN u ON t.k = u.k AND t.x < u.y",
+        "SELECT DISTINCT t.k FROM t FULL JOIN u ON t.k = u.k AND t.x < u.y",
+    ),
+    (
+        "SELECT n, COUNT(*) AS keys, SUM(best) AS s FROM (SELECT t.k, COUNT(*) AS n, MAX(u.y) AS best FROM t JOIN u ON t.k = u.k GROUP BY t.k) GROUP BY n",
+        "SELECT n, COUNT(*) AS keys, SUM(best) AS s FROM (SELECT t.k, COUNT(*) AS n, MAX(u.y) AS best FROM t JOIN u ON t.k = u.k GROUP BY t.k) GROUP BY n",
+    ),
+    (
+        "SELECT k, n FROM (SELECT k, n, ROW_NUMBER() OVER (ORDER BY n DESC, k) AS rn FROM (SELECT k, COUNT(*) AS n FROM t GROUP BY k)) WHERE rn <= 2",
+        "SELECT k, n FROM (SELECT k, n, ROW_NUMBER() OVER (ORDER BY n DESC, k) AS rn FROM (SELECT k, COUNT(*) AS n FROM t GROUP BY k)) WHERE rn <= 2",
+    ),
+    (
+        "SELECT k, SUM(x) AS top2, COUNT(*) AS n FROM (SELECT k, x, ROW_NUMBER() OVER (PARTITION BY k ORDER BY x DESC) AS rn FROM t) WHERE rn <= 2 GROUP BY k",
+        "SELECT k, SUM(x) AS top2, COUNT(*) AS n FROM (SELECT k, x, ROW_NUMBER() OVER (PARTITION BY k ORDER BY x DESC) AS rn FROM t) WHERE rn <= 2 GROUP BY k",
+    ),
+    (
+        "SELECT COUNT(*) AS n, SUM(s) AS total FROM (SELECT k, SUM(x) AS s FROM t GROUP BY k)",
+        "SELECT COUNT(*) AS n, SUM(s) AS total FROM (SELECT k, SUM(x) AS s FROM t GROUP BY k)",
     ),
 ];
 

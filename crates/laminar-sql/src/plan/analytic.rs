@@ -334,5 +334,6 @@ pub(crate) fn lower_analytic(
             post_descriptions,
             description,
         }),
+        stage: None,
     }))
 }

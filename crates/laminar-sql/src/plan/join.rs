@@ -677,6 +677,7 @@ pub(crate) fn lower_join(
         }),
         topn: None,
         analytic: None,
+        stage: None,
     }))
 }
 

@@ -501,6 +501,9 @@ pub(crate) fn lower(
     let plan = set_operation.as_ref().unwrap_or(plan);
     let distinct = distinct_as_aggregate(plan, catalog)?;
     let plan = distinct.as_ref().unwrap_or(plan);
+    if let Some(staged) = super::stage::lower_staged(plan, catalog, clauses)? {
+        return Ok(staged);
+    }
     let prepared = super::join::prepare_updating(plan, catalog, clauses)?;
     let joined = super::join::lower_join(
         prepared.as_ref().map_or(plan, |(p, _)| p),
@@ -578,6 +581,7 @@ pub(crate) fn lower(
         join: None,
         topn: None,
         analytic: None,
+        stage: None,
     })
 }
 
@@ -694,12 +698,12 @@ pub(super) fn lower_node(
             Ok(all)
         }
         LogicalPlan::Aggregate(_) => Err(not_supported(
-            "an aggregation below another operator (for example an aggregated subquery in FROM, or an aggregation inside UNION ALL)",
-            Some("create a stream for the inner aggregation and read it"),
+            "an aggregation inside UNION ALL or as an input of a JOIN",
+            Some("create a stream or view for the inner aggregation and read it"),
         )),
         LogicalPlan::Join(_) => Err(not_supported(
-            "a JOIN below an aggregation, UNION ALL or subquery",
-            Some("create a stream for the join and aggregate or union that stream"),
+            "a JOIN inside UNION ALL, or a subquery with a JOIN as an input of another JOIN",
+            Some("create a stream or view for the inner join and read it"),
         )),
         LogicalPlan::Window(_) => Err(not_supported(
             "window functions (OVER ...) below another operator",

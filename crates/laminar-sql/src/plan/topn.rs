@@ -269,6 +269,7 @@ pub(crate) fn lower_topn(
         aggregate: None,
         join: None,
         analytic: None,
+        stage: None,
         topn: Some(TopNPlan {
             input_schema,
             partition_by,
