@@ -89,7 +89,7 @@ impl StreamEntry {
     /// True when the stream reads `name` (as an input, or a table its joins look up).
     pub(crate) fn reads(&self, name: &str) -> bool {
         self.plan.relations().iter().any(|i| i == name)
-            || self.plan.lookup_tables().any(|t| t == name)
+            || self.plan.lookup_tables().iter().any(|t| t == name)
     }
 
     /// State held by the stream (summed over parallel instances).

@@ -332,7 +332,7 @@ impl LaminarDB {
             .into());
         };
         let mut rows = Vec::new();
-        for input in stream.plan.relations() {
+        for input in &stream.plan.relations() {
             if let Some(node) = catalog.relation_node(input) {
                 rows.push((
                     format!("input {input}"),
@@ -444,26 +444,26 @@ fn mask_statement(sql: &str, connector: Option<&ConnectorSpec>) -> String {
     masked
 }
 
-/// The operators running a plan, its stage's first (`JoinOperator -> AggregateOperator`).
+/// The operators running a plan, its stages' first (`JoinOperator -> AggregateOperator`;
+/// `[AggregateOperator, AggregateOperator] -> JoinOperator` for two stages).
 fn operator_kinds(plan: &laminar_sql::StreamPlan) -> String {
-    let mut kinds: Vec<&str> = plan
-        .levels()
-        .map(|level| {
-            if level.aggregate.is_some() {
-                "AggregateOperator"
-            } else if level.join.is_some() {
-                "JoinOperator"
-            } else if level.topn.is_some() {
-                "TopNOperator"
-            } else if level.analytic.is_some() {
-                "AnalyticOperator"
-            } else {
-                "StatelessOperator"
-            }
-        })
-        .collect();
-    kinds.reverse();
-    kinds.join(" -> ")
+    let own = if plan.aggregate.is_some() {
+        "AggregateOperator"
+    } else if plan.join.is_some() {
+        "JoinOperator"
+    } else if plan.topn.is_some() {
+        "TopNOperator"
+    } else if plan.analytic.is_some() {
+        "AnalyticOperator"
+    } else {
+        "StatelessOperator"
+    };
+    let below: Vec<String> = plan.stages.iter().flatten().map(operator_kinds).collect();
+    match below.len() {
+        0 => own.to_string(),
+        1 => format!("{} -> {own}", below[0]),
+        _ => format!("[{}] -> {own}", below.join(", ")),
+    }
 }
 
 #[cfg(test)]

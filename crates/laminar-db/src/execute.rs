@@ -675,15 +675,23 @@ impl LaminarDB {
         behind_exchange: bool,
     ) -> Result<Box<dyn Operator>, DbError> {
         let top = self.make_level_operator(name, plan, metrics, late_rows, behind_exchange)?;
-        match &plan.stage {
-            Some(stage) => {
-                let below = self.make_operator(name, stage, metrics, None, false)?;
-                Ok(Box::new(laminar_core::operator::StagedOperator::new(
-                    below, top,
-                )))
-            }
-            None => Ok(top),
+        if plan.stages.is_empty() {
+            return Ok(top);
         }
+        let stages = plan
+            .stages
+            .iter()
+            .map(|stage| match stage {
+                Some(stage) => Ok(Some((
+                    self.make_operator(name, stage, metrics, None, false)?,
+                    stage.relations().len(),
+                ))),
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>, DbError>>()?;
+        Ok(Box::new(laminar_core::operator::StagedOperator::new(
+            top, stages,
+        )))
     }
 
     /// The operator of one level of `plan` (not its stage).
@@ -891,7 +899,7 @@ impl LaminarDB {
                 .as_ref()
                 .is_some_and(|d| d.is_recovering(name));
         let mut catalog = self.inner.catalog.write();
-        for input in plan.relations() {
+        for input in &plan.relations() {
             self.ensure_table_feed(&mut catalog, input)?;
         }
         let upstreams = plan
@@ -1299,7 +1307,7 @@ impl LaminarDB {
         };
         let reads: Vec<String> = plan
             .iter()
-            .flat_map(|p| p.relations().iter().chain(p.lookup_tables()).cloned())
+            .flat_map(|p| p.relations().into_iter().chain(p.lookup_tables()))
             .collect();
         let schema = match &plan {
             Some(p) => p.output_schema.clone(),
@@ -1363,8 +1371,8 @@ impl LaminarDB {
         }
         let metrics = Arc::new(NodeMetrics::default());
         let mut catalog = self.inner.catalog.write();
-        for input in plan.iter().flat_map(|p| p.relations().iter()) {
-            self.ensure_table_feed(&mut catalog, input)?;
+        for input in plan.iter().flat_map(|p| p.relations()) {
+            self.ensure_table_feed(&mut catalog, &input)?;
         }
         // The sink node's inputs, connected once the sink's runner reads its output.
         // A node in front of the sink when it filters, or when it has no connector (the
@@ -1903,7 +1911,7 @@ const CONNECTOR_QUEUE_BATCHES: usize = 16;
 pub(crate) fn aggregation_instances(plan: &StreamPlan, workers: usize) -> usize {
     match &plan.aggregate {
         // A staged query runs its stage and its aggregation in one node.
-        Some(a) if !a.keys.is_empty() && plan.stage.is_none() => workers.max(1),
+        Some(a) if !a.keys.is_empty() && plan.stages.is_empty() => workers.max(1),
         _ => 1,
     }
 }

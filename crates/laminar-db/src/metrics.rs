@@ -342,7 +342,7 @@ impl LaminarDB {
                 schema: s.plan.output_schema.clone(),
                 sql: s.sql.clone(),
             });
-            let mut inputs = s.plan.relations().to_vec();
+            let mut inputs = s.plan.relations();
             inputs.dedup();
             for i in inputs {
                 edges.push(TopologyEdge {

@@ -6,14 +6,17 @@ use crate::plan::StreamPlan;
 pub fn explain_stream(name: &str, plan: &StreamPlan) -> Vec<(String, String)> {
     let mut rows = Vec::new();
     rows.push(("stream".to_string(), name.to_string()));
-    let mut dag: Vec<String> = plan.relations().to_vec();
+    let mut dag: Vec<String> = plan.relations();
     dag.sort();
     dag.dedup();
     rows.push(("dag".to_string(), format!("{} -> {name}", dag.join(", "))));
-    // The stage runs first, in the same node: its rows (all but the two above), prefixed.
-    if let Some(stage) = &plan.stage {
-        for (key, value) in explain_stream(name, stage).into_iter().skip(2) {
-            rows.push((format!("stage.{key}"), value));
+    // Stages run first, in the same node: their rows (all but the two above), prefixed
+    // with the name the plan reads them by.
+    for (input, stage) in plan.inputs.iter().zip(&plan.stages) {
+        if let Some(stage) = stage {
+            for (key, value) in explain_stream(name, stage).into_iter().skip(2) {
+                rows.push((format!("{input}.{key}"), value));
+            }
         }
     }
     for (i, (input, steps)) in plan.inputs.iter().zip(&plan.chain_descriptions).enumerate() {

@@ -122,11 +122,12 @@ pub struct StreamPlan {
     pub topn: Option<TopNPlan>,
     /// The analytic functions, when the query has them (the chains then feed them).
     pub analytic: Option<AnalyticPlan>,
-    /// The stateful query below this plan's operator (a join, an aggregation or a ranking
-    /// under an aggregation or a ranking): it runs first, in the same node, and its output is
-    /// this plan's only input, named [`STAGE_RELATION`]. `inputs` and `chains` then describe
-    /// that input; [`StreamPlan::relations`] gives the relations the query reads.
-    pub stage: Option<Box<StreamPlan>>,
+    /// The stateful queries below this plan's operator (a join, an aggregation or a ranking
+    /// under an aggregation, a ranking, a join or `UNION ALL`): empty when there are none,
+    /// else one entry per input, `Some` for an input that is a stage's output (named
+    /// [`STAGE_RELATION`], or `stage_k` for the `k`-th of several). A stage runs in the same node, before this plan's operator.
+    /// [`StreamPlan::relations`] gives the relations the node reads.
+    pub stages: Vec<Option<StreamPlan>>,
 }
 
 impl StreamPlan {
@@ -151,29 +152,42 @@ impl StreamPlan {
             join: None,
             topn: None,
             analytic: None,
-            stage: None,
+            stages: Vec::new(),
         }
     }
 
     /// The relations the query reads, one per input of its node (those of its stage, when
     /// it has one).
-    pub fn relations(&self) -> &[String] {
-        match &self.stage {
-            Some(stage) => stage.relations(),
-            None => &self.inputs,
+    pub fn relations(&self) -> Vec<String> {
+        if self.stages.is_empty() {
+            return self.inputs.clone();
         }
+        self.inputs
+            .iter()
+            .zip(&self.stages)
+            .flat_map(|(input, stage)| match stage {
+                Some(stage) => stage.relations(),
+                None => vec![input.clone()],
+            })
+            .collect()
     }
 
-    /// This plan, then its stage, then the stage's stage, and so on.
-    pub fn levels(&self) -> impl Iterator<Item = &StreamPlan> {
-        std::iter::successors(Some(self), |p| p.stage.as_deref())
+    /// This plan and its stages, theirs, and so on (each before its stages).
+    pub fn levels(&self) -> Vec<&StreamPlan> {
+        let mut levels = vec![self];
+        for stage in self.stages.iter().flatten() {
+            levels.extend(stage.levels());
+        }
+        levels
     }
 
     /// The reference tables the query's lookup joins read.
-    pub fn lookup_tables(&self) -> impl Iterator<Item = &String> {
+    pub fn lookup_tables(&self) -> Vec<String> {
         self.levels()
+            .into_iter()
             .filter_map(|p| p.join.as_ref())
-            .flat_map(|j| j.tables.iter())
+            .flat_map(|j| j.tables.iter().cloned())
+            .collect()
     }
 
     /// True when the output is a changelog (it carries an `_op` column).

@@ -933,6 +933,22 @@ const JOINS: &[(&str, &str)] = &[
         "SELECT COUNT(*) AS n, SUM(s) AS total FROM (SELECT k, SUM(x) AS s FROM t GROUP BY k)",
         "SELECT COUNT(*) AS n, SUM(s) AS total FROM (SELECT k, SUM(x) AS s FROM t GROUP BY k)",
     ),
+    (
+        "SELECT c.k, c.n, m.s FROM (SELECT k, COUNT(*) AS n FROM t GROUP BY k) c LEFT JOIN (SELECT k, SUM(y) AS s FROM u GROUP BY k) m ON c.k = m.k",
+        "SELECT c.k, c.n, m.s FROM (SELECT k, COUNT(*) AS n FROM t GROUP BY k) c LEFT JOIN (SELECT k, SUM(y) AS s FROM u GROUP BY k) m ON c.k = m.k",
+    ),
+    (
+        "SELECT k, COUNT(*) AS n FROM t GROUP BY k UNION ALL SELECT k, y FROM u WHERE y > 0",
+        "SELECT k, COUNT(*) AS n FROM t GROUP BY k UNION ALL SELECT k, y FROM u WHERE y > 0",
+    ),
+    (
+        "SELECT k, SUM(n) AS n FROM (SELECT k, COUNT(*) AS n FROM t GROUP BY k UNION ALL SELECT k, COUNT(*) AS n FROM u GROUP BY k) GROUP BY k",
+        "SELECT k, SUM(n) AS n FROM (SELECT k, COUNT(*) AS n FROM t GROUP BY k UNION ALL SELECT k, COUNT(*) AS n FROM u GROUP BY k) GROUP BY k",
+    ),
+    (
+        "SELECT t.k, t.x, v.n FROM t JOIN (SELECT k, COUNT(*) AS n FROM u GROUP BY k) v ON t.k = v.k",
+        "SELECT t.k, t.x, v.n FROM t JOIN (SELECT k, COUNT(*) AS n FROM u GROUP BY k) v ON t.k = v.k",
+    ),
 ];
 
 #[derive(Debug, Clone)]

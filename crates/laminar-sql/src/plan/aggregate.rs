@@ -346,7 +346,7 @@ fn lower_aggregate(
         join: None,
         topn: None,
         analytic: None,
-        stage: None,
+        stages: Vec::new(),
         aggregate: Some(AggregatePlan {
             input_schema,
             event_time,

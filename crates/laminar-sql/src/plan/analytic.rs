@@ -334,6 +334,6 @@ pub(crate) fn lower_analytic(
             post_descriptions,
             description,
         }),
-        stage: None,
+        stages: Vec::new(),
     }))
 }

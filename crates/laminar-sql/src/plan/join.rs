@@ -677,7 +677,7 @@ pub(crate) fn lower_join(
         }),
         topn: None,
         analytic: None,
-        stage: None,
+        stages: Vec::new(),
     }))
 }
 
@@ -1180,7 +1180,7 @@ fn relation_name(plan: &LogicalPlan) -> String {
 }
 
 /// The left-deep chain of joins under `core`, in written order, and its leftmost input.
-fn flatten_joins(
+pub(super) fn flatten_joins(
     top: &datafusion::logical_expr::Join,
 ) -> (Vec<&datafusion::logical_expr::Join>, &LogicalPlan) {
     let mut joins = vec![top];

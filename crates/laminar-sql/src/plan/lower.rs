@@ -287,43 +287,7 @@ pub(super) fn keep_changes(
         )
     };
     if let LogicalPlan::Union(union) = plan {
-        // Every branch carries `_op`; an append-only branch adds only (`I`).
-        let mut branches = Vec::with_capacity(union.inputs.len());
-        for input in &union.inputs {
-            let branch = match keep_changes(input, catalog)? {
-                Some(kept) => kept,
-                None if input
-                    .schema()
-                    .index_of_column_by_name(None, OP_COLUMN)
-                    .is_some() =>
-                {
-                    input.as_ref().clone()
-                }
-                None => {
-                    let mut exprs: Vec<Expr> = input
-                        .schema()
-                        .columns()
-                        .into_iter()
-                        .map(Expr::Column)
-                        .collect();
-                    exprs.push(datafusion::logical_expr::lit("I").alias(OP_COLUMN));
-                    LogicalPlanBuilder::from(input.as_ref().clone())
-                        .project(exprs)
-                        .and_then(|b| b.build())
-                        .map_err(SqlError::Plan)?
-                }
-            };
-            branches.push(branch);
-        }
-        let mut branches = branches.into_iter();
-        let Some(first) = branches.next() else {
-            return Err(refused());
-        };
-        let mut builder = LogicalPlanBuilder::from(first);
-        for branch in branches {
-            builder = builder.union(branch).map_err(SqlError::Plan)?;
-        }
-        return builder.build().map(Some).map_err(SqlError::Plan);
+        return union_of_changes(&union.inputs, catalog).map(Some);
     }
     let LogicalPlan::Projection(projection) = plan else {
         return Err(refused());
@@ -344,6 +308,51 @@ pub(super) fn keep_changes(
     datafusion::logical_expr::Projection::try_new(exprs, projection.input.clone())
         .map(|p| Some(LogicalPlan::Projection(p)))
         .map_err(SqlError::Plan)
+}
+
+/// The `UNION ALL` of `inputs` with every branch carrying `_op`: a branch over a changelog
+/// passes its changes on (see [`keep_changes`]), an append-only branch adds only (`I`).
+pub(super) fn union_of_changes(
+    inputs: &[Arc<LogicalPlan>],
+    catalog: &dyn SchemaCatalog,
+) -> Result<LogicalPlan, SqlError> {
+    use laminar_core::message::OP_COLUMN;
+    let mut branches = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let branch = match keep_changes(input, catalog)? {
+            Some(kept) => kept,
+            None if input
+                .schema()
+                .index_of_column_by_name(None, OP_COLUMN)
+                .is_some() =>
+            {
+                input.as_ref().clone()
+            }
+            None => {
+                let mut exprs: Vec<Expr> = input
+                    .schema()
+                    .columns()
+                    .into_iter()
+                    .map(Expr::Column)
+                    .collect();
+                exprs.push(datafusion::logical_expr::lit("I").alias(OP_COLUMN));
+                LogicalPlanBuilder::from(input.as_ref().clone())
+                    .project(exprs)
+                    .and_then(|b| b.build())
+                    .map_err(SqlError::Plan)?
+            }
+        };
+        branches.push(branch);
+    }
+    let mut branches = branches.into_iter();
+    let Some(first) = branches.next() else {
+        return Err(SqlError::Invalid("a UNION ALL without branches".into()));
+    };
+    let mut builder = LogicalPlanBuilder::from(first);
+    for branch in branches {
+        builder = builder.union(branch).map_err(SqlError::Plan)?;
+    }
+    builder.build().map_err(SqlError::Plan)
 }
 
 /// `SELECT DISTINCT ..` and `UNION` (distinct) are a grouping by every output column without
@@ -581,7 +590,7 @@ pub(crate) fn lower(
         join: None,
         topn: None,
         analytic: None,
-        stage: None,
+        stages: Vec::new(),
     })
 }
 
@@ -698,11 +707,11 @@ pub(super) fn lower_node(
             Ok(all)
         }
         LogicalPlan::Aggregate(_) => Err(not_supported(
-            "an aggregation inside UNION ALL or as an input of a JOIN",
+            "an aggregation in this position of the query",
             Some("create a stream or view for the inner aggregation and read it"),
         )),
         LogicalPlan::Join(_) => Err(not_supported(
-            "a JOIN inside UNION ALL, or a subquery with a JOIN as an input of another JOIN",
+            "a JOIN in this position of the query",
             Some("create a stream or view for the inner join and read it"),
         )),
         LogicalPlan::Window(_) => Err(not_supported(

@@ -1,11 +1,11 @@
-//! Stacked stateful operators in one query: an aggregation or a ranking (top-N, analytic
-//! functions) whose input is itself a join, an aggregation, DISTINCT or a ranking — for
-//! example `SELECT category, AVG(price) FROM auctions JOIN bids ON .. GROUP BY category`, or a
-//! top-N over a GROUP BY. The input below the top operator is planned on its own as the
-//! query's *stage* ([`StreamPlan::stage`]); the top operator is planned over a relation named
-//! [`STAGE_RELATION`] that stands for the stage's output, as if the stage were a stream (or a
-//! view, when its output is a changelog) the query reads. Both run in the query's node, the
-//! stage first.
+//! Stacked stateful operators in one query: an aggregation, a ranking (top-N, analytic
+//! functions), a join or a `UNION ALL` whose input is itself a join, an aggregation, DISTINCT
+//! or a ranking — for example `SELECT category, AVG(price) FROM auctions JOIN bids ON .. GROUP
+//! BY category`, a top-N over a GROUP BY, or a join of two aggregated subqueries. Each such
+//! input is planned on its own as a *stage* of the query ([`StreamPlan::stages`]); the top
+//! operator is planned over a relation named [`STAGE_RELATION`] (`stage_k` for the `k`-th of
+//! several) that stands for the stage's output, as if the stage were a stream (or a view, when
+//! its output is a changelog) the query reads. All run in the query's node, the stages first.
 
 use std::sync::Arc;
 
@@ -19,21 +19,21 @@ use super::{RelationInfo, SchemaCatalog, StreamPlan};
 use crate::error::SqlError;
 use crate::parser::StreamingClauses;
 
-/// The name under which the top operator of a staged query reads its stage's output.
+/// The name under which the top operator reads its stage's output when it has one stage;
+/// with several, the `k`-th (in the order of the query) is `stage_k`.
 pub const STAGE_RELATION: &str = "stage";
 
-/// The catalog with the stage's output added as [`STAGE_RELATION`].
-struct WithStage<'a> {
+/// The catalog with the stages' outputs added under their names.
+struct WithStages<'a> {
     catalog: &'a dyn SchemaCatalog,
-    stage: RelationInfo,
+    stages: Vec<(String, RelationInfo)>,
 }
 
-impl SchemaCatalog for WithStage<'_> {
+impl SchemaCatalog for WithStages<'_> {
     fn relation(&self, name: &str) -> Option<RelationInfo> {
-        if name == STAGE_RELATION {
-            Some(self.stage.clone())
-        } else {
-            self.catalog.relation(name)
+        match self.stages.iter().find(|(stage, _)| stage == name) {
+            Some((_, info)) => Some(info.clone()),
+            None => self.catalog.relation(name),
         }
     }
 
@@ -62,17 +62,12 @@ fn keeps_state(plan: &LogicalPlan) -> bool {
     found
 }
 
-/// Plans `plan` in two stages when its top operator (an aggregation or a window function,
-/// below the filters and projections of the SELECT) reads another stateful operator; `None`
-/// when it does not.
-pub(super) fn lower_staged(
-    plan: &LogicalPlan,
-    catalog: &dyn SchemaCatalog,
-    clauses: &StreamingClauses,
-) -> Result<Option<StreamPlan>, SqlError> {
+/// The inputs of the plan's top operator (below the filters and projections of the SELECT)
+/// that keep state, in the order of the query: they become stages.
+fn stage_roots(plan: &LogicalPlan) -> Vec<&LogicalPlan> {
     let (_, core) = super::lower::peel_stateless(plan);
-    let input = match core {
-        LogicalPlan::Aggregate(a) => a.input.as_ref(),
+    let inputs: Vec<&LogicalPlan> = match core {
+        LogicalPlan::Aggregate(a) => vec![a.input.as_ref()],
         // Window functions with different specifications in one SELECT are windows directly
         // over each other: one query level, refused as such by the ranking planners.
         LogicalPlan::Window(w)
@@ -81,18 +76,115 @@ pub(super) fn lower_staged(
                 LogicalPlan::Window(_)
             ) =>
         {
-            w.input.as_ref()
+            vec![w.input.as_ref()]
         }
-        _ => return Ok(None),
+        LogicalPlan::Join(top) => {
+            let (joins, base) = super::join::flatten_joins(top);
+            std::iter::once(base)
+                .chain(joins.iter().map(|j| j.right.as_ref()))
+                .collect()
+        }
+        LogicalPlan::Union(union) => union.inputs.iter().map(|i| i.as_ref()).collect(),
+        _ => Vec::new(),
     };
-    if !keeps_state(input) {
+    inputs.into_iter().filter(|i| keeps_state(i)).collect()
+}
+
+/// Plans `plan` in stages when an input of its top operator (an aggregation, a window
+/// function, a join or `UNION ALL`, below the filters and projections of the SELECT) is
+/// itself stateful; `None` when none is.
+pub(super) fn lower_staged(
+    plan: &LogicalPlan,
+    catalog: &dyn SchemaCatalog,
+    clauses: &StreamingClauses,
+) -> Result<Option<StreamPlan>, SqlError> {
+    let roots = stage_roots(plan);
+    if roots.is_empty() {
         return Ok(None);
     }
-    // The stage: the input, its columns under names unique without their qualifiers. The
+    let (_, core) = super::lower::peel_stateless(plan);
+    // EMIT, lateness and late data belong to the top operator; a join's state TTL and a
+    // ranking's partition bound to the operator that joins or ranks.
+    let joins = matches!(core, LogicalPlan::Join(_));
+    let ranks = matches!(core, LogicalPlan::Window(_));
+    let stage_clauses = StreamingClauses {
+        state_ttl_ms: clauses.state_ttl_ms.filter(|_| !joins),
+        max_partitions: clauses.max_partitions.filter(|_| !ranks),
+        ..StreamingClauses::default()
+    };
+    let top_clauses = StreamingClauses {
+        state_ttl_ms: clauses.state_ttl_ms.filter(|_| joins),
+        max_partitions: clauses.max_partitions.filter(|_| ranks),
+        ..clauses.clone()
+    };
+    let mut stages: Vec<(String, StreamPlan)> = Vec::with_capacity(roots.len());
+    let mut replacements: Vec<(&LogicalPlan, LogicalPlan)> = Vec::with_capacity(roots.len());
+    for (k, root) in roots.iter().enumerate() {
+        let name = if roots.len() == 1 {
+            STAGE_RELATION.to_string()
+        } else {
+            format!("{STAGE_RELATION}_{}", k + 1)
+        };
+        let (stage, renamed) = plan_stage(root, &name, catalog, &stage_clauses)?;
+        stages.push((name, stage));
+        replacements.push((root, renamed));
+    }
+    let top = replace(plan, &replacements)?;
+    let top = match core {
+        LogicalPlan::Union(_) => same_width_union(&top, catalog)?,
+        _ => top,
+    };
+    let with_stages = WithStages {
+        catalog,
+        stages: stages
+            .iter()
+            .map(|(name, stage)| {
+                let info = RelationInfo {
+                    schema: stage.output_schema.clone(),
+                    event_time: stage.event_time.clone(),
+                    keyed_watermark: stage.keyed_watermark.clone(),
+                    table: None,
+                    view: None,
+                };
+                (name.clone(), info)
+            })
+            .collect(),
+    };
+    let mut planned = super::lower::lower(&top, &with_stages, &top_clauses)?;
+    let mut stages: Vec<(String, Option<StreamPlan>)> =
+        stages.into_iter().map(|(n, s)| (n, Some(s))).collect();
+    planned.stages = planned
+        .inputs
+        .iter()
+        .map(|input| {
+            stages
+                .iter_mut()
+                .find(|(name, _)| name == input)
+                .and_then(|(_, stage)| stage.take())
+        })
+        .collect();
+    if let Some((name, _)) = stages.iter().find(|(_, s)| s.is_some()) {
+        return Err(SqlError::Invalid(format!(
+            "the query reads its stage '{name}' more than once, or not at all"
+        )));
+    }
+    Ok(Some(planned))
+}
+
+/// Plans the stateful subquery `root` as the stage `name`: the stage's plan, and what the
+/// top operator reads in its place (the stage's output with the columns renamed back to the
+/// names and qualifiers the query uses; a changelog's `_op` comes along).
+fn plan_stage(
+    root: &LogicalPlan,
+    name: &str,
+    catalog: &dyn SchemaCatalog,
+    clauses: &StreamingClauses,
+) -> Result<(StreamPlan, LogicalPlan), SqlError> {
+    // The stage: the subquery, its columns under names unique without their qualifiers. The
     // changes of the stage's inputs (their `_op`) stay inside it: when it reads a changelog,
     // its output is one, with its own `_op`.
     let op = laminar_core::message::OP_COLUMN;
-    let fields: Vec<(Option<TableReference>, String)> = input
+    let fields: Vec<(Option<TableReference>, String)> = root
         .schema()
         .iter()
         .filter(|(_, f)| f.name() != op)
@@ -105,64 +197,31 @@ pub(super) fn lower_staged(
             .zip(&names)
             .map(|((q, n), name)| Expr::Column(Column::new(q.clone(), n)).alias(name))
             .collect(),
-        Arc::new(input.clone()),
+        Arc::new(root.clone()),
     )
     .map(LogicalPlan::Projection)
     .map_err(SqlError::Plan)?;
-    // EMIT, lateness and partition bounds belong to the top operator; a join's state TTL
-    // to the stage.
-    let ranks = matches!(core, LogicalPlan::Window(_));
-    let stage_clauses = StreamingClauses {
-        state_ttl_ms: clauses.state_ttl_ms,
-        max_partitions: if ranks { None } else { clauses.max_partitions },
-        ..StreamingClauses::default()
-    };
-    let top_clauses = StreamingClauses {
-        state_ttl_ms: None,
-        max_partitions: if ranks { clauses.max_partitions } else { None },
-        ..clauses.clone()
-    };
-    let stage = super::lower::lower(&stage_query, catalog, &stage_clauses)?;
-
-    // The top operator reads the stage's output, its columns renamed back to the names
-    // (and qualifiers) the query's expressions use; a changelog's `_op` comes along.
-    let stage_scan = LogicalPlanBuilder::scan(
-        STAGE_RELATION,
+    let stage = super::lower::lower(&stage_query, catalog, clauses)?;
+    let scan = LogicalPlanBuilder::scan(
+        name,
         provider_as_source(Arc::new(EmptyTable::new(stage.output_schema.clone()))),
         None,
     )
     .and_then(|b| b.build())
     .map_err(SqlError::Plan)?;
-    let stage_column = |name: &str| Expr::Column(Column::new(Some(STAGE_RELATION), name));
+    let stage_column = |column: &str| Expr::Column(Column::new(Some(name), column));
     let mut exprs: Vec<Expr> = fields
         .iter()
         .zip(&names)
-        .map(|((q, n), name)| stage_column(name).alias_qualified(q.clone(), n))
+        .map(|((q, n), column)| stage_column(column).alias_qualified(q.clone(), n))
         .collect();
     if stage.output_schema.index_of(op).is_ok() {
         exprs.push(stage_column(op));
     }
-    let renamed = Projection::try_new(exprs, Arc::new(stage_scan))
+    let renamed = Projection::try_new(exprs, Arc::new(scan))
         .map(LogicalPlan::Projection)
         .map_err(SqlError::Plan)?;
-    let top = replace_core_input(plan, renamed)?;
-    let stage_info = RelationInfo {
-        schema: stage.output_schema.clone(),
-        event_time: stage.event_time.clone(),
-        keyed_watermark: stage.keyed_watermark.clone(),
-        table: None,
-        view: None,
-    };
-    let mut planned = super::lower::lower(
-        &top,
-        &WithStage {
-            catalog,
-            stage: stage_info,
-        },
-        &top_clauses,
-    )?;
-    planned.stage = Some(Box::new(stage));
-    Ok(Some(planned))
+    Ok((stage, renamed))
 }
 
 /// Each column's name when no other column has it, else `qualifier.name` (numbered when
@@ -186,17 +245,59 @@ fn unique_names(fields: &[(Option<TableReference>, String)]) -> Vec<String> {
     names
 }
 
-/// The plan with the input of its top operator (below the filters, projections and aliases
-/// at the top) replaced by `input`.
-fn replace_core_input(plan: &LogicalPlan, input: LogicalPlan) -> Result<LogicalPlan, SqlError> {
+/// The plan with each of the `replacements`' nodes (found by identity) replaced.
+fn replace(
+    node: &LogicalPlan,
+    replacements: &[(&LogicalPlan, LogicalPlan)],
+) -> Result<LogicalPlan, SqlError> {
+    if let Some((_, with)) = replacements.iter().find(|(r, _)| std::ptr::eq(*r, node)) {
+        return Ok(with.clone());
+    }
+    let mut holds_one = false;
+    let _ = node.apply(|n| {
+        if replacements.iter().any(|(r, _)| std::ptr::eq(*r, n)) {
+            holds_one = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    if !holds_one {
+        return Ok(node.clone());
+    }
+    let inputs = node
+        .inputs()
+        .into_iter()
+        .map(|input| replace(input, replacements))
+        .collect::<Result<Vec<_>, _>>()?;
+    node.with_new_exprs(node.expressions(), inputs)
+        .map_err(SqlError::Plan)
+}
+
+/// A `UNION ALL` (below its filters and projections) whose branches all have the same
+/// columns: when some read a changelog stage (with `_op`), the others get theirs (`_op` of
+/// the changelog they read, `'I'` when they read none).
+fn same_width_union(
+    plan: &LogicalPlan,
+    catalog: &dyn SchemaCatalog,
+) -> Result<LogicalPlan, SqlError> {
     match plan {
         LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
-            let below = replace_core_input(plan.inputs()[0], input)?;
+            let below = same_width_union(plan.inputs()[0], catalog)?;
             plan.with_new_exprs(plan.expressions(), vec![below])
                 .map_err(SqlError::Plan)
         }
-        core => core
-            .with_new_exprs(core.expressions(), vec![input])
-            .map_err(SqlError::Plan),
+        LogicalPlan::Union(union) => {
+            let changes = union.inputs.iter().any(|i| {
+                i.schema()
+                    .index_of_column_by_name(None, laminar_core::message::OP_COLUMN)
+                    .is_some()
+            });
+            if changes {
+                super::lower::union_of_changes(&union.inputs, catalog)
+            } else {
+                Ok(plan.clone())
+            }
+        }
+        other => Ok(other.clone()),
     }
 }

@@ -269,7 +269,7 @@ pub(crate) fn lower_topn(
         aggregate: None,
         join: None,
         analytic: None,
-        stage: None,
+        stages: Vec::new(),
         topn: Some(TopNPlan {
             input_schema,
             partition_by,
