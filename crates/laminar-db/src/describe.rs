@@ -214,6 +214,14 @@ impl LaminarDB {
                 self.with_parallelism(explain_stream(&c.name, &plan), &plan)
             }
             StreamingStatement::Query { query, clauses } => {
+                let point = if clauses.is_empty() {
+                    crate::point::PointQuery::resolve(&query, &self.inner.catalog.read())
+                } else {
+                    None
+                };
+                if let Some(point) = point {
+                    return pairs(point.explain());
+                }
                 let plan = self.plan(&query, &clauses)?;
                 self.with_parallelism(explain_stream("query", &plan), &plan)
             }

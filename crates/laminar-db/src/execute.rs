@@ -213,6 +213,15 @@ impl LaminarDB {
                     .map(ExecuteResult::Query)
             }
             StreamingStatement::Query { query, clauses } => {
+                // A point query reads the key index directly.
+                let point = if clauses.is_empty() {
+                    crate::point::PointQuery::resolve(&query, &self.inner.catalog.read())
+                } else {
+                    None
+                };
+                if let Some(point) = point {
+                    return point.run().map(ExecuteResult::Metadata);
+                }
                 if clauses.is_empty()
                     && let Some(plan) = self.snapshot_candidate(&query)
                 {
@@ -682,8 +691,16 @@ impl LaminarDB {
             .stages
             .iter()
             .map(|stage| match stage {
+                // A stage counts in its own metrics: the node's (its rows, its output
+                // watermark, which seeds new readers) are the top operator's.
                 Some(stage) => Ok(Some((
-                    self.make_operator(name, stage, metrics, None, false)?,
+                    self.make_operator(
+                        name,
+                        stage,
+                        &Arc::new(NodeMetrics::default()),
+                        None,
+                        false,
+                    )?,
                     stage.relations().len(),
                 ))),
                 None => Ok(None),
@@ -1876,11 +1893,16 @@ pub(crate) async fn bounded_query(db: &LaminarDB, sql: &str) -> Result<Vec<Recor
             "query() takes exactly one SELECT".into(),
         ));
     };
-    let StreamingStatement::Query { query, .. } = parse_script_statement(text)? else {
+    let StreamingStatement::Query { query, clauses } = parse_script_statement(text)? else {
         return Err(DbError::InvalidOperation(
             "query() takes a SELECT; use execute() for other statements".into(),
         ));
     };
+    if clauses.is_empty()
+        && let Some(point) = crate::point::PointQuery::resolve(&query, &db.inner.catalog.read())
+    {
+        return point.run().map(|rows| vec![rows]);
+    }
     let Some(snapshot) = db.snapshot_plan(&query)? else {
         return Err(DbError::InvalidOperation(
             "this query reads a source or stream, which is unbounded: run it with execute() to get a continuous QueryHandle".into(),

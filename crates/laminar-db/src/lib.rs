@@ -40,6 +40,7 @@ mod error;
 mod execute;
 mod ingest;
 mod metrics;
+mod point;
 mod runners;
 mod subscription;
 mod tables;

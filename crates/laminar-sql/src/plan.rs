@@ -197,6 +197,7 @@ impl StreamPlan {
             .is_some_and(|a| a.emit.is_updating(a.lateness))
             || self.join.as_ref().is_some_and(|j| j.updating)
             || self.topn.is_some()
+            || (!self.stages.is_empty() && laminar_core::message::is_changelog(&self.output_schema))
     }
 
     /// The output columns that determine a row (the GROUP BY columns of an aggregation,

@@ -20,7 +20,8 @@ use crate::error::SqlError;
 use crate::parser::StreamingClauses;
 
 /// The name under which the top operator reads its stage's output when it has one stage;
-/// with several, the `k`-th (in the order of the query) is `stage_k`.
+/// with several, the `k`-th (in the order of the query) is `stage_k`. A name the catalog
+/// already has gets a leading `_` until it is free.
 pub const STAGE_RELATION: &str = "stage";
 
 /// The catalog with the stages' outputs added under their names.
@@ -70,12 +71,7 @@ fn stage_roots(plan: &LogicalPlan) -> Vec<&LogicalPlan> {
         LogicalPlan::Aggregate(a) => vec![a.input.as_ref()],
         // Window functions with different specifications in one SELECT are windows directly
         // over each other: one query level, refused as such by the ranking planners.
-        LogicalPlan::Window(w)
-            if !matches!(
-                super::lower::peel_stateless(&w.input).1,
-                LogicalPlan::Window(_)
-            ) =>
-        {
+        LogicalPlan::Window(w) if !matches!(w.input.as_ref(), LogicalPlan::Window(_)) => {
             vec![w.input.as_ref()]
         }
         LogicalPlan::Join(top) => {
@@ -120,11 +116,15 @@ pub(super) fn lower_staged(
     let mut stages: Vec<(String, StreamPlan)> = Vec::with_capacity(roots.len());
     let mut replacements: Vec<(&LogicalPlan, LogicalPlan)> = Vec::with_capacity(roots.len());
     for (k, root) in roots.iter().enumerate() {
-        let name = if roots.len() == 1 {
+        let mut name = if roots.len() == 1 {
             STAGE_RELATION.to_string()
         } else {
             format!("{STAGE_RELATION}_{}", k + 1)
         };
+        // A relation of the catalog with that name keeps it: the stage takes another.
+        while catalog.relation(&name).is_some() {
+            name.insert(0, '_');
+        }
         let (stage, renamed) = plan_stage(root, &name, catalog, &stage_clauses)?;
         stages.push((name, stage));
         replacements.push((root, renamed));
