@@ -214,11 +214,7 @@ impl LaminarDB {
                 self.with_parallelism(explain_stream(&c.name, &plan), &plan)
             }
             StreamingStatement::Query { query, clauses } => {
-                let point = if clauses.is_empty() {
-                    crate::point::PointQuery::resolve(&query, &self.inner.catalog.read())
-                } else {
-                    None
-                };
+                let point = self.point_query(&query, &clauses);
                 if let Some(point) = point {
                     return pairs(point.explain());
                 }

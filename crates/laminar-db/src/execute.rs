@@ -214,11 +214,7 @@ impl LaminarDB {
             }
             StreamingStatement::Query { query, clauses } => {
                 // A point query reads the key index directly.
-                let point = if clauses.is_empty() {
-                    crate::point::PointQuery::resolve(&query, &self.inner.catalog.read())
-                } else {
-                    None
-                };
+                let point = self.point_query(&query, &clauses);
                 if let Some(point) = point {
                     return point.run().map(ExecuteResult::Metadata);
                 }
@@ -1898,9 +1894,7 @@ pub(crate) async fn bounded_query(db: &LaminarDB, sql: &str) -> Result<Vec<Recor
             "query() takes a SELECT; use execute() for other statements".into(),
         ));
     };
-    if clauses.is_empty()
-        && let Some(point) = crate::point::PointQuery::resolve(&query, &db.inner.catalog.read())
-    {
+    if let Some(point) = db.point_query(&query, &clauses) {
         return point.run().map(|rows| vec![rows]);
     }
     let Some(snapshot) = db.snapshot_plan(&query)? else {

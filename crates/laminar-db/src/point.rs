@@ -233,6 +233,21 @@ impl PointQuery {
     }
 }
 
+impl crate::LaminarDB {
+    /// The query as a point query, when it is one: a `SELECT` without streaming clauses (an
+    /// `EMIT` makes it a continuous query) of the form in the module docs.
+    pub(crate) fn point_query(
+        &self,
+        query: &Query,
+        clauses: &laminar_sql::parser::StreamingClauses,
+    ) -> Option<PointQuery> {
+        if !clauses.is_empty() {
+            return None;
+        }
+        PointQuery::resolve(query, &self.inner.catalog.read())
+    }
+}
+
 /// The `a = b` conjuncts of `expr`; `None` when it holds anything else.
 fn conjuncts<'a>(expr: &'a Expr, out: &mut Vec<(&'a Expr, &'a Expr)>) -> Option<()> {
     match expr {

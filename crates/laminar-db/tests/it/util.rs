@@ -34,6 +34,14 @@ pub fn rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
 }
 
 /// `PROPTEST_CASES` from the environment, else `default`.
+/// Runs each statement and waits until the database is idle after it.
+pub fn execute_each(db: &laminar_db::LaminarDB, statements: &[&str]) {
+    for sql in statements {
+        block_on(db.execute(sql)).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert!(db.wait_idle(std::time::Duration::from_secs(20)));
+    }
+}
+
 /// A database storing its state under `dir` with `workers` workers and checkpoints taken only
 /// by `checkpoint()`, after running `setup` (the statements that define its objects).
 pub fn durable_db(dir: &std::path::Path, workers: usize, setup: &str) -> laminar_db::LaminarDB {

@@ -12,7 +12,9 @@ use arrow::record_batch::RecordBatch;
 use laminar_db::{ChangeEvent, ExecuteResult, LaminarDB, SubscriptionConfig};
 use proptest::prelude::*;
 
-use crate::util::{batch_query_tables, block_on, durable_db, proptest_cases, rows, select, sorted};
+use crate::util::{
+    batch_query_tables, block_on, durable_db, execute_each, proptest_cases, rows, select, sorted,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -619,24 +621,24 @@ fn joins_top_n_and_analytic_functions_recover_from_a_checkpoint() {
     };
     let db = open();
     block_on(db.start()).unwrap();
-    for sql in [
-        "INSERT INTO customers VALUES (7, 'gold', 'I'), (8, 'silver', 'I')",
-        "INSERT INTO orders VALUES (1, 7, 10, 'I'), (2, 7, 30, 'I'), (3, 9, 5, 'I'), (4, 7, 20, 'I')",
-        "INSERT INTO clicks VALUES (7, 1, 1000), (7, 4, 2000)",
-    ] {
-        block_on(db.execute(sql)).unwrap();
-        assert!(db.wait_idle(WAIT));
-    }
+    execute_each(
+        &db,
+        &[
+            "INSERT INTO customers VALUES (7, 'gold', 'I'), (8, 'silver', 'I')",
+            "INSERT INTO orders VALUES (1, 7, 10, 'I'), (2, 7, 30, 'I'), (3, 9, 5, 'I'), (4, 7, 20, 'I')",
+            "INSERT INTO clicks VALUES (7, 1, 1000), (7, 4, 2000)",
+        ],
+    );
     db.checkpoint().unwrap().expect("durable");
     // Logged after the checkpoint: replayed at the next start.
-    for sql in [
-        "INSERT INTO customers VALUES (7, 'gold', 'U-'), (7, 'platinum', 'U+'), (9, 'new', 'I')",
-        "INSERT INTO orders VALUES (2, 7, 30, 'D')",
-        "INSERT INTO clicks VALUES (7, 9, 3000)",
-    ] {
-        block_on(db.execute(sql)).unwrap();
-        assert!(db.wait_idle(WAIT));
-    }
+    execute_each(
+        &db,
+        &[
+            "INSERT INTO customers VALUES (7, 'gold', 'U-'), (7, 'platinum', 'U+'), (9, 'new', 'I')",
+            "INSERT INTO orders VALUES (2, 7, 30, 'D')",
+            "INSERT INTO clicks VALUES (7, 9, 3000)",
+        ],
+    );
     let before = snapshot(&db);
     assert_eq!(
         before[0],
@@ -702,22 +704,22 @@ fn stacked_operators_recover_from_a_checkpoint() {
     };
     let db = open();
     block_on(db.start()).unwrap();
-    for sql in [
-        "INSERT INTO auctions VALUES (1, 'books', 'I'), (2, 'books', 'I'), (3, 'games', 'I')",
-        "INSERT INTO bids VALUES (1, 10, 'I'), (1, 30, 'I'), (1, 20, 'I'), (2, 40, 'I'), (3, 5, 'I'), (3, 6, 'I')",
-    ] {
-        block_on(db.execute(sql)).unwrap();
-        assert!(db.wait_idle(WAIT));
-    }
+    execute_each(
+        &db,
+        &[
+            "INSERT INTO auctions VALUES (1, 'books', 'I'), (2, 'books', 'I'), (3, 'games', 'I')",
+            "INSERT INTO bids VALUES (1, 10, 'I'), (1, 30, 'I'), (1, 20, 'I'), (2, 40, 'I'), (3, 5, 'I'), (3, 6, 'I')",
+        ],
+    );
     db.checkpoint().unwrap().expect("durable");
     // Logged after the checkpoint: each retracts rows from before it.
-    for sql in [
-        "INSERT INTO bids VALUES (1, 30, 'D'), (2, 40, 'D'), (3, 7, 'I'), (3, 8, 'I')",
-        "INSERT INTO auctions VALUES (1, 'books', 'U-'), (1, 'games', 'U+')",
-    ] {
-        block_on(db.execute(sql)).unwrap();
-        assert!(db.wait_idle(WAIT));
-    }
+    execute_each(
+        &db,
+        &[
+            "INSERT INTO bids VALUES (1, 30, 'D'), (2, 40, 'D'), (3, 7, 'I'), (3, 8, 'I')",
+            "INSERT INTO auctions VALUES (1, 'books', 'U-'), (1, 'games', 'U+')",
+        ],
+    );
     assert!(db.failures().is_empty(), "{:?}", db.failures());
     let before = snapshot(&db);
     // Auction 1 (now games) has 10 and 20, auction 2 none, auction 3 (games) 5, 6, 7, 8.
