@@ -159,6 +159,12 @@ fn check(query: &str, input: &[Row], splits: &[usize]) -> Result<(), TestCaseErr
     }
     let mut got = consolidate(batches.into_iter().flat_map(|(a, _)| a));
     let mut want = batch_query("s", to_batch(input, false), query);
+    // A global aggregation stream (not a view) emits its first row with its first input row
+    // (SQL.md, materialized views): over no input it emits nothing, where batch SQL has the
+    // row of the aggregates of no rows.
+    if input.is_empty() {
+        want.clear();
+    }
     got.sort();
     want.sort();
     prop_assert_eq!(got, want, "query: {}", query);
@@ -176,6 +182,12 @@ proptest! {
     ) {
         check(QUERIES[query_index], &input, &splits)?;
     }
+}
+
+/// A global aggregation stream over no input emits nothing (found by the property test).
+#[test]
+fn a_global_aggregation_stream_over_no_input_emits_nothing() {
+    check(QUERIES[1], &[], &[]).unwrap();
 }
 
 /// Every query once over a fixed input (deterministic).
