@@ -3,15 +3,13 @@
 //! `PROPTEST_CASES` scales the number of cases (default 32 per query).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use laminar_db::LaminarDB;
 use proptest::prelude::*;
 
-use crate::util::{batch_query, proptest_cases, rows};
+use crate::util::{batch_query, cut_points, proptest_cases, received_rows, stream_under_test};
 
 /// (query, whether output order is defined by input order)
 const QUERIES: &[(&str, bool)] = &[
@@ -85,33 +83,18 @@ fn row_strategy() -> impl Strategy<Value = Row> {
 }
 
 fn streaming(query: &str, input: &[Row], splits: &[usize]) -> Vec<Vec<String>> {
-    let db = LaminarDB::builder().workers(2).build_sync().unwrap();
-    futures::executor::block_on(async {
-        db.execute("CREATE SOURCE t (a BIGINT NOT NULL, b DOUBLE, s VARCHAR, ts BIGINT NOT NULL, WATERMARK FOR ts AS ts)")
-            .await
-            .unwrap();
-        db.execute(&format!("CREATE STREAM q AS {query}"))
-            .await
-            .unwrap();
-    });
-    let mut sub = db.subscribe_arrow("q").unwrap();
-    let src = db.source_untyped("t").unwrap();
-    let mut cuts: Vec<usize> = splits.iter().map(|s| s % (input.len() + 1)).collect();
-    cuts.push(0);
-    cuts.push(input.len());
-    cuts.sort_unstable();
-    cuts.dedup();
-    for w in cuts.windows(2) {
+    let (db, mut sub, src) = stream_under_test(
+        2,
+        "CREATE SOURCE t (a BIGINT NOT NULL, b DOUBLE, s VARCHAR, ts BIGINT NOT NULL, WATERMARK FOR ts AS ts)",
+        "t",
+        query,
+    );
+    for w in cut_points(splits, input.len()).windows(2) {
         src.push_arrow(to_batch(&input[w[0]..w[1]])).unwrap();
     }
-    assert!(db.wait_idle(Duration::from_secs(20)));
-    let mut batches = Vec::new();
-    while let Some(b) = sub.poll() {
-        batches.push(b);
-    }
-    assert!(db.failures().is_empty(), "{:?}", db.failures());
+    let out = received_rows(&db, &mut sub);
     db.shutdown_sync();
-    rows(&batches)
+    out
 }
 
 fn batch(query: &str, input: &[Row]) -> Vec<Vec<String>> {

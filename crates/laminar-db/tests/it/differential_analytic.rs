@@ -6,15 +6,13 @@
 //! agree on it. `PROPTEST_CASES` scales the number of cases.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow::array::{ArrayRef, Int64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use laminar_db::LaminarDB;
 use proptest::prelude::*;
 
-use crate::util::{batch_query, proptest_cases, rows};
+use crate::util::{batch_query, cut_points, proptest_cases, received_rows, stream_under_test};
 
 /// Out-of-orderness of the input (ms), also the source's watermark delay: no row is late.
 const DISORDER: i64 = 700_000;
@@ -71,25 +69,16 @@ fn streaming(
     splits: &[usize],
     watermarks: &[bool],
 ) -> Vec<Vec<String>> {
-    let db = LaminarDB::builder().workers(1).build_sync().unwrap();
-    futures::executor::block_on(async {
-        db.execute(&format!(
+    let (db, mut sub, src) = stream_under_test(
+        1,
+        &format!(
             "CREATE SOURCE t (k BIGINT NOT NULL, v BIGINT NOT NULL, ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - {DISORDER})"
-        ))
-        .await
-        .unwrap();
-        db.execute(&format!("CREATE STREAM q AS {query}"))
-            .await
-            .unwrap();
-    });
-    let mut sub = db.subscribe_arrow("q").unwrap();
-    let src = db.source_untyped("t").unwrap();
-    let mut cuts: Vec<usize> = splits.iter().map(|s| s % (input.len() + 1)).collect();
-    cuts.extend([0, input.len()]);
-    cuts.sort_unstable();
-    cuts.dedup();
+        ),
+        "t",
+        query,
+    );
     let mut high = 0;
-    for (i, w) in cuts.windows(2).enumerate() {
+    for (i, w) in cut_points(splits, input.len()).windows(2).enumerate() {
         src.push_arrow(to_batch(&input[w[0]..w[1]])).unwrap();
         high = input[w[0]..w[1]]
             .iter()
@@ -103,14 +92,9 @@ fn streaming(
     }
     // The end of time: every row is released, rows waiting for followers get none.
     src.watermark(i64::MAX).unwrap();
-    assert!(db.wait_idle(Duration::from_secs(20)));
-    let mut batches = Vec::new();
-    while let Some(b) = sub.poll() {
-        batches.push(b);
-    }
-    assert!(db.failures().is_empty(), "{:?}", db.failures());
+    let out = received_rows(&db, &mut sub);
     db.shutdown_sync();
-    rows(&batches)
+    out
 }
 
 fn check(

@@ -14,7 +14,9 @@ use arrow::record_batch::RecordBatch;
 use laminar_db::LaminarDB;
 use proptest::prelude::*;
 
-use crate::util::{batch_query, consolidate_changelog as consolidate, proptest_cases, rows};
+use crate::util::{
+    batch_query, consolidate_changelog as consolidate, cut_points, proptest_cases, rows,
+};
 
 /// Queries that run column by column over an append-only source (the SQL is the same in
 /// DataFusion).
@@ -110,12 +112,8 @@ fn streaming(query: &str, input: &[Row], splits: &[usize]) -> Vec<(Rows, Rows)> 
         db.source_untyped("s").unwrap(),
         db.source_untyped("c").unwrap(),
     );
-    let mut cuts: Vec<usize> = splits.iter().map(|x| x % (input.len() + 1)).collect();
-    cuts.extend([0, input.len()]);
-    cuts.sort_unstable();
-    cuts.dedup();
     let mut out = Vec::new();
-    for w in cuts.windows(2) {
+    for w in cut_points(splits, input.len()).windows(2) {
         s.push_arrow(to_batch(&input[w[0]..w[1]], false)).unwrap();
         c.push_arrow(to_batch(&input[w[0]..w[1]], true)).unwrap();
         assert!(db.wait_idle(Duration::from_secs(20)));

@@ -10,15 +10,16 @@
 //! `PROPTEST_CASES` scales the number of cases (default 64 cases over all queries).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow::array::{ArrayRef, Int64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use laminar_db::LaminarDB;
 use proptest::prelude::*;
 
-use crate::util::{batch_query, consolidate_changelog as consolidate, proptest_cases, rows};
+use crate::util::{
+    batch_query, consolidate_changelog as consolidate, cut_points, proptest_cases, received_rows,
+    stream_under_test,
+};
 
 /// Out-of-orderness of the generated input, also the source's watermark delay (no row is
 /// late, so every row must be counted).
@@ -113,31 +114,21 @@ fn streaming(
     keyed: bool,
     workers: usize,
 ) -> Vec<Vec<String>> {
-    let db = LaminarDB::builder().workers(workers).build_sync().unwrap();
     let with = if keyed {
         " WITH (watermark.key = 'auction')"
     } else {
         ""
     };
-    futures::executor::block_on(async {
-        db.execute(&format!(
+    let (db, mut sub, src) = stream_under_test(
+        workers,
+        &format!(
             "CREATE SOURCE bids (auction BIGINT NOT NULL, price BIGINT NOT NULL, ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '{DISORDER}' MILLISECOND){with}"
-        ))
-        .await
-        .unwrap();
-        db.execute(&format!("CREATE STREAM q AS {query}"))
-            .await
-            .unwrap();
-    });
-    let mut sub = db.subscribe_arrow("q").unwrap();
-    let src = db.source_untyped("bids").unwrap();
-    let mut cuts: Vec<usize> = splits.iter().map(|s| s % (input.len() + 1)).collect();
-    cuts.push(0);
-    cuts.push(input.len());
-    cuts.sort_unstable();
-    cuts.dedup();
+        ),
+        "bids",
+        query,
+    );
     let mut high = 0;
-    for (i, w) in cuts.windows(2).enumerate() {
+    for (i, w) in cut_points(splits, input.len()).windows(2).enumerate() {
         src.push_arrow(to_batch(&input[w[0]..w[1]])).unwrap();
         high = input[w[0]..w[1]]
             .iter()
@@ -152,14 +143,9 @@ fn streaming(
     }
     // Close every window.
     src.watermark(1_000_000_000).unwrap();
-    assert!(db.wait_idle(Duration::from_secs(20)));
-    let mut batches = Vec::new();
-    while let Some(b) = sub.poll() {
-        batches.push(b);
-    }
-    assert!(db.failures().is_empty(), "{:?}", db.failures());
+    let out = received_rows(&db, &mut sub);
     db.shutdown_sync();
-    rows(&batches)
+    out
 }
 
 fn batch(query: &str, input: &[Bid]) -> Vec<Vec<String>> {

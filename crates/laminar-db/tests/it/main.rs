@@ -14,6 +14,7 @@ mod differential;
 mod differential_analytic;
 mod differential_changes;
 mod differential_joins;
+mod differential_sessions;
 mod differential_windows;
 mod durability;
 #[cfg(feature = "kafka")]

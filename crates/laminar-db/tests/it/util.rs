@@ -128,3 +128,51 @@ pub fn sorted(mut v: Vec<Vec<String>>) -> Vec<Vec<String>> {
     v.sort();
     v
 }
+
+/// Batch boundaries for `len` input rows from random split points: the points modulo
+/// `len + 1`, with 0 and `len`, sorted and without repeats.
+pub fn cut_points(splits: &[usize], len: usize) -> Vec<usize> {
+    let mut cuts: Vec<usize> = splits.iter().map(|s| s % (len + 1)).collect();
+    cuts.extend([0, len]);
+    cuts.sort_unstable();
+    cuts.dedup();
+    cuts
+}
+
+/// A database with `workers` workers, a source created by `source_sql` and named `source`,
+/// and `CREATE STREAM q AS <query>`; with a subscription to `q` and the source's handle.
+pub fn stream_under_test(
+    workers: usize,
+    source_sql: &str,
+    source: &str,
+    query: &str,
+) -> (
+    laminar_db::LaminarDB,
+    laminar_db::ArrowSubscription,
+    laminar_db::SourceHandle,
+) {
+    let db = laminar_db::LaminarDB::builder()
+        .workers(workers)
+        .build_sync()
+        .unwrap();
+    block_on(db.execute(source_sql)).unwrap();
+    block_on(db.execute(&format!("CREATE STREAM q AS {query}"))).unwrap();
+    let sub = db.subscribe_arrow("q").unwrap();
+    let src = db.source_untyped(source).unwrap();
+    (db, sub, src)
+}
+
+/// Waits until `db` is idle and returns every row `sub` received; fails the test on any
+/// query failure.
+pub fn received_rows(
+    db: &laminar_db::LaminarDB,
+    sub: &mut laminar_db::ArrowSubscription,
+) -> Vec<Vec<String>> {
+    assert!(db.wait_idle(std::time::Duration::from_secs(20)));
+    let mut batches = Vec::new();
+    while let Some(b) = sub.poll() {
+        batches.push(b);
+    }
+    assert!(db.failures().is_empty(), "{:?}", db.failures());
+    rows(&batches)
+}

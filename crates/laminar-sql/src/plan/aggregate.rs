@@ -205,15 +205,6 @@ fn lower_aggregate(
             "EMIT FINAL drops every row that arrives after its window closed; LATE DATA TO cannot be combined with it (use EMIT ON WINDOW CLOSE)".into(),
         ));
     }
-    if let Some(w) = &window
-        && w.is_session()
-        && laminar_core::message::is_changelog(&input_schema)
-    {
-        return Err(SqlError::not_supported(
-            "session windows over an updating (changelog) input",
-            None,
-        ));
-    }
     if laminar_core::message::is_changelog(&input_schema) {
         for call in &aggregates {
             retractable(&call.function).map_err(SqlError::Invalid)?;

@@ -10,6 +10,11 @@ use std::collections::BTreeMap;
 /// instead of SipHash, which showed up at 7 % of a session run's time.
 type HashMap<K, V> = std::collections::HashMap<K, V, datafusion::common::hash_utils::RandomState>;
 
+/// A set of row-encoded group keys.
+type KeySet = std::collections::HashSet<Box<[u8]>, datafusion::common::hash_utils::RandomState>;
+
+mod session_rows;
+
 use arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
 use arrow::compute::take;
 use arrow::datatypes::SchemaRef;
@@ -55,6 +60,8 @@ struct Session {
     start: i64,
     end: i64,
     group: Group,
+    /// A row was deleted (changelog input): the session may have to shrink, vanish or split.
+    check: bool,
 }
 
 /// The watermark each input row is judged by: one for all rows, or per row (keyed
@@ -116,6 +123,8 @@ pub(crate) struct GeneralState {
     session_min_start: Option<i64>,
     /// Output rows of merged-away sessions, retracted at the next emission.
     retractions: Vec<Vec<ScalarValue>>,
+    /// The live rows of open sessions (session windows over a changelog input).
+    session_rows: Option<session_rows::SessionRows>,
     /// Removals since the previous snapshot (`Some` once a snapshot was taken; changed
     /// groups carry their own flag).
     changes: Option<Changes>,
@@ -132,7 +141,7 @@ struct Changes {
     /// Groups freed from windows that stay.
     removed_groups: Vec<(WindowKey, Box<[u8]>)>,
     /// Keys whose list of sessions changed (a session opened, merged away or freed).
-    session_keys: std::collections::HashSet<Box<[u8]>, datafusion::common::hash_utils::RandomState>,
+    session_keys: KeySet,
 }
 
 /// One group to emit: its key, window bounds and state.
@@ -154,6 +163,11 @@ impl GeneralState {
             session_min_end: END_OF_TIME,
             session_min_start: None,
             retractions: Vec::new(),
+            session_rows: if changelog && spec.window.is_some_and(|w| w.is_session()) {
+                Some(session_rows::SessionRows::new(spec)?)
+            } else {
+                None
+            },
             changes: None,
             dirty: Vec::new(),
         })
@@ -248,6 +262,9 @@ impl GeneralState {
         Ok(any_late.then(|| BooleanArray::from(late)))
     }
 
+    /// Feeds rows into the sessions of their keys. Over a changelog input a deletion
+    /// retracts its row from the session holding it; the sessions that lost rows are then
+    /// re-cut from the live rows (`session_rows`).
     fn ingest_sessions<'k>(
         &mut self,
         spec: &AggregateSpec,
@@ -258,6 +275,10 @@ impl GeneralState {
         let gap = spec.window.expect("session").span();
         let times = prepared.times.as_ref().expect("event time");
         let rows = prepared.batch.num_rows();
+        let encoded = match &self.session_rows {
+            Some(store) => Some(store.encode(spec, prepared)?),
+            None => None,
+        };
         let mut by_key: HashMap<&'k [u8], Vec<u32>> = HashMap::default();
         for row in 0..rows {
             by_key.entry(key_of(row)).or_default().push(row as u32);
@@ -280,10 +301,44 @@ impl GeneralState {
             // are sorted by time, so consecutive rows mostly extend the same session.
             let mut run: Vec<u32> = Vec::new();
             let mut run_target = usize::MAX;
+            let mut watermark = NO_WATERMARK;
             for row in key_rows {
                 let t = times[row as usize];
-                let watermark = watermarks.of(row as usize);
+                watermark = watermarks.of(row as usize);
                 let (lo, hi) = (t, t.saturating_add(gap));
+                let too_late = hi.saturating_add(spec.lateness) <= watermark;
+                let weight = prepared.weights.as_ref().map_or(1, |w| w[row as usize]);
+                if let (Some(store), Some(encoded)) = (self.session_rows.as_mut(), &encoded) {
+                    let encoded = encoded.row(row as usize);
+                    if weight < 0 {
+                        if store.remove(t, key, encoded.data()) {
+                            let Some(holder) = session_rows::holding(sessions, t) else {
+                                return Err(CoreError::Internal(format!(
+                                    "{}: a live row outside every session of its key",
+                                    spec.name
+                                )));
+                            };
+                            feed_run(spec, sessions, run_target, prepared, &mut run)?;
+                            update_group(
+                                spec,
+                                &mut sessions[holder].group,
+                                prepared,
+                                &[row],
+                                true,
+                            )?;
+                            sessions[holder].check = true;
+                        } else if too_late {
+                            late[row as usize] = true;
+                            any_late = true;
+                        } else {
+                            store.add_pending(t, key, encoded.data(), 1);
+                        }
+                        continue;
+                    }
+                    if store.cancel_pending(t, key, encoded.data()) {
+                        continue;
+                    }
+                }
                 // Sessions the row's interval [t, t+gap) overlaps or touches.
                 touching.clear();
                 touching.extend(
@@ -293,12 +348,15 @@ impl GeneralState {
                         .filter(|(_, s)| s.start <= hi && s.end >= lo)
                         .map(|(i, _)| i),
                 );
+                if touching.is_empty() && too_late {
+                    late[row as usize] = true;
+                    any_late = true;
+                    continue;
+                }
+                if let (Some(store), Some(encoded)) = (self.session_rows.as_mut(), &encoded) {
+                    store.add(t, key, encoded.row(row as usize).data(), 1);
+                }
                 if touching.is_empty() {
-                    if hi.saturating_add(spec.lateness) <= watermark {
-                        late[row as usize] = true;
-                        any_late = true;
-                        continue;
-                    }
                     // The insertion shifts session indices: feed the pending run first.
                     feed_run(spec, sessions, run_target, prepared, &mut run)?;
                     let position = sessions.partition_point(|s| s.start < lo);
@@ -311,6 +369,7 @@ impl GeneralState {
                             start: lo,
                             end: hi,
                             group,
+                            check: false,
                         },
                     );
                     self.session_min_end = self.session_min_end.min(hi);
@@ -331,6 +390,7 @@ impl GeneralState {
                     }
                     let session = &mut sessions[target];
                     let emitted = merged.group.emitted;
+                    session.check |= merged.check;
                     merge_groups(spec, &mut session.group, merged.group)?;
                     session.end = session.end.max(merged.end);
                     session.group.emitted |= emitted;
@@ -338,16 +398,18 @@ impl GeneralState {
                 let session = &mut sessions[target];
                 session.start = session.start.min(lo);
                 session.end = session.end.max(hi);
-                let weight = prepared.weights.as_ref().map_or(1, |w| w[row as usize]);
-                if weight < 0 {
-                    feed_run(spec, sessions, run_target, prepared, &mut run)?;
-                    update_group(spec, &mut sessions[target].group, prepared, &[row], true)?;
-                    continue;
-                }
                 run_target = target;
                 run.push(row);
             }
             feed_run(spec, sessions, run_target, prepared, &mut run)?;
+            if let Some(store) = &self.session_rows {
+                let ends =
+                    recut_sessions(spec, store, key, sessions, watermark, &mut self.retractions)?;
+                self.session_min_end = self.session_min_end.min(ends);
+                if sessions.is_empty() {
+                    self.sessions.remove(key);
+                }
+            }
         }
         Ok(any_late.then(|| BooleanArray::from(late)))
     }
@@ -562,8 +624,20 @@ impl GeneralState {
                 }
             }
         }
+        if let Some(store) = &mut self.session_rows {
+            let horizon = spec
+                .window
+                .map_or(0, |w| w.span())
+                .saturating_add(spec.lateness);
+            store.prune_pending(watermarks.input.saturating_sub(horizon));
+        }
         for (key, start) in closed_sessions {
             if let Some(sessions) = self.sessions.get_mut(&key) {
+                if let Some(store) = &mut self.session_rows
+                    && let Some(session) = sessions.iter().find(|s| s.start == start)
+                {
+                    store.free(&key, session.start, session.end);
+                }
                 sessions.retain(|s| s.start != start);
                 if sessions.is_empty() {
                     self.sessions.remove(&key);
@@ -619,6 +693,11 @@ impl GeneralState {
             for session in sessions {
                 add(key, &session.group);
             }
+        }
+        if let Some(store) = &self.session_rows {
+            let (rows, bytes) = store.size();
+            size.rows += rows;
+            size.bytes += bytes;
         }
         size
     }
@@ -690,11 +769,89 @@ fn feed_run(
     Ok(())
 }
 
+/// Re-cuts the sessions of one key that lost rows (changelog input) from the key's live
+/// rows: a session without rows left goes (its last output row is retracted), one whose rows
+/// still form one session shrinks to them, and one whose rows fell apart is replaced by one
+/// session per piece, each rebuilt from its rows. Returns the smallest end among the sessions
+/// it changed (`END_OF_TIME` when none).
+fn recut_sessions(
+    spec: &AggregateSpec,
+    store: &session_rows::SessionRows,
+    key: &[u8],
+    sessions: &mut Vec<Session>,
+    watermark: i64,
+    retractions: &mut Vec<Vec<ScalarValue>>,
+) -> Result<i64> {
+    let gap = spec.window.expect("session").span();
+    let mut min_end = END_OF_TIME;
+    let mut i = 0;
+    while i < sessions.len() {
+        if !sessions[i].check {
+            i += 1;
+            continue;
+        }
+        sessions[i].check = false;
+        let pieces = store.segments(key, sessions[i].start, sessions[i].end, gap);
+        if let [(first, last)] = pieces[..] {
+            let session = &mut sessions[i];
+            session.start = first;
+            session.end = last.saturating_add(gap);
+            session.group.emitted |= session.end <= watermark;
+            min_end = min_end.min(session.end);
+            i += 1;
+            continue;
+        }
+        let old = sessions.remove(i);
+        if let Some(last) = old.group.last {
+            retractions.push(last);
+        }
+        for (n, &(first, last)) in pieces.iter().enumerate() {
+            let mut group = new_group(spec, true)?;
+            group.watermark_key = old.group.watermark_key.clone();
+            store.rebuild(spec, key, first, last, &mut group)?;
+            let end = last.saturating_add(gap);
+            group.emitted = end <= watermark;
+            min_end = min_end.min(end);
+            sessions.insert(
+                i + n,
+                Session {
+                    start: first,
+                    end,
+                    group,
+                    check: false,
+                },
+            );
+        }
+        i += pieces.len();
+    }
+    Ok(min_end)
+}
+
 /// Feeds (or retracts) the given rows of `prepared` into a group.
 fn update_group(
     spec: &AggregateSpec,
     group: &mut Group,
     prepared: &Prepared,
+    rows: &[u32],
+    retract: bool,
+) -> Result<()> {
+    update_group_with(
+        spec,
+        group,
+        &prepared.args,
+        &prepared.filters,
+        rows,
+        retract,
+    )
+}
+
+/// Feeds (or retracts) the given rows of the aggregates' inputs and FILTER masks into a
+/// group.
+fn update_group_with(
+    spec: &AggregateSpec,
+    group: &mut Group,
+    args: &[Vec<ArrayRef>],
+    filters: &[Option<BooleanArray>],
     rows: &[u32],
     retract: bool,
 ) -> Result<()> {
@@ -712,12 +869,7 @@ fn update_group(
     // A contiguous run of rows (always the case for one row) is a zero-copy slice.
     let contiguous = rows.windows(2).all(|w| w[1] == w[0] + 1);
     let all = UInt32Array::from(rows.to_vec());
-    for ((accumulator, args), filter) in group
-        .accumulators
-        .iter_mut()
-        .zip(&prepared.args)
-        .zip(&prepared.filters)
-    {
+    for ((accumulator, args), filter) in group.accumulators.iter_mut().zip(args).zip(filters) {
         if contiguous && filter.is_none() {
             let values: Vec<ArrayRef> = args
                 .iter()
@@ -1031,6 +1183,9 @@ impl GeneralState {
             }
         }
         Self::write_groups(spec, self.changelog, w, groups)?;
+        if let Some(store) = &self.session_rows {
+            store.write(w, None);
+        }
         self.changes = Some(Changes::default());
         Ok(())
     }
@@ -1084,6 +1239,9 @@ impl GeneralState {
             }
         }
         Self::write_groups(spec, self.changelog, w, groups)?;
+        if let Some(store) = &self.session_rows {
+            store.write(w, Some(&changes.session_keys));
+        }
         self.changes = Some(Changes::default());
         Ok(true)
     }
@@ -1172,6 +1330,7 @@ impl GeneralState {
                     start: meta.start,
                     end: meta.end,
                     group,
+                    check: false,
                 });
             } else {
                 if group.dirty && emits_dirty(spec) {
@@ -1201,6 +1360,10 @@ impl GeneralState {
         self.dirty.clear();
         self.read_header(spec, r)?;
         self.read_groups(spec, r)?;
+        if let Some(store) = &mut self.session_rows {
+            store.clear();
+            store.read(spec, r)?;
+        }
         for d in deltas.iter_mut() {
             self.read_header(spec, d)?;
             for _ in 0..d.count()? {
@@ -1219,8 +1382,14 @@ impl GeneralState {
             for _ in 0..d.count()? {
                 let key = d.bytes()?;
                 self.sessions.remove(key);
+                if let Some(store) = &mut self.session_rows {
+                    store.remove_key(key);
+                }
             }
             self.read_groups(spec, d)?;
+            if let Some(store) = &mut self.session_rows {
+                store.read(spec, d)?;
+            }
             self.windows
                 .retain(|&k, w| k == GLOBAL || !w.groups.is_empty());
         }
