@@ -14,6 +14,16 @@
 //! A view with a natural key (the GROUP BY columns of an aggregation, found by the planner)
 //! keeps its rows bucketed by the key's encoding, so [`ViewStore::lookup`] answers a point
 //! query by key without reading the other rows.
+//!
+//! A whole-view read ([`ViewStore::snapshot`]) comes from an Arrow copy of the contents
+//! that is kept across changes (`Image`): every distinct row has an id, held by its bucket
+//! entry, and the copy holds rows at positions with their weights. A change to an imaged row
+//! only writes its weight (0 when it leaves); a new row is queued with its encoding. The next
+//! snapshot drops the positions of rows that left (a vectorized filter), decodes only the
+//! queued rows and appends them, so its cost is a pass over the copy plus the changes, not a
+//! walk of every bucket. It runs under the write lock. The first snapshot, and the first
+//! after the queued rows outgrew the copy (the copy is then dropped until a read needs it),
+//! decode every row.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,13 +69,14 @@ struct ViewKey {
     converter: RowConverter,
 }
 
-/// The rows that share one bucket key, each with its weight (always > 0).
+/// The rows that share one bucket key, each with its weight (always > 0) and its id in the
+/// [`Image`].
 enum Bucket {
     /// A view without a key: the bucket key is the row itself.
-    Row(i64),
+    Row(i64, u32),
     /// A keyed view: the row(s) with this key (one for an aggregation).
-    One(Box<[u8]>, i64),
-    Many(Vec<(Box<[u8]>, i64)>),
+    One(Box<[u8]>, i64, u32),
+    Many(Vec<(Box<[u8]>, i64, u32)>),
 }
 
 impl Bucket {
@@ -77,49 +88,157 @@ impl Bucket {
 
     /// Every row of the bucket with its weight.
     fn rows<'a>(&'a self, key: &'a [u8]) -> impl Iterator<Item = (&'a [u8], i64)> + 'a {
+        self.entries(key).map(|(row, weight, _)| (row, weight))
+    }
+
+    /// Every row of the bucket with its weight and id.
+    fn entries<'a>(&'a self, key: &'a [u8]) -> impl Iterator<Item = (&'a [u8], i64, u32)> + 'a {
         let (single, many) = match self {
-            Bucket::Row(w) => (Some((key, *w)), None),
-            Bucket::One(row, w) => (Some((&row[..], *w)), None),
-            Bucket::Many(rows) => (None, Some(rows.iter().map(|(r, w)| (&r[..], *w)))),
+            Bucket::Row(w, id) => (Some((key, *w, *id)), None),
+            Bucket::One(row, w, id) => (Some((&row[..], *w, *id)), None),
+            Bucket::Many(rows) => (None, Some(rows.iter().map(|(r, w, id)| (&r[..], *w, *id)))),
         };
         single.into_iter().chain(many.into_iter().flatten())
     }
 
-    /// Adds `delta` to `row`'s weight (the caller has checked it stays >= 0); true when the
-    /// bucket is left empty.
-    fn add(&mut self, row: &[u8], delta: i64) -> bool {
+    /// Adds `delta` to `row`'s weight (the caller has checked it stays >= 0), keeping the
+    /// image's weights and ids; true when the bucket is left empty.
+    fn add(&mut self, row: &[u8], delta: i64, image: &mut Image) -> bool {
+        // A row's new weight: written to the image, or the row leaves it.
+        let mut reweigh = |w: &mut i64, id: u32| {
+            *w += delta;
+            if *w == 0 {
+                image.remove(id);
+            } else {
+                image.set_weight(id, *w);
+            }
+            *w == 0
+        };
         match self {
-            Bucket::Row(w) => {
-                *w += delta;
-                *w == 0
-            }
-            Bucket::One(r, w) if &r[..] == row => {
-                *w += delta;
-                *w == 0
-            }
-            Bucket::One(r, w) => {
-                let first = (std::mem::take(r), *w);
-                *self = Bucket::Many(vec![first, (row.into(), delta)]);
+            Bucket::Row(w, id) => reweigh(w, *id),
+            Bucket::One(r, w, id) if &r[..] == row => reweigh(w, *id),
+            Bucket::One(r, w, id) => {
+                let first = (std::mem::take(r), *w, *id);
+                let new = image.new_row(row, delta);
+                *self = Bucket::Many(vec![first, (row.into(), delta, new)]);
                 false
             }
             Bucket::Many(rows) => {
-                match rows.iter().position(|(r, _)| &r[..] == row) {
+                match rows.iter().position(|(r, _, _)| &r[..] == row) {
                     Some(i) => {
-                        rows[i].1 += delta;
-                        if rows[i].1 == 0 {
+                        let (_, w, id) = &mut rows[i];
+                        if reweigh(w, *id) {
                             rows.swap_remove(i);
                         }
                     }
-                    None => rows.push((row.into(), delta)),
+                    None => rows.push((row.into(), delta, image.new_row(row, delta))),
                 }
                 if rows.len() == 1 {
-                    let (row, w) = rows.pop().expect("one row");
-                    *self = Bucket::One(row, w);
+                    let (row, w, id) = rows.pop().expect("one row");
+                    *self = Bucket::One(row, w, id);
                     return false;
                 }
                 rows.is_empty()
             }
         }
+    }
+}
+
+/// "No position" / "not queued" in the [`Image`]'s per-id tables.
+const NONE: u32 = u32::MAX;
+
+/// Queued rows beyond this many (and beyond the image's own row count) drop the image: a view
+/// that changes much between whole-view reads does not keep a second copy of its changes.
+/// (Small in unit tests, so that they drop and rebuild the image often.)
+const MIN_QUEUE_LIMIT: usize = if cfg!(test) { 8 } else { 65_536 };
+
+/// The Arrow copy of a view's contents kept across changes (see the module documentation).
+#[derive(Default)]
+struct Image {
+    /// True while the copy is kept: after the first whole-view read, until the queued rows
+    /// outgrow it.
+    enabled: bool,
+    /// The imaged rows by position (`None` before the first read).
+    batch: Option<RecordBatch>,
+    /// Weight of the row at each position (0: the row left since the last read).
+    weights: Vec<i64>,
+    /// Id of the row at each position.
+    ids: Vec<u32>,
+    /// Positions of rows that left.
+    dead: usize,
+    /// Per id: its position, or `NONE`.
+    position: Vec<u32>,
+    /// Per id: its entry in `queued`, or `NONE`.
+    queued_at: Vec<u32>,
+    /// Ids free for reuse.
+    free: Vec<u32>,
+    /// Rows added since the last read: id (`NONE` once the row left again), weight and the
+    /// end of its encoding in `queued_bytes`.
+    queued: Vec<(u32, i64, usize)>,
+    queued_bytes: Vec<u8>,
+}
+
+impl Image {
+    /// An id for a new distinct row; queues the row while the copy is kept.
+    fn new_row(&mut self, row: &[u8], weight: i64) -> u32 {
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.position.push(NONE);
+                self.queued_at.push(NONE);
+                (self.position.len() - 1) as u32
+            }
+        };
+        self.position[id as usize] = NONE;
+        self.queued_at[id as usize] = NONE;
+        if self.enabled {
+            if self.queued.len() >= MIN_QUEUE_LIMIT.max(self.weights.len()) {
+                self.disable();
+            } else {
+                self.queued_at[id as usize] = self.queued.len() as u32;
+                self.queued_bytes.extend_from_slice(row);
+                self.queued.push((id, weight, self.queued_bytes.len()));
+            }
+        }
+        id
+    }
+
+    /// Records the new weight (> 0) of row `id`.
+    fn set_weight(&mut self, id: u32, weight: i64) {
+        let id = id as usize;
+        if self.position[id] != NONE {
+            self.weights[self.position[id] as usize] = weight;
+        } else if self.queued_at[id] != NONE {
+            self.queued[self.queued_at[id] as usize].1 = weight;
+        }
+    }
+
+    /// Row `id` left the view; its id is free for reuse.
+    fn remove(&mut self, id: u32) {
+        let i = id as usize;
+        if self.position[i] != NONE {
+            self.weights[self.position[i] as usize] = 0;
+            self.dead += 1;
+            self.position[i] = NONE;
+        }
+        if self.queued_at[i] != NONE {
+            self.queued[self.queued_at[i] as usize].0 = NONE;
+            self.queued_at[i] = NONE;
+        }
+        self.free.push(id);
+    }
+
+    /// Drops the copy and the queue (ids stay).
+    fn disable(&mut self) {
+        self.enabled = false;
+        self.batch = None;
+        self.weights = Vec::new();
+        self.ids = Vec::new();
+        self.dead = 0;
+        self.position.fill(NONE);
+        self.queued_at.fill(NONE);
+        self.queued = Vec::new();
+        self.queued_bytes = Vec::new();
     }
 }
 
@@ -134,8 +253,8 @@ struct Contents {
     bytes: u64,
     /// The last snapshot, until the next change.
     cached: Option<RecordBatch>,
-    /// Incremented by every batch that changes the contents.
-    version: u64,
+    /// The Arrow copy that snapshots are refreshed from.
+    image: Image,
     /// The last watermark the view passed on.
     watermark: Option<i64>,
 }
@@ -305,34 +424,131 @@ impl ViewStore {
         self.contents.read().watermark
     }
 
-    /// The view's current rows (a row of weight n appears n times).
-    ///
-    /// Under the read lock the rows are only copied out (one buffer); they are decoded into
-    /// Arrow columns after it is released, so a large view does not hold up its changes for
-    /// the decoding.
+    /// The view's current rows (a row of weight n appears n times), from the image (see the
+    /// module documentation), refreshed under the write lock when the view changed since the
+    /// last read.
     pub fn snapshot(&self) -> Result<RecordBatch> {
         self.full_reads.fetch_add(1, Ordering::Relaxed);
-        let (buffer, ends, version) = {
-            let c = self.contents.read();
-            if let Some(b) = c.cached.clone() {
-                return Ok(b);
+        if let Some(b) = self.contents.read().cached.clone() {
+            return Ok(b);
+        }
+        let mut c = self.contents.write();
+        if let Some(b) = c.cached.clone() {
+            return Ok(b);
+        }
+        if c.image.enabled {
+            self.refresh_image(&mut c)?;
+        } else {
+            self.build_image(&mut c)?;
+        }
+        let batch = self.image_rows(&c.image)?;
+        c.cached = Some(batch.clone());
+        Ok(batch)
+    }
+
+    /// Images every row (the first read, or after the image was dropped).
+    fn build_image(&self, c: &mut Contents) -> Result<()> {
+        let distinct = c.distinct as usize;
+        let mut buffer = Vec::with_capacity(c.bytes as usize);
+        let mut ends = Vec::with_capacity(distinct);
+        let mut weights = Vec::with_capacity(distinct);
+        let mut ids = Vec::with_capacity(distinct);
+        let Contents { rows, image, .. } = c;
+        image.queued_at.fill(NONE);
+        for (key, bucket) in rows.iter() {
+            for (row, weight, id) in bucket.entries(key) {
+                image.position[id as usize] = ids.len() as u32;
+                buffer.extend_from_slice(row);
+                ends.push(buffer.len());
+                weights.push(weight);
+                ids.push(id);
             }
-            let mut buffer = Vec::with_capacity(c.bytes as usize);
-            let mut ends = Vec::with_capacity(c.count as usize);
-            for (row, weight) in c.iter() {
-                for _ in 0..weight {
-                    buffer.extend_from_slice(row);
-                    ends.push(buffer.len());
+        }
+        image.batch = Some(self.decode_buffer(&buffer, &ends)?);
+        image.weights = weights;
+        image.ids = ids;
+        image.dead = 0;
+        image.queued.clear();
+        image.queued_bytes.clear();
+        image.enabled = true;
+        Ok(())
+    }
+
+    /// Brings the image up to date: drops the positions of rows that left, then appends the
+    /// queued rows that are still there.
+    fn refresh_image(&self, c: &mut Contents) -> Result<()> {
+        let image = &mut c.image;
+        let arrow = |e| self.arrow(e);
+        if image.dead > 0 {
+            let keep = arrow::array::BooleanArray::from(
+                image.weights.iter().map(|&w| w > 0).collect::<Vec<bool>>(),
+            );
+            if let Some(batch) = &image.batch {
+                image.batch =
+                    Some(arrow::compute::filter_record_batch(batch, &keep).map_err(arrow)?);
+            }
+            let mut at = 0;
+            let (mut weights, mut ids) = (
+                Vec::with_capacity(image.weights.len()),
+                Vec::with_capacity(image.ids.len()),
+            );
+            for (&w, &id) in image.weights.iter().zip(&image.ids) {
+                if w > 0 {
+                    image.position[id as usize] = at;
+                    weights.push(w);
+                    ids.push(id);
+                    at += 1;
                 }
             }
-            (buffer, ends, c.version)
-        };
-        let batch = self.decode_buffer(&buffer, &ends)?;
-        let mut c = self.contents.write();
-        if c.version == version {
-            c.cached = Some(batch.clone());
+            image.weights = weights;
+            image.ids = ids;
+            image.dead = 0;
         }
-        Ok(batch)
+        if !image.queued.is_empty() {
+            let parser = self.converter.parser();
+            let mut rows = Vec::with_capacity(image.queued.len());
+            let mut start = 0;
+            for &(id, weight, end) in &image.queued {
+                if id != NONE {
+                    rows.push(parser.parse(&image.queued_bytes[start..end]));
+                    image.queued_at[id as usize] = NONE;
+                    image.position[id as usize] = image.ids.len() as u32;
+                    image.ids.push(id);
+                    image.weights.push(weight);
+                }
+                start = end;
+            }
+            let added = rows.len();
+            let added = self.decode(rows, added)?;
+            image.batch = Some(match image.batch.take() {
+                Some(batch) if batch.num_rows() > 0 => {
+                    arrow::compute::concat_batches(&self.schema, [&batch, &added]).map_err(arrow)?
+                }
+                _ => added,
+            });
+            image.queued.clear();
+            image.queued_bytes.clear();
+        }
+        Ok(())
+    }
+
+    /// The image's rows, each as often as its weight.
+    fn image_rows(&self, image: &Image) -> Result<RecordBatch> {
+        let batch = match &image.batch {
+            Some(batch) => batch.clone(),
+            None => RecordBatch::new_empty(self.schema.clone()),
+        };
+        if image.weights.iter().all(|&w| w == 1) {
+            return Ok(batch);
+        }
+        let mut indices: Vec<u32> = Vec::with_capacity(image.weights.len());
+        for (position, &w) in image.weights.iter().enumerate() {
+            for _ in 0..w {
+                indices.push(position as u32);
+            }
+        }
+        arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(indices))
+            .map_err(|e| self.arrow(e))
     }
 
     /// The current rows in the shape of the view's output: with `_op` = `I` for a
@@ -470,7 +686,6 @@ impl ViewStore {
         c.distinct = new_rows as u64;
         if !changes.is_empty() {
             c.cached = None;
-            c.version += 1;
         }
         Ok(())
     }
@@ -498,15 +713,16 @@ impl ViewStore {
     fn add(&self, c: &mut Contents, key: &[u8], row: &[u8], delta: i64) {
         match c.rows.get_mut(key) {
             Some(bucket) => {
-                if bucket.add(row, delta) {
+                if bucket.add(row, delta, &mut c.image) {
                     c.rows.remove(key);
                 }
             }
             None => {
+                let id = c.image.new_row(row, delta);
                 let bucket = if self.key.is_some() {
-                    Bucket::One(row.into(), delta)
+                    Bucket::One(row.into(), delta, id)
                 } else {
-                    Bucket::Row(delta)
+                    Bucket::Row(delta, id)
                 };
                 c.rows.insert(key.into(), bucket);
             }
@@ -891,5 +1107,64 @@ mod tests {
             vec![("a".to_string(), 1)],
             "nothing applied"
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, failure_persistence: None, ..Default::default() })]
+
+        /// Whole-view reads interleaved with changes (keyed and unkeyed views, rows with
+        /// several copies, rows that leave and come back, images dropped for growing queues)
+        /// always equal the multiset the changes leave.
+        #[test]
+        fn snapshots_between_changes_equal_the_contents(
+            batches in proptest::collection::vec(
+                (proptest::collection::vec((0u8..6, 0i64..4, proptest::prelude::any::<bool>()), 0..12), proptest::prelude::any::<bool>()),
+                0..30,
+            ),
+            keyed in proptest::prelude::any::<bool>(),
+        ) {
+            let schema = changes(&[]).schema();
+            let key = ["k".to_string()];
+            let store = ViewStore::new("v", &schema, None, keyed.then_some(&key[..])).unwrap();
+            let mut model: std::collections::BTreeMap<(String, i64), i64> = Default::default();
+            let names = ["a", "b", "c", "d", "e", "f"];
+            for (rows, read) in batches {
+                // A keyed view holds one row per key (an aggregation's): a change replaces
+                // the key's row; an unkeyed one adds or removes copies.
+                let mut batch: Vec<(&str, i64, &str)> = Vec::new();
+                let mut next = model.clone();
+                for (k, n, add) in rows {
+                    let name = names[k as usize];
+                    let held: Vec<(String, i64)> = next.keys().filter(|(kk, _)| kk == name).cloned().collect();
+                    if keyed {
+                        if let Some(old) = held.first() {
+                            batch.push((name, old.1, "U-"));
+                            *next.get_mut(old).unwrap() -= 1;
+                            next.retain(|_, w| *w > 0);
+                        }
+                        if add {
+                            batch.push((name, n, "U+"));
+                            *next.entry((name.to_string(), n)).or_insert(0) += 1;
+                        }
+                    } else if !add && next.contains_key(&(name.to_string(), n)) {
+                        batch.push((name, n, "D"));
+                        *next.get_mut(&(name.to_string(), n)).unwrap() -= 1;
+                        next.retain(|_, w| *w > 0);
+                    } else {
+                        batch.push((name, n, "I"));
+                        *next.entry((name.to_string(), n)).or_insert(0) += 1;
+                    }
+                }
+                store.apply(&changes(&batch)).unwrap();
+                model = next;
+                if read {
+                    let want: Vec<(String, i64)> = model
+                        .iter()
+                        .flat_map(|(row, &w)| std::iter::repeat_n(row.clone(), w as usize))
+                        .collect();
+                    proptest::prop_assert_eq!(contents(&store), want);
+                }
+            }
+        }
     }
 }
