@@ -302,14 +302,16 @@ impl Operator for StagedOperator {
                 self.deliver(input, &mut vec![Message::Batch(rows)], &mut pending)?;
             }
         }
-        if initial.is_none() && pending.iter().all(|m| matches!(m, Message::Batch(_))) {
-            // The top operator's result before any input is what the stages' rows made.
-            let batches: Vec<RecordBatch> = pending
+        if pending.iter().all(|m| matches!(m, Message::Batch(_))) {
+            // The top operator's result before any input: its own rows (a global
+            // aggregation's), then what the stages' rows made of them (as changes the view
+            // nets out, when the top emits a changelog).
+            let batches: Vec<RecordBatch> = initial
                 .into_iter()
-                .filter_map(|m| match m {
+                .chain(pending.into_iter().filter_map(|m| match m {
                     Message::Batch(b) => Some(b),
                     _ => None,
-                })
+                }))
                 .collect();
             if batches.is_empty() {
                 return Ok(None);

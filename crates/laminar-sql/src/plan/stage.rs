@@ -46,15 +46,22 @@ impl SchemaCatalog for WithStages<'_> {
 /// True when the plan holds an operator that keeps state (a join, an aggregation, DISTINCT,
 /// a window function).
 fn keeps_state(plan: &LogicalPlan) -> bool {
-    let mut found = false;
-    let _ = plan.apply(|node| {
-        if matches!(
+    holds(plan, |node| {
+        matches!(
             node,
             LogicalPlan::Join(_)
                 | LogicalPlan::Aggregate(_)
                 | LogicalPlan::Distinct(_)
                 | LogicalPlan::Window(_)
-        ) {
+        )
+    })
+}
+
+/// True when a node of the plan satisfies `test`.
+fn holds(plan: &LogicalPlan, test: impl Fn(&LogicalPlan) -> bool) -> bool {
+    let mut found = false;
+    let _ = plan.apply(|node| {
+        if test(node) {
             found = true;
             return Ok(TreeNodeRecursion::Stop);
         }
@@ -100,12 +107,29 @@ pub(super) fn lower_staged(
     }
     let (_, core) = super::lower::peel_stateless(plan);
     // EMIT, lateness and late data belong to the top operator; a join's state TTL and a
-    // ranking's partition bound to the operator that joins or ranks.
+    // ranking's partition bound to the operators that join or rank: the top one, or else
+    // the stages that hold one.
     let joins = matches!(core, LogicalPlan::Join(_));
     let ranks = matches!(core, LogicalPlan::Window(_));
-    let stage_clauses = StreamingClauses {
-        state_ttl_ms: clauses.state_ttl_ms.filter(|_| !joins),
-        max_partitions: clauses.max_partitions.filter(|_| !ranks),
+    let is_join = |p: &LogicalPlan| matches!(p, LogicalPlan::Join(_));
+    let is_window = |p: &LogicalPlan| matches!(p, LogicalPlan::Window(_));
+    if clauses.state_ttl_ms.is_some() && !joins && !roots.iter().any(|r| holds(r, is_join)) {
+        return Err(SqlError::Invalid(
+            "state.ttl applies to updating joins (it bounds how long a join keeps the rows of an append-only input); this query has none".into(),
+        ));
+    }
+    if clauses.max_partitions.is_some() && !ranks && !roots.iter().any(|r| holds(r, is_window)) {
+        return Err(SqlError::Invalid(
+            "max_partitions applies to top-N queries (ROW_NUMBER, RANK or DENSE_RANK with WHERE rank <= N); this query has none".into(),
+        ));
+    }
+    let stage_clauses = |root: &LogicalPlan| StreamingClauses {
+        state_ttl_ms: clauses
+            .state_ttl_ms
+            .filter(|_| !joins && holds(root, is_join)),
+        max_partitions: clauses
+            .max_partitions
+            .filter(|_| !ranks && holds(root, is_window)),
         ..StreamingClauses::default()
     };
     let top_clauses = StreamingClauses {
@@ -125,7 +149,7 @@ pub(super) fn lower_staged(
         while catalog.relation(&name).is_some() {
             name.insert(0, '_');
         }
-        let (stage, renamed) = plan_stage(root, &name, catalog, &stage_clauses)?;
+        let (stage, renamed) = plan_stage(root, &name, catalog, &stage_clauses(root))?;
         stages.push((name, stage));
         replacements.push((root, renamed));
     }
