@@ -447,7 +447,7 @@ impl AggregateOperator {
         };
         let retained = match &self.state {
             State::Fast(s) => s.min_retained(self.spec.output_time),
-            State::General(s) => s.min_retained(self.spec.output_time),
+            State::General(s) => s.min_retained(&self.spec),
             State::Incremental(_) => None,
         };
         retained.map_or(bound, |r| r.min(bound))
@@ -677,6 +677,11 @@ impl Operator for AggregateOperator {
             {
                 self.push_output(batch, out);
             }
+        }
+        if let State::General(state) = &mut self.state
+            && state.take_recut_due()
+        {
+            self.close_windows(out)?;
         }
         if let (Some(keyed), Some((rows, _))) = (self.keyed.as_mut(), &keyed_rows) {
             let times = prepared.times.as_deref().unwrap_or(&[]);

@@ -50,6 +50,16 @@ fn queries() -> Vec<(String, String, bool)> {
             ),
             false,
         ),
+        // The default EMIT of a window (ON WATERMARK, no lateness): append-only output.
+        (
+            format!(
+                "SELECT auction, session_end(ts, INTERVAL '300' MILLISECOND) AS e, COUNT(*) AS n, SUM(price) AS total FROM c GROUP BY auction, {session}"
+            ),
+            format!(
+                "SELECT auction, MAX(ts) + 300 AS e, COUNT(*) AS n, SUM(price) AS total FROM {SESSIONS} GROUP BY auction, sid"
+            ),
+            false,
+        ),
         (
             format!(
                 "SELECT {session} AS s, COUNT(*) FILTER (WHERE price > 30) AS big, AVG(price) AS a FROM c GROUP BY {session} HAVING COUNT(*) > 1 EMIT CHANGES"
@@ -217,7 +227,7 @@ proptest! {
         changes in changes_strategy(),
         splits in proptest::collection::vec(0usize..1000, 0..8),
         watermarks in proptest::collection::vec(any::<bool>(), 0..8),
-        query in 0..3usize,
+        query in 0..4usize,
         workers in 1usize..=2,
     ) {
         check(query, &changes, &splits, &watermarks, workers)?;

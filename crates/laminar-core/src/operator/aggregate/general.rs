@@ -121,6 +121,9 @@ pub(crate) struct GeneralState {
     /// A lower bound of every session end (skips scans on watermarks that close nothing).
     session_min_end: i64,
     session_min_start: Option<i64>,
+    /// A changelog deletion shrank or split a session to end at or below the watermark:
+    /// the operator runs its watermark step after the batch.
+    recut_due: bool,
     /// Output rows of merged-away sessions, retracted at the next emission.
     retractions: Vec<Vec<ScalarValue>>,
     /// The live rows of open sessions (session windows over a changelog input).
@@ -162,6 +165,7 @@ impl GeneralState {
             sessions: HashMap::default(),
             session_min_end: END_OF_TIME,
             session_min_start: None,
+            recut_due: false,
             retractions: Vec::new(),
             session_rows: if changelog && spec.window.is_some_and(|w| w.is_session()) {
                 Some(session_rows::SessionRows::new(spec)?)
@@ -327,7 +331,10 @@ impl GeneralState {
                                 true,
                             )?;
                             sessions[holder].check = true;
-                        } else if too_late {
+                        } else if too_late && !sessions.iter().any(|s| s.start <= hi && s.end >= lo)
+                        {
+                            // Late by the insertion's rule: its insertion would join no
+                            // open session either.
                             late[row as usize] = true;
                             any_late = true;
                         } else {
@@ -403,9 +410,10 @@ impl GeneralState {
             }
             feed_run(spec, sessions, run_target, prepared, &mut run)?;
             if let Some(store) = &self.session_rows {
-                let ends =
-                    recut_sessions(spec, store, key, sessions, watermark, &mut self.retractions)?;
+                let ends = recut_sessions(spec, store, key, sessions, &mut self.retractions)?;
                 self.session_min_end = self.session_min_end.min(ends);
+                // A session that shrank to end at or below the watermark is due now.
+                self.recut_due |= ends <= watermark;
                 if sessions.is_empty() {
                     self.sessions.remove(key);
                 }
@@ -624,13 +632,6 @@ impl GeneralState {
                 }
             }
         }
-        if let Some(store) = &mut self.session_rows {
-            let horizon = spec
-                .window
-                .map_or(0, |w| w.span())
-                .saturating_add(spec.lateness);
-            store.prune_pending(watermarks.input.saturating_sub(horizon));
-        }
         for (key, start) in closed_sessions {
             if let Some(sessions) = self.sessions.get_mut(&key) {
                 if let Some(store) = &mut self.session_rows
@@ -644,6 +645,23 @@ impl GeneralState {
                 }
             }
         }
+        if let Some(store) = &mut self.session_rows {
+            let gap = spec.window.map_or(0, |w| w.span());
+            let sessions = &self.sessions;
+            // A pending deletion goes once its insertion would be late: too late for its own
+            // session and joining no open one.
+            store.prune_pending(
+                watermarks
+                    .input
+                    .saturating_sub(gap.saturating_add(spec.lateness)),
+                |key, t| {
+                    sessions.get(key).is_some_and(|open| {
+                        open.iter()
+                            .any(|s| s.start <= t.saturating_add(gap) && s.end >= t)
+                    })
+                },
+            );
+        }
         self.session_min_start = self
             .sessions
             .values()
@@ -652,7 +670,14 @@ impl GeneralState {
         Ok(out)
     }
 
-    pub(crate) fn min_retained(&self, time: OutputTime) -> Option<i64> {
+    /// True once after a batch in which a deletion made a session end at or below the
+    /// watermark (it is emitted or closed now, not at the next watermark).
+    pub(crate) fn take_recut_due(&mut self) -> bool {
+        std::mem::take(&mut self.recut_due)
+    }
+
+    pub(crate) fn min_retained(&self, spec: &AggregateSpec) -> Option<i64> {
+        let time = spec.output_time;
         let windows = match time {
             OutputTime::None => return None,
             OutputTime::WindowStart => self
@@ -665,6 +690,12 @@ impl GeneralState {
         };
         let sessions = match time {
             OutputTime::WindowStart => self.session_min_start,
+            // Over a changelog input a deletion can shrink a session down to its first row
+            // plus the gap, so that bounds the ends still to come.
+            _ if self.session_rows.is_some() => self
+                .session_min_start
+                .map(|start| start.saturating_add(spec.window.map_or(0, |w| w.span())))
+                .map(|end| end.min(self.session_min_end)),
             _ => (self.session_min_end != END_OF_TIME).then_some(self.session_min_end),
         };
         match (windows, sessions) {
@@ -772,14 +803,15 @@ fn feed_run(
 /// Re-cuts the sessions of one key that lost rows (changelog input) from the key's live
 /// rows: a session without rows left goes (its last output row is retracted), one whose rows
 /// still form one session shrinks to them, and one whose rows fell apart is replaced by one
-/// session per piece, each rebuilt from its rows. Returns the smallest end among the sessions
-/// it changed (`END_OF_TIME` when none).
+/// session per piece, each rebuilt from its rows. A session that was emitted stays so (its
+/// new row is a correction); a new piece is first emitted when the watermark passes its end,
+/// as any session. Returns the smallest end among the sessions it changed (`END_OF_TIME` when
+/// none).
 fn recut_sessions(
     spec: &AggregateSpec,
     store: &session_rows::SessionRows,
     key: &[u8],
     sessions: &mut Vec<Session>,
-    watermark: i64,
     retractions: &mut Vec<Vec<ScalarValue>>,
 ) -> Result<i64> {
     let gap = spec.window.expect("session").span();
@@ -796,7 +828,6 @@ fn recut_sessions(
             let session = &mut sessions[i];
             session.start = first;
             session.end = last.saturating_add(gap);
-            session.group.emitted |= session.end <= watermark;
             min_end = min_end.min(session.end);
             i += 1;
             continue;
@@ -810,7 +841,6 @@ fn recut_sessions(
             group.watermark_key = old.group.watermark_key.clone();
             store.rebuild(spec, key, first, last, &mut group)?;
             let end = last.saturating_add(gap);
-            group.emitted = end <= watermark;
             min_end = min_end.min(end);
             sessions.insert(
                 i + n,

@@ -6,11 +6,13 @@
 //!
 //! A deletion of a row that is not present (its insertion has not arrived yet) is held as a
 //! pending deletion that cancels the insertion when it comes; it is dropped once such an
-//! insertion would be too late.
+//! insertion would be too late (by the same rule as for insertions: too late for its own
+//! window and joining no open session of its key).
 
 use std::collections::BTreeMap;
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, UInt32Array};
+use arrow::datatypes::DataType;
 use arrow::row::{RowConverter, Rows, SortField};
 
 use super::{Group, HashMap, KeySet, Session, update_group_with};
@@ -21,13 +23,19 @@ use crate::snapshot::{SnapshotReader, SnapshotWriter};
 /// One key's live rows: (event time, encoded row) -> multiplicity (always > 0).
 type KeyRows = BTreeMap<(i64, Box<[u8]>), i64>;
 
-/// Pending deletions: (event time, group key, encoded row) -> count (always < 0).
-type PendingDeletions = BTreeMap<(i64, Box<[u8]>, Box<[u8]>), i64>;
+/// Pending deletions -> count (always < 0).
+type PendingDeletions = BTreeMap<PendingEntry, i64>;
+
+/// (event time, group key, encoded row) of a pending deletion.
+type PendingEntry = (i64, Box<[u8]>, Box<[u8]>);
 
 /// The live rows of the open sessions of a changelog session aggregation.
 pub(super) struct SessionRows {
     /// Encodes the event time, then per aggregate its inputs and FILTER mask.
     converter: RowConverter,
+    /// The type of each encoded column (decoding yields a dictionary's value type, cast
+    /// back to this).
+    types: Vec<DataType>,
     /// Per aggregate: the number of input columns and whether a FILTER mask follows.
     layout: Vec<(usize, bool)>,
     /// Per group key, its live rows.
@@ -44,26 +52,26 @@ impl SessionRows {
             operator: spec.name.clone(),
             source,
         };
-        let mut fields = vec![SortField::new(arrow::datatypes::DataType::Int64)];
+        let mut types = vec![DataType::Int64];
         let mut layout = Vec::with_capacity(spec.aggregates.len());
         for call in &spec.aggregates {
             let inputs = call.inputs();
             for input in &inputs {
-                fields.push(SortField::new(
-                    input.data_type(&spec.input_schema).map_err(df)?,
-                ));
+                types.push(input.data_type(&spec.input_schema).map_err(df)?);
             }
             if call.filter.is_some() {
-                fields.push(SortField::new(arrow::datatypes::DataType::Boolean));
+                types.push(DataType::Boolean);
             }
             layout.push((inputs.len(), call.filter.is_some()));
         }
+        let fields = types.iter().map(|t| SortField::new(t.clone())).collect();
         let converter = RowConverter::new(fields).map_err(|source| CoreError::Arrow {
             operator: spec.name.clone(),
             source,
         })?;
         Ok(SessionRows {
             converter,
+            types,
             layout,
             live: HashMap::default(),
             pending: BTreeMap::new(),
@@ -215,11 +223,20 @@ impl SessionRows {
             return Ok(());
         }
         let columns = self.converter.convert_rows(encoded).map_err(arrow_error)?;
-        // Repeated rows: take each encoded row as often as it occurs.
+        // Repeated rows: take each encoded row as often as it occurs; a dictionary column
+        // decodes as its values and is cast back.
         let take = UInt32Array::from(indices);
         let columns = columns
             .iter()
-            .map(|c| arrow::compute::take(c.as_ref(), &take, None))
+            .zip(&self.types)
+            .map(|(c, data_type)| {
+                let taken = arrow::compute::take(c.as_ref(), &take, None)?;
+                if taken.data_type() == data_type {
+                    Ok(taken)
+                } else {
+                    arrow::compute::cast(&taken, data_type)
+                }
+            })
             .collect::<std::result::Result<Vec<ArrayRef>, _>>()
             .map_err(arrow_error)?;
         let mut args = Vec::with_capacity(self.layout.len());
@@ -259,15 +276,18 @@ impl SessionRows {
     }
 
     /// Drops pending deletions whose insertion would be too late: event time at or below
-    /// `bound`.
-    pub(super) fn prune_pending(&mut self, bound: i64) {
-        while let Some(entry) = self.pending.first_entry() {
-            if entry.key().0 > bound {
-                break;
-            }
-            let (_, key, row) = entry.key();
-            self.bytes -= (key.len() + row.len()) as u64;
-            entry.remove();
+    /// `bound` and, by `open`, no open session of their key that the insertion would join.
+    pub(super) fn prune_pending(&mut self, bound: i64, open: impl Fn(&[u8], i64) -> bool) {
+        let doomed: Vec<PendingEntry> = self
+            .pending
+            .keys()
+            .take_while(|(t, _, _)| *t <= bound)
+            .filter(|(t, key, _)| !open(key, *t))
+            .cloned()
+            .collect();
+        for entry in doomed {
+            self.bytes -= (entry.1.len() + entry.2.len()) as u64;
+            self.pending.remove(&entry);
         }
     }
 
