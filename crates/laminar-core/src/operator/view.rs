@@ -19,11 +19,12 @@
 //! that is kept across changes (`Image`): every distinct row has an id, held by its bucket
 //! entry, and the copy holds rows at positions with their weights. A change to an imaged row
 //! only writes its weight (0 when it leaves); a new row is queued with its encoding. The next
-//! snapshot drops the positions of rows that left (a vectorized filter), decodes only the
-//! queued rows and appends them, so its cost is a pass over the copy plus the changes, not a
-//! walk of every bucket. It runs under the write lock. The first snapshot, and the first
-//! after the queued rows outgrew the copy (the copy is then dropped until a read needs it),
-//! decode every row.
+//! snapshot drops the positions of rows that left (a vectorized filter of the chunks that
+//! held them: the copy is a list of batches of at most `CHUNK_ROWS` rows, so untouched chunks
+//! are shared, not copied), decodes only the queued rows and appends them as new chunks, so
+//! its cost is a pass over the changed chunks plus the changes, not a walk of every bucket.
+//! It runs under the write lock. The first snapshot, and the first after the queued rows
+//! outgrew the copy (the copy is then dropped until a read needs it), decode every row.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -152,14 +153,18 @@ const NONE: u32 = u32::MAX;
 /// (Small in unit tests, so that they drop and rebuild the image often.)
 const MIN_QUEUE_LIMIT: usize = if cfg!(test) { 8 } else { 65_536 };
 
+/// Rows per chunk of the [`Image`]: adjacent chunks that fit in this many rows together are
+/// merged after a refresh. (Small in unit tests, so that they split and merge often.)
+const CHUNK_ROWS: usize = if cfg!(test) { 4 } else { 32_768 };
+
 /// The Arrow copy of a view's contents kept across changes (see the module documentation).
 #[derive(Default)]
 struct Image {
     /// True while the copy is kept: after the first whole-view read, until the queued rows
     /// outgrow it.
     enabled: bool,
-    /// The imaged rows by position (`None` before the first read).
-    batch: Option<RecordBatch>,
+    /// The imaged rows by position: the chunks in order, none before the first read.
+    chunks: Vec<RecordBatch>,
     /// Weight of the row at each position (0: the row left since the last read).
     weights: Vec<i64>,
     /// Id of the row at each position.
@@ -231,7 +236,7 @@ impl Image {
     /// Drops the copy and the queue (ids stay).
     fn disable(&mut self) {
         self.enabled = false;
-        self.batch = None;
+        self.chunks = Vec::new();
         self.weights = Vec::new();
         self.ids = Vec::new();
         self.dead = 0;
@@ -252,7 +257,7 @@ struct Contents {
     count: u64,
     bytes: u64,
     /// The last snapshot, until the next change.
-    cached: Option<RecordBatch>,
+    cached: Option<Vec<RecordBatch>>,
     /// The Arrow copy that snapshots are refreshed from.
     image: Image,
     /// The last watermark the view passed on.
@@ -428,6 +433,16 @@ impl ViewStore {
     /// module documentation), refreshed under the write lock when the view changed since the
     /// last read.
     pub fn snapshot(&self) -> Result<RecordBatch> {
+        let chunks = self.snapshot_chunks()?;
+        match &chunks[..] {
+            [one] => Ok(one.clone()),
+            _ => arrow::compute::concat_batches(&self.schema, &chunks).map_err(|e| self.arrow(e)),
+        }
+    }
+
+    /// The view's current rows as [`ViewStore::snapshot`] has them, in several batches (the
+    /// image's chunks, shared rather than copied into one batch).
+    pub fn snapshot_chunks(&self) -> Result<Vec<RecordBatch>> {
         self.full_reads.fetch_add(1, Ordering::Relaxed);
         if let Some(b) = self.contents.read().cached.clone() {
             return Ok(b);
@@ -441,9 +456,9 @@ impl ViewStore {
         } else {
             self.build_image(&mut c)?;
         }
-        let batch = self.image_rows(&c.image)?;
-        c.cached = Some(batch.clone());
-        Ok(batch)
+        let chunks = self.image_rows(&c.image)?;
+        c.cached = Some(chunks.clone());
+        Ok(chunks)
     }
 
     /// Images every row (the first read, or after the image was dropped).
@@ -464,7 +479,11 @@ impl ViewStore {
                 ids.push(id);
             }
         }
-        image.batch = Some(self.decode_buffer(&buffer, &ends)?);
+        let all = self.decode_buffer(&buffer, &ends)?;
+        image.chunks = (0..all.num_rows())
+            .step_by(CHUNK_ROWS)
+            .map(|at| all.slice(at, CHUNK_ROWS.min(all.num_rows() - at)))
+            .collect();
         image.weights = weights;
         image.ids = ids;
         image.dead = 0;
@@ -480,13 +499,25 @@ impl ViewStore {
         let image = &mut c.image;
         let arrow = |e| self.arrow(e);
         if image.dead > 0 {
-            let keep = arrow::array::BooleanArray::from(
-                image.weights.iter().map(|&w| w > 0).collect::<Vec<bool>>(),
-            );
-            if let Some(batch) = &image.batch {
-                image.batch =
-                    Some(arrow::compute::filter_record_batch(batch, &keep).map_err(arrow)?);
+            // Only the chunks that held rows that left are filtered (copied).
+            let mut offset = 0;
+            let mut kept = Vec::with_capacity(image.chunks.len());
+            for chunk in &image.chunks {
+                let weights = &image.weights[offset..offset + chunk.num_rows()];
+                offset += chunk.num_rows();
+                if weights.iter().all(|&w| w > 0) {
+                    kept.push(chunk.clone());
+                    continue;
+                }
+                let keep = arrow::array::BooleanArray::from(
+                    weights.iter().map(|&w| w > 0).collect::<Vec<bool>>(),
+                );
+                let filtered = arrow::compute::filter_record_batch(chunk, &keep).map_err(arrow)?;
+                if filtered.num_rows() > 0 {
+                    kept.push(filtered);
+                }
             }
+            image.chunks = kept;
             let mut at = 0;
             let (mut weights, mut ids) = (
                 Vec::with_capacity(image.weights.len()),
@@ -520,35 +551,74 @@ impl ViewStore {
             }
             let added = rows.len();
             let added = self.decode(rows, added)?;
-            image.batch = Some(match image.batch.take() {
-                Some(batch) if batch.num_rows() > 0 => {
-                    arrow::compute::concat_batches(&self.schema, [&batch, &added]).map_err(arrow)?
-                }
-                _ => added,
-            });
+            if added.num_rows() > 0 {
+                image.chunks.push(added);
+            }
             image.queued.clear();
             image.queued_bytes.clear();
         }
+        image.chunks = self.merge_small_chunks(std::mem::take(&mut image.chunks))?;
         Ok(())
     }
 
-    /// The image's rows, each as often as its weight.
-    fn image_rows(&self, image: &Image) -> Result<RecordBatch> {
-        let batch = match &image.batch {
-            Some(batch) => batch.clone(),
-            None => RecordBatch::new_empty(self.schema.clone()),
-        };
-        if image.weights.iter().all(|&w| w == 1) {
-            return Ok(batch);
-        }
-        let mut indices: Vec<u32> = Vec::with_capacity(image.weights.len());
-        for (position, &w) in image.weights.iter().enumerate() {
-            for _ in 0..w {
-                indices.push(position as u32);
+    /// Merges runs of adjacent chunks that together hold at most `CHUNK_ROWS` rows (chunks
+    /// shrink as rows leave them, and every refresh appends one), keeping the row order.
+    fn merge_small_chunks(&self, chunks: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        let mut merged: Vec<RecordBatch> = Vec::with_capacity(chunks.len());
+        let mut run: Vec<RecordBatch> = Vec::new();
+        let mut run_rows = 0;
+        let mut flush = |run: &mut Vec<RecordBatch>| -> Result<()> {
+            match run.len() {
+                0 => {}
+                1 => merged.append(run),
+                _ => {
+                    merged.push(
+                        arrow::compute::concat_batches(&self.schema, run.iter())
+                            .map_err(|e| self.arrow(e))?,
+                    );
+                    run.clear();
+                }
             }
+            Ok(())
+        };
+        for chunk in chunks {
+            if run_rows + chunk.num_rows() > CHUNK_ROWS {
+                flush(&mut run)?;
+                run_rows = 0;
+            }
+            run_rows += chunk.num_rows();
+            run.push(chunk);
         }
-        arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(indices))
-            .map_err(|e| self.arrow(e))
+        flush(&mut run)?;
+        Ok(merged)
+    }
+
+    /// The image's rows, each as often as its weight.
+    fn image_rows(&self, image: &Image) -> Result<Vec<RecordBatch>> {
+        if image.chunks.is_empty() {
+            return Ok(vec![RecordBatch::new_empty(self.schema.clone())]);
+        }
+        let mut out = Vec::with_capacity(image.chunks.len());
+        let mut offset = 0;
+        for chunk in &image.chunks {
+            let weights = &image.weights[offset..offset + chunk.num_rows()];
+            offset += chunk.num_rows();
+            if weights.iter().all(|&w| w == 1) {
+                out.push(chunk.clone());
+                continue;
+            }
+            let mut indices: Vec<u32> = Vec::with_capacity(weights.len());
+            for (position, &w) in weights.iter().enumerate() {
+                for _ in 0..w {
+                    indices.push(position as u32);
+                }
+            }
+            out.push(
+                arrow::compute::take_record_batch(chunk, &arrow::array::UInt32Array::from(indices))
+                    .map_err(|e| self.arrow(e))?,
+            );
+        }
+        Ok(out)
     }
 
     /// The current rows in the shape of the view's output: with `_op` = `I` for a

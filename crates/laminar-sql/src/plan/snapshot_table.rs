@@ -36,7 +36,7 @@ pub(crate) struct SnapshotReads {
     /// How many scans of each view the query's final plan has (set after optimization).
     scans: HashMap<String, usize>,
     /// The whole contents of each relation read so far.
-    taken: HashMap<String, RecordBatch>,
+    taken: HashMap<String, Vec<RecordBatch>>,
 }
 
 impl SnapshotReads {
@@ -172,14 +172,14 @@ impl SnapshotTable {
     }
 
     /// The whole contents as this query sees them.
-    fn whole(&self) -> Result<RecordBatch> {
+    fn whole(&self) -> Result<Vec<RecordBatch>> {
         let mut reads = self.lock()?;
         if let Some(rows) = reads.taken.get(&self.name) {
             return Ok(rows.clone());
         }
         let rows = match &self.contents {
-            Contents::View(store) => store.snapshot(),
-            Contents::Table(store) => store.snapshot(),
+            Contents::View(store) => store.snapshot_chunks(),
+            Contents::Table(store) => store.snapshot().map(|rows| vec![rows]),
         }
         .map_err(|e| DataFusionError::Execution(e.to_string()))?;
         reads.taken.insert(self.name.clone(), rows.clone());
@@ -233,13 +233,14 @@ impl TableProvider for SnapshotTable {
             None
         };
         let rows = match (keys, self.keyed_view()) {
-            (Some(keys), Some((store, _))) => store
-                .lookup(&keys)
-                .map_err(|e| DataFusionError::Execution(e.to_string()))?,
+            (Some(keys), Some((store, _))) => vec![
+                store
+                    .lookup(&keys)
+                    .map_err(|e| DataFusionError::Execution(e.to_string()))?,
+            ],
             _ => self.whole()?,
         };
-        let source =
-            MemorySourceConfig::try_new(&[vec![rows]], self.schema(), projection.cloned())?;
+        let source = MemorySourceConfig::try_new(&[rows], self.schema(), projection.cloned())?;
         Ok(DataSourceExec::from_data_source(source))
     }
 }
