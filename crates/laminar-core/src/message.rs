@@ -22,6 +22,17 @@ pub const NO_WATERMARK: i64 = i64::MIN;
 /// Watermark value meaning "end of time": every window closes, every bound expires.
 pub const END_OF_TIME: i64 = i64::MAX;
 
+/// The bit that makes a [`Message::Barrier`] id a read mark. A snapshot query over several
+/// materialized views puts a read mark into every source; each view it reads saves its
+/// contents when the mark reaches it, so the query sees every view at the same point of the
+/// input (checkpoint epochs never reach this bit).
+pub const READ_MARK: u64 = 1 << 63;
+
+/// True when barrier id `id` is a read mark rather than a checkpoint epoch.
+pub fn is_read_mark(id: u64) -> bool {
+    id & READ_MARK != 0
+}
+
 /// One message on an edge of the operator graph.
 #[derive(Debug, Clone)]
 pub enum Message {
@@ -30,7 +41,9 @@ pub enum Message {
     /// Event-time watermark in epoch milliseconds: no later row on this edge is expected to
     /// have an event time below it. Watermarks on one edge never decrease.
     Watermark(i64),
-    /// Checkpoint barrier for the given epoch.
+    /// Checkpoint barrier for the given epoch, or a read mark (an id with [`READ_MARK`]
+    /// set). Both are aligned at every node with several inputs; a read mark takes no
+    /// snapshot and commits nothing (see [`is_read_mark`]).
     Barrier(u64),
     /// The sender has had no data for its idle timeout: downstream operators exclude this
     /// input from their watermark minimum until the next `Batch` or `Watermark` arrives.

@@ -153,6 +153,15 @@ impl TableStore {
         Ok(bytes)
     }
 
+    /// [`TableStore::snapshot`], then `then()`, with no write in between: a read mark goes
+    /// into the change feed at exactly the point of the rows read.
+    pub fn snapshot_then(&self, then: impl FnOnce() -> Result<()>) -> Result<RecordBatch> {
+        let _writer = self.writer.lock();
+        let rows = self.snapshot()?;
+        then()?;
+        Ok(rows)
+    }
+
     /// Hands `changes` to the feed, if any and if there are changes.
     fn publish(&self, feed: &Option<ChangeFeed>, changes: Option<RecordBatch>) -> Result<()> {
         match (feed, changes) {

@@ -58,6 +58,11 @@ pub(crate) struct DbInner {
     pub(crate) alignment_groups: Mutex<
         std::collections::HashMap<String, std::sync::Weak<laminar_core::time::AlignmentGroup>>,
     >,
+    /// Held while checkpoint barriers or a read mark enter the sources, so every source
+    /// gets them in one order (a node aligning one never meets the other first).
+    pub(crate) barrier_order: Mutex<()>,
+    /// The next read mark (without the `READ_MARK` bit).
+    pub(crate) next_read_mark: AtomicU64,
 }
 
 /// An embedded streaming SQL database. Cheap to clone (shared handle).
@@ -112,6 +117,8 @@ impl LaminarDB {
                 failures: Arc::new(Mutex::new(Vec::new())),
                 durability,
                 alignment_groups: Mutex::new(std::collections::HashMap::new()),
+                barrier_order: Mutex::new(()),
+                next_read_mark: AtomicU64::new(1),
             }),
         };
         if let Some(interval) = db
@@ -349,6 +356,7 @@ impl LaminarDB {
     /// Puts barrier `epoch` into every source; returns the rows of every table, those of a
     /// table read as a changelog saved at the point of its changelog's barrier.
     fn inject_barriers(&self, epoch: u64) -> Vec<(String, Vec<u8>)> {
+        let _order = self.inner.barrier_order.lock();
         // Without the catalog lock: saving a table waits for a write in progress, which may
         // wait for room in the table's changelog queue.
         let stores: Vec<_> = self

@@ -38,11 +38,11 @@ pub(crate) struct SourceRunner {
     handle: Option<JoinHandle<()>>,
 }
 
-/// A checkpoint barrier the read loop is asked to inject, and whether the loop still runs
-/// (when it does not, the requester injects the barrier itself).
+/// The checkpoint barriers and read marks the read loop is asked to inject, in request
+/// order, and whether the loop still runs (when it does not, the requester injects them).
 #[derive(Default)]
 struct BarrierRequest {
-    epoch: Option<u64>,
+    pending: std::collections::VecDeque<u64>,
     loop_running: bool,
 }
 
@@ -83,12 +83,12 @@ impl SourceRunner {
             .map_err(|e| e.to_string())
     }
 
-    /// Injects checkpoint barrier `epoch` after the last batch read (between two polls),
-    /// reporting the connector's position at that point to the checkpoint.
+    /// Injects checkpoint barrier (or read mark) `epoch` after the last batch read (between
+    /// two polls), reporting the connector's position at that point to the checkpoint.
     pub(crate) fn request_barrier(&self, epoch: u64, target: &IngestTarget) {
         let mut request = self.barrier.lock();
         if request.loop_running {
-            request.epoch = Some(epoch);
+            request.pending.push_back(epoch);
         } else {
             drop(request);
             inject_barrier(&self.connector, target, self.durable.as_deref(), epoch);
@@ -139,7 +139,7 @@ impl SourceRunner {
                 // From here on, requesters inject barriers themselves.
                 let mut request = barrier.lock();
                 request.loop_running = false;
-                if let Some(epoch) = request.epoch.take() {
+                for epoch in std::mem::take(&mut request.pending) {
                     inject_barrier(&connector, &target, durable.as_deref(), epoch);
                 }
             }
@@ -186,13 +186,18 @@ fn source_environment(
     }
 }
 
-/// Sends barrier `epoch` into the source queue and reports the position it stands for.
+/// Sends barrier `epoch` into the source queue and reports the position it stands for (a
+/// read mark is only sent).
 fn inject_barrier(
     connector: &Mutex<Box<dyn SourceConnector>>,
     target: &IngestTarget,
     durable: Option<&Durability>,
     epoch: u64,
 ) {
+    if laminar_core::message::is_read_mark(epoch) {
+        let _ = target.input.send_blocking(Message::Barrier(epoch));
+        return;
+    }
     let position = connector.lock().position();
     let sent = target
         .input
@@ -218,8 +223,8 @@ impl ReadLoop<'_> {
         let target = self.target;
         let mut input_ended = false;
         while !self.stop.load(Ordering::SeqCst) {
-            let requested = self.barrier.lock().epoch.take();
-            if let Some(epoch) = requested {
+            let requested = std::mem::take(&mut self.barrier.lock().pending);
+            for epoch in requested {
                 inject_barrier(self.connector, target, self.durable, epoch);
             }
             if input_ended || self.paused.load(Ordering::SeqCst) {
@@ -466,6 +471,9 @@ impl SinkWriter<'_> {
                 let Some(epochs) = self.epochs else {
                     return Ok(());
                 };
+                if laminar_core::message::is_read_mark(*epoch) {
+                    return Ok(());
+                }
                 // Everything before the barrier becomes durable but stays invisible
                 // until the checkpoint completes.
                 let result = self

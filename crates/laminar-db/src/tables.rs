@@ -588,21 +588,200 @@ impl LaminarDB {
         Ok(self.inner.planner.snapshot_plan(query, &*catalog)?)
     }
 
-    /// Runs a query from [`LaminarDB::snapshot_plan`] (tables, views and constants).
+    /// Runs a query from [`LaminarDB::snapshot_plan`] (tables, views and constants). A query
+    /// that reads a materialized view and any other relation reads them all at one point
+    /// of the input ([`LaminarDB::read_at_one_point`]).
     pub(crate) async fn run_snapshot(
         &self,
         query: laminar_sql::plan::SnapshotQuery,
     ) -> Result<Vec<RecordBatch>, DbError> {
-        let (plan, state) = self.inner.planner.optimize_snapshot(query)?;
+        let run = self.inner.planner.optimize_snapshot(query)?;
+        let at_one_point = {
+            let catalog = self.inner.catalog.read();
+            let views: Vec<&String> = run
+                .relations()
+                .iter()
+                .filter(|r| catalog.streams.get(*r).is_some_and(|s| s.view.is_some()))
+                .collect();
+            // Several relations, or one view whose changes come from parallel aggregation
+            // instances (each applied on its own, so one input batch arrives in parts).
+            !views.is_empty()
+                && (run.relations().len() > 1 || views.iter().any(|v| fed_in_parallel(&catalog, v)))
+        };
+        if at_one_point {
+            let db = self.clone();
+            let relations = run.relations().to_vec();
+            let rows = self
+                .inner
+                .io_handle
+                .spawn_blocking(move || db.read_at_one_point(&relations))
+                .await
+                .map_err(|e| DbError::Engine(format!("reading the views failed: {e}")))??;
+            run.read_from(rows);
+        }
         // The plan is optimized already: physical planning only.
-        let physical = state
+        let physical = run
+            .state
             .query_planner()
-            .create_physical_plan(&plan, &state)
+            .create_physical_plan(&run.plan, &run.state)
             .await
             .map_err(|e| DbError::from(SqlError::Plan(e)))?;
-        datafusion::physical_plan::collect(physical, state.task_ctx())
+        datafusion::physical_plan::collect(physical, run.state.task_ctx())
             .await
             .map_err(|e| DbError::Engine(e.to_string()))
+    }
+
+    /// Reads the named materialized views and tables at one point of the input: a read mark
+    /// enters every source (in the order of checkpoint barriers); each view saves its
+    /// contents when the mark reaches it, after every row that entered before the mark and
+    /// none after; each table is read as the mark enters its changelog. A view whose
+    /// pipeline has ended is read as it is (nothing changes it any more).
+    fn read_at_one_point(
+        &self,
+        relations: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<RecordBatch>>, DbError> {
+        use laminar_core::message::READ_MARK;
+        let mark = READ_MARK | self.inner.next_read_mark.fetch_add(1, Ordering::Relaxed);
+        let mut rows = std::collections::HashMap::new();
+        let (views, tables) = {
+            let catalog = self.inner.catalog.read();
+            let views: Vec<(String, Arc<ViewStore>, Arc<laminar_core::runtime::Node>)> = relations
+                .iter()
+                .filter_map(|r| catalog.streams.get(r))
+                .filter_map(|s| {
+                    let v = s.view.as_ref()?;
+                    Some((s.name.clone(), v.store.clone(), v.node.clone()))
+                })
+                .collect();
+            let tables: Vec<_> = catalog
+                .tables
+                .values()
+                .map(|t| {
+                    let feed = t.feed.as_ref().map(|f| (f.input.clone(), f.open.clone()));
+                    (t.name.clone(), t.store.clone(), feed)
+                })
+                .collect();
+            (views, tables)
+        };
+        let engine = |e: laminar_core::CoreError| DbError::Engine(e.to_string());
+        // A recovering database holds table changes until it starts: nothing moves, so the
+        // relations are read as they are.
+        let held = tables.iter().any(|(_, _, feed)| {
+            feed.as_ref()
+                .is_some_and(|(_, open)| !open.load(Ordering::SeqCst))
+        });
+        if held {
+            for (name, store, _) in &views {
+                rows.insert(name.clone(), store.snapshot_chunks().map_err(engine)?);
+            }
+            for (name, store, _) in tables.iter().filter(|(n, _, _)| relations.contains(n)) {
+                rows.insert(name.clone(), vec![store.snapshot().map_err(engine)?]);
+            }
+            return Ok(rows);
+        }
+        for (_, store, _) in &views {
+            store.want_mark(mark);
+        }
+        let _forget = ForgetMark {
+            mark,
+            views: views.iter().map(|(_, store, _)| store.clone()).collect(),
+        };
+        {
+            let _order = self.inner.barrier_order.lock();
+            for (name, store, feed) in &tables {
+                let send = || match feed {
+                    Some((input, _)) => input
+                        .send_blocking(Message::Barrier(mark))
+                        .map_err(|e| laminar_core::CoreError::Internal(e.to_string())),
+                    None => Ok(()),
+                };
+                if relations.contains(name) {
+                    rows.insert(
+                        name.clone(),
+                        vec![store.snapshot_then(send).map_err(engine)?],
+                    );
+                } else {
+                    // Its changelog may feed a view that is read.
+                    let _ = send();
+                }
+            }
+            let catalog = self.inner.catalog.read();
+            for source in catalog.sources.values() {
+                match &source.runner {
+                    Some(runner) => runner.request_barrier(mark, &source.ingest_target()),
+                    None => {
+                        let _ = source.input.send_blocking(Message::Barrier(mark));
+                    }
+                }
+            }
+            for stream in catalog.streams.values() {
+                if let Some(input) = &stream.late_input {
+                    let _ = input.send_blocking(Message::Barrier(mark));
+                }
+            }
+        }
+        let deadline = std::time::Instant::now() + READ_MARK_TIMEOUT;
+        for (name, store, node) in &views {
+            let contents = loop {
+                if let Some(saved) = store.wait_for_mark(mark, Duration::from_millis(20)) {
+                    break saved.map_err(engine)?;
+                }
+                if node.has_failed() {
+                    return Err(DbError::Engine(format!(
+                        "materialized view '{name}' cannot be read: its query failed"
+                    )));
+                }
+                if node.is_finished() {
+                    break store.snapshot_chunks().map_err(engine)?;
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(DbError::Engine(format!(
+                        "materialized view '{name}' could not be read at the same point as the \
+                         other relations of the query: the read mark did not reach it within \
+                         {} s (its pipeline is stalled or far behind its input)",
+                        READ_MARK_TIMEOUT.as_secs()
+                    )));
+                }
+            };
+            rows.insert(name.clone(), contents);
+        }
+        Ok(rows)
+    }
+}
+
+/// True when stream `name` or a stream it reads (at any depth) runs its aggregation as
+/// several parallel instances.
+fn fed_in_parallel(catalog: &crate::catalog::Catalog, name: &str) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    let mut pending = vec![name.to_string()];
+    while let Some(next) = pending.pop() {
+        if !seen.insert(next.clone()) {
+            continue;
+        }
+        if let Some(stream) = catalog.streams.get(&next) {
+            if stream.instances.len() > 1 {
+                return true;
+            }
+            pending.extend(stream.plan.relations().iter().cloned());
+        }
+    }
+    false
+}
+
+/// How long a snapshot query waits for its read mark to reach the views it reads.
+const READ_MARK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Withdraws a read mark from the views that wanted it, however the read ends.
+struct ForgetMark {
+    mark: u64,
+    views: Vec<Arc<ViewStore>>,
+}
+
+impl Drop for ForgetMark {
+    fn drop(&mut self) {
+        for view in &self.views {
+            view.forget_mark(self.mark);
+        }
     }
 }
 

@@ -243,6 +243,31 @@ impl SnapshotQuery {
     }
 }
 
+/// A snapshot query ready to run: from [`Planner::optimize_snapshot`].
+pub struct SnapshotRun {
+    /// The optimized plan.
+    pub plan: LogicalPlan,
+    /// The session state to run it with.
+    pub state: SessionState,
+    relations: Vec<String>,
+    reads: Arc<std::sync::Mutex<snapshot_table::SnapshotReads>>,
+}
+
+impl SnapshotRun {
+    /// The tables and views the plan reads, each once.
+    pub fn relations(&self) -> &[String] {
+        &self.relations
+    }
+
+    /// Makes the query read `rows` as the contents of the named relations (instead of
+    /// reading them when it runs): several relations read at one point of the input.
+    pub fn read_from(&self, rows: std::collections::HashMap<String, Vec<RecordBatch>>) {
+        if let Ok(mut reads) = self.reads.lock() {
+            reads.provide(rows);
+        }
+    }
+}
+
 /// Plans SQL against a catalog. Cheap to share; holds DataFusion's function registry.
 pub struct Planner {
     state: SessionState,
@@ -456,12 +481,9 @@ impl Planner {
     }
 
     /// Optimizes a snapshot query for execution with DataFusion's default rules (so filters
-    /// reach the scans and view lookups by key apply); returns the plan and the session state
-    /// to run it with, whose query start time (`now()`) is now.
-    pub fn optimize_snapshot(
-        &self,
-        query: SnapshotQuery,
-    ) -> Result<(LogicalPlan, SessionState), SqlError> {
+    /// reach the scans and view lookups by key apply): the plan and the session state to run
+    /// it with, whose query start time (`now()`) is now.
+    pub fn optimize_snapshot(&self, query: SnapshotQuery) -> Result<SnapshotRun, SqlError> {
         use datafusion::common::tree_node::TreeNodeRecursion;
         let mut state = self.batch_state.clone();
         state.mark_start_execution();
@@ -476,10 +498,16 @@ impl Planner {
             Ok(TreeNodeRecursion::Continue)
         })
         .map_err(SqlError::Plan)?;
+        let relations = scans.keys().cloned().collect();
         if let Ok(mut reads) = query.reads.lock() {
             reads.set_scans(scans);
         }
-        Ok((plan, state))
+        Ok(SnapshotRun {
+            plan,
+            state,
+            relations,
+            reads: query.reads,
+        })
     }
 
     /// Plans the rows of `INSERT INTO target [(columns)] <query>` (VALUES or a constant

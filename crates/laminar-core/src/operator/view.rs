@@ -26,17 +26,19 @@
 //! It runs under the write lock. The first snapshot, and the first after the queued rows
 //! outgrew the copy (the copy is then dropped until a read needs it), decode every row.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, Int64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
-use parking_lot::RwLock;
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::error::{CoreError, Result};
-use crate::message::{Message, OP_COLUMN, change_ops};
+use crate::message::{Message, OP_COLUMN, change_ops, is_read_mark};
 use crate::operator::{Operator, StateSize};
 use crate::snapshot::{SnapshotReader, SnapshotWriter};
 
@@ -62,6 +64,18 @@ pub struct ViewStore {
     key_reads: AtomicU64,
     /// Reads of the whole contents ([`ViewStore::snapshot`]).
     full_reads: AtomicU64,
+    /// The contents saved at read marks that snapshot queries wait for.
+    marks: Mutex<MarkedReads>,
+    marked: Condvar,
+}
+
+/// Read marks a view saves its contents at (see [`crate::message::READ_MARK`]).
+#[derive(Default)]
+struct MarkedReads {
+    /// Marks a query waits for; a mark nobody waits for saves nothing.
+    wanted: HashSet<u64>,
+    /// The contents at each wanted mark that reached the view (or why they could not be read).
+    saved: HashMap<u64, std::result::Result<Vec<RecordBatch>, String>>,
 }
 
 /// Columns of a view's natural key and their encoder.
@@ -340,7 +354,59 @@ impl ViewStore {
             contents: RwLock::new(Contents::default()),
             key_reads: AtomicU64::new(0),
             full_reads: AtomicU64::new(0),
+            marks: Mutex::new(MarkedReads::default()),
+            marked: Condvar::new(),
         }))
+    }
+
+    /// Asks for the contents at read mark `id`: when the mark reaches the view, the view
+    /// saves its contents for [`ViewStore::wait_for_mark`]. Call before the mark is sent.
+    pub fn want_mark(&self, id: u64) {
+        self.marks.lock().wanted.insert(id);
+    }
+
+    /// Forgets read mark `id` (whether or not it arrived).
+    pub fn forget_mark(&self, id: u64) {
+        let mut marks = self.marks.lock();
+        marks.wanted.remove(&id);
+        marks.saved.remove(&id);
+    }
+
+    /// Saves the contents at read mark `id`, if a query wants them.
+    fn save_mark(&self, id: u64) {
+        if !self.marks.lock().wanted.contains(&id) {
+            return;
+        }
+        let contents = self.snapshot_chunks().map_err(|e| e.to_string());
+        let mut marks = self.marks.lock();
+        if marks.wanted.remove(&id) {
+            marks.saved.insert(id, contents);
+            self.marked.notify_all();
+        }
+    }
+
+    /// Waits up to `timeout` for the contents at read mark `id` (and forgets them); `None`
+    /// when the mark has not arrived in that time (it is still wanted until
+    /// [`ViewStore::forget_mark`]).
+    pub fn wait_for_mark(&self, id: u64, timeout: Duration) -> Option<Result<Vec<RecordBatch>>> {
+        let deadline = Instant::now() + timeout;
+        let mut marks = self.marks.lock();
+        let saved = loop {
+            if let Some(saved) = marks.saved.remove(&id) {
+                break Some(saved);
+            }
+            if self.marked.wait_until(&mut marks, deadline).timed_out() {
+                break marks.saved.remove(&id);
+            }
+        };
+        saved.map(|contents| {
+            contents.map_err(|reason| {
+                CoreError::Internal(format!(
+                    "materialized view '{}' could not be read: {reason}",
+                    self.name
+                ))
+            })
+        })
     }
 
     /// The columns the rows are keyed by, when the view has a natural key: what
@@ -968,6 +1034,9 @@ impl Operator for ViewOperator {
     }
 
     fn on_barrier(&mut self, epoch: u64, out: &mut Vec<Message>) -> Result<()> {
+        if is_read_mark(epoch) {
+            self.store.save_mark(epoch);
+        }
         out.push(Message::Barrier(epoch));
         Ok(())
     }
@@ -1158,6 +1227,46 @@ mod tests {
         let unkeyed = ViewStore::new("v", &schema, None, Some(&["x".to_string()])).unwrap();
         assert_eq!(unkeyed.key_columns(), None);
         assert!(unkeyed.lookup(&[]).is_err());
+    }
+
+    #[test]
+    fn a_read_mark_saves_the_contents_at_the_mark_for_the_query_that_wants_it() {
+        use crate::message::READ_MARK;
+        let schema = changes(&[]).schema();
+        let store = ViewStore::new("v", &schema, None, None).unwrap();
+        let mut op = ViewOperator::new(store.clone(), schema.clone());
+        let mut out = Vec::new();
+        op.on_batch(0, changes(&[("a", 1, "I")]), &mut out).unwrap();
+        // A mark nobody wants saves nothing; a checkpoint barrier is no mark.
+        op.on_barrier(READ_MARK | 1, &mut out).unwrap();
+        op.on_barrier(2, &mut out).unwrap();
+        store.want_mark(READ_MARK | 1);
+        store.want_mark(2);
+        assert!(store.wait_for_mark(READ_MARK | 1, Duration::ZERO).is_none());
+        assert!(store.wait_for_mark(2, Duration::ZERO).is_none());
+        store.forget_mark(READ_MARK | 1);
+        store.forget_mark(2);
+        // A wanted mark: the contents at the mark, not after it; the mark travels on.
+        store.want_mark(READ_MARK | 3);
+        op.on_batch(0, changes(&[("b", 2, "I")]), &mut out).unwrap();
+        out.clear();
+        op.on_barrier(READ_MARK | 3, &mut out).unwrap();
+        assert!(matches!(out[..], [Message::Barrier(id)] if id == READ_MARK | 3));
+        op.on_batch(0, changes(&[("a", 1, "D")]), &mut out).unwrap();
+        let saved = store
+            .wait_for_mark(READ_MARK | 3, Duration::from_secs(1))
+            .expect("the mark arrived")
+            .unwrap();
+        let saved = arrow::compute::concat_batches(&store.schema, &saved).unwrap();
+        assert_eq!(
+            pairs(&saved),
+            vec![("a".to_string(), 1), ("b".to_string(), 2)]
+        );
+        assert_eq!(contents(&store), vec![("b".to_string(), 2)]);
+        // Taken once; a forgotten mark leaves nothing behind.
+        assert!(store.wait_for_mark(READ_MARK | 3, Duration::ZERO).is_none());
+        store.forget_mark(READ_MARK | 3);
+        assert!(store.marks.lock().wanted.is_empty() && store.marks.lock().saved.is_empty());
     }
 
     #[test]

@@ -503,6 +503,8 @@ impl Node {
                 {
                     // A newer barrier while an older one is aligning: the older checkpoint
                     // can no longer complete (its coordinator gave up on it); align the new.
+                    // (Checkpoint barriers and read marks enter every source in one order,
+                    // so a read mark never overtakes an aligning barrier.)
                     tracing::warn!(node = %self.name, pending, epoch, "abandoning checkpoint alignment");
                     for i in st.inputs.iter_mut() {
                         i.aligned = false;
@@ -556,6 +558,10 @@ impl Node {
             i.aligned = false;
         }
         st.operator.on_barrier(epoch, out)?;
+        if crate::message::is_read_mark(epoch) {
+            // A read mark is not a checkpoint: nothing to save.
+            return Ok(());
+        }
         let observer = self.observer.lock().clone();
         let delta = match &observer {
             Some(o) if o.wants_delta(&self.name, epoch) => st.operator.snapshot_delta(),

@@ -399,6 +399,94 @@ fn concurrent_selects_never_see_a_half_applied_batch() {
     db.shutdown_sync();
 }
 
+#[test]
+fn several_views_in_one_query_are_read_at_one_point() {
+    // Three views fed by one source at different depths of the pipeline, and a view over a
+    // table: one query reading several of them sees them all after the same input.
+    let db = db(2);
+    block_on(db.execute(
+        "CREATE SOURCE s (k VARCHAR, x BIGINT); \
+         CREATE TABLE t (id BIGINT PRIMARY KEY, w BIGINT); \
+         CREATE MATERIALIZED VIEW counts AS SELECT k, COUNT(*) AS n FROM s GROUP BY k; \
+         CREATE MATERIALIZED VIEW grand AS SELECT SUM(n) AS total FROM counts; \
+         CREATE MATERIALIZED VIEW raw_total AS SELECT COUNT(*) AS m FROM s; \
+         CREATE MATERIALIZED VIEW weights AS SELECT SUM(w) AS sw FROM t",
+    ))
+    .unwrap();
+    let source = db.source_untyped("s").unwrap();
+    let schema: SchemaRef = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Utf8, true),
+        Field::new("x", DataType::Int64, true),
+    ]));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pusher = {
+        let done = done.clone();
+        let db = db.clone();
+        std::thread::spawn(move || {
+            // Batches of 2,000 rows over 1,000 keys: each takes the aggregation a while.
+            let keys: Vec<String> = (0..2000).map(|i| format!("k{}", i % 1000)).collect();
+            for i in 0..200i64 {
+                source
+                    .push_arrow(
+                        RecordBatch::try_new(
+                            schema.clone(),
+                            vec![
+                                Arc::new(StringArray::from(keys.clone())) as ArrayRef,
+                                Arc::new(Int64Array::from(vec![i; 2000])),
+                            ],
+                        )
+                        .unwrap(),
+                    )
+                    .unwrap();
+                if i % 4 == 0 {
+                    block_on(db.execute(&format!("INSERT INTO t VALUES ({i}, 1)"))).unwrap();
+                }
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut reads = 0;
+    while !done.load(std::sync::atomic::Ordering::SeqCst) || reads < 10 {
+        let ExecuteResult::Metadata(b) = rt
+            .block_on(db.execute(
+                "SELECT (SELECT SUM(n) FROM counts) AS a, (SELECT total FROM grand) AS b, \
+                 (SELECT m FROM raw_total) AS c, (SELECT sw FROM weights) AS d, \
+                 (SELECT SUM(w) FROM t) AS e",
+            ))
+            .unwrap()
+        else {
+            panic!("expected rows")
+        };
+        let r = &rows(&[b])[0];
+        assert!(
+            r[0] == r[1] && r[1] == r[2],
+            "the views were read at different points: {r:?}"
+        );
+        assert_eq!(
+            r[3], r[4],
+            "the table and its view were read at different points"
+        );
+        // `counts` runs as two parallel aggregation instances: read alone, it still shows
+        // whole input batches.
+        let alone = select(&db, "SELECT SUM(n) FROM counts");
+        let n: i64 = alone[0][0].parse().unwrap_or(0);
+        assert_eq!(n % 2000, 0, "a view read alone showed part of a batch: {n}");
+        reads += 1;
+    }
+    pusher.join().unwrap();
+    assert_eq!(
+        select(
+            &db,
+            "SELECT (SELECT total FROM grand), (SELECT m FROM raw_total), (SELECT sw FROM weights)"
+        ),
+        vec![vec!["400000", "400000", "50"]]
+    );
+    db.shutdown_sync();
+}
+
 /// The key a view is indexed by and how often it was read by key and whole, from
 /// `EXPLAIN ANALYZE`.
 fn view_reads(db: &LaminarDB, view: &str) -> (String, u64, u64) {

@@ -6,7 +6,9 @@
 //! rows with those keys, looked up in the view's key index under one lock; any other read
 //! takes the whole contents, once per relation and query, so a relation read twice (a
 //! self-join, a CTE used twice) is read at one point in time. Key filters are pushed down as
-//! inexact: DataFusion still applies every filter above the scan.
+//! inexact: DataFusion still applies every filter above the scan. Contents taken beforehand
+//! ([`crate::plan::SnapshotRun::read_from`]: several relations read at one point of the
+//! input) are read instead, key lookups included.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -43,6 +45,11 @@ impl SnapshotReads {
     /// Records how many times the final plan scans each relation.
     pub(crate) fn set_scans(&mut self, scans: HashMap<String, usize>) {
         self.scans = scans;
+    }
+
+    /// The contents to read for these relations, taken beforehand.
+    pub(crate) fn provide(&mut self, rows: HashMap<String, Vec<RecordBatch>>) {
+        self.taken.extend(rows);
     }
 }
 
@@ -226,8 +233,15 @@ impl TableProvider for SnapshotTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let read_once = self.lock()?.scans.get(&self.name) == Some(&1);
-        let keys = if read_once {
+        let (read_once, provided) = {
+            let reads = self.lock()?;
+            (
+                reads.scans.get(&self.name) == Some(&1),
+                reads.taken.contains_key(&self.name),
+            )
+        };
+        // Contents provided beforehand are the ones to read, even for a key lookup.
+        let keys = if read_once && !provided {
             self.lookup_keys(filters)
         } else {
             None
