@@ -123,6 +123,14 @@ pub fn select(db: &laminar_db::LaminarDB, sql: &str) -> Vec<Vec<String>> {
     }
 }
 
+/// Runs a snapshot query at once (while changes may still be on their way).
+pub fn select_now(db: &laminar_db::LaminarDB, sql: &str) -> Vec<Vec<String>> {
+    match block_on(db.execute(sql)).unwrap() {
+        laminar_db::ExecuteResult::Metadata(b) => rows(&[b]),
+        _ => panic!("expected rows from {sql}"),
+    }
+}
+
 /// The rows, sorted.
 pub fn sorted(mut v: Vec<Vec<String>>) -> Vec<Vec<String>> {
     v.sort();

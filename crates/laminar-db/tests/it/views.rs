@@ -13,7 +13,8 @@ use laminar_db::{ChangeEvent, ExecuteResult, LaminarDB, SubscriptionConfig};
 use proptest::prelude::*;
 
 use crate::util::{
-    batch_query_tables, block_on, durable_db, execute_each, proptest_cases, rows, select, sorted,
+    batch_query_tables, block_on, durable_db, execute_each, proptest_cases, rows, select,
+    select_now, sorted,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -374,20 +375,12 @@ fn concurrent_selects_never_see_a_half_applied_batch() {
             done.store(true, std::sync::atomic::Ordering::SeqCst);
         })
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
     let mut reads = 0;
     while !done.load(std::sync::atomic::Ordering::SeqCst) || reads < 10 {
-        let ExecuteResult::Metadata(b) = rt
-            .block_on(db.execute(
-                "SELECT (SELECT total FROM totals WHERE k = 'a') AS a, (SELECT total FROM totals WHERE k = 'b') AS b, SUM(n) AS n FROM totals",
-            ))
-            .unwrap()
-        else {
-            panic!("expected rows")
-        };
-        let r = &rows(&[b])[0];
+        let r = &select_now(
+            &db,
+            "SELECT (SELECT total FROM totals WHERE k = 'a') AS a, (SELECT total FROM totals WHERE k = 'b') AS b, SUM(n) AS n FROM totals",
+        )[0];
         assert_eq!(r[0], r[1], "a half-applied batch: {r:?}");
         reads += 1;
     }
@@ -445,22 +438,14 @@ fn several_views_in_one_query_are_read_at_one_point() {
             done.store(true, std::sync::atomic::Ordering::SeqCst);
         })
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
     let mut reads = 0;
     while !done.load(std::sync::atomic::Ordering::SeqCst) || reads < 10 {
-        let ExecuteResult::Metadata(b) = rt
-            .block_on(db.execute(
-                "SELECT (SELECT SUM(n) FROM counts) AS a, (SELECT total FROM grand) AS b, \
+        let r = &select_now(
+            &db,
+            "SELECT (SELECT SUM(n) FROM counts) AS a, (SELECT total FROM grand) AS b, \
                  (SELECT m FROM raw_total) AS c, (SELECT sw FROM weights) AS d, \
                  (SELECT SUM(w) FROM t) AS e",
-            ))
-            .unwrap()
-        else {
-            panic!("expected rows")
-        };
-        let r = &rows(&[b])[0];
+        )[0];
         assert!(
             r[0] == r[1] && r[1] == r[2],
             "the views were read at different points: {r:?}"
@@ -471,7 +456,7 @@ fn several_views_in_one_query_are_read_at_one_point() {
         );
         // `counts` runs as two parallel aggregation instances: read alone, it still shows
         // whole input batches.
-        let alone = select(&db, "SELECT SUM(n) FROM counts");
+        let alone = select_now(&db, "SELECT SUM(n) FROM counts");
         let n: i64 = alone[0][0].parse().unwrap_or(0);
         assert_eq!(n % 2000, 0, "a view read alone showed part of a batch: {n}");
         reads += 1;
