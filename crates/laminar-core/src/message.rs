@@ -28,6 +28,9 @@ pub const END_OF_TIME: i64 = i64::MAX;
 /// input (checkpoint epochs never reach this bit).
 pub const READ_MARK: u64 = 1 << 63;
 
+/// How long a snapshot query waits for its read mark to reach the views it reads.
+pub const READ_MARK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// True when barrier id `id` is a read mark rather than a checkpoint epoch.
 pub fn is_read_mark(id: u64) -> bool {
     id & READ_MARK != 0

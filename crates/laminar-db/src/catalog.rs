@@ -65,7 +65,7 @@ pub(crate) struct StreamEntry {
     pub(crate) active: Arc<AtomicBool>,
     /// For a `LATE DATA TO` stream: the aggregation feeding it.
     pub(crate) side_output_of: Option<String>,
-    /// Parallel instances of the stream's aggregation (empty: `node` runs it alone); `node`
+    /// Parallel instances of the stream's operator (empty: `node` runs it alone); `node`
     /// then merges their outputs.
     pub(crate) instances: Vec<(Arc<Node>, Arc<NodeMetrics>)>,
     /// The hash exchange in front of the instances (runs the input chain once).

@@ -296,15 +296,15 @@ impl LaminarDB {
         pairs(rows)
     }
 
-    /// Adds the parallelism of an aggregation (after its `operator` row) when it runs as
-    /// several instances.
+    /// Adds the parallelism of an aggregation, top-N or analytic query (after its
+    /// `operator` row) when it runs as several instances.
     fn with_parallelism(
         &self,
         mut rows: Vec<(String, String)>,
         plan: &laminar_sql::StreamPlan,
     ) -> Vec<(String, String)> {
-        let instances = crate::execute::aggregation_instances(plan, self.inner.runtime.workers());
-        if instances > 1 {
+        let instances = crate::execute::parallel_instances(plan, self.inner.runtime.workers());
+        if let (true, Some((_, _, key))) = (instances > 1, crate::execute::partition_keys(plan)) {
             let at = rows
                 .iter()
                 .position(|(k, _)| k == "operator")
@@ -314,12 +314,7 @@ impl LaminarDB {
                 (
                     "parallelism".into(),
                     format!(
-                        "{instances} instances (one per worker) behind a hash exchange on the {}; outputs merged",
-                        if plan.aggregate.as_ref().is_some_and(|a| a.keyed_watermark.is_some()) {
-                            "watermark key"
-                        } else {
-                            "group keys"
-                        }
+                        "{instances} instances (one per worker) behind a hash exchange on the {key}; outputs merged",
                     ),
                 ),
             );
@@ -370,7 +365,8 @@ impl LaminarDB {
             rows.push((
                 format!("instance {}[{index}]", stream.name),
                 format!(
-                    "AggregateOperator rows_in={} rows_out={} state_rows={} state_bytes={}",
+                    "{} rows_in={} rows_out={} state_rows={} state_bytes={}",
+                    operator_kinds(&stream.plan),
                     metrics.rows_in.load(Ordering::Relaxed),
                     metrics.rows_out.load(Ordering::Relaxed),
                     size.rows,
@@ -382,9 +378,9 @@ impl LaminarDB {
             format!("operator {}", stream.name),
             format!(
                 "{} rows_in={} rows_out={} state_rows={} state_bytes={} watermark={}",
-                match (stream.plan.aggregate.is_some(), stream.instances.len()) {
-                    (true, n) if n > 0 => format!("AggregateOperator x{n} (merged)"),
-                    _ => operator_kinds(&stream.plan),
+                match stream.instances.len() {
+                    0 => operator_kinds(&stream.plan),
+                    n => format!("{} x{n} (merged)", operator_kinds(&stream.plan)),
                 },
                 stream.rows_in(),
                 stream.metrics.rows_out.load(Ordering::Relaxed),

@@ -221,7 +221,7 @@ impl LaminarDB {
                 if clauses.is_empty()
                     && let Some(plan) = self.snapshot_candidate(&query)
                 {
-                    let batches = self.run_snapshot(plan).await?;
+                    let batches = self.run_snapshot(plan, true).await?;
                     let schema = batches
                         .first()
                         .map(|b| b.schema())
@@ -677,7 +677,7 @@ impl LaminarDB {
         plan: &StreamPlan,
         metrics: &Arc<NodeMetrics>,
         late_rows: Option<Box<dyn LateRows>>,
-        behind_exchange: bool,
+        behind_exchange: Option<&InstanceShared>,
     ) -> Result<Box<dyn Operator>, DbError> {
         let top = self.make_level_operator(name, plan, metrics, late_rows, behind_exchange)?;
         if plan.stages.is_empty() {
@@ -690,13 +690,7 @@ impl LaminarDB {
                 // A stage counts in its own metrics: the node's (its rows, its output
                 // watermark, which seeds new readers) are the top operator's.
                 Some(stage) => Ok(Some((
-                    self.make_operator(
-                        name,
-                        stage,
-                        &Arc::new(NodeMetrics::default()),
-                        None,
-                        false,
-                    )?,
+                    self.make_operator(name, stage, &Arc::new(NodeMetrics::default()), None, None)?,
                     stage.relations().len(),
                 ))),
                 None => Ok(None),
@@ -714,8 +708,13 @@ impl LaminarDB {
         plan: &StreamPlan,
         metrics: &Arc<NodeMetrics>,
         late_rows: Option<Box<dyn LateRows>>,
-        behind_exchange: bool,
+        behind_exchange: Option<&InstanceShared>,
     ) -> Result<Box<dyn Operator>, DbError> {
+        // Behind a hash exchange the input chain already ran (in the exchange).
+        let chains = match behind_exchange {
+            Some(_) => vec![Vec::new()],
+            None => plan.chains.clone(),
+        };
         if let Some(j) = &plan.join {
             let spec = laminar_core::operator::join::JoinSpec {
                 name: name.to_string(),
@@ -743,7 +742,7 @@ impl LaminarDB {
             let operator = laminar_core::operator::AnalyticOperator::new(
                 laminar_core::operator::AnalyticSpec {
                     name: name.to_string(),
-                    chains: plan.chains.clone(),
+                    chains,
                     input_schema: a.input_schema.clone(),
                     event_time: a.event_time,
                     partition_by: a.partition_by.clone(),
@@ -763,7 +762,7 @@ impl LaminarDB {
             let operator =
                 laminar_core::operator::TopNOperator::new(laminar_core::operator::TopNSpec {
                     name: name.to_string(),
-                    chains: plan.chains.clone(),
+                    chains,
                     input_schema: t.input_schema.clone(),
                     partition_by: t.partition_by.clone(),
                     order_by: t.order_by.clone(),
@@ -774,6 +773,7 @@ impl LaminarDB {
                     output_schema: plan.output_schema.clone(),
                     append_only: t.append_only,
                     max_partitions: Some(t.max_partitions),
+                    shared_partitions: behind_exchange.map(|s| s.topn_partitions.clone()),
                 })
                 .map_err(|e| DbError::Engine(e.to_string()))?;
             return Ok(Box::new(operator));
@@ -787,12 +787,7 @@ impl LaminarDB {
         };
         let spec = AggregateSpec {
             name: name.to_string(),
-            // Behind a hash exchange the input chain already ran (in the exchange).
-            chains: if behind_exchange {
-                vec![Vec::new()]
-            } else {
-                plan.chains.clone()
-            },
+            chains,
             input_schema: a.input_schema.clone(),
             event_time: a.event_time,
             window: a.window,
@@ -961,9 +956,9 @@ impl LaminarDB {
                 }) as Box<dyn LateRows>
             })
         };
-        let instances = aggregation_instances(&plan, self.inner.runtime.workers());
+        let instances = parallel_instances(&plan, self.inner.runtime.workers());
         // Checkpointed state of a named stream: its single node, or its instances.
-        let mut stateful_nodes: Vec<String> = if instances > 1 && plan.aggregate.is_some() {
+        let mut stateful_nodes: Vec<String> = if instances > 1 {
             (0..instances).map(|i| format!("{name}[{i}]")).collect()
         } else {
             vec![name.to_string()]
@@ -994,16 +989,12 @@ impl LaminarDB {
         // The node reading the upstreams: connected last (see `PendingInputs`).
         let mut inputs_of: Option<Arc<laminar_core::runtime::Node>> = None;
         let mut exchange: Option<(Arc<laminar_core::runtime::Node>, Arc<NodeMetrics>)> = None;
-        let built = if let (true, Some(a)) = (instances > 1, &plan.aggregate) {
+        let parallel = partition_keys(&plan).filter(|_| instances > 1);
+        let built = if let Some((keys, input_schema, _)) = parallel {
             // Parallel instances behind a hash exchange: the exchange runs the input chain
-            // and routes each row to the instance its group key hashes to; a pass-through
-            // node merges the instances' outputs (watermark = minimum).
-            let keys = match &a.keyed_watermark {
-                // Keyed watermarks: split by the watermark key, so each key's clock sees
-                // every row of that key.
-                Some((index, _)) => vec![a.keys[*index].clone()],
-                None => a.keys.clone(),
-            };
+            // and routes each row to the instance its key hashes to; a pass-through node
+            // merges the instances' outputs (watermark = minimum).
+            let shared = InstanceShared::default();
             let exchange_metrics = Arc::new(NodeMetrics::default());
             let exchange_node = self.inner.runtime.add_node(
                 &format!("{name}[exchange]"),
@@ -1012,7 +1003,7 @@ impl LaminarDB {
                     plan.chains.clone(),
                     keys,
                     instances,
-                    a.input_schema.clone(),
+                    input_schema,
                 )),
                 exchange_metrics.clone(),
                 // Upstreams are connected once every instance is attached (below), so no
@@ -1027,7 +1018,13 @@ impl LaminarDB {
                     let instance_metrics = Arc::new(NodeMetrics::default());
                     let node = format!("{name}[{index}]");
                     let state = restored.state(&node);
-                    let op = self.make_operator(name, &plan, &instance_metrics, late_rows(), true);
+                    let op = self.make_operator(
+                        name,
+                        &plan,
+                        &instance_metrics,
+                        late_rows(),
+                        Some(&shared),
+                    );
                     (node, op, state, instance_metrics)
                 })
                 .collect();
@@ -1094,7 +1091,7 @@ impl LaminarDB {
                 }
             }
         } else {
-            self.make_operator(name, &plan, &metrics, late_rows(), false)
+            self.make_operator(name, &plan, &metrics, late_rows(), None)
                 .and_then(|mut op| {
                     let state = restored.state(name);
                     let fresh = state.is_none();
@@ -1398,7 +1395,7 @@ impl LaminarDB {
                     .filter_map(|i| catalog.relation_node(i))
                     .collect::<Vec<_>>();
                 (
-                    Some(self.make_operator(&c.name, &plan, &metrics, None, false)?),
+                    Some(self.make_operator(&c.name, &plan, &metrics, None, None)?),
                     upstreams,
                 )
             }
@@ -1563,7 +1560,7 @@ impl LaminarDB {
         Ok(name.to_string())
     }
 
-    /// Stops a stream's nodes: its output node and its parallel aggregation instances.
+    /// Stops a stream's nodes: its output node and its parallel instances.
     fn remove_stream_nodes(&self, stream: &StreamEntry) {
         // Upstream first: the exchange stops routing before its instances go.
         for (node, _) in stream.exchange.iter().chain(&stream.instances) {
@@ -1903,7 +1900,7 @@ pub(crate) async fn bounded_query(db: &LaminarDB, sql: &str) -> Result<Vec<Recor
         ));
     };
     // Tables, materialized views and constants only: a snapshot query.
-    db.run_snapshot(snapshot).await
+    db.run_snapshot(snapshot, false).await
 }
 
 /// Delivers too-late rows to the `LATE DATA TO` stream's queue without blocking the worker.
@@ -1919,17 +1916,70 @@ impl LateRows for LateStream {
     }
 }
 
-/// Parallel instances of a stream's aggregation: one per worker when it groups by keys (a hash
-/// exchange routes each row to the instance of its key), otherwise one.
 /// Default ingestion queue length (batches) of a connector source.
 const CONNECTOR_QUEUE_BATCHES: usize = 16;
 
-pub(crate) fn aggregation_instances(plan: &StreamPlan, workers: usize) -> usize {
-    match &plan.aggregate {
-        // A staged query runs its stage and its aggregation in one node.
-        Some(a) if !a.keys.is_empty() && plan.stages.is_empty() => workers.max(1),
-        _ => 1,
+/// Key expressions rows are split by, the schema they read, and what the key is.
+pub(crate) type PartitionKeys = (
+    Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
+    SchemaRef,
+    &'static str,
+);
+
+/// What the parallel instances of one stream share.
+#[derive(Default)]
+pub(crate) struct InstanceShared {
+    /// The partitions a parallel top-N holds over all its instances (`max_partitions`).
+    topn_partitions: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Parallel instances of a stream's operator: one per worker when it is an aggregation by
+/// keys, a top-N or an analytic query with `PARTITION BY` (a hash exchange routes each row
+/// to the instance of its key), otherwise one.
+pub(crate) fn parallel_instances(plan: &StreamPlan, workers: usize) -> usize {
+    match partition_keys(plan) {
+        Some(_) => workers.max(1),
+        None => 1,
     }
+}
+
+/// What the rows of a stream are split over parallel instances by: the key expressions,
+/// over the schema they read (the input chain's output), and what the key is, for
+/// `EXPLAIN`. `None` when the stream runs as one instance: a join, a stateless query, an
+/// unpartitioned operator, or a staged query (its stage and top run in one node).
+pub(crate) fn partition_keys(plan: &StreamPlan) -> Option<PartitionKeys> {
+    if !plan.stages.is_empty() || plan.join.is_some() {
+        return None;
+    }
+    if let Some(t) = &plan.topn {
+        return (!t.partition_by.is_empty()).then(|| {
+            (
+                t.partition_by.clone(),
+                t.input_schema.clone(),
+                "partition keys",
+            )
+        });
+    }
+    if let Some(a) = &plan.analytic {
+        return (!a.partition_by.is_empty()).then(|| {
+            (
+                a.partition_by.clone(),
+                a.input_schema.clone(),
+                "partition keys",
+            )
+        });
+    }
+    let a = plan.aggregate.as_ref().filter(|a| !a.keys.is_empty())?;
+    Some(match &a.keyed_watermark {
+        // Keyed watermarks: split by the watermark key, so each key's clock sees every
+        // row of that key.
+        Some((index, _)) => (
+            vec![a.keys[*index].clone()],
+            a.input_schema.clone(),
+            "watermark key",
+        ),
+        None => (a.keys.clone(), a.input_schema.clone(), "group keys"),
+    })
 }
 
 /// An option key as matched: lowercase, `-` as `_`.

@@ -88,6 +88,13 @@ impl SourceRunner {
     pub(crate) fn request_barrier(&self, epoch: u64, target: &IngestTarget) {
         let mut request = self.barrier.lock();
         if request.loop_running {
+            if !laminar_core::message::is_read_mark(epoch) {
+                // A newer checkpoint replaces one still waiting (its round was given up);
+                // read marks keep their places.
+                request
+                    .pending
+                    .retain(|&e| laminar_core::message::is_read_mark(e));
+            }
             request.pending.push_back(epoch);
         } else {
             drop(request);

@@ -591,9 +591,12 @@ impl LaminarDB {
     /// Runs a query from [`LaminarDB::snapshot_plan`] (tables, views and constants). A query
     /// that reads a materialized view and any other relation reads them all at one point
     /// of the input ([`LaminarDB::read_at_one_point`]).
+    /// `ddl_held`: the caller holds the DDL lock (`execute()`); otherwise a read at one
+    /// point takes it, so no stream is being connected while the mark enters the sources.
     pub(crate) async fn run_snapshot(
         &self,
         query: laminar_sql::plan::SnapshotQuery,
+        ddl_held: bool,
     ) -> Result<Vec<RecordBatch>, DbError> {
         let run = self.inner.planner.optimize_snapshot(query)?;
         let at_one_point = {
@@ -609,6 +612,10 @@ impl LaminarDB {
                 && (run.relations().len() > 1 || views.iter().any(|v| fed_in_parallel(&catalog, v)))
         };
         if at_one_point {
+            let _ddl = match ddl_held {
+                true => None,
+                false => Some(self.inner.ddl_lock.lock().await),
+            };
             let db = self.clone();
             let relations = run.relations().to_vec();
             let rows = self
@@ -640,7 +647,7 @@ impl LaminarDB {
         &self,
         relations: &[String],
     ) -> Result<std::collections::HashMap<String, Vec<RecordBatch>>, DbError> {
-        use laminar_core::message::READ_MARK;
+        use laminar_core::message::{READ_MARK, READ_MARK_WAIT};
         let mark = READ_MARK | self.inner.next_read_mark.fetch_add(1, Ordering::Relaxed);
         let mut rows = std::collections::HashMap::new();
         let (views, tables) = {
@@ -686,8 +693,17 @@ impl LaminarDB {
             mark,
             views: views.iter().map(|(_, store, _)| store.clone()).collect(),
         };
-        {
-            let _order = self.inner.barrier_order.lock();
+        // The mark enters the sources in the background: a full queue makes a send wait,
+        // and every source must get the mark (a node that got it on one input holds that
+        // input until its other inputs deliver it), so a send is never abandoned. The order
+        // lock is held until the last source has it.
+        let (tables_read, read) = std::sync::mpsc::channel();
+        let db = self.clone();
+        let wanted: Vec<String> = relations.to_vec();
+        self.inner.io_handle.spawn_blocking(move || {
+            let _order = db.inner.barrier_order.lock();
+            let mut table_rows = std::collections::HashMap::new();
+            let mut failure = None;
             for (name, store, feed) in &tables {
                 let send = || match feed {
                     Some((input, _)) => input
@@ -695,17 +711,23 @@ impl LaminarDB {
                         .map_err(|e| laminar_core::CoreError::Internal(e.to_string())),
                     None => Ok(()),
                 };
-                if relations.contains(name) {
-                    rows.insert(
-                        name.clone(),
-                        vec![store.snapshot_then(send).map_err(engine)?],
-                    );
+                if wanted.contains(name) {
+                    match store.snapshot_then(send) {
+                        Ok(batch) => {
+                            table_rows.insert(name.clone(), vec![batch]);
+                        }
+                        Err(e) => failure = Some(format!("table '{name}': {e}")),
+                    }
                 } else {
                     // Its changelog may feed a view that is read.
                     let _ = send();
                 }
             }
-            let catalog = self.inner.catalog.read();
+            let _ = tables_read.send(match failure {
+                None => Ok(table_rows),
+                Some(e) => Err(e),
+            });
+            let catalog = db.inner.catalog.read();
             for source in catalog.sources.values() {
                 match &source.runner {
                     Some(runner) => runner.request_barrier(mark, &source.ingest_target()),
@@ -719,8 +741,21 @@ impl LaminarDB {
                     let _ = input.send_blocking(Message::Barrier(mark));
                 }
             }
-        }
-        let deadline = std::time::Instant::now() + READ_MARK_TIMEOUT;
+        });
+        let deadline = std::time::Instant::now() + READ_MARK_WAIT;
+        let stalled = |what: &str| {
+            DbError::Engine(format!(
+                "{what} could not be read at the same point as the other relations of the \
+                 query: the read mark did not reach it within {} s (its pipeline is stalled or \
+                 far behind its input)",
+                READ_MARK_WAIT.as_secs()
+            ))
+        };
+        let table_rows = read
+            .recv_timeout(READ_MARK_WAIT)
+            .map_err(|_| stalled("a table"))?
+            .map_err(DbError::Engine)?;
+        rows.extend(table_rows);
         for (name, store, node) in &views {
             let contents = loop {
                 if let Some(saved) = store.wait_for_mark(mark, Duration::from_millis(20)) {
@@ -735,12 +770,7 @@ impl LaminarDB {
                     break store.snapshot_chunks().map_err(engine)?;
                 }
                 if std::time::Instant::now() >= deadline {
-                    return Err(DbError::Engine(format!(
-                        "materialized view '{name}' could not be read at the same point as the \
-                         other relations of the query: the read mark did not reach it within \
-                         {} s (its pipeline is stalled or far behind its input)",
-                        READ_MARK_TIMEOUT.as_secs()
-                    )));
+                    return Err(stalled(&format!("materialized view '{name}'")));
                 }
             };
             rows.insert(name.clone(), contents);
@@ -767,9 +797,6 @@ fn fed_in_parallel(catalog: &crate::catalog::Catalog, name: &str) -> bool {
     }
     false
 }
-
-/// How long a snapshot query waits for its read mark to reach the views it reads.
-const READ_MARK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Withdraws a read mark from the views that wanted it, however the read ends.
 struct ForgetMark {

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
 use arrow::compute::SortOptions;
@@ -86,6 +87,10 @@ pub struct TopNSpec {
     pub append_only: bool,
     /// The most partitions held; more fail the operator.
     pub max_partitions: Option<u64>,
+    /// The partitions held by all the parallel instances of one top-N (each holds the
+    /// partitions its keys hash to), which `max_partitions` bounds; `None` for a single
+    /// instance.
+    pub shared_partitions: Option<Arc<AtomicU64>>,
 }
 
 /// An encoded row with its rank.
@@ -106,6 +111,8 @@ pub struct TopNOperator {
     op_columns: Vec<usize>,
     changelog: bool,
     partitions: HashMap<Box<[u8]>, Ranked>,
+    /// This instance's partitions as last added to `spec.shared_partitions`.
+    counted_partitions: u64,
     stored_rows: u64,
     stored_bytes: u64,
 }
@@ -147,10 +154,27 @@ impl TopNOperator {
             rows,
             op_columns,
             partitions: HashMap::default(),
+            counted_partitions: 0,
             stored_rows: 0,
             stored_bytes: 0,
             spec,
         })
+    }
+
+    /// The partitions held by the top-N (by every instance of a parallel one), after this
+    /// instance's count is brought up to date.
+    fn partitions_held(&mut self) -> u64 {
+        let mine = self.partitions.len() as u64;
+        let Some(shared) = &self.spec.shared_partitions else {
+            return mine;
+        };
+        let before = self.counted_partitions;
+        self.counted_partitions = mine;
+        if mine >= before {
+            shared.fetch_add(mine - before, Ordering::Relaxed) + (mine - before)
+        } else {
+            shared.fetch_sub(before - mine, Ordering::Relaxed) - (before - mine)
+        }
     }
 
     /// The ranked rows of a partition, in order: (row, rank), one entry per copy.
@@ -363,13 +387,13 @@ impl TopNOperator {
             }
             inserts.extend(entering.into_iter().flatten());
         }
+        let held = self.partitions_held();
         if let Some(max) = self.spec.max_partitions
-            && self.partitions.len() as u64 > max
+            && held > max
         {
             return Err(CoreError::InvalidData(format!(
-                "top-N '{}' holds {} partitions, over its max_partitions of {max}; raise it with WITH ('max_partitions' = ..) or partition by fewer values",
+                "top-N '{}' holds {held} partitions, over its max_partitions of {max}; raise it with WITH ('max_partitions' = ..) or partition by fewer values",
                 self.spec.name,
-                self.partitions.len()
             )));
         }
         let mut changes: Vec<(Box<[u8]>, u64)> = Vec::new();
@@ -611,6 +635,7 @@ mod tests {
             output_schema: ranked,
             append_only: !changelog,
             max_partitions: Some(3),
+            shared_partitions: None,
         })
         .unwrap()
     }
@@ -687,6 +712,31 @@ mod tests {
         );
         let err = op3
             .on_batch(0, batch(true, &[("d", 1, "I")]), &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("4 partitions, over its max_partitions of 3"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn parallel_instances_share_one_partition_bound() {
+        let shared = Arc::new(AtomicU64::new(0));
+        let instance = || {
+            let mut op = operator(RankFunction::RowNumber, 2, true);
+            op.spec.shared_partitions = Some(shared.clone());
+            op
+        };
+        let (mut first, mut second) = (instance(), instance());
+        run(&mut first, batch(true, &[("a", 1, "I"), ("b", 1, "I")]));
+        run(&mut second, batch(true, &[("c", 1, "I")]));
+        // A partition that empties is no longer held: room for another.
+        run(&mut first, batch(true, &[("a", 1, "D")]));
+        run(&mut second, batch(true, &[("d", 1, "I")]));
+        assert_eq!(shared.load(Ordering::Relaxed), 3);
+        let err = first
+            .on_batch(0, batch(true, &[("e", 1, "I")]), &mut Vec::new())
             .unwrap_err()
             .to_string();
         assert!(

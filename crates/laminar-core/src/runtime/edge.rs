@@ -91,30 +91,56 @@ impl SourceInput {
         }
     }
 
-    /// Enqueues, evicting the oldest queued messages while the queue is full (policy
-    /// `drop_oldest`); returns the number of rows evicted.
-    pub fn send_evicting(&self, mut msg: Message) -> Result<u64, CoreError> {
+    /// Enqueues, evicting the oldest queued batches while the queue is full (policy
+    /// `drop_oldest`); returns the number of rows evicted. Only batches are dropped: a
+    /// watermark, barrier or read mark met while evicting goes back into the queue after
+    /// `msg` (so a read mark is never lost, only moved behind rows that were queued after it).
+    pub fn send_evicting(&self, msg: Message) -> Result<u64, CoreError> {
         let mut evicted_rows = 0u64;
         self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        loop {
-            match self.tx.try_send(msg) {
-                Ok(()) => {
-                    self.shared.wake_worker(self.worker);
-                    return Ok(evicted_rows);
+        let mut to_send = VecDeque::from([msg]);
+        // Control messages moved in a row: a queue holding nothing else is waited on.
+        let mut moved = 0usize;
+        while let Some(next) = to_send.pop_front() {
+            let next = if moved > self.capacity {
+                moved = 0;
+                match self.tx.send(next) {
+                    Ok(()) => {
+                        self.shared.wake_worker(self.worker);
+                        continue;
+                    }
+                    Err(e) => e.into_inner(),
                 }
+            } else {
+                next
+            };
+            match self.tx.try_send(next) {
+                Ok(()) => self.shared.wake_worker(self.worker),
                 Err(TrySendError::Full(m)) => {
-                    msg = m;
-                    if let Ok(old) = self.evict.try_recv() {
-                        evicted_rows += old.num_rows() as u64;
-                        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    to_send.push_front(m);
+                    match self.evict.try_recv() {
+                        Ok(Message::Batch(old)) => {
+                            evicted_rows += old.num_rows() as u64;
+                            self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+                            moved = 0;
+                        }
+                        Ok(control) => {
+                            to_send.push_back(control);
+                            moved += 1;
+                        }
+                        Err(_) => {}
                     }
                 }
-                Err(TrySendError::Disconnected(_)) => {
-                    self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+                Err(TrySendError::Disconnected(m)) => {
+                    to_send.push_front(m);
+                    self.shared
+                        .in_flight
+                        .fetch_sub(to_send.len() as i64, Ordering::SeqCst);
                     return Err(CoreError::Shutdown);
                 }
             }
         }
+        Ok(evicted_rows)
     }
 
     /// Messages waiting in the queue.

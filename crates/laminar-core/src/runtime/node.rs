@@ -32,8 +32,10 @@ struct NodeState {
     operator: Box<dyn Operator>,
     inputs: Vec<Input>,
     merger: WatermarkMerger,
-    /// The checkpoint epoch being aligned (some inputs delivered its barrier).
+    /// The checkpoint epoch (or read mark) being aligned (some inputs delivered its
+    /// barrier), and since when.
     aligning: Option<u64>,
+    aligning_since: Instant,
     ended: bool,
     out: Vec<Message>,
 }
@@ -75,6 +77,11 @@ struct MemoryBudget {
 /// How often a node with a memory budget compares its state size with it (the size of some
 /// operators' state takes a walk over it to compute).
 const BUDGET_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How long a node holds inputs for a read mark that other inputs do not deliver: longer than
+/// a query waits for its mark ([`crate::message::READ_MARK_WAIT`]).
+const READ_MARK_ALIGNMENT_LIMIT: std::time::Duration =
+    crate::message::READ_MARK_WAIT.saturating_add(std::time::Duration::from_secs(5));
 
 /// What a new reader of a node receives before the node's live output, taken while no
 /// output is being produced: a materialized view's current contents and watermark. The first
@@ -125,6 +132,7 @@ impl Node {
                 inputs: Vec::new(),
                 merger: WatermarkMerger::new(0),
                 aligning: None,
+                aligning_since: Instant::now(),
                 ended: false,
                 out: Vec::new(),
             }),
@@ -413,6 +421,19 @@ impl Node {
         }
         let mut outputs = self.outputs.lock();
         let mut st = self.state.lock();
+        if let Some(mark) = st.aligning
+            && crate::message::is_read_mark(mark)
+            && now.duration_since(st.aligning_since) > READ_MARK_ALIGNMENT_LIMIT
+        {
+            // A read mark that some input never delivers (it entered the sources while this
+            // node was being connected, or its query gave up): stop holding the inputs that
+            // did. The mark goes no further; its query has failed by now.
+            tracing::warn!(node = %self.name, mark, "abandoning read-mark alignment");
+            st.aligning = None;
+            for i in st.inputs.iter_mut() {
+                i.aligned = false;
+            }
+        }
         let mut out = std::mem::take(&mut st.out);
         let result = st.operator.on_tick(now, &mut out);
         st.out = out;
@@ -509,6 +530,9 @@ impl Node {
                     for i in st.inputs.iter_mut() {
                         i.aligned = false;
                     }
+                }
+                if st.aligning != Some(epoch) {
+                    st.aligning_since = Instant::now();
                 }
                 st.aligning = Some(epoch);
                 if let Some(i) = st.inputs.get_mut(input) {

@@ -68,9 +68,10 @@ fn streaming(
     input: &[Row],
     splits: &[usize],
     watermarks: &[bool],
+    workers: usize,
 ) -> Vec<Vec<String>> {
     let (db, mut sub, src) = stream_under_test(
-        1,
+        workers,
         &format!(
             "CREATE SOURCE t (k BIGINT NOT NULL, v BIGINT NOT NULL, ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - {DISORDER})"
         ),
@@ -102,12 +103,13 @@ fn check(
     input: &[Row],
     splits: &[usize],
     watermarks: &[bool],
+    workers: usize,
 ) -> Result<(), TestCaseError> {
-    let mut got = streaming(query, input, splits, watermarks);
+    let mut got = streaming(query, input, splits, watermarks, workers);
     let mut want = batch_query("t", to_batch(input), query);
     got.sort();
     want.sort();
-    prop_assert_eq!(got, want, "query: {}", query);
+    prop_assert_eq!(got, want, "query: {} on {} workers", query, workers);
     Ok(())
 }
 
@@ -120,12 +122,14 @@ proptest! {
         splits in proptest::collection::vec(0usize..1000, 0..8),
         watermarks in proptest::collection::vec(any::<bool>(), 0..8),
         query in 0..QUERIES.len(),
+        workers in 1usize..3,
     ) {
-        check(QUERIES[query], &input, &splits, &watermarks)?;
+        check(QUERIES[query], &input, &splits, &watermarks, workers)?;
     }
 }
 
-/// Every query once over a fixed input with disorder and several splits.
+/// Every query once over a fixed input with disorder and several splits, on one worker and
+/// on two (a query with `PARTITION BY` then runs as two instances).
 #[test]
 fn every_analytic_query_on_a_fixed_input() {
     let input: Vec<Row> = (0..300)
@@ -138,6 +142,15 @@ fn every_analytic_query_on_a_fixed_input() {
         })
         .collect();
     for query in QUERIES {
-        check(query, &input, &[17, 100, 101, 250], &[true, false, true]).unwrap();
+        for workers in [1, 2] {
+            check(
+                query,
+                &input,
+                &[17, 100, 101, 250],
+                &[true, false, true],
+                workers,
+            )
+            .unwrap();
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `WATERMARK <source> <ms>` | `watermark(ms)` on the source, then wait until processed |
 //! | `EMITTED <stream>` | (query) every row the stream emitted since it was created |
+//! | `EMITTED <stream> BY <n>` | (query) the same, grouped by column `n` (from 0) with each group's rows in emission order: for partitions that parallel instances emit in any interleaving |
 //! | `WATERMARK_OF <stream>` | (query) the stream's output watermark (`NULL` if none) |
 //! | `METRIC <kind> <name> <field>` | (query) one metric value, e.g. `METRIC stream t total_events` |
 //!
@@ -95,6 +96,17 @@ impl Harness {
                 Ok(DBOutput::StatementComplete(0))
             })()),
             ["EMITTED", stream] => Some(self.drain(stream).map(|b| text(rows(&b)))),
+            ["EMITTED", stream, "BY", column] => Some((|| {
+                let column: usize = column.parse().map_err(|_| {
+                    HarnessError(format!(
+                        "EMITTED .. BY takes a column number, not '{column}'"
+                    ))
+                })?;
+                let mut emitted = rows(&self.drain(stream)?);
+                // Stable: each partition's rows keep the order they were emitted in.
+                emitted.sort_by(|a, b| a.get(column).cmp(&b.get(column)));
+                Ok(text(emitted))
+            })()),
             ["WATERMARK_OF", stream] => Some((|| {
                 self.db.wait_idle(WAIT);
                 let m = self

@@ -472,6 +472,66 @@ fn several_views_in_one_query_are_read_at_one_point() {
     db.shutdown_sync();
 }
 
+#[test]
+fn partitioned_top_n_and_analytic_queries_run_as_parallel_instances() {
+    let db = db(2);
+    block_on(db.execute(
+        "CREATE SOURCE bids (auction BIGINT, price BIGINT, ts BIGINT, WATERMARK FOR ts AS ts); \
+         CREATE MATERIALIZED VIEW best AS SELECT auction, price FROM (SELECT auction, price, \
+           ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC) AS rn FROM bids) WHERE rn <= 2; \
+         CREATE STREAM moves AS SELECT auction, price - LAG(price) OVER (PARTITION BY auction ORDER BY ts) AS d FROM bids",
+    ))
+    .unwrap();
+    for (name, kind) in [("best", "TopNOperator"), ("moves", "AnalyticOperator")] {
+        let plan = select(&db, &format!("EXPLAIN ANALYZE {name}"));
+        let line = |prefix: &str| {
+            plan.iter()
+                .find(|r| r[0].starts_with(prefix))
+                .map(|r| r[1].clone())
+                .unwrap_or_else(|| panic!("no '{prefix}' row in {plan:?}"))
+        };
+        assert!(
+            line("operator").starts_with(&format!("{kind} x2 (merged)")),
+            "{plan:?}"
+        );
+        assert!(
+            line(&format!("instance {name}[1]")).starts_with(kind),
+            "{plan:?}"
+        );
+        assert!(line("exchange").starts_with("hash exchange"), "{plan:?}");
+    }
+    // Every partition in one place, whichever instance holds it.
+    let source = db.source_untyped("bids").unwrap();
+    let schema: SchemaRef = Arc::new(Schema::new(vec![
+        Field::new("auction", DataType::Int64, true),
+        Field::new("price", DataType::Int64, true),
+        Field::new("ts", DataType::Int64, true),
+    ]));
+    let auctions: Vec<i64> = (0..300).map(|i| i % 30).collect();
+    let prices: Vec<i64> = (0..300).collect();
+    source
+        .push_arrow(
+            RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(Int64Array::from(auctions)) as ArrayRef,
+                    Arc::new(Int64Array::from(prices.clone())),
+                    Arc::new(Int64Array::from(prices)),
+                ],
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(
+        select(
+            &db,
+            "SELECT COUNT(*), MIN(price), COUNT(DISTINCT auction) FROM best"
+        ),
+        vec![vec!["60", "240", "30"]]
+    );
+    db.shutdown_sync();
+}
+
 /// The key a view is indexed by and how often it was read by key and whole, from
 /// `EXPLAIN ANALYZE`.
 fn view_reads(db: &LaminarDB, view: &str) -> (String, u64, u64) {
