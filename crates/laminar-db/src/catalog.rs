@@ -68,8 +68,9 @@ pub(crate) struct StreamEntry {
     /// Parallel instances of the stream's operator (empty: `node` runs it alone); `node`
     /// then merges their outputs.
     pub(crate) instances: Vec<(Arc<Node>, Arc<NodeMetrics>)>,
-    /// The hash exchange in front of the instances (runs the input chain once).
-    pub(crate) exchange: Option<(Arc<Node>, Arc<NodeMetrics>)>,
+    /// The hash exchange(s) in front of the instances (each runs its input chain(s) once; a
+    /// join has one per side).
+    pub(crate) exchanges: Vec<(Arc<Node>, Arc<NodeMetrics>)>,
     /// The ingestion queue of a `LATE DATA TO` side output (checkpoint barriers enter it).
     pub(crate) late_input: Option<laminar_core::runtime::SourceInput>,
     /// For a materialized view: the node keeping its contents, which readers read.
@@ -111,9 +112,12 @@ impl StreamEntry {
     /// Rows that entered the stream (at the exchange, when there are parallel instances).
     pub(crate) fn rows_in(&self) -> u64 {
         use std::sync::atomic::Ordering;
-        match &self.exchange {
-            Some((_, m)) => m.rows_in.load(Ordering::Relaxed),
-            None => self.metrics.rows_in.load(Ordering::Relaxed),
+        match &self.exchanges[..] {
+            [] => self.metrics.rows_in.load(Ordering::Relaxed),
+            exchanges => exchanges
+                .iter()
+                .map(|(_, m)| m.rows_in.load(Ordering::Relaxed))
+                .sum(),
         }
     }
 
@@ -127,7 +131,7 @@ impl StreamEntry {
             + self
                 .instances
                 .iter()
-                .chain(&self.exchange)
+                .chain(&self.exchanges)
                 .map(|(_, m)| field(m).load(Ordering::Relaxed))
                 .sum::<u64>()
     }

@@ -319,7 +319,7 @@ impl LaminarDB {
         for stream in catalog.streams.values() {
             nodes.push(stream.node.clone());
             nodes.extend(stream.instances.iter().map(|(n, _)| n.clone()));
-            nodes.extend(stream.exchange.iter().map(|(n, _)| n.clone()));
+            nodes.extend(stream.exchanges.iter().map(|(n, _)| n.clone()));
             nodes.extend(stream.view.iter().map(|v| v.node.clone()));
             if stream.side_output_of.is_none() && stream.query_id.is_none() {
                 objects.push((stream.name.clone(), stream.sql.clone()));

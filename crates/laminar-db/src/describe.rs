@@ -304,7 +304,8 @@ impl LaminarDB {
         plan: &laminar_sql::StreamPlan,
     ) -> Vec<(String, String)> {
         let instances = crate::execute::parallel_instances(plan, self.inner.runtime.workers());
-        if let (true, Some((_, _, key))) = (instances > 1, crate::execute::partition_keys(plan)) {
+        if let (true, Some(partitioning)) = (instances > 1, crate::execute::partition_keys(plan)) {
+            let key = partitioning.key;
             let at = rows
                 .iter()
                 .position(|(k, _)| k == "operator")
@@ -350,9 +351,12 @@ impl LaminarDB {
             size.rows -= held.rows;
             size.bytes -= held.bytes;
         }
-        if let Some((_, metrics)) = &stream.exchange {
+        for (index, (_, metrics)) in stream.exchanges.iter().enumerate() {
             rows.push((
-                format!("exchange {}", stream.name),
+                match stream.exchanges.len() {
+                    1 => format!("exchange {}", stream.name),
+                    _ => format!("exchange {} (input {index})", stream.name),
+                },
                 format!(
                     "hash exchange rows_in={} rows_routed={}",
                     metrics.rows_in.load(Ordering::Relaxed),

@@ -710,8 +710,10 @@ impl LaminarDB {
         late_rows: Option<Box<dyn LateRows>>,
         behind_exchange: Option<&InstanceShared>,
     ) -> Result<Box<dyn Operator>, DbError> {
-        // Behind a hash exchange the input chain already ran (in the exchange).
+        // Behind hash exchanges the input chains already ran (in the exchanges): one input
+        // per exchange, one exchange per join side or one for everything else.
         let chains = match behind_exchange {
+            Some(_) if plan.join.is_some() => vec![Vec::new(); plan.chains.len()],
             Some(_) => vec![Vec::new()],
             None => plan.chains.clone(),
         };
@@ -721,7 +723,7 @@ impl LaminarDB {
                 inputs: j
                     .relations
                     .iter()
-                    .zip(&plan.chains)
+                    .zip(&chains)
                     .map(
                         |(&relation, chain)| laminar_core::operator::join::JoinInput {
                             relation,
@@ -986,31 +988,47 @@ impl LaminarDB {
             Vec::new();
         // The view's rows before any input (see `Operator::initial_output`).
         let mut initial: Option<RecordBatch> = None;
-        // The node reading the upstreams: connected last (see `PendingInputs`).
-        let mut inputs_of: Option<Arc<laminar_core::runtime::Node>> = None;
-        let mut exchange: Option<(Arc<laminar_core::runtime::Node>, Arc<NodeMetrics>)> = None;
+        // The nodes reading the upstreams, and which: connected last (see `PendingInputs`).
+        let mut inputs_of: Vec<(
+            Arc<laminar_core::runtime::Node>,
+            Vec<Arc<laminar_core::runtime::Node>>,
+        )> = Vec::new();
+        let mut exchanges: Vec<(Arc<laminar_core::runtime::Node>, Arc<NodeMetrics>)> = Vec::new();
         let parallel = partition_keys(&plan).filter(|_| instances > 1);
-        let built = if let Some((keys, input_schema, _)) = parallel {
-            // Parallel instances behind a hash exchange: the exchange runs the input chain
-            // and routes each row to the instance its key hashes to; a pass-through node
-            // merges the instances' outputs (watermark = minimum).
+        let built = if let Some(partitioning) = parallel {
+            // Parallel instances behind hash exchanges: an exchange runs the input chain(s)
+            // and routes each row to the instance its key hashes to (a join has one exchange
+            // per side, hashing equal keys alike); a pass-through node merges the instances'
+            // outputs (watermark = minimum).
             let shared = InstanceShared::default();
-            let exchange_metrics = Arc::new(NodeMetrics::default());
-            let exchange_node = self.inner.runtime.add_node(
-                &format!("{name}[exchange]"),
-                Box::new(ExchangeOperator::new(
-                    name,
-                    plan.chains.clone(),
-                    keys,
-                    instances,
-                    input_schema,
-                )),
-                exchange_metrics.clone(),
-                // Upstreams are connected once every instance is attached (below), so no
-                // routed row can find its instance missing.
-                &[],
-            );
-            exchange = Some((exchange_node.clone(), exchange_metrics));
+            let per_input = partitioning.exchanges.len() > 1;
+            for (index, (keys, schema)) in partitioning.exchanges.into_iter().enumerate() {
+                let (exchange_name, chains, reads) = if per_input {
+                    (
+                        format!("{name}[exchange{index}]"),
+                        vec![plan.chains[index].clone()],
+                        upstreams.get(index).cloned().into_iter().collect(),
+                    )
+                } else {
+                    (
+                        format!("{name}[exchange]"),
+                        plan.chains.clone(),
+                        upstreams.clone(),
+                    )
+                };
+                let exchange_metrics = Arc::new(NodeMetrics::default());
+                let exchange_node = self.inner.runtime.add_node(
+                    &exchange_name,
+                    Box::new(ExchangeOperator::new(name, chains, keys, instances, schema)),
+                    exchange_metrics.clone(),
+                    // Upstreams are connected once every instance is attached (below), so
+                    // no routed row can find its instance missing.
+                    &[],
+                );
+                inputs_of.push((exchange_node.clone(), reads));
+                exchanges.push((exchange_node, exchange_metrics));
+            }
+            let exchange_nodes: Vec<_> = exchanges.iter().map(|(n, _)| n.clone()).collect();
             let mut failed = None;
             // Instances restore their state in parallel (a large state takes seconds).
             let made: Vec<_> = (0..instances)
@@ -1059,12 +1077,13 @@ impl LaminarDB {
             for (index, (made, instance_metrics)) in made.into_iter().enumerate() {
                 match made {
                     Ok(op) => {
-                        // Edge `index` of the exchange leads to instance `index`.
+                        // Edge `index` of each exchange leads to instance `index` (input `i` of
+                        // the instance is exchange `i`).
                         let node = self.inner.runtime.add_node(
                             &format!("{name}[{index}]"),
                             op,
                             instance_metrics.clone(),
-                            std::slice::from_ref(&exchange_node),
+                            &exchange_nodes,
                         );
                         instance_nodes.push((node, instance_metrics));
                     }
@@ -1086,7 +1105,6 @@ impl LaminarDB {
                         metrics.clone(),
                         &inputs,
                     );
-                    inputs_of = Some(exchange_node.clone());
                     Ok(merged)
                 }
             }
@@ -1110,7 +1128,7 @@ impl LaminarDB {
                         .inner
                         .runtime
                         .add_node(name, operator, metrics.clone(), &[]);
-                    inputs_of = Some(node.clone());
+                    inputs_of.push((node.clone(), upstreams.clone()));
                     node
                 })
         };
@@ -1146,7 +1164,7 @@ impl LaminarDB {
                 built
             }
             Err(e) => {
-                for (node, _) in instance_nodes.iter().chain(&exchange) {
+                for (node, _) in instance_nodes.iter().chain(&exchanges) {
                     self.inner.runtime.remove_node(node);
                 }
                 if let Some((late_node, ..)) = &late {
@@ -1173,7 +1191,7 @@ impl LaminarDB {
                     active: Arc::new(AtomicBool::new(true)),
                     side_output_of: Some(name.to_string()),
                     instances: Vec::new(),
-                    exchange: None,
+                    exchanges: Vec::new(),
                     late_input: Some(late_input),
                     view: None,
                 },
@@ -1192,15 +1210,14 @@ impl LaminarDB {
                 active: active.clone(),
                 side_output_of: None,
                 instances: instance_nodes,
-                exchange,
+                exchanges,
                 late_input: None,
                 view,
             },
         );
         let pending = PendingInputs {
             name: name.to_string(),
-            node: inputs_of,
-            upstreams,
+            targets: inputs_of,
             seeded,
         };
         Ok((node, active, pending))
@@ -1445,8 +1462,10 @@ impl LaminarDB {
         };
         let pending = PendingInputs {
             name: c.name.clone(),
-            node: node.clone(),
-            upstreams: sink_inputs,
+            targets: node
+                .iter()
+                .map(|n| (n.clone(), sink_inputs.clone()))
+                .collect(),
             seeded,
         };
         catalog.sinks.insert(
@@ -1563,7 +1582,7 @@ impl LaminarDB {
     /// Stops a stream's nodes: its output node and its parallel instances.
     fn remove_stream_nodes(&self, stream: &StreamEntry) {
         // Upstream first: the exchange stops routing before its instances go.
-        for (node, _) in stream.exchange.iter().chain(&stream.instances) {
+        for (node, _) in stream.exchanges.iter().chain(&stream.instances) {
             self.inner.runtime.remove_node(node);
         }
         self.inner.runtime.remove_node(&stream.node);
@@ -1591,19 +1610,17 @@ impl LaminarDB {
     /// removed again.
     fn connect_pending(&self, pending: PendingInputs) -> Result<(), DbError> {
         let runtime = &self.inner.runtime;
-        let Some(node) = &pending.node else {
-            return Ok(());
-        };
-        if !pending.seeded {
-            runtime.connect_inputs(node, &pending.upstreams);
-            return Ok(());
-        }
-        runtime
-            .connect_inputs_seeded(node, &pending.upstreams)
-            .map_err(|e| {
+        for (node, upstreams) in &pending.targets {
+            if !pending.seeded {
+                runtime.connect_inputs(node, upstreams);
+                continue;
+            }
+            if let Err(e) = runtime.connect_inputs_seeded(node, upstreams) {
                 self.remove_object(&pending.name);
-                self.seed_error(&pending.name, e)
-            })
+                return Err(self.seed_error(&pending.name, e));
+            }
+        }
+        Ok(())
     }
 
     /// The error of a new reader of a view that could not be given the view's contents.
@@ -1763,8 +1780,11 @@ impl LaminarDB {
 /// are attached.
 pub(crate) struct PendingInputs {
     name: String,
-    node: Option<Arc<laminar_core::runtime::Node>>,
-    upstreams: Vec<Arc<laminar_core::runtime::Node>>,
+    /// Each node reading upstreams, with the upstreams it reads in input order.
+    targets: Vec<(
+        Arc<laminar_core::runtime::Node>,
+        Vec<Arc<laminar_core::runtime::Node>>,
+    )>,
     /// Readers of materialized views start from their contents.
     seeded: bool,
 }
@@ -1919,12 +1939,31 @@ impl LateRows for LateStream {
 /// Default ingestion queue length (batches) of a connector source.
 const CONNECTOR_QUEUE_BATCHES: usize = 16;
 
-/// Key expressions rows are split by, the schema they read, and what the key is.
-pub(crate) type PartitionKeys = (
-    Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
-    SchemaRef,
-    &'static str,
-);
+/// How the rows of a stream are split over its parallel instances.
+pub(crate) struct Partitioning {
+    /// One hash exchange per entry: the key expressions it hashes, over the schema they
+    /// read (the output of the input chain(s) the exchange runs). One entry reads every
+    /// input of the stream; a join has one per side, each reading its own input.
+    pub(crate) exchanges: Vec<(
+        Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
+        SchemaRef,
+    )>,
+    /// What the key is, for `EXPLAIN`.
+    pub(crate) key: &'static str,
+}
+
+impl Partitioning {
+    fn one(
+        keys: Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
+        schema: SchemaRef,
+        key: &'static str,
+    ) -> Partitioning {
+        Partitioning {
+            exchanges: vec![(keys, schema)],
+            key,
+        }
+    }
+}
 
 /// What the parallel instances of one stream share.
 #[derive(Default)]
@@ -1934,8 +1973,8 @@ pub(crate) struct InstanceShared {
 }
 
 /// Parallel instances of a stream's operator: one per worker when it is an aggregation by
-/// keys, a top-N or an analytic query with `PARTITION BY` (a hash exchange routes each row
-/// to the instance of its key), otherwise one.
+/// keys, a top-N or an analytic query with `PARTITION BY`, or an updating equi-join (a hash
+/// exchange routes each row to the instance of its key), otherwise one.
 pub(crate) fn parallel_instances(plan: &StreamPlan, workers: usize) -> usize {
     match partition_keys(plan) {
         Some(_) => workers.max(1),
@@ -1943,17 +1982,43 @@ pub(crate) fn parallel_instances(plan: &StreamPlan, workers: usize) -> usize {
     }
 }
 
-/// What the rows of a stream are split over parallel instances by: the key expressions,
-/// over the schema they read (the input chain's output), and what the key is, for
-/// `EXPLAIN`. `None` when the stream runs as one instance: a join, a stateless query, an
-/// unpartitioned operator, or a staged query (its stage and top run in one node).
-pub(crate) fn partition_keys(plan: &StreamPlan) -> Option<PartitionKeys> {
-    if !plan.stages.is_empty() || plan.join.is_some() {
+/// What the rows of a stream are split over parallel instances by. `None` when the stream
+/// runs as one instance: a stateless query, an unpartitioned operator, a join other than a
+/// single updating equi-join of two inputs (a `NOT IN` anti join reads every right row for
+/// its NULL rule), or a staged query (its stage and top run in one node).
+pub(crate) fn partition_keys(plan: &StreamPlan) -> Option<Partitioning> {
+    if !plan.stages.is_empty() {
         return None;
+    }
+    if let Some(j) = &plan.join {
+        let [step] = &j.steps[..] else {
+            return None;
+        };
+        let splittable = matches!(
+            step.kind,
+            laminar_core::operator::join::JoinKind::Updating {
+                null_aware: false,
+                ..
+            }
+        );
+        if !splittable
+            || step.left_keys.is_empty()
+            || plan.chains.len() != 2
+            || j.relations != [0, 1]
+        {
+            return None;
+        }
+        return Some(Partitioning {
+            exchanges: vec![
+                (step.left_keys.clone(), step.left_schema.clone()),
+                (step.right_keys.clone(), step.right_schema.clone()),
+            ],
+            key: "join keys (one exchange per join side)",
+        });
     }
     if let Some(t) = &plan.topn {
         return (!t.partition_by.is_empty()).then(|| {
-            (
+            Partitioning::one(
                 t.partition_by.clone(),
                 t.input_schema.clone(),
                 "partition keys",
@@ -1962,7 +2027,7 @@ pub(crate) fn partition_keys(plan: &StreamPlan) -> Option<PartitionKeys> {
     }
     if let Some(a) = &plan.analytic {
         return (!a.partition_by.is_empty()).then(|| {
-            (
+            Partitioning::one(
                 a.partition_by.clone(),
                 a.input_schema.clone(),
                 "partition keys",
@@ -1973,12 +2038,12 @@ pub(crate) fn partition_keys(plan: &StreamPlan) -> Option<PartitionKeys> {
     Some(match &a.keyed_watermark {
         // Keyed watermarks: split by the watermark key, so each key's clock sees every
         // row of that key.
-        Some((index, _)) => (
+        Some((index, _)) => Partitioning::one(
             vec![a.keys[*index].clone()],
             a.input_schema.clone(),
             "watermark key",
         ),
-        None => (a.keys.clone(), a.input_schema.clone(), "group keys"),
+        None => Partitioning::one(a.keys.clone(), a.input_schema.clone(), "group keys"),
     })
 }
 
