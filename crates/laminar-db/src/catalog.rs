@@ -93,6 +93,18 @@ impl StreamEntry {
             || self.plan.lookup_tables().iter().any(|t| t == name)
     }
 
+    /// True when a node running the stream's query failed: its own, a parallel instance
+    /// or an exchange (an instance that fails ends its input of the merge node, whose other
+    /// inputs go on, so the stream would otherwise look alive without that instance's keys).
+    pub(crate) fn has_failed(&self) -> bool {
+        self.node.has_failed()
+            || self
+                .instances
+                .iter()
+                .chain(&self.exchanges)
+                .any(|(n, _)| n.has_failed())
+    }
+
     /// State held by the stream (summed over parallel instances).
     pub(crate) fn state_size(&self) -> laminar_core::operator::StateSize {
         let mut size = self.node.state_size();

@@ -650,6 +650,7 @@ impl LaminarDB {
         use laminar_core::message::{READ_MARK, READ_MARK_WAIT};
         let mark = READ_MARK | self.inner.next_read_mark.fetch_add(1, Ordering::Relaxed);
         let mut rows = std::collections::HashMap::new();
+        let mut failed = Vec::new();
         let (views, tables) = {
             let catalog = self.inner.catalog.read();
             let views: Vec<(String, Arc<ViewStore>, Arc<laminar_core::runtime::Node>)> = relations
@@ -657,6 +658,9 @@ impl LaminarDB {
                 .filter_map(|r| catalog.streams.get(r))
                 .filter_map(|s| {
                     let v = s.view.as_ref()?;
+                    if s.has_failed() {
+                        failed.push(s.name.clone());
+                    }
                     Some((s.name.clone(), v.store.clone(), v.node.clone()))
                 })
                 .collect();
@@ -670,6 +674,11 @@ impl LaminarDB {
                 .collect();
             (views, tables)
         };
+        if let Some(name) = failed.first() {
+            return Err(DbError::Engine(format!(
+                "materialized view '{name}' cannot be read at one point with the other relations: its query failed (see LaminarDB::failures)"
+            )));
+        }
         let engine = |e: laminar_core::CoreError| DbError::Engine(e.to_string());
         // A recovering database holds table changes until it starts: nothing moves, so the
         // relations are read as they are.

@@ -184,7 +184,7 @@ pub(crate) fn view_state(stream: &StreamEntry) -> String {
         return String::new();
     };
     let size = view.store.size();
-    let state = if view.node.has_failed() || stream.node.has_failed() {
+    let state = if view.node.has_failed() || stream.has_failed() {
         "failed"
     } else if view.node.is_finished() {
         "ended"

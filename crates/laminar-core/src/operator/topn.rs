@@ -582,6 +582,8 @@ impl Operator for TopNOperator {
         self.partitions = partitions;
         self.stored_rows = rows;
         self.stored_bytes = bytes;
+        // The restored partitions count towards the shared bound at once.
+        self.partitions_held();
         Ok(())
     }
 

@@ -92,9 +92,12 @@ impl SourceInput {
     }
 
     /// Enqueues, evicting the oldest queued batches while the queue is full (policy
-    /// `drop_oldest`); returns the number of rows evicted. Only batches are dropped: a
-    /// watermark, barrier or read mark met while evicting goes back into the queue after
-    /// `msg` (so a read mark is never lost, only moved behind rows that were queued after it).
+    /// `drop_oldest`); returns the number of rows evicted. A watermark, idle marker or read
+    /// mark met while evicting goes back into the queue after `msg` (so a read mark is never
+    /// lost, only moved behind rows that were queued after it). A checkpoint barrier met
+    /// while evicting is dropped, as before: moved behind later rows it would put them into
+    /// the checkpoint after the write-ahead-log position recorded for it (counted twice on
+    /// recovery); dropped, the checkpoint fails on its timeout instead.
     pub fn send_evicting(&self, msg: Message) -> Result<u64, CoreError> {
         let mut evicted_rows = 0u64;
         self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -102,18 +105,19 @@ impl SourceInput {
         // Control messages moved in a row: a queue holding nothing else is waited on.
         let mut moved = 0usize;
         while let Some(next) = to_send.pop_front() {
-            let next = if moved > self.capacity {
+            if moved > self.capacity {
+                // Only control messages queued: wait for room (the one in flight already
+                // counts in `in_flight`, which `send_blocking` counts again).
                 moved = 0;
-                match self.tx.send(next) {
-                    Ok(()) => {
-                        self.shared.wake_worker(self.worker);
-                        continue;
-                    }
-                    Err(e) => e.into_inner(),
+                self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+                if let Err(e) = self.send_blocking(next) {
+                    self.shared
+                        .in_flight
+                        .fetch_sub(to_send.len() as i64, Ordering::SeqCst);
+                    return Err(e);
                 }
-            } else {
-                next
-            };
+                continue;
+            }
             match self.tx.try_send(next) {
                 Ok(()) => self.shared.wake_worker(self.worker),
                 Err(TrySendError::Full(m)) => {
@@ -121,6 +125,10 @@ impl SourceInput {
                     match self.evict.try_recv() {
                         Ok(Message::Batch(old)) => {
                             evicted_rows += old.num_rows() as u64;
+                            self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+                            moved = 0;
+                        }
+                        Ok(Message::Barrier(epoch)) if !crate::message::is_read_mark(epoch) => {
                             self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
                             moved = 0;
                         }
@@ -308,5 +316,79 @@ impl Drop for EdgeReceiver {
                 self.shared.in_flight.fetch_sub(left, Ordering::SeqCst);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::READ_MARK;
+    use crate::runtime::{Runtime, RuntimeConfig};
+    use arrow::array::{ArrayRef, Int64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::record_batch::RecordBatch;
+
+    fn batch(value: i64) -> Message {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        Message::Batch(
+            RecordBatch::try_new(
+                schema,
+                vec![Arc::new(Int64Array::from(vec![value])) as ArrayRef],
+            )
+            .unwrap(),
+        )
+    }
+
+    fn describe(m: &Message) -> String {
+        match m {
+            Message::Batch(b) => format!(
+                "batch {}",
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .value(0)
+            ),
+            Message::Watermark(w) => format!("watermark {w}"),
+            Message::Barrier(id) if crate::message::is_read_mark(*id) => {
+                format!("mark {}", id & !READ_MARK)
+            }
+            Message::Barrier(id) => format!("barrier {id}"),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn eviction_drops_batches_and_checkpoint_barriers_but_keeps_marks_and_watermarks() {
+        let rt = Runtime::start(RuntimeConfig {
+            workers: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        // A queue of three nobody reads.
+        let (tx, rx) = crossbeam_channel::bounded(3);
+        let input = SourceInput {
+            tx,
+            evict: rx.clone(),
+            shared: rt.shared.clone(),
+            worker: 0,
+            capacity: 3,
+        };
+        for m in [
+            Message::Watermark(5),
+            Message::Barrier(READ_MARK | 1),
+            batch(1),
+        ] {
+            assert_eq!(input.send_evicting(m).unwrap(), 0);
+        }
+        // Full: the watermark and the mark move behind the new batch; batch 1 is dropped.
+        assert_eq!(input.send_evicting(batch(2)).unwrap(), 1);
+        assert_eq!(input.send_evicting(Message::Barrier(7)).unwrap(), 1);
+        // Batch 4 goes in ahead of the watermark and the mark, which move behind it; the
+        // checkpoint barrier that reaches the head meanwhile is dropped, not moved.
+        assert_eq!(input.send_evicting(batch(4)).unwrap(), 0);
+        let left: Vec<String> = rx.try_iter().map(|m| describe(&m)).collect();
+        assert_eq!(left, vec!["batch 4", "watermark 5", "mark 1"]);
+        rt.shutdown();
     }
 }

@@ -36,6 +36,9 @@ struct NodeState {
     /// barrier), and since when.
     aligning: Option<u64>,
     aligning_since: Instant,
+    /// The newest read mark this node gave up aligning: a copy of it (or of an older one)
+    /// arriving later is dropped, not aligned again (read mark ids only grow).
+    abandoned_mark: u64,
     ended: bool,
     out: Vec<Message>,
 }
@@ -133,6 +136,7 @@ impl Node {
                 merger: WatermarkMerger::new(0),
                 aligning: None,
                 aligning_since: Instant::now(),
+                abandoned_mark: 0,
                 ended: false,
                 out: Vec::new(),
             }),
@@ -430,6 +434,7 @@ impl Node {
             // did. The mark goes no further; its query has failed by now.
             tracing::warn!(node = %self.name, mark, "abandoning read-mark alignment");
             st.aligning = None;
+            st.abandoned_mark = st.abandoned_mark.max(mark);
             for i in st.inputs.iter_mut() {
                 i.aligned = false;
             }
@@ -515,6 +520,18 @@ impl Node {
                 }
                 Ok(())
             }
+            Message::Barrier(epoch)
+                if crate::message::is_read_mark(epoch)
+                    && (epoch <= st.abandoned_mark
+                        || st.aligning.is_some_and(|pending| {
+                            crate::message::is_read_mark(pending) && epoch < pending
+                        })) =>
+            {
+                // A read mark given up here, or one older than the mark being aligned (an
+                // input that reordered it): dropped, so it cannot hold inputs again.
+                st.abandoned_mark = st.abandoned_mark.max(epoch);
+                Ok(())
+            }
             Message::Barrier(epoch) => {
                 // Aligned checkpoints: an input that delivered the barrier is not read again
                 // until every live input delivered it, so the snapshot holds exactly the
@@ -527,6 +544,9 @@ impl Node {
                     // (Checkpoint barriers and read marks enter every source in one order,
                     // so a read mark never overtakes an aligning barrier.)
                     tracing::warn!(node = %self.name, pending, epoch, "abandoning checkpoint alignment");
+                    if crate::message::is_read_mark(pending) {
+                        st.abandoned_mark = st.abandoned_mark.max(pending);
+                    }
                     for i in st.inputs.iter_mut() {
                         i.aligned = false;
                     }

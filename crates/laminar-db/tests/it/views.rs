@@ -548,6 +548,52 @@ fn partitioned_top_n_analytic_and_join_queries_run_as_parallel_instances() {
         select(&db, "SELECT COUNT(*), SUM(qty) FROM stocked"),
         vec![vec!["199".to_string(), (19900 - 7 - 8 + 1000).to_string()]]
     );
+    // max_partitions bounds all instances together; the instance that crosses it fails the
+    // view as a whole.
+    block_on(db.execute(
+        "CREATE MATERIALIZED VIEW few WITH ('max_partitions' = '3') AS SELECT auction, price FROM \
+           (SELECT auction, price, ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC) AS rn FROM bids) WHERE rn <= 1",
+    ))
+    .unwrap();
+    let push = |auctions: Vec<i64>| {
+        let n = auctions.len() as i64;
+        db.source_untyped("bids")
+            .unwrap()
+            .push_arrow(
+                RecordBatch::try_new(
+                    Arc::new(Schema::new(vec![
+                        Field::new("auction", DataType::Int64, true),
+                        Field::new("price", DataType::Int64, true),
+                        Field::new("ts", DataType::Int64, true),
+                    ])),
+                    vec![
+                        Arc::new(Int64Array::from(auctions)) as ArrayRef,
+                        Arc::new(Int64Array::from(vec![1; n as usize])),
+                        Arc::new(Int64Array::from(vec![1000; n as usize])),
+                    ],
+                )
+                .unwrap(),
+            )
+            .unwrap();
+    };
+    push(vec![1000, 1001, 1002]);
+    let state = |db: &LaminarDB| {
+        select(db, "SHOW MATERIALIZED VIEWS")
+            .into_iter()
+            .find(|r| r[0] == "few")
+            .map(|r| r[2].clone())
+            .unwrap()
+    };
+    assert!(state(&db).starts_with("running"), "{}", state(&db));
+    push((1003..1010).collect());
+    assert!(state(&db).starts_with("failed"), "{}", state(&db));
+    assert!(
+        db.failures()
+            .iter()
+            .any(|f| f.contains("over its max_partitions of 3")),
+        "{:?}",
+        db.failures()
+    );
     db.shutdown_sync();
 }
 
