@@ -456,7 +456,19 @@ impl Durability {
             .keys()
             .filter(|n| (*n == name || n.starts_with(&prefix)) && !nodes.contains(n))
             .collect();
-        if !unexpected.is_empty() {
+        // A parallel stream's instances: all saved or none (a checkpoint taken with fewer
+        // workers holds keys in instances that now hash elsewhere).
+        let is_instance = |n: &str| {
+            n == name
+                || n.strip_prefix(&prefix)
+                    .and_then(|rest| rest.strip_suffix(']'))
+                    .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        };
+        let saves_instances = recovered.states.keys().any(|n| is_instance(n));
+        let missing = nodes
+            .iter()
+            .any(|n| is_instance(n) && !recovered.states.contains_key(n));
+        if !unexpected.is_empty() || (saves_instances && missing) {
             return Err(DbError::StateMismatch(format!(
                 "{kind} '{name}' was checkpointed as {} but now runs as {}; the parallelism follows the number of workers: run with the same --workers, or discard its state with `--reset-state {name}`",
                 describe_nodes(

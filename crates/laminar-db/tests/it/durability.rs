@@ -730,3 +730,74 @@ fn an_unusable_checkpoint_store_is_a_clear_error_at_open() {
     assert_eq!(error.code(), "CHECKPOINT", "{error}");
     assert!(error.to_string().contains("ftp://example/x"), "{error}");
 }
+
+#[test]
+fn a_parallel_stream_restores_only_with_the_workers_it_was_checkpointed_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = "CREATE SOURCE s (k BIGINT, x BIGINT); \
+                 CREATE MATERIALIZED VIEW v AS SELECT k, SUM(x) AS t FROM s GROUP BY k";
+    let db = crate::util::durable_db(dir.path(), 2, setup);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, true),
+        Field::new("x", DataType::Int64, true),
+    ]));
+    let keys: Vec<i64> = (0..100).collect();
+    db.source_untyped("s")
+        .unwrap()
+        .push_arrow(
+            RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(Int64Array::from(keys.clone())) as ArrayRef,
+                    Arc::new(Int64Array::from(keys)),
+                ],
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    assert!(db.wait_idle(Duration::from_secs(20)));
+    db.checkpoint().unwrap();
+    db.shutdown_sync();
+    // Fewer workers (an instance left over) and more (instances without state) are refused.
+    // (Each attempt on a copy: shutting down after a refused restore checkpoints again.)
+    for workers in [1, 3] {
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(dir.path(), copy.path());
+        let db = LaminarDB::builder()
+            .workers(workers)
+            .storage_dir(copy.path())
+            .checkpoint_interval(None)
+            .unwrap()
+            .build_sync()
+            .unwrap();
+        let err = crate::util::block_on(db.execute(setup))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("run with the same --workers"),
+            "{workers} workers: {err}"
+        );
+        db.shutdown_sync();
+    }
+    // The same count restores the rows.
+    let db = crate::util::durable_db(dir.path(), 2, setup);
+    assert_eq!(
+        crate::util::select(&db, "SELECT COUNT(*), SUM(t) FROM v"),
+        vec![vec!["100", "4950"]]
+    );
+    db.shutdown_sync();
+}
+
+/// Copies directory `from` into `to`, recursively.
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
