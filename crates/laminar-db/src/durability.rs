@@ -95,6 +95,9 @@ struct Recovered {
     sinks: BTreeMap<String, Vec<u8>>,
     /// Log records before this sequence number are covered by the checkpoint.
     wal_position: u64,
+    /// Objects whose restore was refused (name → why): their state is still only in the
+    /// restored checkpoint, so no checkpoint is taken until they are restored or reset.
+    refused: BTreeMap<String, String>,
 }
 
 /// A node's checkpointed state: its last full snapshot and the increments after it.
@@ -438,15 +441,18 @@ impl Durability {
     ) -> Result<Restored, DbError> {
         let started = Instant::now();
         let mut recovered = self.recovered.lock();
-        let Some(stored) = recovered.objects.get(name) else {
+        let Some(stored) = recovered.objects.get(name).cloned() else {
             return Ok(Restored::default());
         };
-        if normalized(stored) != normalized(sql) {
+        if normalized(&stored) != normalized(sql) {
+            recovered
+                .refused
+                .insert(name.to_string(), "defined differently".into());
             return Err(DbError::StateMismatch(format!(
                 "{kind} '{name}' is defined differently from the one in checkpoint {} of {}, so its state cannot be reused.\n  checkpointed: {}\n  now:          {}\nRestore the previous definition, or discard its state: `laminardb run --reset-state {name} ...` (LaminarDbBuilder::reset_state)",
                 recovered.epoch.unwrap_or(0),
                 self.config.dir.display(),
-                normalized(stored),
+                normalized(&stored),
                 normalized(sql)
             )));
         }
@@ -469,7 +475,7 @@ impl Durability {
             .iter()
             .any(|n| is_instance(n) && !recovered.states.contains_key(n));
         if !unexpected.is_empty() || (saves_instances && missing) {
-            return Err(DbError::StateMismatch(format!(
+            let message = format!(
                 "{kind} '{name}' was checkpointed as {} but now runs as {}; the parallelism follows the number of workers: run with the same --workers, or discard its state with `--reset-state {name}`",
                 describe_nodes(
                     recovered
@@ -478,7 +484,12 @@ impl Durability {
                         .filter(|n| *n == name || n.starts_with(&prefix))
                 ),
                 describe_nodes(nodes.iter())
-            )));
+            );
+            recovered.refused.insert(
+                name.to_string(),
+                "checkpointed with another number of workers".into(),
+            );
+            return Err(DbError::StateMismatch(message));
         }
         let mut restored = Restored {
             position: recovered.positions.remove(name),
@@ -491,6 +502,7 @@ impl Durability {
             }
         }
         recovered.objects.remove(name);
+        recovered.refused.remove(name);
         drop(recovered);
         self.stats.lock().recovery_time += started.elapsed();
         Ok(restored)
@@ -507,6 +519,20 @@ impl Durability {
     ) -> Result<u64, DbError> {
         let _serial = self.serial.lock();
         self.check_poisoned()?;
+        {
+            let recovered = self.recovered.lock();
+            if !recovered.refused.is_empty() {
+                let objects: Vec<String> = recovered
+                    .refused
+                    .iter()
+                    .map(|(name, why)| format!("'{name}' ({why})"))
+                    .collect();
+                return Err(DbError::Checkpoint(format!(
+                    "checkpoints are suspended: the checkpointed state of {} was not restored, and a new checkpoint would no longer hold it; create it again as checkpointed, or reopen with reset_state / --reset-state to discard that state",
+                    objects.join(", ")
+                )));
+            }
+        }
         if !self.replay.lock().is_empty() {
             return Err(DbError::InvalidOperation(
                 "recovery is not complete: start() replays the pushes logged after the restored checkpoint; checkpoints begin after it".into(),
