@@ -413,7 +413,10 @@ impl Durability {
 
     /// Forgets that `name` is being re-created (see [`Durability::is_recovering`]).
     pub(crate) fn forget_recovering(&self, name: &str) {
-        self.recovered.lock().objects.remove(name);
+        let mut recovered = self.recovered.lock();
+        recovered.objects.remove(name);
+        // Its state is given up with it: no longer a reason to hold checkpoints back.
+        recovered.refused.remove(name);
     }
 
     pub(crate) fn recovered_epoch(&self) -> Option<u64> {
@@ -476,7 +479,7 @@ impl Durability {
             .any(|n| is_instance(n) && !recovered.states.contains_key(n));
         if !unexpected.is_empty() || (saves_instances && missing) {
             let message = format!(
-                "{kind} '{name}' was checkpointed as {} but now runs as {}; the parallelism follows the number of workers: run with the same --workers, or discard its state with `--reset-state {name}`",
+                "{kind} '{name}' was checkpointed as {} but now runs as {}; the parallelism follows the number of workers: run with the same --workers (a join, top-N or analytic stream checkpointed by a build that ran it as one instance restores only with one worker), or discard its state with `--reset-state {name}`",
                 describe_nodes(
                     recovered
                         .states
