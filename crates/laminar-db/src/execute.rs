@@ -2001,7 +2001,11 @@ pub(crate) fn partition_keys(plan: &StreamPlan) -> Option<Partitioning> {
                 ..
             }
         );
+        // Over a changelog an update that changes a row's key would send its delete to one
+        // instance and its insert to another, and the join's retraction of the old match
+        // and its new match could then reach readers in either order: one instance.
         if !splittable
+            || j.append_only != [true, true]
             || step.left_keys.is_empty()
             || plan.chains.len() != 2
             || j.relations != [0, 1]
@@ -2017,7 +2021,8 @@ pub(crate) fn partition_keys(plan: &StreamPlan) -> Option<Partitioning> {
         });
     }
     if let Some(t) = &plan.topn {
-        return (!t.partition_by.is_empty()).then(|| {
+        // (An update moving a row to another partition over a changelog: as for joins.)
+        return (!t.partition_by.is_empty() && t.append_only).then(|| {
             Partitioning::one(
                 t.partition_by.clone(),
                 t.input_schema.clone(),

@@ -49,6 +49,9 @@ pub struct JoinPlan {
     pub tables: Vec<String>,
     /// True when the steps are updating joins: the output is a changelog.
     pub updating: bool,
+    /// For updating joins, per relation: true when its rows never retract (the planner
+    /// gives it an `_op` of `'I'`).
+    pub append_only: Vec<bool>,
 }
 
 /// Compiled key expressions of the left and right inputs.
@@ -674,6 +677,7 @@ pub(crate) fn lower_join(
             post_descriptions,
             tables,
             updating: updating.is_some(),
+            append_only: updating.map(|u| u.append_only.clone()).unwrap_or_default(),
         }),
         topn: None,
         analytic: None,
