@@ -90,7 +90,7 @@ struct Recovered {
     /// Source name → connector position.
     positions: BTreeMap<String, String>,
     /// Table name → rows.
-    tables: BTreeMap<String, Vec<u8>>,
+    tables: BTreeMap<String, Arc<Vec<u8>>>,
     /// Sink name → its pre-commit state.
     sinks: BTreeMap<String, Vec<u8>>,
     /// Log records before this sequence number are covered by the checkpoint.
@@ -100,11 +100,12 @@ struct Recovered {
     refused: BTreeMap<String, String>,
 }
 
-/// A node's checkpointed state: its last full snapshot and the increments after it.
+/// A node's checkpointed state: its last full snapshot and the increments after it
+/// (shared: the recovered checkpoint keeps it until its object is created).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct StateChain {
-    pub(crate) base: Vec<u8>,
-    pub(crate) deltas: Vec<Vec<u8>>,
+    pub(crate) base: Arc<Vec<u8>>,
+    pub(crate) deltas: Arc<Vec<Vec<u8>>>,
 }
 
 /// What one object gets back from the checkpoint.
@@ -113,7 +114,7 @@ pub(crate) struct Restored {
     /// Node name → snapshot, for the object's nodes.
     pub(crate) states: BTreeMap<String, StateChain>,
     pub(crate) position: Option<String>,
-    pub(crate) table: Option<Vec<u8>>,
+    pub(crate) table: Option<Arc<Vec<u8>>>,
 }
 
 impl Restored {
@@ -298,7 +299,7 @@ impl Durability {
                 if let Some((node, index)) = state_file_name(&file) {
                     pieces.entry(node).or_default().insert(index, content);
                 } else if let Some(table) = from_file_name("table", &file) {
-                    recovered.tables.insert(table, content);
+                    recovered.tables.insert(table, Arc::new(content));
                 } else if let Some(sink) = from_file_name("sink", &file) {
                     recovered.sinks.insert(sink, content);
                 }
@@ -317,8 +318,8 @@ impl Durability {
                 recovered.states.insert(
                     node,
                     StateChain {
-                        base,
-                        deltas: chain.collect(),
+                        base: Arc::new(base),
+                        deltas: Arc::new(chain.collect()),
                     },
                 );
             }
@@ -432,9 +433,34 @@ impl Durability {
         self.stats.lock().clone()
     }
 
+    /// After a `CREATE` of `name` (a source, table or stream): when the checkpoint being
+    /// recovered holds state for `name`, a created object now holds that state, so the
+    /// checkpoint forgets it; a
+    /// failed creation leaves it in the checkpoint and suspends checkpoints until a
+    /// `CREATE` succeeds or the state is reset, as a refused restore does.
+    pub(crate) fn settle_recovery(&self, name: &str, error: Option<&DbError>) {
+        let mut recovered = self.recovered.lock();
+        if !recovered.objects.contains_key(name) {
+            return;
+        }
+        match error {
+            None => {
+                recovered.forget(name);
+                recovered.refused.remove(name);
+            }
+            Some(e) => {
+                recovered
+                    .refused
+                    .entry(name.to_string())
+                    .or_insert_with(|| format!("its CREATE failed: {e}"));
+            }
+        }
+    }
+
     /// Checks the definition of object `name` against the checkpoint and hands out its
     /// state: snapshots of the nodes `nodes`, its source position and table rows. Errors
-    /// when the checkpoint holds state for `name` under a different definition.
+    /// when the checkpoint holds state for `name` under a different definition. The
+    /// checkpoint keeps the state until [`Durability::settle_recovery`].
     pub(crate) fn restore_object(
         &self,
         kind: &str,
@@ -494,18 +520,18 @@ impl Durability {
             );
             return Err(DbError::StateMismatch(message));
         }
+        // The checkpoint keeps the state until the object is created (see
+        // [`Durability::settle_recovery`]): a creation that fails leaves it restorable.
         let mut restored = Restored {
-            position: recovered.positions.remove(name),
-            table: recovered.tables.remove(name),
+            position: recovered.positions.get(name).cloned(),
+            table: recovered.tables.get(name).cloned(),
             ..Restored::default()
         };
         for node in nodes {
-            if let Some(state) = recovered.states.remove(node) {
-                restored.states.insert(node.clone(), state);
+            if let Some(state) = recovered.states.get(node) {
+                restored.states.insert(node.clone(), state.clone());
             }
         }
-        recovered.objects.remove(name);
-        recovered.refused.remove(name);
         drop(recovered);
         self.stats.lock().recovery_time += started.elapsed();
         Ok(restored)

@@ -169,10 +169,22 @@ impl LaminarDB {
             })
         };
         match statement {
-            StreamingStatement::CreateSource(c) => self.create_source(c, sql).map(ddl),
-            StreamingStatement::CreateStream(c) => self.create_stream(c, sql).map(ddl),
+            StreamingStatement::CreateSource(c) => {
+                let name = c.name.clone();
+                let created = self.create_source(c, sql);
+                self.settle_recovery(&name, created).map(ddl)
+            }
+            StreamingStatement::CreateStream(c) => {
+                let name = c.name.clone();
+                let created = self.create_stream(c, sql);
+                self.settle_recovery(&name, created).map(ddl)
+            }
             StreamingStatement::CreateSink(c) => self.create_sink(*c, sql).map(ddl),
-            StreamingStatement::CreateTable(c) => self.create_table(c, sql).await.map(ddl),
+            StreamingStatement::CreateTable(c) => {
+                let name = c.name.clone();
+                let created = self.create_table(c, sql).await;
+                self.settle_recovery(&name, created).map(ddl)
+            }
             StreamingStatement::Delete { table, selection } => self
                 .delete_from_table(&table, selection.as_ref())
                 .await
@@ -259,6 +271,7 @@ impl LaminarDB {
         if_not_exists: bool,
         or_replace: bool,
     ) -> Result<bool, DbError> {
+        check_object_name(name)?;
         let catalog = self.inner.catalog.read();
         match catalog.kind_of(name) {
             None => Ok(true),
@@ -646,6 +659,19 @@ impl LaminarDB {
         Ok(c.name)
     }
 
+    /// Tells the checkpoint being recovered how the `CREATE` of `name` went (see
+    /// [`crate::durability::Durability::settle_recovery`]).
+    fn settle_recovery(
+        &self,
+        name: &str,
+        created: Result<String, DbError>,
+    ) -> Result<String, DbError> {
+        if let Some(d) = &self.inner.durability {
+            d.settle_recovery(name, created.as_ref().err());
+        }
+        created
+    }
+
     /// The checkpointed state of an object created again (nothing without durability).
     pub(crate) fn restore_object(
         &self,
@@ -854,6 +880,7 @@ impl LaminarDB {
             .as_ref()
             .and_then(|a| a.late_data_to.as_ref())
         {
+            check_object_name(late)?;
             let catalog = self.inner.catalog.read();
             let ours = catalog
                 .streams
@@ -2143,4 +2170,17 @@ impl AlignmentOptions {
         };
         Ok(Some((group, max_drift_ms, self.mode.unwrap_or_default())))
     }
+}
+
+/// Refuses object names with `[` or `]`: the runtime and checkpoints name an object's
+/// parts `name[part]` (`v[view]`, `s[0]`, `t[changes]`), so such a name could be taken
+/// for a part of another object.
+fn check_object_name(name: &str) -> Result<(), DbError> {
+    if name.contains(['[', ']']) {
+        return Err(SqlError::Invalid(format!(
+            "the name '{name}' contains '[' or ']', which object names cannot hold: LaminarDB names the parts of an object `name[part]`"
+        ))
+        .into());
+    }
+    Ok(())
 }

@@ -339,12 +339,7 @@ fn changed_definitions_are_refused_until_reset_and_corrupt_checkpoints_fall_back
     drop(run);
 
     // A changed stream: refused, naming it.
-    let db = LaminarDB::builder()
-        .storage_dir(dir.path())
-        .checkpoint_interval(None)
-        .unwrap()
-        .build_sync()
-        .unwrap();
+    let db = crate::util::open_durable(dir.path(), 2);
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -762,13 +757,7 @@ fn a_parallel_stream_restores_only_with_the_workers_it_was_checkpointed_with() {
     // A refused state is kept: checkpoints (the one at shutdown too) are suspended until it
     // is restored or reset.
     for workers in [1, 3] {
-        let db = LaminarDB::builder()
-            .workers(workers)
-            .storage_dir(dir.path())
-            .checkpoint_interval(None)
-            .unwrap()
-            .build_sync()
-            .unwrap();
+        let db = crate::util::open_durable(dir.path(), workers);
         let err = crate::util::block_on(db.execute(setup))
             .unwrap_err()
             .to_string();
@@ -789,6 +778,56 @@ fn a_parallel_stream_restores_only_with_the_workers_it_was_checkpointed_with() {
     assert_eq!(
         crate::util::select(&db, "SELECT COUNT(*), SUM(t) FROM v"),
         vec![vec!["100", "4950"]]
+    );
+    db.shutdown_sync();
+}
+
+/// A `CREATE` that fails while the object is re-created from a checkpoint keeps the
+/// object's checkpointed state (here a table's rows, restored before its files fail to
+/// load): checkpoints wait for it, and a `CREATE` that then succeeds restores it.
+#[test]
+fn a_failed_re_creation_keeps_the_checkpointed_state_for_the_next_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    std::fs::write(files.path().join("a.csv"), "id,tier\n1,gold\n").unwrap();
+    let setup = format!(
+        "CREATE TABLE customers (id BIGINT PRIMARY KEY, tier VARCHAR) \
+           FROM FILES (path = '{}/*.csv') FORMAT CSV",
+        files.path().display()
+    );
+    let db = crate::util::durable_db(dir.path(), 1, &setup);
+    crate::util::block_on(db.execute("INSERT INTO customers VALUES (2, 'silver')")).unwrap();
+    db.checkpoint().unwrap();
+    db.shutdown_sync();
+
+    // A file that cannot be loaded makes the CREATE fail after the rows were restored.
+    std::fs::write(files.path().join("b.csv"), "id,tier\nnot-a-number,x\n").unwrap();
+    let db = crate::util::open_durable(dir.path(), 1);
+    let err = crate::util::block_on(db.execute(&setup))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not created"), "{err}");
+    let suspended = db.checkpoint().unwrap_err().to_string();
+    assert!(
+        suspended.contains("checkpoints are suspended")
+            && suspended.contains("'customers' (its CREATE failed"),
+        "{suspended}"
+    );
+    // Fixed, the next attempt restores the inserted row with the file's.
+    std::fs::remove_file(files.path().join("b.csv")).unwrap();
+    crate::util::block_on(db.execute(&setup)).unwrap();
+    assert_eq!(
+        crate::util::select(&db, "SELECT id, tier FROM customers ORDER BY id"),
+        vec![vec!["1", "gold"], vec!["2", "silver"]]
+    );
+    db.checkpoint().unwrap();
+    db.shutdown_sync();
+
+    // That checkpoint holds the row too.
+    let db = crate::util::durable_db(dir.path(), 1, &setup);
+    assert_eq!(
+        crate::util::select(&db, "SELECT COUNT(*) FROM customers"),
+        vec![vec!["2"]]
     );
     db.shutdown_sync();
 }

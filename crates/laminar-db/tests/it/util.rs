@@ -45,15 +45,20 @@ pub fn execute_each(db: &laminar_db::LaminarDB, statements: &[&str]) {
 /// A database storing its state under `dir` with `workers` workers and checkpoints taken only
 /// by `checkpoint()`, after running `setup` (the statements that define its objects).
 pub fn durable_db(dir: &std::path::Path, workers: usize, setup: &str) -> laminar_db::LaminarDB {
-    let db = laminar_db::LaminarDB::builder()
+    let db = open_durable(dir, workers);
+    block_on(db.execute(setup)).unwrap();
+    db
+}
+
+/// A database keeping checkpoints (taken only when asked) in `dir`, with no objects yet.
+pub fn open_durable(dir: &std::path::Path, workers: usize) -> laminar_db::LaminarDB {
+    laminar_db::LaminarDB::builder()
         .workers(workers)
         .storage_dir(dir)
         .checkpoint_interval(None)
         .unwrap()
         .build_sync()
-        .unwrap();
-    block_on(db.execute(setup)).unwrap();
-    db
+        .unwrap()
 }
 
 pub fn proptest_cases(default: u32) -> u32 {
