@@ -131,6 +131,11 @@ impl<'a> SnapshotReader<'a> {
         self.take(n)
     }
 
+    /// True when every byte was read (an optional trailing part is absent).
+    pub fn is_at_end(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
     /// A count of items that follow, bounded by the bytes left (each item takes at least
     /// one byte), so a corrupt count cannot allocate without bound.
     pub fn count(&mut self) -> Result<usize> {

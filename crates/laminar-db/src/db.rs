@@ -312,17 +312,37 @@ impl LaminarDB {
         let catalog = self.inner.catalog.read();
         let mut nodes: Vec<Arc<Node>> = Vec::new();
         let mut objects = Vec::new();
+        // A node that finished (it failed, or an input did: with durability sources never
+        // end) takes no snapshot; the checkpoint records that its object has no state.
+        let mut stopped = Vec::new();
+        let why_stopped = |of: &[&Arc<Node>]| {
+            if of.iter().any(|n| n.has_failed()) {
+                Some("it failed".to_string())
+            } else if of.iter().any(|n| n.is_finished() && !n.is_retired()) {
+                Some("a relation it reads failed".to_string())
+            } else {
+                None
+            }
+        };
         for source in catalog.sources.values() {
             nodes.push(source.node.clone());
             objects.push((source.name.clone(), source.sql.clone()));
+            if let Some(why) = why_stopped(&[&source.node]) {
+                stopped.push((source.name.clone(), why));
+            }
         }
         for stream in catalog.streams.values() {
-            nodes.push(stream.node.clone());
-            nodes.extend(stream.instances.iter().map(|(n, _)| n.clone()));
-            nodes.extend(stream.exchanges.iter().map(|(n, _)| n.clone()));
-            nodes.extend(stream.view.iter().map(|v| v.node.clone()));
+            let own: Vec<&Arc<Node>> = std::iter::once(&stream.node)
+                .chain(stream.instances.iter().map(|(n, _)| n))
+                .chain(stream.exchanges.iter().map(|(n, _)| n))
+                .chain(stream.view.iter().map(|v| &v.node))
+                .collect();
+            nodes.extend(own.iter().map(|n| Arc::clone(n)));
             if stream.side_output_of.is_none() && stream.query_id.is_none() {
                 objects.push((stream.name.clone(), stream.sql.clone()));
+                if let Some(why) = why_stopped(&own) {
+                    stopped.push((stream.name.clone(), why));
+                }
             }
         }
         for sink in catalog.sinks.values() {
@@ -338,6 +358,7 @@ impl LaminarDB {
         Participants {
             nodes,
             objects,
+            stopped,
             sources: catalog
                 .sources
                 .values()

@@ -95,6 +95,9 @@ struct Recovered {
     sinks: BTreeMap<String, Vec<u8>>,
     /// Log records before this sequence number are covered by the checkpoint.
     wal_position: u64,
+    /// Objects that had stopped when the checkpoint was taken (name → why): it holds none
+    /// of their state.
+    stopped: BTreeMap<String, String>,
     /// Objects whose restore was refused (name → why): their state is still only in the
     /// restored checkpoint, so no checkpoint is taken until they are restored or reset.
     refused: BTreeMap<String, String>,
@@ -161,6 +164,9 @@ pub(crate) struct Participants {
     pub(crate) nodes: Vec<Arc<Node>>,
     /// Objects and their DDL text.
     pub(crate) objects: Vec<(String, String)>,
+    /// Objects whose nodes stopped (they failed, or an input did): the checkpoint holds
+    /// no state for them (name → why).
+    pub(crate) stopped: Vec<(String, String)>,
     /// Connector sources that report a position.
     pub(crate) sources: Vec<String>,
     pub(crate) sinks: Vec<String>,
@@ -485,6 +491,16 @@ impl Durability {
                 normalized(sql)
             )));
         }
+        if let Some(why) = recovered.stopped.get(name).cloned() {
+            recovered
+                .refused
+                .insert(name.to_string(), "stopped when checkpointed".into());
+            return Err(DbError::StateMismatch(format!(
+                "{kind} '{name}' had stopped ({why}) when checkpoint {} of {} was taken, so the checkpoint holds none of its state while its inputs resume after the rows it saw; start it empty with `laminardb run --reset-state {name} ...` (LaminarDbBuilder::reset_state)",
+                recovered.epoch.unwrap_or(0),
+                self.config.dir.display(),
+            )));
+        }
         let prefix = format!("{name}[");
         let unexpected: Vec<&String> = recovered
             .states
@@ -669,7 +685,7 @@ impl Durability {
         // The log records the checkpoint covers must be durable before it is.
         self.sync_to(wal_position)
             .inspect_err(|e| self.poison(e.to_string()))?;
-        let pipeline = encode_pipeline(&parts.objects, &positions, wal_position);
+        let pipeline = encode_pipeline(&parts.objects, &parts.stopped, &positions, wal_position);
         let mut files: Vec<(String, Vec<u8>)> = vec![(PIPELINE_FILE.to_string(), pipeline)];
         let mut reused: Vec<ManifestEntry> = Vec::new();
         let previous = self.chains.lock().clone();
@@ -945,6 +961,7 @@ impl Recovered {
     /// Drops everything stored for object `name` (its nodes are `name` and `name[..]`).
     fn forget(&mut self, name: &str) {
         self.objects.remove(name);
+        self.stopped.remove(name);
         self.positions.remove(name);
         self.tables.remove(name);
         self.sinks.remove(name);
@@ -997,6 +1014,7 @@ const PIPELINE_VERSION: u32 = 1;
 
 fn encode_pipeline(
     objects: &[(String, String)],
+    stopped: &[(String, String)],
     positions: &BTreeMap<String, String>,
     wal_position: u64,
 ) -> Vec<u8> {
@@ -1011,6 +1029,13 @@ fn encode_pipeline(
     for (source, position) in positions {
         w.bytes(source.as_bytes());
         w.bytes(position.as_bytes());
+    }
+    // Last, so that a file without it (written before stopped objects were recorded)
+    // still reads.
+    w.u64(stopped.len() as u64);
+    for (name, why) in stopped {
+        w.bytes(name.as_bytes());
+        w.bytes(why.as_bytes());
     }
     w.finish()
 }
@@ -1029,6 +1054,13 @@ fn decode_pipeline(bytes: &[u8], into: &mut Recovered) -> Result<(), String> {
         let source = text(r.bytes().map_err(|e| e.to_string())?)?;
         let position = text(r.bytes().map_err(|e| e.to_string())?)?;
         into.positions.insert(source, position);
+    }
+    if !r.is_at_end() {
+        for _ in 0..r.count().map_err(|e| e.to_string())? {
+            let name = text(r.bytes().map_err(|e| e.to_string())?)?;
+            let why = text(r.bytes().map_err(|e| e.to_string())?)?;
+            into.stopped.insert(name, why);
+        }
     }
     Ok(())
 }
@@ -1064,12 +1096,19 @@ mod tests {
     fn pipeline_file_round_trips() {
         let objects = vec![("a".to_string(), "CREATE SOURCE a (x INT)".to_string())];
         let positions = BTreeMap::from([("a".to_string(), "event=7".to_string())]);
-        let bytes = encode_pipeline(&objects, &positions, 9);
+        let stopped = vec![("v".to_string(), "it failed".to_string())];
+        let bytes = encode_pipeline(&objects, &stopped, &positions, 9);
         let mut r = Recovered::default();
         decode_pipeline(&bytes, &mut r).unwrap();
         assert_eq!(r.objects["a"], "CREATE SOURCE a (x INT)");
         assert_eq!(r.positions["a"], "event=7");
+        assert_eq!(r.stopped["v"], "it failed");
         assert_eq!(r.wal_position, 9);
         assert!(decode_pipeline(&bytes[..bytes.len() - 2], &mut Recovered::default()).is_err());
+        // A file written before stopped objects were recorded ends after the positions.
+        let older = encode_pipeline(&objects, &[], &positions, 9);
+        let mut r = Recovered::default();
+        decode_pipeline(&older[..older.len() - 8], &mut r).unwrap();
+        assert!(r.stopped.is_empty() && r.positions["a"] == "event=7");
     }
 }

@@ -150,7 +150,6 @@ impl SourceRunner {
                     inject_barrier(&connector, &target, durable.as_deref(), epoch);
                 }
             }
-            let failed = result.is_err();
             if let Err(message) = result {
                 tracing::error!(source = %target.name, %message, "source failed");
                 failures
@@ -158,9 +157,11 @@ impl SourceRunner {
                     .push(format!("source '{}': {message}", target.name));
             }
             // End of input (or failure): the source stops holding the pipeline back. With
-            // durability, a source that ended stays open (its end was sent as the final
-            // watermark) so checkpoints can still pass it.
-            if !stop.load(Ordering::SeqCst) && (durable.is_none() || failed) {
+            // durability, a source that ended or failed stays open so checkpoints can still
+            // pass it: an end was sent as the final watermark; after a failure the rows it
+            // read stay in the queries' state and in checkpoints, and a restart resumes it
+            // at its checkpointed position (its watermark stays where it was until then).
+            if !stop.load(Ordering::SeqCst) && durable.is_none() {
                 let _ = target.input.send_blocking(Message::End);
             }
             let _ = connector.lock().close();

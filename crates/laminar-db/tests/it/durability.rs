@@ -831,3 +831,187 @@ fn a_failed_re_creation_keeps_the_checkpointed_state_for_the_next_attempt() {
     );
     db.shutdown_sync();
 }
+
+/// A view over a bounded source keeps its contents across restarts after the source ended:
+/// nodes that finished are still in the checkpoints taken after they did.
+#[test]
+fn a_view_over_an_ended_source_is_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    std::fs::write(files.path().join("a.csv"), "k,x\n1,10\n2,20\n1,5\n").unwrap();
+    let setup = format!(
+        "CREATE SOURCE s (k BIGINT, x BIGINT) FROM FILES (path = '{}/*.csv') FORMAT CSV; \
+         CREATE MATERIALIZED VIEW v AS SELECT k, SUM(x) AS t FROM s GROUP BY k",
+        files.path().display()
+    );
+    for workers in [1, 2] {
+        let dir = dir.path().join(workers.to_string());
+        let db = crate::util::durable_db(&dir, workers, &setup);
+        crate::util::block_on(db.start()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while crate::util::select(&db, "SELECT COUNT(*) FROM v") != vec![vec!["2"]] {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{workers} workers: no rows"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(db.wait_idle(Duration::from_secs(20)));
+        std::thread::sleep(Duration::from_millis(200));
+        db.checkpoint().unwrap();
+        db.shutdown_sync();
+        for _ in 0..2 {
+            let db = crate::util::durable_db(&dir, workers, &setup);
+            crate::util::block_on(db.start()).unwrap();
+            assert!(db.wait_idle(Duration::from_secs(20)));
+            assert_eq!(
+                crate::util::select(&db, "SELECT k, t FROM v ORDER BY k"),
+                vec![vec!["1", "15"], vec!["2", "20"]],
+                "{workers} workers"
+            );
+            db.checkpoint().unwrap();
+            db.shutdown_sync();
+        }
+    }
+}
+
+/// A source that fails with durability stays open: what it read stays in the view and in
+/// the checkpoints taken after the failure, and a restart resumes it where it stopped.
+#[test]
+fn a_failed_source_keeps_what_it_read_in_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    std::fs::write(files.path().join("a.csv"), "k,x\n1,10\n2,20\n1,5\n").unwrap();
+    std::fs::write(files.path().join("b.csv"), "k,x\nbad,10\n").unwrap();
+    let setup = format!(
+        "CREATE SOURCE s (k BIGINT, x BIGINT) FROM FILES (path = '{}/*.csv') FORMAT CSV; \
+         CREATE MATERIALIZED VIEW v AS SELECT k, SUM(x) AS t FROM s GROUP BY k",
+        files.path().display()
+    );
+    let db = crate::util::durable_db(dir.path(), 2, &setup);
+    crate::util::block_on(db.start()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while db.failures().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the source did not fail"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(db.failures()[0].contains("b.csv"), "{:?}", db.failures());
+    assert!(db.wait_idle(Duration::from_secs(20)));
+    assert_eq!(
+        crate::util::select(&db, "SELECT k, t FROM v ORDER BY k"),
+        vec![vec!["1", "15"], vec!["2", "20"]]
+    );
+    db.checkpoint().unwrap();
+    db.shutdown_sync();
+    // Fixed, the file is read on restart; the rows read before are restored.
+    std::fs::write(files.path().join("b.csv"), "k,x\n2,1\n3,7\n").unwrap();
+    let db = crate::util::durable_db(dir.path(), 2, &setup);
+    crate::util::block_on(db.start()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let expected = vec![vec!["1", "15"], vec!["2", "21"], vec!["3", "7"]];
+    loop {
+        let rows = crate::util::select(&db, "SELECT k, t FROM v ORDER BY k");
+        if rows == expected {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{rows:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(db.failures().is_empty(), "{:?}", db.failures());
+    db.shutdown_sync();
+}
+
+/// A view that failed takes no snapshot: the checkpoints after that record it as stopped,
+/// and re-creating it from them is refused (its inputs resume past what it saw) until its
+/// state is reset, while the other objects restore.
+#[test]
+fn a_stream_that_failed_is_refused_at_restore_until_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = "CREATE SOURCE s (k BIGINT, x BIGINT); \
+                 CREATE MATERIALIZED VIEW total AS SELECT COUNT(*) AS n FROM s; \
+                 CREATE MATERIALIZED VIEW few WITH ('max_partitions' = '2') AS \
+                   SELECT k, x FROM (SELECT k, x, ROW_NUMBER() OVER (PARTITION BY k ORDER BY x DESC) AS rn FROM s) \
+                   WHERE rn <= 1; \
+                 CREATE MATERIALIZED VIEW over_few AS SELECT COUNT(*) AS n FROM few";
+    let db = crate::util::durable_db(dir.path(), 1, setup);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, true),
+        Field::new("x", DataType::Int64, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef,
+            Arc::new(Int64Array::from(vec![10, 20, 30])),
+        ],
+    )
+    .unwrap();
+    db.source_untyped("s").unwrap().push_arrow(batch).unwrap();
+    assert!(db.wait_idle(Duration::from_secs(20)));
+    assert!(
+        db.failures().iter().any(|f| f.contains("max_partitions")),
+        "{:?}",
+        db.failures()
+    );
+    db.checkpoint().unwrap();
+    db.shutdown_sync();
+
+    let db = crate::util::open_durable(dir.path(), 1);
+    let err = crate::util::block_on(db.execute(setup))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("'few' had stopped (it failed)") && err.contains("--reset-state few"),
+        "{err}"
+    );
+    assert_eq!(
+        crate::util::select(&db, "SELECT n FROM total"),
+        vec![vec!["3"]]
+    );
+    assert!(db.checkpoint().is_err());
+    db.shutdown_sync();
+
+    // Reset: 'few' starts empty; 'over_few' read it and stopped with it, so it is reset too.
+    let db = LaminarDB::builder()
+        .workers(1)
+        .storage_dir(dir.path())
+        .checkpoint_interval(None)
+        .unwrap()
+        .reset_state("few")
+        .unwrap()
+        .build_sync()
+        .unwrap();
+    let err = crate::util::block_on(db.execute(setup))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("'over_few' had stopped (a relation it reads failed)"),
+        "{err}"
+    );
+    db.shutdown_sync();
+    let db = LaminarDB::builder()
+        .workers(1)
+        .storage_dir(dir.path())
+        .checkpoint_interval(None)
+        .unwrap()
+        .reset_state("few")
+        .unwrap()
+        .reset_state("over_few")
+        .unwrap()
+        .build_sync()
+        .unwrap();
+    crate::util::block_on(db.execute(setup)).unwrap();
+    assert_eq!(
+        crate::util::select(&db, "SELECT n FROM total"),
+        vec![vec!["3"]]
+    );
+    assert_eq!(
+        crate::util::select(&db, "SELECT COUNT(*) FROM few"),
+        vec![vec!["0"]]
+    );
+    db.checkpoint().unwrap();
+    db.shutdown_sync();
+}
