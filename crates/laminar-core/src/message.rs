@@ -126,6 +126,58 @@ pub fn is_changelog(schema: &Schema) -> bool {
         .is_some_and(|(_, f)| f.data_type() == &arrow::datatypes::DataType::Utf8)
 }
 
+/// The rows of `batch` where `keep` is true (NULL drops the row), keeping a changelog's
+/// updates well formed: an update whose two rows are not both kept becomes the delete of
+/// its old row (`U-` → `D`) or the insert of its new one (`U+` → `I`), so every `U-` that
+/// remains is still immediately followed by its `U+`.
+pub fn filter_changes(
+    batch: &RecordBatch,
+    keep: &arrow::array::BooleanArray,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let kept = |row: usize| keep.is_valid(row) && keep.value(row);
+    let mut batch = batch.clone();
+    if let Some((index, _)) = batch.schema_ref().column_with_name(OP_COLUMN)
+        && let Some(ops) = batch.column(index).as_any().downcast_ref::<StringArray>()
+    {
+        let (before, after) = (
+            ChangeOp::UpdateBefore.as_str(),
+            ChangeOp::UpdateAfter.as_str(),
+        );
+        let mut rewritten: Option<Vec<&str>> = None;
+        let mut row = 0;
+        while row + 1 < ops.len() {
+            let paired = ops.is_valid(row)
+                && ops.is_valid(row + 1)
+                && ops.value(row) == before
+                && ops.value(row + 1) == after;
+            if !paired {
+                row += 1;
+                continue;
+            }
+            let replace = match (kept(row), kept(row + 1)) {
+                (true, false) => Some((row, ChangeOp::Delete.as_str())),
+                (false, true) => Some((row + 1, ChangeOp::Insert.as_str())),
+                _ => None,
+            };
+            if let Some((at, op)) = replace {
+                let values = rewritten.get_or_insert_with(|| {
+                    (0..ops.len())
+                        .map(|r| if ops.is_valid(r) { ops.value(r) } else { "" })
+                        .collect()
+                });
+                values[at] = op;
+            }
+            row += 2;
+        }
+        if let Some(values) = rewritten {
+            let mut columns = batch.columns().to_vec();
+            columns[index] = std::sync::Arc::new(StringArray::from(values));
+            batch = RecordBatch::try_new(batch.schema(), columns)?;
+        }
+    }
+    arrow::compute::filter_record_batch(&batch, keep)
+}
+
 /// Reads the operations of a changelog batch; `None` for an append-only batch.
 ///
 /// Returns an error message naming the row when a value is not a valid operation.

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
-use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::physical_expr::PhysicalExpr;
@@ -142,7 +141,7 @@ pub(crate) fn run_steps(
                             keep
                         });
                     }
-                    filter_record_batch(&batch, mask).map_err(arrow_error)?
+                    crate::message::filter_changes(&batch, mask).map_err(arrow_error)?
                 }
             }
             Step::Project { exprs, schema } => {

@@ -513,11 +513,11 @@ fn a_sink_over_a_table_receives_its_changes() {
         got.extend(rows(&[sub.recv_timeout(WAIT).unwrap().unwrap()]));
     }
     let r = |a: &str, b: &str, c: &str| vec![a.to_string(), b.to_string(), c.to_string()];
-    // (1, a) arrives; then (1, a) leaves (its new value fails the filter) and (2, b)
-    // arrives, in the order the keys were written.
+    // (1, a) arrives; then (1, a) leaves (its new value fails the filter: the update
+    // becomes a delete) and (2, b) arrives, in the order the keys were written.
     assert_eq!(
         got,
-        vec![r("1", "a", "I"), r("2", "b", "I"), r("1", "a", "U-")]
+        vec![r("1", "a", "I"), r("2", "b", "I"), r("1", "a", "D")]
     );
     db.shutdown_sync();
 }
