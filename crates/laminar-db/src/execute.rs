@@ -1906,11 +1906,33 @@ pub(crate) fn compile_predicate(
             vec!["subscription_input".into()]
         }
     }
-    let sql = format!("SELECT * FROM subscription_input WHERE {predicate}");
-    let StreamingStatement::Query { query, .. } = laminar_sql::parse_statement(&sql)? else {
-        return Err(SqlError::Invalid(format!("invalid subscription filter '{predicate}'")).into());
+    const PREFIX: &str = "SELECT * FROM subscription_input WHERE ";
+    let invalid = |detail: String| -> DbError {
+        SqlError::Invalid(format!("subscription filter '{predicate}': {detail}")).into()
     };
-    let plan = planner.plan_query(&query, &StreamingClauses::default(), &One(schema.clone()))?;
+    let sql = format!("{PREFIX}{predicate}");
+    let parsed = laminar_sql::parse_statement(&sql).map_err(|e| {
+        // Positions count in the filter, not in the query wrapped around it.
+        let message = e.to_string();
+        let relative = message
+            .split_once("line 1, column ")
+            .and_then(|(before, rest)| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                let column = digits.parse::<usize>().ok()?.checked_sub(PREFIX.len())?;
+                Some(format!("{before}column {column}{}", &rest[digits.len()..]))
+            });
+        invalid(relative.unwrap_or(message))
+    })?;
+    let StreamingStatement::Query { query, .. } = parsed else {
+        return Err(invalid("not an expression".into()));
+    };
+    let plan = planner
+        .plan_query(&query, &StreamingClauses::default(), &One(schema.clone()))
+        .map_err(|e| match e {
+            // Names the column and the valid ones, with its own error code.
+            SqlError::UnknownColumn { .. } => e.into(),
+            other => invalid(other.to_string()),
+        })?;
     let chain = plan.chains.into_iter().next().unwrap_or_default();
     chain
         .into_iter()

@@ -254,6 +254,12 @@ pub struct SubscriptionConfig {
     pub filter: Option<String>,
     /// Send the current contents first (materialized views only).
     pub send_snapshot: bool,
+    /// The most batches of inserts (or of deletes) in a row merged into one event
+    /// (default 64; 1 merges nothing).
+    pub max_batch_size: usize,
+    /// How long the dispatcher waits for more inserts (or deletes) to merge into an event
+    /// (default 100 µs; zero merges only what is already queued).
+    pub max_batch_delay: Duration,
 }
 
 impl Default for SubscriptionConfig {
@@ -263,6 +269,8 @@ impl Default for SubscriptionConfig {
             backpressure: SubscriptionBackpressure::DropOldest,
             filter: None,
             send_snapshot: false,
+            max_batch_size: 64,
+            max_batch_delay: Duration::from_micros(100),
         }
     }
 }
@@ -307,11 +315,35 @@ struct PushBuffer {
     notify: tokio::sync::Notify,
 }
 
+impl PushBuffer {
+    /// Wakes readers (blocking and async).
+    fn wake_readers(&self) {
+        self.readable.notify_all();
+        self.notify.notify_waiters();
+        self.notify.notify_one();
+    }
+}
+
 struct PushQueue {
     events: VecDeque<ChangeEvent>,
     capacity: usize,
     lagged: u64,
     closed: bool,
+    /// Why delivery ended early (a filter that failed on a batch).
+    error: Option<String>,
+    /// Events the receiver asked for and did not receive yet; `None` until the first
+    /// [`PushSubscription::request`] (every event is delivered as it comes).
+    demand: Option<u64>,
+}
+
+impl PushQueue {
+    /// Whether [`PushSubscription::take`] has something to hand out (an event, a lag
+    /// report, or the end).
+    fn ready(&self) -> bool {
+        self.lagged > 0
+            || (!self.events.is_empty() && self.demand != Some(0))
+            || (self.closed && self.events.is_empty())
+    }
 }
 
 /// Receiving side of a push subscription. Dropping it cancels the subscription.
@@ -328,12 +360,20 @@ impl PushSubscription {
             let n = std::mem::take(&mut q.lagged);
             return Some(Ok(ChangeEvent::Lagged(n)));
         }
-        if let Some(ev) = q.events.pop_front() {
+        if q.demand != Some(0)
+            && let Some(ev) = q.events.pop_front()
+        {
+            if let Some(demand) = q.demand.as_mut() {
+                *demand -= 1;
+            }
             self.buffer.writable.notify_one();
             return Some(Ok(ev));
         }
-        if q.closed {
-            return Some(Err(ended(&self.name)));
+        if q.closed && q.events.is_empty() {
+            return Some(Err(match &q.error {
+                Some(e) => DbError::Pipeline(format!("subscription to '{}': {e}", self.name)),
+                None => ended(&self.name),
+            }));
         }
         None
     }
@@ -357,9 +397,7 @@ impl PushSubscription {
                 return r.map(Some);
             }
             let mut q = self.buffer.queue.lock();
-            if q.events.is_empty()
-                && q.lagged == 0
-                && !q.closed
+            if !q.ready()
                 && self
                     .buffer
                     .readable
@@ -374,6 +412,14 @@ impl PushSubscription {
     /// A ready event without waiting.
     pub fn try_recv(&mut self) -> Option<Result<ChangeEvent, DbError>> {
         self.take()
+    }
+
+    /// Demand mode: from the first call on, only events asked for are delivered (`n` more
+    /// per call; `Lagged` reports do not count). The others wait in the buffer under its
+    /// overflow policy: `Block` then holds the dispatcher, `DropOldest` evicts and reports
+    /// the lag.
+    pub fn request(&self, n: u64) {
+        request(&self.buffer, n);
     }
 
     /// Stops delivery.
@@ -393,6 +439,13 @@ impl PushSubscription {
     }
 }
 
+fn request(buffer: &PushBuffer, n: u64) {
+    let mut q = buffer.queue.lock();
+    q.demand = Some(q.demand.unwrap_or(0).saturating_add(n));
+    drop(q);
+    buffer.wake_readers();
+}
+
 impl Drop for PushSubscription {
     fn drop(&mut self) {
         self.cancel();
@@ -403,6 +456,7 @@ impl Drop for PushSubscription {
 pub struct CallbackHandle {
     cancelled: Arc<AtomicBool>,
     paused: Arc<AtomicBool>,
+    buffer: Arc<PushBuffer>,
     /// Events delivered to the callback.
     pub delivered: Arc<AtomicU64>,
 }
@@ -417,6 +471,12 @@ impl CallbackHandle {
     /// Resumes delivery.
     pub fn resume(&self) {
         self.paused.store(false, Ordering::SeqCst);
+    }
+
+    /// Demand mode, as [`PushSubscription::request`]: the callback is called for `n` more
+    /// events.
+    pub fn request(&self, n: u64) {
+        request(&self.buffer, n);
     }
 
     /// Stops the subscription.
@@ -443,51 +503,90 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Splits a batch into change events (append-only batches are one `Insert`).
-fn events_of(batch: RecordBatch, sequence: &mut u64) -> Vec<ChangeEvent> {
-    let mut data = |b: RecordBatch| {
-        *sequence += 1;
-        EventData {
-            batch: Arc::new(b),
-            timestamp: now_ms(),
-            sequence: *sequence,
-        }
-    };
+/// Event data for `batch`; its sequence number is given at delivery ([`numbered`]).
+fn data(batch: RecordBatch) -> EventData {
+    EventData {
+        batch: Arc::new(batch),
+        timestamp: now_ms(),
+        sequence: 0,
+    }
+}
+
+/// Splits a batch into change events, in order: runs of inserts, deletes, snapshot rows
+/// and updates. A `U-` without its `U+` (a filter downstream of the update kept only one
+/// row) counts as a delete, a `U+` without its `U-` as an insert. Append-only batches are
+/// one `Insert`.
+fn events_of(batch: RecordBatch) -> Vec<ChangeEvent> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        Insert,
+        Delete,
+        Snapshot,
+        Update,
+    }
     let Some(Ok(ops)) = change_ops(&batch) else {
         return vec![ChangeEvent::Insert(data(batch))];
     };
-    // Runs of equal operations; U-/U+ pairs become Update events.
-    let mut out = Vec::new();
+    // Rows of each event: for an update, the old rows (the new ones follow each of them).
+    let mut runs: Vec<(Kind, Vec<u32>)> = Vec::new();
     let mut i = 0;
     while i < ops.len() {
-        let op = ops[i];
-        let mut j = i + 1;
-        while j < ops.len() && ops[j] == op {
-            j += 1;
+        let paired =
+            ops[i] == ChangeOp::UpdateBefore && ops.get(i + 1) == Some(&ChangeOp::UpdateAfter);
+        let kind = match ops[i] {
+            _ if paired => Kind::Update,
+            ChangeOp::Insert | ChangeOp::UpdateAfter => Kind::Insert,
+            ChangeOp::Delete | ChangeOp::UpdateBefore => Kind::Delete,
+            ChangeOp::Snapshot => Kind::Snapshot,
+        };
+        match runs.last_mut() {
+            Some((k, rows)) if *k == kind => rows.push(i as u32),
+            _ => runs.push((kind, vec![i as u32])),
         }
-        let run = batch.slice(i, j - i);
-        match op {
-            ChangeOp::Insert => out.push(ChangeEvent::Insert(data(run))),
-            ChangeOp::Delete => out.push(ChangeEvent::Delete(data(run))),
-            ChangeOp::Snapshot => out.push(ChangeEvent::Snapshot(data(run))),
-            ChangeOp::UpdateBefore => {
-                let k = j;
-                let mut l = k;
-                while l < ops.len() && ops[l] == ChangeOp::UpdateAfter && l - k < j - i {
-                    l += 1;
-                }
-                let new = batch.slice(k, l - k);
-                out.push(ChangeEvent::Update {
-                    old: data(run),
-                    new: data(new),
-                });
-                j = l;
-            }
-            ChangeOp::UpdateAfter => out.push(ChangeEvent::Insert(data(run))),
-        }
-        i = j;
+        i += if paired { 2 } else { 1 };
     }
-    out
+    let rows_at = |rows: &[u32]| -> RecordBatch {
+        match rows {
+            [first, ..] if rows.len() as u32 == rows[rows.len() - 1] - first + 1 => {
+                batch.slice(*first as usize, rows.len())
+            }
+            _ => {
+                let indices = arrow::array::UInt32Array::from(rows.to_vec());
+                arrow::compute::take_record_batch(&batch, &indices)
+                    .expect("indices of rows of the batch")
+            }
+        }
+    };
+    runs.into_iter()
+        .map(|(kind, rows)| match kind {
+            Kind::Insert => ChangeEvent::Insert(data(rows_at(&rows))),
+            Kind::Delete => ChangeEvent::Delete(data(rows_at(&rows))),
+            Kind::Snapshot => ChangeEvent::Snapshot(data(rows_at(&rows))),
+            Kind::Update => {
+                let new: Vec<u32> = rows.iter().map(|r| r + 1).collect();
+                ChangeEvent::Update {
+                    old: data(rows_at(&rows)),
+                    new: data(rows_at(&new)),
+                }
+            }
+        })
+        .collect()
+}
+
+/// The rows of `batch` that pass the subscription filter (updates split by it become a
+/// delete or an insert: [`laminar_core::message::filter_changes`]).
+fn filtered(batch: &RecordBatch, predicate: &Step) -> Result<RecordBatch, String> {
+    let Step::Filter(predicate) = predicate else {
+        return Ok(batch.clone());
+    };
+    let mask = predicate
+        .evaluate(batch)
+        .and_then(|v| v.into_array(batch.num_rows()))
+        .map_err(|e| e.to_string())?;
+    let Some(mask) = mask.as_any().downcast_ref::<arrow::array::BooleanArray>() else {
+        return Err(format!("the filter gave {} values", mask.data_type()));
+    };
+    laminar_core::message::filter_changes(batch, mask).map_err(|e| e.to_string())
 }
 
 /// The batch without its `_op` column (snapshot rows are the view's rows).
@@ -516,21 +615,31 @@ pub(crate) fn start_push(
             capacity: config.buffer_size.max(1),
             lagged: 0,
             closed: false,
+            error: None,
+            demand: None,
         }),
         readable: Condvar::new(),
         writable: Condvar::new(),
         notify: tokio::sync::Notify::new(),
     });
     let cancelled = Arc::new(AtomicBool::new(false));
-    let policy = config.backpressure;
-    let snapshot = config.send_snapshot;
     {
-        let buffer = buffer.clone();
-        let cancelled = cancelled.clone();
-        let name = name.to_string();
-        io.spawn_blocking(move || {
-            dispatch(&name, rx, &buffer, &cancelled, policy, filter, snapshot)
-        });
+        let dispatcher = Dispatcher {
+            name: name.to_string(),
+            rx,
+            buffer: buffer.clone(),
+            cancelled: cancelled.clone(),
+            policy: config.backpressure,
+            filter,
+            snapshot_pending: config.send_snapshot,
+            max_batch_size: config.max_batch_size.max(1),
+            max_batch_delay: config.max_batch_delay,
+            ready: VecDeque::new(),
+            ended: false,
+            seen: 0,
+            sequence: 0,
+        };
+        io.spawn_blocking(move || dispatcher.run());
     }
     PushSubscription {
         buffer,
@@ -539,100 +648,193 @@ pub(crate) fn start_push(
     }
 }
 
-fn dispatch(
-    name: &str,
+/// Moves a stream's output into a push subscription's buffer.
+struct Dispatcher {
+    name: String,
     rx: EdgeReceiver,
-    buffer: &PushBuffer,
-    cancelled: &AtomicBool,
+    buffer: Arc<PushBuffer>,
+    cancelled: Arc<AtomicBool>,
     policy: SubscriptionBackpressure,
     filter: Option<Step>,
-    snapshot: bool,
-) {
-    let mut sequence = 0u64;
-    let mut seen = 0u64;
-    // With `send_snapshot` the first batch on the edge is the view's contents.
-    let mut snapshot_pending = snapshot;
-    while !cancelled.load(Ordering::SeqCst) {
-        let msg = match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(m) => m,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let events = match msg {
-            Message::Batch(batch) => {
-                let is_snapshot = std::mem::take(&mut snapshot_pending);
-                let batch = match &filter {
-                    Some(Step::Filter(predicate)) => {
-                        match predicate
-                            .evaluate(&batch)
-                            .and_then(|v| v.into_array(batch.num_rows()))
-                            .map_err(|e| e.to_string())
-                            .and_then(|mask| {
-                                let mask = arrow::array::AsArray::as_boolean(&*mask).clone();
-                                arrow::compute::filter_record_batch(&batch, &mask)
-                                    .map_err(|e| e.to_string())
-                            }) {
-                            Ok(b) => b,
-                            Err(e) => {
-                                tracing::warn!(subscription = name, error = %e, "subscription filter failed");
-                                continue;
-                            }
-                        }
-                    }
-                    _ => batch,
-                };
-                if is_snapshot {
-                    sequence += 1;
-                    vec![ChangeEvent::Snapshot(EventData {
-                        batch: Arc::new(without_op(batch)),
-                        timestamp: now_ms(),
-                        sequence,
-                    })]
-                } else if batch.num_rows() == 0 {
-                    continue;
-                } else {
-                    events_of(batch, &mut sequence)
+    /// With `send_snapshot` the first batch on the edge is the view's contents.
+    snapshot_pending: bool,
+    max_batch_size: usize,
+    max_batch_delay: Duration,
+    /// Events converted from the edge, not yet delivered.
+    ready: VecDeque<ChangeEvent>,
+    /// The edge ended (or delivery must end).
+    ended: bool,
+    /// Events seen (for `Sample`).
+    seen: u64,
+    sequence: u64,
+}
+
+impl Dispatcher {
+    fn run(mut self) {
+        while !self.cancelled.load(Ordering::SeqCst) {
+            if self.ready.is_empty() {
+                if self.ended {
+                    break;
                 }
-            }
-            Message::Watermark(w) => vec![ChangeEvent::Watermark(w)],
-            Message::End => break,
-            Message::Barrier(_) | Message::Idle | Message::Partitioned(_) => continue,
-        };
-        for ev in events {
-            seen += 1;
-            if let SubscriptionBackpressure::Sample(n) = policy
-                && n > 1
-                && !(seen - 1).is_multiple_of(u64::from(n))
-                && !matches!(ev, ChangeEvent::Watermark(_))
-            {
+                self.receive(Duration::from_millis(50));
                 continue;
             }
-            let mut q = buffer.queue.lock();
-            if q.events.len() >= q.capacity {
-                match policy {
-                    SubscriptionBackpressure::DropOldest | SubscriptionBackpressure::Sample(_) => {
-                        q.events.pop_front();
-                        q.lagged += 1;
+            let event = self.next_event();
+            self.deliver(event);
+        }
+        self.buffer.queue.lock().closed = true;
+        self.buffer.wake_readers();
+    }
+
+    /// Waits up to `timeout` for the next message on the edge and converts it.
+    fn receive(&mut self, timeout: Duration) {
+        match self.rx.recv_timeout(timeout) {
+            Ok(msg) => self.convert(msg),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => self.ended = true,
+        }
+    }
+
+    /// Turns a message of the edge into events ready for delivery.
+    fn convert(&mut self, msg: Message) {
+        match msg {
+            Message::Batch(batch) => {
+                let is_snapshot = std::mem::take(&mut self.snapshot_pending);
+                let batch = match self.filter.as_ref().map(|f| filtered(&batch, f)) {
+                    None => batch,
+                    Some(Ok(b)) => b,
+                    Some(Err(e)) => {
+                        tracing::error!(subscription = %self.name, error = %e, "subscription filter failed");
+                        self.buffer.queue.lock().error = Some(format!(
+                            "its filter failed on a batch ({e}); it ended there"
+                        ));
+                        self.ended = true;
+                        return;
                     }
-                    SubscriptionBackpressure::DropNewest => continue,
-                    SubscriptionBackpressure::Block => {
-                        while q.events.len() >= q.capacity && !cancelled.load(Ordering::SeqCst) {
-                            buffer.writable.wait_for(&mut q, Duration::from_millis(50));
-                        }
+                };
+                if is_snapshot {
+                    self.ready
+                        .push_back(ChangeEvent::Snapshot(data(without_op(batch))));
+                } else if batch.num_rows() > 0 {
+                    self.ready.extend(events_of(batch));
+                }
+            }
+            Message::Watermark(w) => self.ready.push_back(ChangeEvent::Watermark(w)),
+            Message::End => self.ended = true,
+            Message::Barrier(_) | Message::Idle | Message::Partitioned(_) => {}
+        }
+    }
+
+    /// The next event, with the inserts (or deletes) that follow it within
+    /// `max_batch_delay` merged in, up to `max_batch_size` batches.
+    fn next_event(&mut self) -> ChangeEvent {
+        let Some(first) = self.ready.pop_front() else {
+            unreachable!("next_event is called with events ready");
+        };
+        let kind = match &first {
+            ChangeEvent::Insert(_) => 0,
+            ChangeEvent::Delete(_) => 1,
+            _ => return first,
+        };
+        let same_kind = |ev: &ChangeEvent| match ev {
+            ChangeEvent::Insert(_) => kind == 0,
+            ChangeEvent::Delete(_) => kind == 1,
+            _ => false,
+        };
+        let batch_of = |ev: &ChangeEvent| match ev {
+            ChangeEvent::Insert(d) | ChangeEvent::Delete(d) => d.batch.clone(),
+            _ => unreachable!("only inserts and deletes are merged"),
+        };
+        let mut parts = vec![batch_of(&first)];
+        let deadline = std::time::Instant::now() + self.max_batch_delay;
+        while parts.len() < self.max_batch_size {
+            if self.ready.is_empty() {
+                if self.ended {
+                    break;
+                }
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match self.rx.try_recv() {
+                    Ok(msg) => self.convert(msg),
+                    Err(TryRecvError::Disconnected) => self.ended = true,
+                    Err(TryRecvError::Empty) if left.is_zero() => break,
+                    Err(TryRecvError::Empty) => self.receive(left),
+                }
+                if self.ready.is_empty() {
+                    if std::time::Instant::now() >= deadline {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            match self.ready.front() {
+                Some(ev) if same_kind(ev) => {
+                    let ev = self.ready.pop_front().expect("front exists");
+                    parts.push(batch_of(&ev));
+                }
+                _ => break,
+            }
+        }
+        if parts.len() == 1 {
+            return first;
+        }
+        let schema = parts[0].schema();
+        let merged = arrow::compute::concat_batches(&schema, parts.iter().map(|b| b.as_ref()))
+            .expect("batches of one stream share its schema");
+        match kind {
+            0 => ChangeEvent::Insert(data(merged)),
+            _ => ChangeEvent::Delete(data(merged)),
+        }
+    }
+
+    /// Puts `event` into the buffer under the overflow policy, numbered.
+    fn deliver(&mut self, event: ChangeEvent) {
+        self.seen += 1;
+        if let SubscriptionBackpressure::Sample(n) = self.policy
+            && n > 1
+            && !(self.seen - 1).is_multiple_of(u64::from(n))
+            && !matches!(event, ChangeEvent::Watermark(_))
+        {
+            return;
+        }
+        let event = numbered(event, &mut self.sequence);
+        let mut q = self.buffer.queue.lock();
+        if q.events.len() >= q.capacity {
+            match self.policy {
+                SubscriptionBackpressure::DropOldest | SubscriptionBackpressure::Sample(_) => {
+                    q.events.pop_front();
+                    q.lagged += 1;
+                }
+                SubscriptionBackpressure::DropNewest => return,
+                SubscriptionBackpressure::Block => {
+                    while q.events.len() >= q.capacity && !self.cancelled.load(Ordering::SeqCst) {
+                        self.buffer
+                            .writable
+                            .wait_for(&mut q, Duration::from_millis(50));
                     }
                 }
             }
-            q.events.push_back(ev);
-            drop(q);
-            buffer.readable.notify_all();
-            buffer.notify.notify_waiters();
-            buffer.notify.notify_one();
         }
+        q.events.push_back(event);
+        drop(q);
+        self.buffer.wake_readers();
     }
-    buffer.queue.lock().closed = true;
-    buffer.readable.notify_all();
-    buffer.notify.notify_waiters();
-    buffer.notify.notify_one();
+}
+
+/// `event` with the next sequence numbers of the subscription.
+fn numbered(mut event: ChangeEvent, sequence: &mut u64) -> ChangeEvent {
+    let mut number = |d: &mut EventData| {
+        *sequence += 1;
+        d.sequence = *sequence;
+    };
+    match &mut event {
+        ChangeEvent::Insert(d) | ChangeEvent::Delete(d) | ChangeEvent::Snapshot(d) => number(d),
+        ChangeEvent::Update { old, new } => {
+            number(old);
+            number(new);
+        }
+        ChangeEvent::Watermark(_) | ChangeEvent::Lagged(_) => {}
+    }
+    event
 }
 
 /// Starts a callback subscription on top of a push subscription.
@@ -642,6 +844,7 @@ pub(crate) fn start_callback(
     mut f: impl FnMut(ChangeEvent) + Send + 'static,
 ) -> CallbackHandle {
     let cancelled = sub.cancelled.clone();
+    let buffer = sub.buffer.clone();
     let paused = Arc::new(AtomicBool::new(false));
     let delivered = Arc::new(AtomicU64::new(0));
     {
@@ -668,6 +871,73 @@ pub(crate) fn start_callback(
     CallbackHandle {
         cancelled,
         paused,
+        buffer,
         delivered,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn changes(ops: &[&str]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new(laminar_core::OP_COLUMN, DataType::Utf8, false),
+        ]));
+        let keys: Vec<i64> = (0..ops.len() as i64).collect();
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(keys)),
+                Arc::new(StringArray::from(ops.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn keys(d: &EventData) -> Vec<i64> {
+        let k = d
+            .batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        (0..k.len()).map(|i| k.value(i)).collect()
+    }
+
+    #[test]
+    fn changes_become_events_with_each_update_paired_to_its_own_rows() {
+        let batch = changes(&["I", "U-", "U+", "U-", "U+", "U-", "D", "U+", "r"]);
+        let described: Vec<String> = events_of(batch)
+            .iter()
+            .map(|ev| match ev {
+                ChangeEvent::Insert(d) => format!("I{:?}", keys(d)),
+                ChangeEvent::Delete(d) => format!("D{:?}", keys(d)),
+                ChangeEvent::Snapshot(d) => format!("S{:?}", keys(d)),
+                ChangeEvent::Update { old, new } => format!("U{:?}->{:?}", keys(old), keys(new)),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            described,
+            ["I[0]", "U[1, 3]->[2, 4]", "D[5, 6]", "I[7]", "S[8]"]
+        );
+    }
+
+    #[test]
+    fn numbering_counts_every_event_data() {
+        let mut sequence = 0;
+        let events = events_of(changes(&["I", "U-", "U+"]));
+        let numbered: Vec<ChangeEvent> = events
+            .into_iter()
+            .map(|ev| numbered(ev, &mut sequence))
+            .collect();
+        assert!(matches!(&numbered[0], ChangeEvent::Insert(d) if d.sequence == 1));
+        assert!(
+            matches!(&numbered[1], ChangeEvent::Update { old, new } if old.sequence == 2 && new.sequence == 3)
+        );
     }
 }

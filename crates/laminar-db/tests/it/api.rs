@@ -373,6 +373,8 @@ async fn spec_1_5_push_subscription_lagged() {
             SubscriptionConfig {
                 buffer_size: 2,
                 backpressure: SubscriptionBackpressure::DropOldest,
+                // One event per pushed batch (merging would make fewer events of them).
+                max_batch_size: 1,
                 ..Default::default()
             },
         )
@@ -1222,7 +1224,21 @@ async fn updating_streams_go_only_into_changelog_sinks() {
     assert!(db.wait_idle(WAIT));
     db.shutdown().await.unwrap();
     let mut lines = Vec::new();
-    let mut files: Vec<_> = std::fs::read_dir(dir.path())
+    for path in part_files(dir.path()) {
+        lines.extend(
+            std::fs::read_to_string(path)
+                .unwrap()
+                .lines()
+                .filter(|l| *l != "k,total,_op")
+                .map(str::to_string),
+        );
+    }
+    assert_eq!(lines, vec!["a,1,I", "a,1,U-", "a,3,U+"]);
+}
+
+/// The committed files a FILES sink wrote into `dir`, in name (= commit) order.
+fn part_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| {
@@ -1233,14 +1249,95 @@ async fn updating_streams_go_only_into_changelog_sinks() {
         })
         .collect();
     files.sort();
-    for path in files {
-        lines.extend(
-            std::fs::read_to_string(path)
-                .unwrap()
-                .lines()
-                .filter(|l| *l != "k,total,_op")
-                .map(str::to_string),
-        );
+    files
+}
+
+/// Deletes reach FILES changelog sinks too, in CSV and JSON lines: an aggregation whose group
+/// leaves its `HAVING` emits `D` (the group's last row), and the sinks write every change with
+/// its `_op` in commit order. With checkpoints each commit is its own file: the changes before
+/// a checkpoint become a `part-` file once it completes, those after it wait (hidden) for the
+/// checkpoint taken at shutdown.
+#[tokio::test]
+async fn changelog_files_sinks_write_deletes_in_commit_order() {
+    let state = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let (csv, json) = (out.path().join("csv"), out.path().join("json"));
+    let db = crate::util::open_durable(state.path(), 2);
+    db.execute(&format!(
+        "CREATE SOURCE src (k VARCHAR, x BIGINT); \
+         CREATE STREAM small AS SELECT k, SUM(x) AS total FROM src GROUP BY k HAVING SUM(x) < 10; \
+         CREATE SINK c FROM small INTO FILES (path = '{}', format = 'csv', changelog = 'true'); \
+         CREATE SINK j FROM small INTO FILES (path = '{}', format = 'json', changelog = 'true')",
+        csv.display(),
+        json.display()
+    ))
+    .await
+    .unwrap();
+    // The committed files of a sink, in name (= commit) order: name and lines, CSV header aside.
+    let committed = |dir: &std::path::Path| -> Vec<(String, Vec<String>)> {
+        part_files(dir)
+            .into_iter()
+            .map(|path| {
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                let lines: Vec<String> = std::fs::read_to_string(&path)
+                    .unwrap()
+                    .lines()
+                    .filter(|l| *l != "k,total,_op")
+                    .map(str::to_string)
+                    .collect();
+                (name, lines)
+            })
+            .collect()
+    };
+    db.start().await.unwrap();
+    // One statement at a time, so the order of the changes is fixed.
+    for values in ["('a', 1)", "('b', 5)", "('a', 2)"] {
+        db.execute(&format!("INSERT INTO src VALUES {values}"))
+            .await
+            .unwrap();
+        assert!(db.wait_idle(WAIT));
     }
-    assert_eq!(lines, vec!["a,1,I", "a,1,U-", "a,3,U+"]);
+    let first = db.checkpoint().unwrap().expect("durable");
+    eventually("the first checkpoint's files are committed", || {
+        committed(&csv).len() == 1 && committed(&json).len() == 1
+    });
+    // a goes to 23 (leaves HAVING: D), b to 6, a back to 8 (enters again: I).
+    for values in ["('a', 20)", "('b', 1)", "('a', -15)"] {
+        db.execute(&format!("INSERT INTO src VALUES {values}"))
+            .await
+            .unwrap();
+        assert!(db.wait_idle(WAIT));
+    }
+    // Written after the checkpoint: not visible before the next one completes.
+    assert_eq!(committed(&csv).len(), 1);
+    assert_eq!(committed(&json).len(), 1);
+    db.shutdown().await.unwrap();
+    assert!(db.failures().is_empty(), "{:?}", db.failures());
+
+    let csv_files = committed(&csv);
+    assert_eq!(csv_files.len(), 2, "{csv_files:?}");
+    assert_eq!(csv_files[0].0, format!("part-{first:06}-000000.csv"));
+    assert_eq!(csv_files[0].1, vec!["a,1,I", "b,5,I", "a,1,U-", "a,3,U+"]);
+    assert_eq!(csv_files[1].1, vec!["a,3,D", "b,5,U-", "b,6,U+", "a,8,I"]);
+    let json_files = committed(&json);
+    assert_eq!(json_files.len(), 2, "{json_files:?}");
+    assert_eq!(json_files[0].0, format!("part-{first:06}-000000.json"));
+    assert_eq!(
+        json_files[0].1,
+        vec![
+            r#"{"k":"a","total":1,"_op":"I"}"#,
+            r#"{"k":"b","total":5,"_op":"I"}"#,
+            r#"{"k":"a","total":1,"_op":"U-"}"#,
+            r#"{"k":"a","total":3,"_op":"U+"}"#,
+        ]
+    );
+    assert_eq!(
+        json_files[1].1,
+        vec![
+            r#"{"k":"a","total":3,"_op":"D"}"#,
+            r#"{"k":"b","total":5,"_op":"U-"}"#,
+            r#"{"k":"b","total":6,"_op":"U+"}"#,
+            r#"{"k":"a","total":8,"_op":"I"}"#,
+        ]
+    );
 }

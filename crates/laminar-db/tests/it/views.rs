@@ -159,6 +159,209 @@ fn spec_1_5_send_snapshot_then_changes() {
     db.shutdown_sync();
 }
 
+/// One line per event: `I`/`D` with the rows, or `U` with old and new rows (`n` columns).
+fn describe(event: &ChangeEvent, n: usize) -> String {
+    let rows = |b: &RecordBatch| {
+        cells(b, n)
+            .iter()
+            .map(|r| r.join(" "))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match event {
+        ChangeEvent::Insert(d) => format!("I {}", rows(&d.batch)),
+        ChangeEvent::Delete(d) => format!("D {}", rows(&d.batch)),
+        ChangeEvent::Update { old, new } => {
+            format!("U {} -> {}", rows(&old.batch), rows(&new.batch))
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// The next `count` data events of `sub` (watermarks skipped), described.
+fn next_events(sub: &mut laminar_db::PushSubscription, count: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        match sub.recv_blocking(WAIT).unwrap() {
+            Some(ChangeEvent::Watermark(_)) => {}
+            Some(event) => out.push(describe(&event, 2)),
+            None => panic!("no event after {out:?}"),
+        }
+    }
+    out
+}
+
+/// A subscription filter keeps an update whole only when both rows pass: when the new row
+/// fails, the subscriber gets the delete of the old one; when the old row failed, the insert
+/// of the new one. Several updates in one batch stay paired with their own rows.
+#[test]
+fn a_subscription_filter_turns_half_passing_updates_into_deletes_and_inserts() {
+    let db = db(1);
+    block_on(db.execute(REVENUE)).unwrap();
+    let mut sub = db
+        .subscribe_push(
+            "revenue",
+            SubscriptionConfig {
+                filter: Some("total < 20".into()),
+                max_batch_size: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let insert = |sql: &str| {
+        block_on(db.execute(sql)).unwrap();
+        assert!(db.wait_idle(WAIT));
+    };
+    insert("INSERT INTO orders VALUES ('eu', 15)");
+    assert_eq!(next_events(&mut sub, 1), ["I eu 15"]);
+    insert("INSERT INTO orders VALUES ('eu', 10)");
+    assert_eq!(next_events(&mut sub, 1), ["D eu 15"]);
+    insert("INSERT INTO orders VALUES ('eu', -10)");
+    assert_eq!(next_events(&mut sub, 1), ["I eu 15"]);
+    insert("INSERT INTO orders VALUES ('us', 1), ('ap', 2)");
+    assert_eq!(next_events(&mut sub, 1), ["I us 1, ap 2"]);
+    // One batch updating three groups: kept, deleted, kept.
+    insert("INSERT INTO orders VALUES ('us', 1), ('ap', 30), ('eu', 1)");
+    let mut events = next_events(&mut sub, 3);
+    events.sort();
+    assert_eq!(events, ["D ap 2", "U eu 15 -> eu 16", "U us 1 -> us 2"]);
+}
+
+/// A filter that fails on a batch at run time (here a division by zero) ends the
+/// subscription with an error naming it, rather than skipping the batch; filters that are
+/// not predicates are refused at subscribe time, constant ones accepted.
+#[test]
+fn subscription_filters_are_checked_at_subscribe_and_fail_loudly_at_run_time() {
+    let db = db(1);
+    block_on(db.execute(REVENUE)).unwrap();
+    let subscribe = |filter: &str| {
+        db.subscribe_push(
+            "revenue",
+            SubscriptionConfig {
+                filter: Some(filter.into()),
+                ..Default::default()
+            },
+        )
+    };
+    let err = subscribe("nope > 1").err().unwrap().to_string();
+    assert!(err.contains("unknown column 'nope'"), "{err}");
+    for (bad, why) in [
+        ("total", "non-boolean"),
+        ("region + 1 > 0", "Utf8 + Int64"),
+        ("total >", "column 8"),
+    ] {
+        let err = subscribe(bad)
+            .err()
+            .unwrap_or_else(|| panic!("{bad} accepted"))
+            .to_string();
+        assert!(
+            err.contains(&format!("subscription filter '{bad}': ")) && err.contains(why),
+            "{bad}: {err}"
+        );
+    }
+    let mut everything = subscribe("true").unwrap();
+    let mut nothing = subscribe("1 = 2").unwrap();
+    let mut failing = subscribe("100 / (total - 15) > 1").unwrap();
+    block_on(db.execute("INSERT INTO orders VALUES ('eu', 15)")).unwrap();
+    assert!(db.wait_idle(WAIT));
+    assert_eq!(next_events(&mut everything, 1), ["I eu 15"]);
+    let err = loop {
+        match failing.recv_blocking(WAIT) {
+            Ok(Some(ChangeEvent::Watermark(_))) => {}
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(
+        err.contains("subscription to 'revenue': its filter failed") && err.contains("zero"),
+        "{err}"
+    );
+    block_on(db.execute("INSERT INTO orders VALUES ('us', 1)")).unwrap();
+    assert!(db.wait_idle(WAIT));
+    assert_eq!(next_events(&mut everything, 1), ["I us 1"]);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !matches!(
+            nothing.try_recv(),
+            Some(Ok(ChangeEvent::Insert(_) | ChangeEvent::Update { .. }))
+        ),
+        "a false filter delivered rows"
+    );
+}
+
+/// A database with source `s (k BIGINT)` and stream `t` passing it on, and a push
+/// subscription to `t`.
+fn pass_through_subscription(
+    config: SubscriptionConfig,
+) -> (LaminarDB, laminar_db::PushSubscription) {
+    let db = db(1);
+    block_on(db.execute("CREATE SOURCE s (k BIGINT); CREATE STREAM t AS SELECT k FROM s")).unwrap();
+    let sub = db.subscribe_push("t", config).unwrap();
+    (db, sub)
+}
+
+/// Demand mode: after `request(n)` only the events asked for are delivered; the rest wait in
+/// the buffer until the next request.
+#[test]
+fn a_push_subscription_in_demand_mode_delivers_only_what_was_requested() {
+    let (db, mut sub) = pass_through_subscription(SubscriptionConfig {
+        max_batch_size: 1,
+        ..Default::default()
+    });
+    sub.request(2);
+    for k in 0..4 {
+        block_on(db.execute(&format!("INSERT INTO s VALUES ({k})"))).unwrap();
+        assert!(db.wait_idle(WAIT));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let keys = |sub: &mut laminar_db::PushSubscription, count| {
+        (0..count)
+            .map(|_| match sub.recv_blocking(WAIT).unwrap() {
+                Some(ChangeEvent::Insert(d)) => cells(&d.batch, 1)[0][0].clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&mut sub, 2), ["0", "1"]);
+    assert!(
+        sub.recv_blocking(Duration::from_millis(100))
+            .unwrap()
+            .is_none()
+    );
+    sub.request(1);
+    assert_eq!(keys(&mut sub, 1), ["2"]);
+    assert!(
+        sub.recv_blocking(Duration::from_millis(100))
+            .unwrap()
+            .is_none()
+    );
+    sub.request(10);
+    assert_eq!(keys(&mut sub, 1), ["3"]);
+}
+
+/// Inserts arriving within `max_batch_delay` of each other are merged into one event of at
+/// most `max_batch_size` batches.
+#[test]
+fn a_push_subscription_merges_inserts_within_its_batch_delay() {
+    let (db, mut sub) = pass_through_subscription(SubscriptionConfig {
+        max_batch_size: 3,
+        max_batch_delay: Duration::from_secs(1),
+        ..Default::default()
+    });
+    for k in 0..5 {
+        block_on(db.execute(&format!("INSERT INTO s VALUES ({k})"))).unwrap();
+    }
+    assert_eq!(next_events(&mut sub, 2), ["I 0, 1, 2", "I 3, 4"]);
+    let sequences = {
+        block_on(db.execute("INSERT INTO s VALUES (5)")).unwrap();
+        match sub.recv_blocking(WAIT).unwrap() {
+            Some(ChangeEvent::Insert(d)) => d.sequence,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(sequences, 3, "one sequence number per delivered event");
+}
+
 /// Subscribing while the view changes: the snapshot and the changes after it add up to
 /// the view's final contents, with no change missed or counted twice.
 #[test]
