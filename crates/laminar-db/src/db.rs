@@ -303,6 +303,18 @@ impl LaminarDB {
         result.map(Some)
     }
 
+    /// Discards what the restored checkpoint still holds for object `name` (its state was
+    /// not handed to an object yet: it was refused, its `CREATE` failed, or it is not
+    /// created again), as [`crate::LaminarDbBuilder::reset_state`] does at open. A
+    /// `CREATE` of `name` then starts it empty, and checkpoints suspended for it resume.
+    /// Returns whether there was such state; without a storage directory there never is.
+    pub fn discard_checkpointed_state(&self, name: &str) -> bool {
+        self.inner
+            .durability
+            .as_ref()
+            .is_some_and(|d| d.discard_recovered(name))
+    }
+
     /// Checkpoint and recovery counters; `None` without a storage directory.
     pub fn checkpoint_stats(&self) -> Option<crate::durability::CheckpointStats> {
         self.inner.durability.as_ref().map(|d| d.stats())

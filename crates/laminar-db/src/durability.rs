@@ -418,6 +418,19 @@ impl Durability {
         self.recovered.lock().objects.contains_key(name)
     }
 
+    /// Drops what the recovered checkpoint holds for object `name` and lifts the checkpoint
+    /// suspension it caused; false when it held nothing for it.
+    pub(crate) fn discard_recovered(&self, name: &str) -> bool {
+        let mut recovered = self.recovered.lock();
+        let held = recovered.objects.contains_key(name) || recovered.refused.contains_key(name);
+        if held {
+            tracing::warn!(object = %name, "checkpointed state discarded");
+            recovered.forget(name);
+            recovered.refused.remove(name);
+        }
+        held
+    }
+
     /// Forgets that `name` is being re-created (see [`Durability::is_recovering`]).
     pub(crate) fn forget_recovering(&self, name: &str) {
         let mut recovered = self.recovered.lock();
@@ -573,7 +586,7 @@ impl Durability {
                     .map(|(name, why)| format!("'{name}' ({why})"))
                     .collect();
                 return Err(DbError::Checkpoint(format!(
-                    "checkpoints are suspended: the checkpointed state of {} was not restored, and a new checkpoint would no longer hold it; create it again as checkpointed, or reopen with reset_state / --reset-state to discard that state",
+                    "checkpoints are suspended: the checkpointed state of {} was not restored, and a new checkpoint would no longer hold it; create it again as checkpointed, or discard that state (LaminarDB::discard_checkpointed_state, or reopen with reset_state / --reset-state)",
                     objects.join(", ")
                 )));
             }

@@ -957,7 +957,8 @@ fn a_stream_that_failed_is_refused_at_restore_until_reset() {
     assert!(db.checkpoint().is_err());
     db.shutdown_sync();
 
-    // Reset: 'few' starts empty; 'over_few' read it and stopped with it, so it is reset too.
+    // Reset: 'few' starts empty; 'over_few' read it and stopped with it, so it is refused
+    // too, and its state is discarded in the running process.
     let db = LaminarDB::builder()
         .workers(1)
         .storage_dir(dir.path())
@@ -974,19 +975,15 @@ fn a_stream_that_failed_is_refused_at_restore_until_reset() {
         err.contains("'over_few' had stopped (a relation it reads failed)"),
         "{err}"
     );
-    db.shutdown_sync();
-    let db = LaminarDB::builder()
-        .workers(1)
-        .storage_dir(dir.path())
-        .checkpoint_interval(None)
-        .unwrap()
-        .reset_state("few")
-        .unwrap()
-        .reset_state("over_few")
-        .unwrap()
-        .build_sync()
-        .unwrap();
-    crate::util::block_on(db.execute(setup)).unwrap();
+    let suspended = db.checkpoint().unwrap_err().to_string();
+    assert!(
+        suspended.contains("'over_few'") && suspended.contains("discard_checkpointed_state"),
+        "{suspended}"
+    );
+    assert!(db.discard_checkpointed_state("over_few"));
+    assert!(!db.discard_checkpointed_state("over_few"));
+    let over_few = setup.rsplit("; ").next().unwrap();
+    crate::util::block_on(db.execute(over_few)).unwrap();
     assert_eq!(
         crate::util::select(&db, "SELECT n FROM total"),
         vec![vec!["3"]]
