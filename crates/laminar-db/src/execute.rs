@@ -895,7 +895,7 @@ impl LaminarDB {
         }
         if plan.relations().iter().any(|i| i == &c.name) {
             return Err(
-                SqlError::Invalid(format!("stream '{}' cannot read itself", c.name)).into(),
+                SqlError::Invalid(format!("{kind} '{}' cannot read itself", c.name)).into(),
             );
         }
         // Every check passed: a replaced view goes with everything that reads it.

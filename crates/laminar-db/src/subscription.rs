@@ -233,13 +233,14 @@ pub enum SubscriptionBackpressure {
     /// Evict the oldest event; the receiver gets `Lagged(n)` before the next event.
     #[default]
     DropOldest,
-    /// Discard the incoming event (counted).
+    /// Discard the incoming event.
     DropNewest,
     /// The dispatcher waits for room. The query keeps running until the bounded queue
     /// between the stream and the dispatcher (`subscription_buffer` messages) is also full;
     /// then the stream is backpressured like any other consumer.
     Block,
-    /// Deliver every n-th event.
+    /// Deliver every n-th event (watermarks always); a full buffer then evicts the oldest
+    /// as `DropOldest` does.
     Sample(u32),
 }
 
@@ -796,7 +797,6 @@ impl Dispatcher {
         {
             return;
         }
-        let event = numbered(event, &mut self.sequence);
         let mut q = self.buffer.queue.lock();
         if q.events.len() >= q.capacity {
             match self.policy {
@@ -814,7 +814,8 @@ impl Dispatcher {
                 }
             }
         }
-        q.events.push_back(event);
+        // Numbered once it is sure to be delivered: the sequence has no gaps.
+        q.events.push_back(numbered(event, &mut self.sequence));
         drop(q);
         self.buffer.wake_readers();
     }

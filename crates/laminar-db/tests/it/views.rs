@@ -362,6 +362,253 @@ fn a_push_subscription_merges_inserts_within_its_batch_delay() {
     assert_eq!(sequences, 3, "one sequence number per delivered event");
 }
 
+/// Pushes one row into `s` per key, each its own batch, waiting after each until the query
+/// handled it (push subscriptions are not counted: their dispatchers may still be behind).
+fn insert_keys(db: &LaminarDB, keys: std::ops::Range<i64>) {
+    for k in keys {
+        block_on(db.execute(&format!("INSERT INTO s VALUES ({k})"))).unwrap();
+        assert!(db.wait_idle(WAIT));
+    }
+}
+
+/// The next `count` events of `sub`, each a one-row insert, as `key #sequence` (a `Lagged`
+/// report or any other event fails the test).
+fn next_keys(sub: &mut laminar_db::PushSubscription, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|_| match sub.recv_blocking(WAIT).unwrap() {
+            Some(ChangeEvent::Insert(d)) => {
+                let rows = cells(&d.batch, 1);
+                assert_eq!(rows.len(), 1, "one row per event: {rows:?}");
+                format!("{} #{}", rows[0][0], d.sequence)
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+/// Asserts that `sub` has nothing more to deliver (no event, lag report or end).
+fn assert_nothing_more(sub: &mut laminar_db::PushSubscription) {
+    let next = sub.recv_blocking(Duration::from_millis(200)).unwrap();
+    assert!(next.is_none(), "{next:?}");
+}
+
+/// A subscription with `backpressure` and `buffer_size` whose events are not merged (one
+/// per insert).
+fn one_event_per_insert(
+    backpressure: laminar_db::SubscriptionBackpressure,
+    buffer_size: usize,
+) -> SubscriptionConfig {
+    SubscriptionConfig {
+        buffer_size,
+        backpressure,
+        max_batch_size: 1,
+        ..Default::default()
+    }
+}
+
+/// `DropNewest`: once the buffer is full, incoming events are discarded silently, so the
+/// receiver gets the oldest ones, no `Lagged` report, and nothing of the discarded ones; the
+/// subscription keeps delivering once it has room again.
+#[test]
+fn a_push_subscription_dropping_the_newest_keeps_the_oldest_events() {
+    let (db, mut sub) = pass_through_subscription(one_event_per_insert(
+        laminar_db::SubscriptionBackpressure::DropNewest,
+        2,
+    ));
+    insert_keys(&db, 0..5);
+    // `wait_idle` does not wait for the dispatcher: give it time to take all five.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(next_keys(&mut sub, 2), ["0 #1", "1 #2"]);
+    assert_nothing_more(&mut sub);
+    insert_keys(&db, 5..6);
+    let after = next_keys(&mut sub, 1);
+    assert_eq!(after, ["5 #3"], "dropped events take no sequence number");
+    assert_nothing_more(&mut sub);
+}
+
+/// `Sample(2)`: the dispatcher delivers the 1st, 3rd, 5th.. event it sees (the others are
+/// dropped without a `Lagged` report), numbered consecutively. The source has no event time,
+/// so there are no watermark events (which would count as seen).
+#[test]
+fn a_sampling_push_subscription_delivers_every_nth_event() {
+    let (db, mut sub) = pass_through_subscription(one_event_per_insert(
+        laminar_db::SubscriptionBackpressure::Sample(2),
+        1024,
+    ));
+    insert_keys(&db, 0..6);
+    assert_eq!(next_keys(&mut sub, 3), ["0 #1", "2 #2", "4 #3"]);
+    assert_nothing_more(&mut sub);
+}
+
+/// `Block`: a subscriber that does not read holds its dispatcher rather than losing events;
+/// the query keeps running meanwhile (`wait_idle` succeeds: the queue between the stream and
+/// the dispatcher is far from full), and once the subscriber reads, every event arrives in
+/// order with no `Lagged` report.
+#[test]
+fn a_blocking_push_subscription_loses_nothing() {
+    let (db, mut sub) = pass_through_subscription(one_event_per_insert(
+        laminar_db::SubscriptionBackpressure::Block,
+        1,
+    ));
+    insert_keys(&db, 0..5);
+    // Let the dispatcher fill the buffer and wait for room.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        next_keys(&mut sub, 5),
+        ["0 #1", "1 #2", "2 #3", "3 #4", "4 #5"]
+    );
+    assert_nothing_more(&mut sub);
+}
+
+/// Sequence numbers count the delivered event data of a subscription from 1: one per
+/// insert, two for an update (its old rows, then its new rows).
+#[test]
+fn push_subscription_events_are_numbered_in_order() {
+    {
+        let (db, mut sub) = pass_through_subscription(SubscriptionConfig {
+            max_batch_size: 1,
+            ..Default::default()
+        });
+        insert_keys(&db, 0..3);
+        assert_eq!(next_keys(&mut sub, 3), ["0 #1", "1 #2", "2 #3"]);
+    }
+    let db = db(1);
+    block_on(db.execute(REVENUE)).unwrap();
+    let mut sub = db
+        .subscribe_push(
+            "revenue",
+            SubscriptionConfig {
+                max_batch_size: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    for sql in [
+        "INSERT INTO orders VALUES ('eu', 15)",
+        "INSERT INTO orders VALUES ('eu', 5)",
+        "INSERT INTO orders VALUES ('us', 1)",
+    ] {
+        block_on(db.execute(sql)).unwrap();
+        assert!(db.wait_idle(WAIT));
+    }
+    let mut numbered = Vec::new();
+    while numbered.len() < 3 {
+        let Some(event) = sub.recv_blocking(WAIT).unwrap() else {
+            panic!("no event after {numbered:?}");
+        };
+        let sequences = match &event {
+            ChangeEvent::Watermark(_) => continue,
+            ChangeEvent::Insert(d) => format!("#{}", d.sequence),
+            ChangeEvent::Update { old, new } => format!("#{} #{}", old.sequence, new.sequence),
+            other => panic!("{other:?}"),
+        };
+        numbered.push(format!("{} {sequences}", describe(&event, 2)));
+    }
+    assert_eq!(
+        numbered,
+        ["I eu 15 #1", "U eu 15 -> eu 20 #2 #3", "I us 1 #4"]
+    );
+}
+
+/// A paused callback subscription calls its callback for nothing (events wait in its
+/// buffer); after `resume` it is called for each of them, in order.
+#[test]
+fn a_paused_callback_subscription_delivers_after_resume() {
+    let (db, unused) = pass_through_subscription(SubscriptionConfig::default());
+    drop(unused);
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let handle = {
+        let seen = seen.clone();
+        db.subscribe_callback(
+            "t",
+            SubscriptionConfig {
+                max_batch_size: 1,
+                ..Default::default()
+            },
+            move |event| seen.lock().push(describe(&event, 1)),
+        )
+        .unwrap()
+    };
+    handle.pause();
+    // The callback task notices the pause once its current wait (50 ms) ends.
+    std::thread::sleep(Duration::from_millis(100));
+    insert_keys(&db, 0..3);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(handle.delivered(), 0);
+    let early = seen.lock().clone();
+    assert!(early.is_empty(), "{early:?}");
+    handle.resume();
+    // `delivered` counts an event before its callback runs: wait for the callbacks.
+    let deadline = std::time::Instant::now() + WAIT;
+    while seen.lock().len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(seen.lock().clone(), ["I 0", "I 1", "I 2"]);
+    assert_eq!(handle.delivered(), 3);
+}
+
+/// `subscribe_stream` yields the subscription's events as an async `futures::Stream`.
+#[test]
+fn subscribe_stream_yields_events_as_an_async_stream() {
+    use futures::StreamExt;
+
+    let (db, unused) = pass_through_subscription(SubscriptionConfig::default());
+    drop(unused);
+    let stream = db
+        .subscribe_stream(
+            "t",
+            SubscriptionConfig {
+                max_batch_size: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    insert_keys(&db, 0..2);
+    let events: Vec<String> = block_on(stream.take(2).map(|event| describe(&event, 1)).collect());
+    assert_eq!(events, ["I 0", "I 1"]);
+}
+
+/// Dropping a push subscription cancels it: a `Block` subscriber with a one-event buffer
+/// that stopped reading would stall the query once the queue to its dispatcher (two messages
+/// here) is full, but dropped it never does; the stream's other subscribers get every row.
+#[test]
+fn a_dropped_push_subscription_never_stalls_the_query() {
+    let db = LaminarDB::builder()
+        .workers(1)
+        .subscription_buffer(2)
+        .build_sync()
+        .unwrap();
+    block_on(db.execute("CREATE SOURCE s (k BIGINT); CREATE STREAM t AS SELECT k FROM s")).unwrap();
+    let mut blocking = db
+        .subscribe_push(
+            "t",
+            SubscriptionConfig {
+                buffer_size: 1,
+                backpressure: laminar_db::SubscriptionBackpressure::Block,
+                max_batch_size: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let mut reader = db
+        .subscribe_push("t", SubscriptionConfig::default())
+        .unwrap();
+    insert_keys(&db, 0..1);
+    assert_eq!(next_keys(&mut blocking, 1), ["0 #1"]);
+    drop(blocking);
+    // `insert_keys` asserts `wait_idle` after each row.
+    insert_keys(&db, 1..51);
+    let mut keys = Vec::new();
+    while keys.len() < 51 {
+        match reader.recv_blocking(WAIT).unwrap() {
+            Some(ChangeEvent::Insert(d)) => keys.extend(cells(&d.batch, 1).into_iter().flatten()),
+            other => panic!("after {} rows: {other:?}", keys.len()),
+        }
+    }
+    let expected: Vec<String> = (0..51).map(|k| k.to_string()).collect();
+    assert_eq!(keys, expected);
+}
+
 /// Subscribing while the view changes: the snapshot and the changes after it add up to
 /// the view's final contents, with no change missed or counted twice.
 #[test]
