@@ -731,6 +731,12 @@ fn a_view_over_its_memory_budget_fails_clearly() {
         }),
         "{failures:?}"
     );
+    let state = select(&db, "SHOW MATERIALIZED VIEWS")
+        .into_iter()
+        .find(|r| r[0] == "small")
+        .map(|r| r[2].clone())
+        .unwrap();
+    assert!(state.starts_with("failed"), "{state}");
     db.shutdown_sync();
 }
 
