@@ -545,6 +545,13 @@ impl LaminarDB {
             ))
             .into());
         }
+        if backpressure == BackpressureStrategy::DropOldest && self.inner.durability.is_some() {
+            return Err(SqlError::Invalid(format!(
+                "source '{}': backpressure = 'drop_oldest' cannot be used with a storage directory: the rows it evicts were already logged (or read at a position a checkpoint records), so a restart would bring them back and the output would depend on whether the pipeline crashed; use block or reject",
+                c.name
+            ))
+            .into());
+        }
         let reads_files = reads_files(&c);
         let declared_alignment = match alignment.finish(&c.name, event_time.is_some())? {
             // FILES sources replay in event-time alignment by default (SPEC 5.9), so reading

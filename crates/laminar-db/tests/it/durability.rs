@@ -995,3 +995,32 @@ fn a_stream_that_failed_is_refused_at_restore_until_reset() {
     db.checkpoint().unwrap();
     db.shutdown_sync();
 }
+
+/// `drop_oldest` evicts rows that are already in the write-ahead log (a restart would replay
+/// them), so a durable database refuses it, whether declared on the source or the default.
+#[test]
+fn drop_oldest_sources_are_refused_with_a_storage_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::util::open_durable(dir.path(), 1);
+    let err = crate::util::block_on(
+        db.execute("CREATE SOURCE s (x BIGINT) WITH (backpressure = 'drop_oldest')"),
+    )
+    .unwrap_err();
+    assert_eq!(err.code(), "SQL_INVALID", "{err}");
+    assert!(
+        err.to_string()
+            .contains("'drop_oldest' cannot be used with a storage directory"),
+        "{err}"
+    );
+    crate::util::block_on(db.execute("CREATE SOURCE s (x BIGINT) WITH (backpressure = 'reject')"))
+        .unwrap();
+    db.shutdown_sync();
+    let db = LaminarDB::builder()
+        .storage_dir(dir.path().join("other"))
+        .backpressure(laminar_db::BackpressureStrategy::DropOldest)
+        .build_sync()
+        .unwrap();
+    let err = crate::util::block_on(db.execute("CREATE SOURCE s (x BIGINT)")).unwrap_err();
+    assert!(err.to_string().contains("drop_oldest"), "{err}");
+    db.shutdown_sync();
+}
