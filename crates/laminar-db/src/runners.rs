@@ -44,6 +44,10 @@ pub(crate) struct SourceRunner {
 struct BarrierRequest {
     pending: std::collections::VecDeque<u64>,
     loop_running: bool,
+    /// Once the read loop is over: the position barriers report from then on (the
+    /// connector is closed, and after a failure its own position may be past rows that were
+    /// never delivered).
+    final_position: Option<Option<String>>,
 }
 
 impl SourceRunner {
@@ -97,8 +101,15 @@ impl SourceRunner {
             }
             request.pending.push_back(epoch);
         } else {
+            let position = request.final_position.clone();
             drop(request);
-            inject_barrier(&self.connector, target, self.durable.as_deref(), epoch);
+            inject_barrier(
+                &self.connector,
+                target,
+                self.durable.as_deref(),
+                epoch,
+                position,
+            );
         }
     }
 
@@ -143,14 +154,27 @@ impl SourceRunner {
             };
             let result = looped.run();
             {
-                // From here on, requesters inject barriers themselves.
+                // From here on, requesters inject barriers themselves, at the position
+                // where reading stopped: after a failure, the position before the poll that
+                // failed (what it read was not delivered).
                 let mut request = barrier.lock();
                 request.loop_running = false;
+                let position = match &result {
+                    Err((_, Some(before))) => before.clone(),
+                    _ => connector.lock().position(),
+                };
+                request.final_position = Some(position.clone());
                 for epoch in std::mem::take(&mut request.pending) {
-                    inject_barrier(&connector, &target, durable.as_deref(), epoch);
+                    inject_barrier(
+                        &connector,
+                        &target,
+                        durable.as_deref(),
+                        epoch,
+                        Some(position.clone()),
+                    );
                 }
             }
-            if let Err(message) = result {
+            if let Err((message, _)) = result {
                 tracing::error!(source = %target.name, %message, "source failed");
                 failures
                     .lock()
@@ -201,12 +225,13 @@ fn inject_barrier(
     target: &IngestTarget,
     durable: Option<&Durability>,
     epoch: u64,
+    position: Option<Option<String>>,
 ) {
     if laminar_core::message::is_read_mark(epoch) {
         let _ = target.input.send_blocking(Message::Barrier(epoch));
         return;
     }
-    let position = connector.lock().position();
+    let position = position.unwrap_or_else(|| connector.lock().position());
     let sent = target
         .input
         .send_blocking(Message::Barrier(epoch))
@@ -227,20 +252,26 @@ struct ReadLoop<'a> {
 }
 
 impl ReadLoop<'_> {
-    fn run(&self) -> Result<(), String> {
+    /// Reads until the input ends (without durability), the runner stops, or a failure:
+    /// its message, and with durability the connector's position before the failed poll.
+    fn run(&self) -> Result<(), (String, Option<Option<String>>)> {
         let target = self.target;
         let mut input_ended = false;
         while !self.stop.load(Ordering::SeqCst) {
             let requested = std::mem::take(&mut self.barrier.lock().pending);
             for epoch in requested {
-                inject_barrier(self.connector, target, self.durable, epoch);
+                inject_barrier(self.connector, target, self.durable, epoch, None);
             }
             if input_ended || self.paused.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(2));
                 continue;
             }
-            let polled = self.connector.lock().poll_batch(POLL_ROWS);
-            match polled.map_err(|e| e.to_string())? {
+            let mut connector = self.connector.lock();
+            let before = self.durable.map(|_| connector.position());
+            let polled = connector.poll_batch(POLL_ROWS);
+            drop(connector);
+            let failed = |e: String| (e, before.clone());
+            match polled.map_err(|e| failed(e.to_string()))? {
                 SourcePoll::Batch(batch) => {
                     let batch = validate_batch(
                         &target.name,
@@ -248,7 +279,7 @@ impl ReadLoop<'_> {
                         target.event_time.as_ref(),
                         &batch,
                     )
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| failed(e.to_string()))?;
                     if batch.num_rows() > 0
                         && target.input.send_blocking(Message::Batch(batch)).is_err()
                     {

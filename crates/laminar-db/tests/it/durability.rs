@@ -1024,3 +1024,33 @@ fn drop_oldest_sources_are_refused_with_a_storage_directory() {
     assert!(err.to_string().contains("drop_oldest"), "{err}");
     db.shutdown_sync();
 }
+
+/// A FILES source that fails in the middle of a file (a bad row after rows it already
+/// delivered) resumes after a restart exactly where it stopped: the checkpoints taken after
+/// the failure record the position before the failed read, not the start of the file.
+#[test]
+fn a_source_failing_mid_file_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let good: String = (0..10_000).map(|_| "1,1\n").collect();
+    std::fs::write(files.path().join("a.csv"), format!("k,x\n{good}bad,1\n")).unwrap();
+    let setup = csv_source_and_sum_view(files.path());
+    let db = crate::util::durable_db(dir.path(), 1, &setup);
+    crate::util::block_on(db.start()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while db.failures().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the source did not fail"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(db.wait_idle(Duration::from_secs(20)));
+    db.checkpoint().unwrap();
+    db.shutdown_sync();
+    std::fs::write(files.path().join("a.csv"), format!("k,x\n{good}2,1\n")).unwrap();
+    let db = crate::util::durable_db(dir.path(), 1, &setup);
+    crate::util::block_on(db.start()).unwrap();
+    wait_for_sums(&db, &[["1", "10000"], ["2", "1"]]);
+    db.shutdown_sync();
+}
