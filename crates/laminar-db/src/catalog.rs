@@ -230,16 +230,30 @@ impl Catalog {
         out
     }
 
+    /// `name` and its side outputs (`LATE DATA TO` streams), which go with it.
+    fn with_side_outputs(&self, name: &str) -> Vec<String> {
+        std::iter::once(name.to_string())
+            .chain(
+                self.streams
+                    .values()
+                    .filter(|s| s.side_output_of.as_deref() == Some(name))
+                    .map(|s| s.name.clone()),
+            )
+            .collect()
+    }
+
     fn collect_dependents(&self, name: &str, out: &mut Vec<String>) {
+        let names = self.with_side_outputs(name);
+        let reads = |reads: &dyn Fn(&str) -> bool| names.iter().any(|n| reads(n));
         let direct: Vec<String> = self
             .streams
             .values()
-            .filter(|s| s.side_output_of.is_none() && s.reads(name))
+            .filter(|s| s.side_output_of.is_none() && reads(&|n| s.reads(n)))
             .map(|s| s.name.clone())
             .chain(
                 self.sinks
                     .values()
-                    .filter(|s| s.reads(name))
+                    .filter(|s| reads(&|n| s.reads(n)))
                     .map(|s| s.name.clone()),
             )
             .collect();
@@ -253,10 +267,13 @@ impl Catalog {
 
     /// Names of objects reading `name`.
     pub(crate) fn dependents(&self, name: &str) -> Vec<String> {
+        // Readers of its side outputs too: those go with it.
+        let names = self.with_side_outputs(name);
+        let reads = |reads: &dyn Fn(&str) -> bool| names.iter().any(|n| reads(n));
         let mut out: Vec<String> = self
             .streams
             .values()
-            .filter(|s| s.reads(name))
+            .filter(|s| s.side_output_of.as_deref() != Some(name) && reads(&|n| s.reads(n)))
             .map(|s| match s.query_id {
                 Some(id) => format!("query {id}"),
                 None => format!("stream {}", s.name),
@@ -265,7 +282,7 @@ impl Catalog {
         out.extend(
             self.sinks
                 .values()
-                .filter(|s| s.reads(name))
+                .filter(|s| reads(&|n| s.reads(n)))
                 .map(|s| format!("sink {}", s.name)),
         );
         out

@@ -411,7 +411,6 @@ impl Durability {
         self.checkpoint_requested.swap(false, Ordering::SeqCst)
     }
 
-    /// The epoch whose checkpoint was restored (the sinks' commit decision at open).
     /// True when the checkpoint being recovered holds an object of that name that has not
     /// been restored yet: it is being re-created, not created.
     pub(crate) fn is_recovering(&self, name: &str) -> bool {
@@ -431,14 +430,7 @@ impl Durability {
         held
     }
 
-    /// Forgets that `name` is being re-created (see [`Durability::is_recovering`]).
-    pub(crate) fn forget_recovering(&self, name: &str) {
-        let mut recovered = self.recovered.lock();
-        recovered.objects.remove(name);
-        // Its state is given up with it: no longer a reason to hold checkpoints back.
-        recovered.refused.remove(name);
-    }
-
+    /// The epoch of the checkpoint restored at open, if any.
     pub(crate) fn recovered_epoch(&self) -> Option<u64> {
         self.stats.lock().recovered_epoch
     }
@@ -452,7 +444,7 @@ impl Durability {
         self.stats.lock().clone()
     }
 
-    /// After a `CREATE` of `name` (a source, table or stream): when the checkpoint being
+    /// After a `CREATE` of `name` (a source, table, stream or sink): when the checkpoint being
     /// recovered holds state for `name`, a created object now holds that state, so the
     /// checkpoint forgets it; a
     /// failed creation leaves it in the checkpoint and suspends checkpoints until a
@@ -923,12 +915,13 @@ impl Durability {
     }
 
     /// The pre-commit state sink `name` kept in the recovered checkpoint, when the sink
-    /// is defined as it was then (a sink defined differently starts without it).
+    /// is defined as it was then (a sink defined differently starts without it). The
+    /// checkpoint keeps it until the sink's `CREATE` succeeds ([`Durability::settle_recovery`]).
     pub(crate) fn take_sink_state(&self, name: &str, sql: &str) -> Option<Vec<u8>> {
-        let mut recovered = self.recovered.lock();
-        let state = recovered.sinks.remove(name)?;
-        match recovered.objects.remove(name) {
-            Some(stored) if normalized(&stored) == normalized(sql) => Some(state),
+        let recovered = self.recovered.lock();
+        let state = recovered.sinks.get(name)?.clone();
+        match recovered.objects.get(name) {
+            Some(stored) if normalized(stored) == normalized(sql) => Some(state),
             _ => {
                 tracing::warn!(
                     sink = name,
@@ -1023,7 +1016,9 @@ fn decode_push(bytes: &[u8]) -> Result<(String, Message), String> {
 }
 
 const PIPELINE_TAG: &str = "pipeline";
-const PIPELINE_VERSION: u32 = 1;
+/// Version 2 adds the stopped objects: a build that reads only version 1 refuses the file
+/// rather than restoring stopped objects empty.
+const PIPELINE_VERSION: u32 = 2;
 
 fn encode_pipeline(
     objects: &[(String, String)],
@@ -1043,8 +1038,7 @@ fn encode_pipeline(
         w.bytes(source.as_bytes());
         w.bytes(position.as_bytes());
     }
-    // Last, so that a file without it (written before stopped objects were recorded)
-    // still reads.
+    // Last: a version 1 file ends before it.
     w.u64(stopped.len() as u64);
     for (name, why) in stopped {
         w.bytes(name.as_bytes());
@@ -1055,8 +1049,9 @@ fn encode_pipeline(
 
 fn decode_pipeline(bytes: &[u8], into: &mut Recovered) -> Result<(), String> {
     let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|e| e.to_string());
-    let mut r =
-        SnapshotReader::new(bytes, PIPELINE_TAG, PIPELINE_VERSION).map_err(|e| e.to_string())?;
+    let mut r = SnapshotReader::new(bytes, PIPELINE_TAG, PIPELINE_VERSION)
+        .or_else(|_| SnapshotReader::new(bytes, PIPELINE_TAG, 1))
+        .map_err(|e| e.to_string())?;
     into.wal_position = r.u64().map_err(|e| e.to_string())?;
     for _ in 0..r.count().map_err(|e| e.to_string())? {
         let name = text(r.bytes().map_err(|e| e.to_string())?)?;
@@ -1118,10 +1113,13 @@ mod tests {
         assert_eq!(r.stopped["v"], "it failed");
         assert_eq!(r.wal_position, 9);
         assert!(decode_pipeline(&bytes[..bytes.len() - 2], &mut Recovered::default()).is_err());
-        // A file written before stopped objects were recorded ends after the positions.
-        let older = encode_pipeline(&objects, &[], &positions, 9);
+        // A version 1 file ends after the positions.
+        let mut older = encode_pipeline(&objects, &[], &positions, 9);
+        older.truncate(older.len() - 8);
+        let version_at = 8 + PIPELINE_TAG.len();
+        older[version_at..version_at + 8].copy_from_slice(&1u64.to_le_bytes());
         let mut r = Recovered::default();
-        decode_pipeline(&older[..older.len() - 8], &mut r).unwrap();
+        decode_pipeline(&older, &mut r).unwrap();
         assert!(r.stopped.is_empty() && r.positions["a"] == "event=7");
     }
 }

@@ -179,7 +179,12 @@ impl LaminarDB {
                 let created = self.create_stream(c, sql);
                 self.settle_recovery(&name, created).map(ddl)
             }
-            StreamingStatement::CreateSink(c) => self.create_sink(*c, sql).map(ddl),
+            StreamingStatement::CreateSink(c) => {
+                // Re-created once (see `settle_recovery`): a later sink of the name is new.
+                let name = c.name.clone();
+                let created = self.create_sink(*c, sql);
+                self.settle_recovery(&name, created).map(ddl)
+            }
             StreamingStatement::CreateTable(c) => {
                 let name = c.name.clone();
                 let created = self.create_table(c, sql).await;
@@ -1516,10 +1521,6 @@ impl LaminarDB {
             },
         );
         drop(catalog);
-        if let Some(d) = &self.inner.durability {
-            // Re-created once: a later sink of the same name is a new one.
-            d.forget_recovering(&c.name);
-        }
         self.connect_pending(pending)?;
         Ok(c.name)
     }

@@ -417,8 +417,8 @@ impl PushSubscription {
 
     /// Demand mode: from the first call on, only events asked for are delivered (`n` more
     /// per call; `Lagged` reports do not count). The others wait in the buffer under its
-    /// overflow policy: `Block` then holds the dispatcher, `DropOldest` evicts and reports
-    /// the lag.
+    /// overflow policy: `Block` then holds the dispatcher (and, once the queue before it is
+    /// full, the stream, its checkpoints included), `DropOldest` evicts and reports the lag.
     pub fn request(&self, n: u64) {
         request(&self.buffer, n);
     }
@@ -429,7 +429,8 @@ impl PushSubscription {
         self.buffer.writable.notify_all();
     }
 
-    /// Converts into a `futures::Stream` of events (ends when the stream ends).
+    /// Converts into a `futures::Stream` of events. It ends when the stream ends or the
+    /// subscription fails (a filter error); [`PushSubscription::recv`] tells the two apart.
     pub fn into_stream(self) -> impl futures::Stream<Item = ChangeEvent> {
         futures::stream::unfold(self, |mut sub| async move {
             match sub.recv().await {
@@ -553,6 +554,7 @@ fn events_of(batch: RecordBatch) -> Vec<ChangeEvent> {
             }
             _ => {
                 let indices = arrow::array::UInt32Array::from(rows.to_vec());
+                // In-bounds indices taking fewer rows than the batch holds cannot fail.
                 arrow::compute::take_record_batch(&batch, &indices)
                     .expect("indices of rows of the batch")
             }
@@ -683,8 +685,7 @@ impl Dispatcher {
             let event = self.next_event();
             self.deliver(event);
         }
-        self.buffer.queue.lock().closed = true;
-        self.buffer.wake_readers();
+        // Closed by `Drop`, also when this thread panics: the receiver never waits forever.
     }
 
     /// Waits up to `timeout` for the next message on the edge and converts it.
@@ -747,7 +748,11 @@ impl Dispatcher {
             _ => unreachable!("only inserts and deletes are merged"),
         };
         let mut parts = vec![batch_of(&first)];
-        let deadline = std::time::Instant::now() + self.max_batch_delay;
+        let now = std::time::Instant::now();
+        // A delay too long to add to a time waits a day at a time.
+        let deadline = now
+            .checked_add(self.max_batch_delay)
+            .unwrap_or(now + Duration::from_secs(86_400));
         while parts.len() < self.max_batch_size {
             if self.ready.is_empty() {
                 if self.ended {
@@ -778,12 +783,21 @@ impl Dispatcher {
         if parts.len() == 1 {
             return first;
         }
+        let event = |batch: RecordBatch| match kind {
+            0 => ChangeEvent::Insert(data(batch)),
+            _ => ChangeEvent::Delete(data(batch)),
+        };
         let schema = parts[0].schema();
-        let merged = arrow::compute::concat_batches(&schema, parts.iter().map(|b| b.as_ref()))
-            .expect("batches of one stream share its schema");
-        match kind {
-            0 => ChangeEvent::Insert(data(merged)),
-            _ => ChangeEvent::Delete(data(merged)),
+        match arrow::compute::concat_batches(&schema, parts.iter().map(|b| b.as_ref())) {
+            Ok(merged) => event(merged),
+            Err(e) => {
+                // Not mergeable (batches that differ in nullability, say): delivered one by one.
+                tracing::debug!(subscription = %self.name, error = %e, "events not merged");
+                for part in parts[1..].iter().rev() {
+                    self.ready.push_front(event(part.as_ref().clone()));
+                }
+                first
+            }
         }
     }
 
@@ -801,7 +815,14 @@ impl Dispatcher {
         if q.events.len() >= q.capacity {
             match self.policy {
                 SubscriptionBackpressure::DropOldest | SubscriptionBackpressure::Sample(_) => {
-                    q.events.pop_front();
+                    // The oldest data event goes; watermarks stay (they are small and say
+                    // how far the stream is complete).
+                    let oldest = q
+                        .events
+                        .iter()
+                        .position(|e| !matches!(e, ChangeEvent::Watermark(_)))
+                        .unwrap_or(0);
+                    q.events.remove(oldest);
                     q.lagged += 1;
                 }
                 SubscriptionBackpressure::DropNewest => return,
@@ -816,6 +837,18 @@ impl Dispatcher {
         }
         // Numbered once it is sure to be delivered: the sequence has no gaps.
         q.events.push_back(numbered(event, &mut self.sequence));
+        drop(q);
+        self.buffer.wake_readers();
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        let mut q = self.buffer.queue.lock();
+        if std::thread::panicking() && q.error.is_none() {
+            q.error = Some("its dispatcher failed; it ended there".into());
+        }
+        q.closed = true;
         drop(q);
         self.buffer.wake_readers();
     }
