@@ -560,10 +560,26 @@ fn events_of(batch: RecordBatch) -> Vec<ChangeEvent> {
             }
         }
     };
+    // An unpaired `U+` (`U-`) delivered as an insert (delete) says so in its `_op` too.
+    let labelled = |rows: &[u32], op: ChangeOp| -> RecordBatch {
+        let batch = rows_at(rows);
+        let relabel = rows.iter().any(|&r| ops[r as usize] != op);
+        match batch.schema().index_of(laminar_core::OP_COLUMN) {
+            Ok(index) if relabel => {
+                let mut columns = batch.columns().to_vec();
+                columns[index] = Arc::new(arrow::array::StringArray::from(vec![
+                    op.as_str();
+                    batch.num_rows()
+                ]));
+                RecordBatch::try_new(batch.schema(), columns).unwrap_or(batch)
+            }
+            _ => batch,
+        }
+    };
     runs.into_iter()
         .map(|(kind, rows)| match kind {
-            Kind::Insert => ChangeEvent::Insert(data(rows_at(&rows))),
-            Kind::Delete => ChangeEvent::Delete(data(rows_at(&rows))),
+            Kind::Insert => ChangeEvent::Insert(data(labelled(&rows, ChangeOp::Insert))),
+            Kind::Delete => ChangeEvent::Delete(data(labelled(&rows, ChangeOp::Delete))),
             Kind::Snapshot => ChangeEvent::Snapshot(data(rows_at(&rows))),
             Kind::Update => {
                 let new: Vec<u32> = rows.iter().map(|r| r + 1).collect();
@@ -959,6 +975,22 @@ mod tests {
             described,
             ["I[0]", "U[1, 3]->[2, 4]", "D[5, 6]", "I[7]", "S[8]"]
         );
+        // The unpaired U- (row 5) and U+ (row 7) are labelled as the delete and insert they
+        // are delivered as.
+        let events = events_of(changes(&["U-", "D", "U+"]));
+        let ops_of = |d: &EventData| {
+            let column = d
+                .batch
+                .column(1)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap();
+            (0..column.len())
+                .map(|i| column.value(i).to_string())
+                .collect::<Vec<_>>()
+        };
+        assert!(matches!(&events[0], ChangeEvent::Delete(d) if ops_of(d) == ["D", "D"]));
+        assert!(matches!(&events[1], ChangeEvent::Insert(d) if ops_of(d) == ["I"]));
     }
 
     #[test]
