@@ -244,16 +244,15 @@ impl Catalog {
 
     fn collect_dependents(&self, name: &str, out: &mut Vec<String>) {
         let names = self.with_side_outputs(name);
-        let reads = |reads: &dyn Fn(&str) -> bool| names.iter().any(|n| reads(n));
         let direct: Vec<String> = self
             .streams
             .values()
-            .filter(|s| s.side_output_of.is_none() && reads(&|n| s.reads(n)))
+            .filter(|s| s.side_output_of.is_none() && names.iter().any(|n| s.reads(n)))
             .map(|s| s.name.clone())
             .chain(
                 self.sinks
                     .values()
-                    .filter(|s| reads(&|n| s.reads(n)))
+                    .filter(|s| names.iter().any(|n| s.reads(n)))
                     .map(|s| s.name.clone()),
             )
             .collect();
@@ -269,11 +268,12 @@ impl Catalog {
     pub(crate) fn dependents(&self, name: &str) -> Vec<String> {
         // Readers of its side outputs too: those go with it.
         let names = self.with_side_outputs(name);
-        let reads = |reads: &dyn Fn(&str) -> bool| names.iter().any(|n| reads(n));
         let mut out: Vec<String> = self
             .streams
             .values()
-            .filter(|s| s.side_output_of.as_deref() != Some(name) && reads(&|n| s.reads(n)))
+            .filter(|s| {
+                s.side_output_of.as_deref() != Some(name) && names.iter().any(|n| s.reads(n))
+            })
             .map(|s| match s.query_id {
                 Some(id) => format!("query {id}"),
                 None => format!("stream {}", s.name),
@@ -282,7 +282,7 @@ impl Catalog {
         out.extend(
             self.sinks
                 .values()
-                .filter(|s| reads(&|n| s.reads(n)))
+                .filter(|s| names.iter().any(|n| s.reads(n)))
                 .map(|s| format!("sink {}", s.name)),
         );
         out

@@ -425,7 +425,6 @@ impl Durability {
         if held {
             tracing::warn!(object = %name, "checkpointed state discarded");
             recovered.forget(name);
-            recovered.refused.remove(name);
         }
         held
     }
@@ -455,10 +454,7 @@ impl Durability {
             return;
         }
         match error {
-            None => {
-                recovered.forget(name);
-                recovered.refused.remove(name);
-            }
+            None => recovered.forget(name),
             Some(e) => {
                 recovered
                     .refused
@@ -964,9 +960,11 @@ impl CheckpointObserver for Durability {
 }
 
 impl Recovered {
-    /// Drops everything stored for object `name` (its nodes are `name` and `name[..]`).
+    /// Drops everything stored for object `name` (its nodes are `name` and `name[..]`), and
+    /// with it the reason it held checkpoints back.
     fn forget(&mut self, name: &str) {
         self.objects.remove(name);
+        self.refused.remove(name);
         self.stopped.remove(name);
         self.positions.remove(name);
         self.tables.remove(name);

@@ -749,21 +749,10 @@ impl Dispatcher {
         let Some(first) = self.ready.pop_front() else {
             unreachable!("next_event is called with events ready");
         };
-        let kind = match &first {
-            ChangeEvent::Insert(_) => 0,
-            ChangeEvent::Delete(_) => 1,
-            _ => return first,
+        let Some((inserts, batch)) = mergeable(&first) else {
+            return first;
         };
-        let same_kind = |ev: &ChangeEvent| match ev {
-            ChangeEvent::Insert(_) => kind == 0,
-            ChangeEvent::Delete(_) => kind == 1,
-            _ => false,
-        };
-        let batch_of = |ev: &ChangeEvent| match ev {
-            ChangeEvent::Insert(d) | ChangeEvent::Delete(d) => d.batch.clone(),
-            _ => unreachable!("only inserts and deletes are merged"),
-        };
-        let mut parts = vec![batch_of(&first)];
+        let mut parts = vec![batch];
         let now = std::time::Instant::now();
         // A delay too long to add to a time waits a day at a time.
         let deadline = now
@@ -781,17 +770,13 @@ impl Dispatcher {
                     Err(TryRecvError::Empty) if left.is_zero() => break,
                     Err(TryRecvError::Empty) => self.receive(left),
                 }
-                if self.ready.is_empty() {
-                    if std::time::Instant::now() >= deadline {
-                        break;
-                    }
-                    continue;
-                }
+                // Nothing yet: the next turn waits for what is left of the delay.
+                continue;
             }
-            match self.ready.front() {
-                Some(ev) if same_kind(ev) => {
-                    let ev = self.ready.pop_front().expect("front exists");
-                    parts.push(batch_of(&ev));
+            match self.ready.front().and_then(mergeable) {
+                Some((same, batch)) if same == inserts => {
+                    self.ready.pop_front();
+                    parts.push(batch);
                 }
                 _ => break,
             }
@@ -799,9 +784,12 @@ impl Dispatcher {
         if parts.len() == 1 {
             return first;
         }
-        let event = |batch: RecordBatch| match kind {
-            0 => ChangeEvent::Insert(data(batch)),
-            _ => ChangeEvent::Delete(data(batch)),
+        let event = |batch: RecordBatch| {
+            if inserts {
+                ChangeEvent::Insert(data(batch))
+            } else {
+                ChangeEvent::Delete(data(batch))
+            }
         };
         let schema = parts[0].schema();
         match arrow::compute::concat_batches(&schema, parts.iter().map(|b| b.as_ref())) {
@@ -855,6 +843,16 @@ impl Dispatcher {
         q.events.push_back(numbered(event, &mut self.sequence));
         drop(q);
         self.buffer.wake_readers();
+    }
+}
+
+/// The rows of an event that merges with its neighbours of the same kind: inserts (`true`)
+/// or deletes (`false`).
+fn mergeable(event: &ChangeEvent) -> Option<(bool, Arc<RecordBatch>)> {
+    match event {
+        ChangeEvent::Insert(d) => Some((true, d.batch.clone())),
+        ChangeEvent::Delete(d) => Some((false, d.batch.clone())),
+        _ => None,
     }
 }
 

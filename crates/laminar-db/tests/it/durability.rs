@@ -854,6 +854,15 @@ fn wait_for_sums(db: &LaminarDB, expected: &[[&str; 2]]) {
     }
 }
 
+/// Waits until the database reports a failure.
+fn wait_for_a_failure(db: &LaminarDB) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while db.failures().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "nothing failed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A view over a bounded source keeps its contents across restarts after the source ended:
 /// with durability an ended source stays open, so nothing downstream finishes.
 #[test]
@@ -886,14 +895,7 @@ fn a_failed_source_keeps_what_it_read_in_checkpoints() {
     let setup = csv_source_and_sum_view(files.path());
     let db = crate::util::durable_db(dir.path(), 2, &setup);
     crate::util::block_on(db.start()).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while db.failures().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the source did not fail"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_a_failure(&db);
     assert!(db.failures()[0].contains("b.csv"), "{:?}", db.failures());
     wait_for_sums(&db, &[["1", "15"], ["2", "20"]]);
     db.checkpoint().unwrap();
@@ -1037,14 +1039,7 @@ fn a_source_failing_mid_file_resumes_where_it_stopped() {
     let setup = csv_source_and_sum_view(files.path());
     let db = crate::util::durable_db(dir.path(), 1, &setup);
     crate::util::block_on(db.start()).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while db.failures().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the source did not fail"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_a_failure(&db);
     assert!(db.wait_idle(Duration::from_secs(20)));
     db.checkpoint().unwrap();
     db.shutdown_sync();
